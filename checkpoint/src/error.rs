@@ -1,0 +1,111 @@
+//! The error type of the checkpoint crate.
+
+/// Result alias for checkpoint operations.
+pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while reading or writing checkpoints.
+///
+/// Every variant names the object or setting at fault; [`CheckpointError::is_retryable`]
+/// says whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The checkpoint URL could not be understood.
+    #[error("invalid checkpoint URL `{url}`: {reason} (use a path, file:///abs/path, memory://, or s3://bucket/prefix)")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The object store refused or failed an operation.
+    #[error("checkpoint storage failed to {op} `{path}`: {source}")]
+    Storage {
+        /// What was attempted (put, get, list, delete).
+        op: &'static str,
+        /// The object or prefix.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// An object's bytes do not match their header or checksum.
+    #[error("checkpoint object `{path}` is corrupted: {reason}")]
+    Corrupt {
+        /// The object.
+        path: String,
+        /// What check failed.
+        reason: String,
+    },
+    /// An object was written by a format version this build cannot read.
+    #[error("checkpoint object `{path}` has format version {found}, this build reads version {supported}")]
+    VersionMismatch {
+        /// The object.
+        path: String,
+        /// The version in its header.
+        found: u16,
+        /// The version this build reads.
+        supported: u16,
+    },
+    /// A value could not be encoded.
+    #[error("could not encode {what}: {reason}")]
+    Encode {
+        /// What was being encoded.
+        what: String,
+        /// The encoder's message.
+        reason: String,
+    },
+    /// Another writer already created this checkpoint's manifest.
+    #[error("manifest `{path}` already exists: another writer completed this checkpoint (is a second job with the same name writing to the same URL?)")]
+    ManifestExists {
+        /// The manifest object.
+        path: String,
+    },
+    /// Restore was asked for but the job has no complete checkpoint.
+    #[error("job `{job}` has no complete checkpoint under `{url}`; start without --restore to run from the beginning")]
+    NoCheckpoint {
+        /// The job name.
+        job: String,
+        /// The checkpoint URL.
+        url: String,
+    },
+    /// The requested checkpoint does not exist or is incomplete.
+    #[error("checkpoint {epoch} of job `{job}` does not exist or is incomplete (no manifest); `weir checkpoints list` shows the complete ones")]
+    CheckpointNotFound {
+        /// The job name.
+        job: String,
+        /// The epoch asked for.
+        epoch: u64,
+    },
+    /// Every candidate checkpoint failed verification.
+    #[error("no readable checkpoint of job `{job}`: {}", .tried.iter().map(|(e, r)| format!("chk-{e}: {r}")).collect::<Vec<_>>().join("; "))]
+    NoReadableCheckpoint {
+        /// The job name.
+        job: String,
+        /// Each epoch tried, with why it was rejected.
+        tried: Vec<(u64, String)>,
+    },
+    /// A manifest belongs to another job.
+    #[error("manifest `{path}` belongs to job `{found}`, not `{expected}`: check --job and --checkpoint-dir")]
+    JobMismatch {
+        /// The manifest object.
+        path: String,
+        /// The job name configured.
+        expected: String,
+        /// The job name in the manifest.
+        found: String,
+    },
+}
+
+impl CheckpointError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CheckpointError::Storage { source, .. }
+            if !matches!(source, object_store::Error::NotFound { .. }
+                | object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }))
+    }
+
+    pub(crate) fn storage(op: &'static str, path: impl ToString, source: object_store::Error) -> Self {
+        CheckpointError::Storage { op, path: path.to_string(), source }
+    }
+}

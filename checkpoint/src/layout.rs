@@ -1,0 +1,109 @@
+//! The one place that names every checkpoint object.
+//!
+//! ```text
+//! <root>/<job>/chk-<epoch:020>/<operator>/<part>   state and source positions
+//! <root>/<job>/chk-<epoch:020>/_MANIFEST           written last; its existence completes the checkpoint
+//! <root>/<job>/generations/<generation:010>         fencing markers, one per started generation
+//! <root>/<job>/ledger/<source>/<split>             at-most-once read positions
+//! ```
+//!
+//! Epochs are zero-padded so that a lexical listing is also an epoch order.
+
+use object_store::path::Path;
+
+/// Name of the manifest object inside a checkpoint directory.
+pub const MANIFEST: &str = "_MANIFEST";
+
+/// Builds the object paths of one job under a root prefix.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    job: String,
+}
+
+impl Layout {
+    /// The layout of job `job`; paths are relative to the store's root.
+    pub fn new(job: &str) -> Self {
+        Layout { job: job.to_string() }
+    }
+
+    /// The job's name.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    /// The job's top-level prefix.
+    pub fn job_root(&self) -> Path {
+        Path::from(self.job.as_str())
+    }
+
+    /// The directory of checkpoint `epoch`.
+    pub fn checkpoint_dir(&self, epoch: u64) -> Path {
+        Path::from(format!("{}/{}", self.job, checkpoint_dir_name(epoch)))
+    }
+
+    /// A state or position part of checkpoint `epoch`.
+    pub fn part(&self, epoch: u64, operator: &str, part: &str) -> Path {
+        Path::from(format!("{}/{}/{}/{}", self.job, checkpoint_dir_name(epoch), operator, part))
+    }
+
+    /// The manifest of checkpoint `epoch`.
+    pub fn manifest(&self, epoch: u64) -> Path {
+        Path::from(format!("{}/{}/{}", self.job, checkpoint_dir_name(epoch), MANIFEST))
+    }
+
+    /// The prefix that holds generation markers.
+    pub fn generations(&self) -> Path {
+        Path::from(format!("{}/generations", self.job))
+    }
+
+    /// The marker object of `generation`.
+    pub fn generation_marker(&self, generation: u64) -> Path {
+        Path::from(format!("{}/generations/{generation:010}", self.job))
+    }
+
+    /// The at-most-once read-position ledger of one split of a source.
+    pub fn ledger(&self, source: &str, split: &str) -> Path {
+        Path::from(format!("{}/ledger/{source}/{split}", self.job))
+    }
+
+    /// The prefix holding every ledger entry of a source.
+    pub fn ledger_root(&self, source: &str) -> Path {
+        Path::from(format!("{}/ledger/{source}", self.job))
+    }
+}
+
+/// `chk-<epoch>`, zero-padded to 20 digits.
+pub fn checkpoint_dir_name(epoch: u64) -> String {
+    format!("chk-{epoch:020}")
+}
+
+/// The epoch of a `chk-<epoch>` directory name, if it is one.
+pub fn parse_checkpoint_dir(name: &str) -> Option<u64> {
+    name.strip_prefix("chk-").and_then(|d| d.parse().ok())
+}
+
+/// The generation of a generation marker's file name, if it is one.
+pub fn parse_generation_marker(name: &str) -> Option<u64> {
+    name.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_names_sort_by_epoch() {
+        let mut names: Vec<String> = [10u64, 9, 100, 1].iter().map(|e| checkpoint_dir_name(*e)).collect();
+        names.sort();
+        let epochs: Vec<u64> = names.iter().map(|n| parse_checkpoint_dir(n).unwrap()).collect();
+        assert_eq!(epochs, vec![1, 9, 10, 100]);
+    }
+
+    #[test]
+    fn paths_nest_under_the_job() {
+        let l = Layout::new("wc");
+        assert_eq!(l.manifest(3).as_ref(), "wc/chk-00000000000000000003/_MANIFEST");
+        assert_eq!(l.part(3, "count", "w1").as_ref(), "wc/chk-00000000000000000003/count/w1");
+        assert_eq!(parse_checkpoint_dir("_MANIFEST"), None);
+    }
+}

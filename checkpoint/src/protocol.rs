@@ -1,0 +1,413 @@
+//! The checkpoint protocol's decisions, as pure functions over facts already read.
+//!
+//! Nothing here touches storage. The coordinator and the restore path read manifests,
+//! listings and reports, call these functions, and carry out what they return. Every
+//! decision therefore has a unit test without I/O.
+//!
+//! ## Design
+//!
+//! * A checkpoint `e` is complete iff every registered (operator, worker) pair reported
+//!   a part for `e`, or reported a *final* part (its input ended) with an epoch `<= e`.
+//! * Sink outputs are facts that accumulate: an output reported for epoch `e` is owed to
+//!   the first complete checkpoint `>= e`, so outputs of a skipped checkpoint are carried
+//!   into the next one and never dropped.
+//! * After a restore from checkpoint `c`, exactly the sink outputs listed in `c`'s
+//!   manifest are committed (again: commit is idempotent), and every other staged output
+//!   is aborted.
+//! * A checkpoint directory is deleted only when a newer checkpoint is complete, it is
+//!   not among the newest `retain` complete ones, and no retained manifest references it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{PartEntry, SinkEntry};
+
+/// Which checkpoint a job restores from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreTarget {
+    /// The newest complete checkpoint that verifies; older ones are tried if it does not.
+    Latest,
+    /// Exactly this checkpoint.
+    Epoch(u64),
+}
+
+impl std::str::FromStr for RestoreTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "latest" => Ok(RestoreTarget::Latest),
+            other => other
+                .trim_start_matches("chk-")
+                .parse()
+                .map(RestoreTarget::Epoch)
+                .map_err(|_| format!("restore target `{s}` is neither `latest` nor a checkpoint epoch")),
+        }
+    }
+}
+
+/// The order in which checkpoints are tried for a restore.
+///
+/// `complete` are the epochs that have a manifest, in any order. An empty result means
+/// there is nothing to restore from.
+pub fn restore_candidates(target: RestoreTarget, complete: &[u64]) -> Vec<u64> {
+    match target {
+        RestoreTarget::Latest => {
+            let mut c = complete.to_vec();
+            c.sort_unstable_by(|a, b| b.cmp(a));
+            c.dedup();
+            c
+        }
+        RestoreTarget::Epoch(e) => complete.iter().copied().filter(|c| *c == e).take(1).collect(),
+    }
+}
+
+/// What to do with one pre-committed sink output during recovery.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SinkAction {
+    /// The restored checkpoint covers it: make it visible (a no-op if it already is).
+    Commit(SinkEntry),
+    /// No restored checkpoint covers it: discard it.
+    Abort(SinkEntry),
+}
+
+/// Decides the fate of a sink's leftovers after a restore.
+///
+/// `restored` are the sink's entries in the restored manifest (empty for a fresh start);
+/// `staged` are the outputs the sink still finds pre-committed. Every restored entry is
+/// committed, whether or not it is still staged (commit is idempotent and the crash may
+/// have come anywhere between manifest and commit); every staged output that the
+/// manifest does not list is aborted.
+pub fn recover_sink(restored: &[SinkEntry], staged: &[SinkEntry]) -> Vec<SinkAction> {
+    let keep: BTreeSet<(&str, &str)> = restored.iter().map(|e| (e.sink.as_str(), e.handle.as_str())).collect();
+    let mut actions: Vec<SinkAction> = restored.iter().cloned().map(SinkAction::Commit).collect();
+    actions.extend(
+        staged
+            .iter()
+            .filter(|s| !keep.contains(&(s.sink.as_str(), s.handle.as_str())))
+            .cloned()
+            .map(SinkAction::Abort),
+    );
+    actions.sort();
+    actions.dedup();
+    actions
+}
+
+/// Whether a process of `generation` has been superseded by a newer one.
+///
+/// `markers` are the generations that have announced themselves in storage. A fenced
+/// process must neither complete a checkpoint nor commit.
+pub fn is_fenced(generation: u64, markers: &[u64]) -> bool {
+    markers.iter().any(|m| *m > generation)
+}
+
+/// Which checkpoint directories to delete.
+///
+/// `complete` lists each complete checkpoint with the epochs of the directories its
+/// manifest references (its own and older ones whose parts it reuses); `dirs` are all
+/// checkpoint directories present. `retain` is clamped to at least one.
+pub fn retention(complete: &[(u64, BTreeSet<u64>)], dirs: &[u64], retain: usize) -> Vec<u64> {
+    let retain = retain.max(1);
+    let mut sorted: Vec<&(u64, BTreeSet<u64>)> = complete.iter().collect();
+    sorted.sort_by(|a, b| b.0.cmp(&a.0));
+    let Some(newest) = sorted.first().map(|c| c.0) else { return Vec::new() };
+    let mut keep = BTreeSet::new();
+    for (epoch, refs) in sorted.iter().take(retain) {
+        keep.insert(*epoch);
+        keep.extend(refs.iter().copied());
+    }
+    let mut delete: Vec<u64> = dirs.iter().copied().filter(|d| *d < newest && !keep.contains(d)).collect();
+    delete.sort_unstable();
+    delete.dedup();
+    delete
+}
+
+/// What an operator or sink on one worker reports to the coordinator for one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The epoch the report is for.
+    pub epoch: u64,
+    /// The operator or sink name.
+    pub operator: String,
+    /// The reporting worker.
+    pub worker: usize,
+    /// State or position objects (at most one for built-in operators).
+    pub parts: Vec<PartEntry>,
+    /// Outputs pre-committed for epochs `<= epoch` since the previous report.
+    pub sinks: Vec<SinkEntry>,
+    /// The operator's input has ended: this report holds for every later epoch too.
+    pub is_final: bool,
+    /// The snapshot or pre-commit failed; the checkpoint cannot complete.
+    pub error: Option<String>,
+}
+
+/// The outcome of closing one epoch at the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closed {
+    /// Every part is there: write the manifest with these parts and sink outputs.
+    Complete {
+        /// The epoch.
+        epoch: u64,
+        /// Every part of the checkpoint.
+        parts: Vec<PartEntry>,
+        /// Every sink output it commits.
+        sinks: Vec<SinkEntry>,
+    },
+    /// Some pairs did not report for this epoch (their frontier skipped it); it is not
+    /// a checkpoint, and that is not a failure.
+    Skipped {
+        /// The epoch.
+        epoch: u64,
+        /// The (operator, worker) pairs without a report.
+        missing: Vec<(String, usize)>,
+    },
+    /// A report carried an error: the checkpoint failed.
+    Failed {
+        /// The epoch.
+        epoch: u64,
+        /// The errors reported.
+        errors: Vec<String>,
+    },
+}
+
+/// Collects reports and decides, epoch by epoch, which checkpoints are complete.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    expected: BTreeSet<(String, usize)>,
+    by_epoch: BTreeMap<u64, BTreeMap<(String, usize), Report>>,
+    finals: BTreeMap<(String, usize), Report>,
+    pending_sinks: BTreeSet<SinkEntry>,
+    labels: BTreeSet<u64>,
+    last_complete: Option<u64>,
+}
+
+impl Assembler {
+    /// An assembler expecting a report from every pair in `expected`.
+    pub fn new(expected: impl IntoIterator<Item = (String, usize)>) -> Self {
+        Assembler { expected: expected.into_iter().collect(), ..Default::default() }
+    }
+
+    /// Records a report.
+    pub fn add(&mut self, report: Report) {
+        if report.error.is_none() {
+            self.pending_sinks.extend(report.sinks.iter().cloned());
+        }
+        self.labels.insert(report.epoch);
+        let key = (report.operator.clone(), report.worker);
+        if report.is_final && report.error.is_none() {
+            self.finals.insert(key, report);
+        } else {
+            self.by_epoch.entry(report.epoch).or_default().insert(key, report);
+        }
+    }
+
+    /// Closes every reported epoch below `frontier` (all of them if `None`), in order.
+    pub fn advance(&mut self, frontier: Option<u64>) -> Vec<Closed> {
+        let ready: Vec<u64> = self.labels.iter().copied().filter(|e| frontier.is_none_or(|f| *e < f)).collect();
+        let mut out = Vec::new();
+        for epoch in ready {
+            self.labels.remove(&epoch);
+            if self.last_complete.is_some_and(|c| epoch <= c) {
+                self.by_epoch.remove(&epoch);
+                continue;
+            }
+            out.push(self.close(epoch));
+        }
+        out
+    }
+
+    /// Marks `epoch`'s manifest as durably written: its sink outputs are no longer owed.
+    pub fn completed(&mut self, epoch: u64) {
+        self.pending_sinks.retain(|s| s.epoch > epoch);
+        self.last_complete = Some(epoch);
+    }
+
+    fn close(&mut self, epoch: u64) -> Closed {
+        let reports = self.by_epoch.remove(&epoch).unwrap_or_default();
+        let errors: Vec<String> = reports
+            .values()
+            .filter_map(|r| r.error.as_ref().map(|e| format!("{} on worker {}: {e}", r.operator, r.worker)))
+            .collect();
+        if !errors.is_empty() {
+            return Closed::Failed { epoch, errors };
+        }
+        let mut parts = Vec::new();
+        let mut missing = Vec::new();
+        for key in &self.expected {
+            let report = reports.get(key).or_else(|| self.finals.get(key).filter(|f| f.epoch <= epoch));
+            match report {
+                Some(r) => parts.extend(r.parts.iter().cloned()),
+                None => missing.push(key.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Closed::Skipped { epoch, missing };
+        }
+        let sinks = self.pending_sinks.iter().filter(|s| s.epoch <= epoch).cloned().collect();
+        Closed::Complete { epoch, parts, sinks }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(op: &str, w: usize, e: u64) -> PartEntry {
+        PartEntry {
+            operator: op.into(),
+            worker: w,
+            key_group_start: 0,
+            key_group_end: 1,
+            path: format!("j/chk-{e}/{op}/w{w}"),
+            size: 1,
+            crc32: 0,
+        }
+    }
+
+    fn sink(w: usize, e: u64) -> SinkEntry {
+        SinkEntry { sink: "out".into(), worker: w, epoch: e, generation: 0, handle: format!("e{e}-w{w}") }
+    }
+
+    fn report(op: &str, w: usize, e: u64) -> Report {
+        Report { epoch: e, operator: op.into(), worker: w, parts: vec![part(op, w, e)], sinks: vec![], is_final: false, error: None }
+    }
+
+    #[test]
+    fn latest_restore_tries_newest_first() {
+        assert_eq!(restore_candidates(RestoreTarget::Latest, &[3, 9, 5]), vec![9, 5, 3]);
+        assert_eq!(restore_candidates(RestoreTarget::Epoch(5), &[3, 9, 5]), vec![5]);
+        assert!(restore_candidates(RestoreTarget::Epoch(4), &[3, 9, 5]).is_empty());
+        assert!(restore_candidates(RestoreTarget::Latest, &[]).is_empty());
+    }
+
+    #[test]
+    fn restore_target_parses_latest_and_epochs() {
+        assert_eq!("latest".parse::<RestoreTarget>().unwrap(), RestoreTarget::Latest);
+        assert_eq!("12".parse::<RestoreTarget>().unwrap(), RestoreTarget::Epoch(12));
+        assert_eq!("chk-00000000000000000012".parse::<RestoreTarget>().unwrap(), RestoreTarget::Epoch(12));
+        assert!("newest".parse::<RestoreTarget>().is_err());
+    }
+
+    #[test]
+    fn recovery_commits_restored_outputs_and_aborts_later_ones() {
+        let restored = vec![sink(0, 4), sink(1, 4)];
+        // Worker 0's output of epoch 4 was already committed (not staged anymore);
+        // epoch 5 was pre-committed after the checkpoint.
+        let staged = vec![sink(1, 4), sink(0, 5), sink(1, 5)];
+        let actions = recover_sink(&restored, &staged);
+        assert_eq!(
+            actions,
+            vec![
+                SinkAction::Commit(sink(0, 4)),
+                SinkAction::Commit(sink(1, 4)),
+                SinkAction::Abort(sink(0, 5)),
+                SinkAction::Abort(sink(1, 5)),
+            ]
+        );
+    }
+
+    #[test]
+    fn fresh_start_aborts_every_leftover() {
+        let actions = recover_sink(&[], &[sink(0, 1), sink(0, 2)]);
+        assert!(actions.iter().all(|a| matches!(a, SinkAction::Abort(_))));
+        assert_eq!(actions.len(), 2);
+    }
+
+    #[test]
+    fn an_older_generation_is_fenced() {
+        assert!(is_fenced(1, &[0, 1, 2]));
+        assert!(!is_fenced(2, &[0, 1, 2]));
+        assert!(!is_fenced(0, &[]));
+    }
+
+    #[test]
+    fn retention_keeps_newest_and_referenced_directories() {
+        let complete = vec![(2, BTreeSet::from([2])), (4, BTreeSet::from([4, 1])), (6, BTreeSet::from([6, 1]))];
+        let dirs = vec![1, 2, 3, 4, 5, 6, 7];
+        // Keep 4 and 6, and 1 which both reference; 7 is newer than the newest complete.
+        assert_eq!(retention(&complete, &dirs, 2), vec![2, 3, 5]);
+        assert_eq!(retention(&[], &dirs, 2), Vec::<u64>::new());
+        assert_eq!(retention(&complete, &dirs, 0), vec![2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn checkpoint_completes_when_every_pair_reported() {
+        let mut a = Assembler::new([("count".to_string(), 0), ("count".to_string(), 1)]);
+        a.add(report("count", 0, 1));
+        assert!(a.advance(Some(1)).is_empty());
+        a.add(report("count", 1, 1));
+        match a.advance(Some(2)).pop().unwrap() {
+            Closed::Complete { epoch: 1, parts, .. } => assert_eq!(parts.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_pair_skips_the_epoch() {
+        let mut a = Assembler::new([("count".to_string(), 0), ("count".to_string(), 1)]);
+        a.add(report("count", 0, 1));
+        assert_eq!(a.advance(Some(2)), vec![Closed::Skipped { epoch: 1, missing: vec![("count".into(), 1)] }]);
+    }
+
+    #[test]
+    fn an_error_fails_the_checkpoint() {
+        let mut a = Assembler::new([("count".to_string(), 0)]);
+        let mut r = report("count", 0, 1);
+        r.error = Some("disk full".into());
+        a.add(r);
+        assert!(matches!(a.advance(None).as_slice(), [Closed::Failed { epoch: 1, .. }]));
+    }
+
+    #[test]
+    fn sink_outputs_of_a_skipped_epoch_are_carried_into_the_next_checkpoint() {
+        let mut a = Assembler::new([("count".to_string(), 0), ("out".to_string(), 0)]);
+        let mut s1 = report("out", 0, 1);
+        s1.parts.clear();
+        s1.sinks = vec![sink(0, 1)];
+        a.add(s1);
+        // "count" skipped epoch 1.
+        assert!(matches!(a.advance(Some(2)).as_slice(), [Closed::Skipped { .. }]));
+        let mut s2 = report("out", 0, 2);
+        s2.parts.clear();
+        s2.sinks = vec![sink(0, 2)];
+        a.add(s2);
+        a.add(report("count", 0, 2));
+        match a.advance(Some(3)).pop().unwrap() {
+            Closed::Complete { epoch: 2, sinks, .. } => assert_eq!(sinks, vec![sink(0, 1), sink(0, 2)]),
+            other => panic!("{other:?}"),
+        }
+        a.completed(2);
+        let mut s3 = report("out", 0, 3);
+        s3.parts.clear();
+        a.add(s3);
+        a.add(report("count", 0, 3));
+        match a.advance(None).pop().unwrap() {
+            Closed::Complete { epoch: 3, sinks, .. } => assert!(sinks.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_final_report_covers_later_epochs() {
+        let mut a = Assembler::new([("src".to_string(), 0), ("src".to_string(), 1)]);
+        let mut done = report("src", 0, 2);
+        done.is_final = true;
+        a.add(done);
+        a.add(report("src", 1, 3));
+        match a.advance(None).pop().unwrap() {
+            Closed::Complete { epoch: 3, parts, .. } => assert_eq!(parts.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_final_report_does_not_cover_earlier_epochs() {
+        let mut a = Assembler::new([("src".to_string(), 0), ("src".to_string(), 1)]);
+        let mut done = report("src", 0, 5);
+        done.is_final = true;
+        a.add(done);
+        a.add(report("src", 1, 3));
+        assert!(matches!(a.advance(Some(4)).as_slice(), [Closed::Skipped { epoch: 3, .. }]));
+    }
+}

@@ -1,0 +1,499 @@
+//! Checkpoint storage on `object_store`.
+//!
+//! ## What weir needs from storage
+//!
+//! * read-after-write for single objects (every `object_store` backend gives it);
+//! * an atomic create-if-absent (`PutMode::Create`) for manifests, so that two writers
+//!   can never both complete the same checkpoint. The local file system, the memory
+//!   store and S3 servers with conditional writes provide it;
+//! * listing by prefix, for restore and retention.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::codec;
+use crate::error::{CheckpointError, Result};
+use crate::layout::{self, Layout};
+use crate::manifest::{Manifest, PartEntry};
+use crate::protocol::{self, RestoreTarget};
+
+/// A job's checkpoints in one object store.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+    layout: Layout,
+}
+
+/// Opens an object store from a checkpoint URL.
+///
+/// Accepted forms: a plain path (`/var/weir`, `./chk`), `file:///abs/path`, `memory://`
+/// (lives as long as the process, for tests), and `s3://bucket/prefix`. S3 credentials
+/// and endpoint come from the usual `AWS_*` environment variables
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`); they are
+/// never logged.
+pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
+    let invalid = |reason: String| CheckpointError::InvalidUrl { url: url.to_string(), reason };
+    if url.is_empty() {
+        return Err(invalid("it is empty".into()));
+    }
+    if url.starts_with("memory://") {
+        return Ok(Arc::new(InMemory::new()));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid("no bucket name after s3://".into()));
+        }
+        let mut b = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL")) {
+            b = b
+                .with_endpoint(&endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            b = b.with_region("us-east-1");
+        }
+        let s3 = b.build().map_err(|e| invalid(e.to_string()))?;
+        return Ok(if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(s3, prefix.trim_end_matches('/')))
+        });
+    }
+    let path = if let Some(p) = url.strip_prefix("file://") {
+        std::path::PathBuf::from(p)
+    } else if url.contains("://") {
+        return Err(invalid("unknown scheme".into()));
+    } else {
+        std::path::PathBuf::from(url)
+    };
+    std::fs::create_dir_all(&path).map_err(|e| invalid(format!("cannot create directory {}: {e}", path.display())))?;
+    let fs = LocalFileSystem::new_with_prefix(&path).map_err(|e| invalid(e.to_string()))?;
+    Ok(Arc::new(fs))
+}
+
+/// A checkpoint part once read back and verified.
+#[derive(Debug, Clone)]
+pub struct VerifiedPart {
+    /// The entry from the manifest.
+    pub entry: PartEntry,
+    /// The payload bytes as written (header included), checksum verified.
+    pub bytes: bytes::Bytes,
+}
+
+impl CheckpointStore {
+    /// Opens the checkpoints of `job` under `url`.
+    pub fn open(url: &str, job: &str) -> Result<Self> {
+        if job.is_empty() || job.contains('/') {
+            return Err(CheckpointError::InvalidUrl {
+                url: url.to_string(),
+                reason: format!("job name `{job}` must be non-empty and contain no `/`"),
+            });
+        }
+        Ok(CheckpointStore { store: open_url(url)?, url: url.to_string(), layout: Layout::new(job) })
+    }
+
+    /// Uses an already built object store (for tests and embedders).
+    pub fn with_store(store: Arc<dyn ObjectStore>, url: &str, job: &str) -> Self {
+        CheckpointStore { store, url: url.to_string(), layout: Layout::new(job) }
+    }
+
+    /// The path builder.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The URL the store was opened from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Writes and deletes a probe object, so that an unreachable or read-only store is
+    /// reported at start, not at the first checkpoint.
+    pub async fn probe(&self) -> Result<()> {
+        let path = Path::from(format!("{}/_probe", self.layout.job()));
+        self.store
+            .put(&path, PutPayload::from_static(b"weir"))
+            .await
+            .map_err(|e| CheckpointError::storage("write a probe object to", format!("{}/{}", self.url, path), e))?;
+        self.store.delete(&path).await.map_err(|e| CheckpointError::storage("delete", &path, e))?;
+        Ok(())
+    }
+
+    /// Writes a framed object at `path` and returns its manifest entry.
+    pub async fn put_part(&self, path: Path, operator: &str, worker: usize, key_groups: (u32, u32), bytes: Vec<u8>) -> Result<PartEntry> {
+        let entry = PartEntry {
+            operator: operator.to_string(),
+            worker,
+            key_group_start: key_groups.0,
+            key_group_end: key_groups.1,
+            path: path.to_string(),
+            size: bytes.len() as u64,
+            crc32: crc32fast::hash(&bytes),
+        };
+        self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| CheckpointError::storage("put", &path, e))?;
+        Ok(entry)
+    }
+
+    /// Reads a part and checks it against its manifest entry and its own header.
+    pub async fn get_part(&self, entry: &PartEntry) -> Result<VerifiedPart> {
+        let path = Path::from(entry.path.as_str());
+        let bytes = self.get(&path).await?;
+        if bytes.len() as u64 != entry.size || crc32fast::hash(&bytes) != entry.crc32 {
+            return Err(CheckpointError::Corrupt {
+                path: entry.path.clone(),
+                reason: format!(
+                    "object has {} bytes with crc {:08x}; the manifest recorded {} bytes with crc {:08x}",
+                    bytes.len(),
+                    crc32fast::hash(&bytes),
+                    entry.size,
+                    entry.crc32
+                ),
+            });
+        }
+        codec::unframe(&entry.path, &bytes)?;
+        Ok(VerifiedPart { entry: entry.clone(), bytes })
+    }
+
+    async fn get(&self, path: &Path) -> Result<bytes::Bytes> {
+        let r = self.store.get(path).await.map_err(|e| CheckpointError::storage("get", path, e))?;
+        r.bytes().await.map_err(|e| CheckpointError::storage("read", path, e))
+    }
+
+    /// Writes a manifest, failing if one already exists for its epoch.
+    ///
+    /// This is the commit point of a checkpoint: it is complete once this returns `Ok`.
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let path = self.layout.manifest(manifest.epoch);
+        let bytes = codec::encode_json("manifest", manifest)?;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&path, PutPayload::from(bytes), opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                Err(CheckpointError::ManifestExists { path: path.to_string() })
+            }
+            Err(e) => Err(CheckpointError::storage("put", &path, e)),
+        }
+    }
+
+    /// Reads and verifies the manifest of `epoch`.
+    pub async fn read_manifest(&self, epoch: u64) -> Result<Manifest> {
+        let path = self.layout.manifest(epoch);
+        let bytes = match self.get(&path).await {
+            Err(CheckpointError::Storage { source: object_store::Error::NotFound { .. }, .. }) => {
+                return Err(CheckpointError::CheckpointNotFound { job: self.layout.job().to_string(), epoch })
+            }
+            other => other?,
+        };
+        let manifest: Manifest = codec::decode_json(path.as_ref(), &bytes)?;
+        if manifest.job != self.layout.job() {
+            return Err(CheckpointError::JobMismatch {
+                path: path.to_string(),
+                expected: self.layout.job().to_string(),
+                found: manifest.job,
+            });
+        }
+        if manifest.epoch != epoch {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_string(),
+                reason: format!("manifest says epoch {}, its directory says {epoch}", manifest.epoch),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Lists the job's checkpoint directories: `(complete, all)` epochs, ascending.
+    pub async fn list(&self) -> Result<(Vec<u64>, Vec<u64>)> {
+        let root = self.layout.job_root();
+        let listing = self.store.list_with_delimiter(Some(&root)).await.map_err(|e| CheckpointError::storage("list", &root, e))?;
+        let mut all: Vec<u64> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(layout::parse_checkpoint_dir))
+            .collect();
+        all.sort_unstable();
+        let mut complete = Vec::new();
+        for epoch in &all {
+            let dir = self.layout.checkpoint_dir(*epoch);
+            let inner = self.store.list_with_delimiter(Some(&dir)).await.map_err(|e| CheckpointError::storage("list", &dir, e))?;
+            if inner.objects.iter().any(|o| o.location.filename() == Some(layout::MANIFEST)) {
+                complete.push(*epoch);
+            }
+        }
+        Ok((complete, all))
+    }
+
+    /// Finds and verifies the checkpoint to restore from.
+    ///
+    /// With [`RestoreTarget::Latest`], a checkpoint whose manifest or parts fail
+    /// verification is logged and skipped in favour of the previous complete one; the
+    /// error lists every checkpoint tried when none verifies. A job name mismatch is
+    /// never skipped.
+    pub async fn resolve_restore(&self, target: RestoreTarget) -> Result<Manifest> {
+        let (complete, _) = self.list().await?;
+        let candidates = protocol::restore_candidates(target, &complete);
+        if candidates.is_empty() {
+            return Err(match target {
+                RestoreTarget::Latest => CheckpointError::NoCheckpoint { job: self.layout.job().to_string(), url: self.url.clone() },
+                RestoreTarget::Epoch(epoch) => CheckpointError::CheckpointNotFound { job: self.layout.job().to_string(), epoch },
+            });
+        }
+        let mut tried = Vec::new();
+        for epoch in candidates {
+            match self.verify(epoch).await {
+                Ok(m) => {
+                    if !tried.is_empty() {
+                        tracing::warn!(epoch, skipped = ?tried, "restoring from an older checkpoint because newer ones failed verification");
+                    }
+                    return Ok(m);
+                }
+                Err(e @ CheckpointError::JobMismatch { .. }) => return Err(e),
+                Err(e @ CheckpointError::Storage { .. }) if e.is_retryable() => return Err(e),
+                Err(e) => {
+                    tracing::error!(epoch, error = %e, "checkpoint failed verification");
+                    tried.push((epoch, e.to_string()));
+                }
+            }
+        }
+        Err(CheckpointError::NoReadableCheckpoint { job: self.layout.job().to_string(), tried })
+    }
+
+    /// Reads checkpoint `epoch`'s manifest and checks every part's size and checksum.
+    pub async fn verify(&self, epoch: u64) -> Result<Manifest> {
+        let manifest = self.read_manifest(epoch).await?;
+        for part in &manifest.parts {
+            self.get_part(part).await?;
+        }
+        Ok(manifest)
+    }
+
+    /// Deletes every object of checkpoint `epoch`.
+    pub async fn delete_checkpoint(&self, epoch: u64) -> Result<()> {
+        let dir = self.layout.checkpoint_dir(epoch);
+        self.delete_prefix(&dir).await
+    }
+
+    async fn delete_prefix(&self, dir: &Path) -> Result<()> {
+        let objects: Vec<_> = self.store.list(Some(dir)).try_collect().await.map_err(|e| CheckpointError::storage("list", dir, e))?;
+        // The manifest goes first, so that a half-deleted checkpoint is never complete.
+        let (manifests, rest): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| o.location.filename() == Some(layout::MANIFEST));
+        for o in manifests.into_iter().chain(rest) {
+            match self.store.delete(&o.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(CheckpointError::storage("delete", &o.location, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the retention policy: keeps the newest `retain` complete checkpoints and
+    /// everything they reference, deletes older directories. Returns the deleted epochs.
+    pub async fn apply_retention(&self, retain: usize) -> Result<Vec<u64>> {
+        let (complete, all) = self.list().await?;
+        let mut facts = Vec::new();
+        // Only the newest `retain` manifests need reading: older ones are deleted anyway.
+        for epoch in complete.iter().rev().take(retain.max(1)) {
+            let manifest = self.read_manifest(*epoch).await?;
+            facts.push((*epoch, referenced_dirs(&manifest)));
+        }
+        let delete = protocol::retention(&facts, &all, retain);
+        for epoch in &delete {
+            self.delete_checkpoint(*epoch).await?;
+        }
+        Ok(delete)
+    }
+
+    /// Announces a generation, returning every generation announced so far (this one included).
+    pub async fn announce_generation(&self, generation: u64) -> Result<Vec<u64>> {
+        let path = self.layout.generation_marker(generation);
+        self.store.put(&path, PutPayload::from_static(b"")).await.map_err(|e| CheckpointError::storage("put", &path, e))?;
+        self.generations().await
+    }
+
+    /// Every generation announced so far.
+    pub async fn generations(&self) -> Result<Vec<u64>> {
+        let root = self.layout.generations();
+        let objects: Vec<_> = self.store.list(Some(&root)).try_collect().await.map_err(|e| CheckpointError::storage("list", &root, e))?;
+        let mut gens: Vec<u64> = objects.iter().filter_map(|o| o.location.filename().and_then(layout::parse_generation_marker)).collect();
+        gens.sort_unstable();
+        Ok(gens)
+    }
+
+    /// Deletes everything the job has stored (checkpoints, markers, ledgers).
+    pub async fn delete_job(&self) -> Result<()> {
+        self.delete_prefix(&self.layout.job_root()).await
+    }
+
+    /// Writes a small framed object (ledger entries and the like), overwriting it.
+    pub async fn put_object(&self, path: &Path, bytes: Vec<u8>) -> Result<()> {
+        self.store.put(path, PutPayload::from(bytes)).await.map_err(|e| CheckpointError::storage("put", path, e))?;
+        Ok(())
+    }
+
+    /// Reads every object under a prefix, verified, as `(path, payload bytes)`.
+    pub async fn read_prefix(&self, prefix: &Path) -> Result<Vec<(String, bytes::Bytes)>> {
+        let objects: Vec<_> = self.store.list(Some(prefix)).try_collect().await.map_err(|e| CheckpointError::storage("list", prefix, e))?;
+        let mut out = Vec::new();
+        for o in objects {
+            let bytes = self.get(&o.location).await?;
+            out.push((o.location.to_string(), bytes));
+        }
+        Ok(out)
+    }
+}
+
+/// The checkpoint directories a manifest's parts live in.
+pub fn referenced_dirs(manifest: &Manifest) -> BTreeSet<u64> {
+    let mut dirs: BTreeSet<u64> = manifest
+        .parts
+        .iter()
+        .filter_map(|p| p.path.split('/').find_map(layout::parse_checkpoint_dir))
+        .collect();
+    dirs.insert(manifest.epoch);
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::SinkEntry;
+
+    fn manifest(job: &str, epoch: u64, parts: Vec<PartEntry>) -> Manifest {
+        Manifest {
+            job: job.into(),
+            epoch,
+            generation: 0,
+            workers: 1,
+            key_groups: 128,
+            created_ms: 0,
+            parts,
+            sinks: vec![SinkEntry { sink: "s".into(), worker: 0, epoch, generation: 0, handle: "h".into() }],
+        }
+    }
+
+    async fn checkpoint(store: &CheckpointStore, epoch: u64) -> Manifest {
+        let path = store.layout().part(epoch, "op", "w0");
+        let part = store.put_part(path, "op", 0, (0, 128), codec::encode("t", &vec![epoch; 10]).unwrap()).await.unwrap();
+        let m = manifest("job", epoch, vec![part]);
+        store.put_manifest(&m).await.unwrap();
+        m
+    }
+
+    #[tokio::test]
+    async fn manifest_is_written_once() {
+        let store = CheckpointStore::open("memory://", "job").unwrap();
+        let m = checkpoint(&store, 1).await;
+        assert!(matches!(store.put_manifest(&m).await, Err(CheckpointError::ManifestExists { .. })));
+        assert_eq!(store.read_manifest(1).await.unwrap(), m);
+    }
+
+    #[tokio::test]
+    async fn concurrent_manifest_writers_have_one_winner_on_the_local_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        let m = manifest("job", 7, vec![]);
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (s, m) = (store.clone(), m.clone());
+                tokio::spawn(async move { s.put_manifest(&m).await.is_ok() })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            winners += t.await.unwrap() as usize;
+        }
+        assert_eq!(winners, 1);
+    }
+
+    #[tokio::test]
+    async fn latest_falls_back_past_a_corrupted_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        checkpoint(&store, 1).await;
+        let m2 = checkpoint(&store, 2).await;
+        // Flip a byte of checkpoint 2's part.
+        let file = dir.path().join(&m2.parts[0].path);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::write(&file, bytes).unwrap();
+        assert_eq!(store.resolve_restore(RestoreTarget::Latest).await.unwrap().epoch, 1);
+        let err = store.resolve_restore(RestoreTarget::Epoch(2)).await.unwrap_err().to_string();
+        assert!(err.contains(&m2.parts[0].path), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_manifest_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        checkpoint(&store, 1).await;
+        let file = dir.path().join(store.layout().manifest(1).as_ref());
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        let err = store.resolve_restore(RestoreTarget::Latest).await.unwrap_err().to_string();
+        assert!(err.contains("_MANIFEST") && err.contains("truncated"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn restore_without_checkpoint_is_a_clear_error() {
+        let store = CheckpointStore::open("memory://", "job").unwrap();
+        let err = store.resolve_restore(RestoreTarget::Latest).await.unwrap_err();
+        assert!(matches!(err, CheckpointError::NoCheckpoint { .. }), "{err}");
+        assert!(err.to_string().contains("without --restore"));
+    }
+
+    #[tokio::test]
+    async fn job_name_mismatch_is_an_error() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let store = CheckpointStore::with_store(inner.clone(), "memory://", "job");
+        let m = manifest("other", 1, vec![]);
+        // A manifest of job `other` under job `job`'s prefix.
+        let bytes = codec::encode_json("m", &m).unwrap();
+        inner.put(&store.layout().manifest(1), PutPayload::from(bytes)).await.unwrap();
+        let err = store.resolve_restore(RestoreTarget::Latest).await.unwrap_err();
+        assert!(matches!(err, CheckpointError::JobMismatch { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_old_checkpoints_only_after_a_newer_one_is_complete() {
+        let store = CheckpointStore::open("memory://", "job").unwrap();
+        for e in 1..=4 {
+            checkpoint(&store, e).await;
+        }
+        // An incomplete, newer checkpoint in progress.
+        let p = store.layout().part(5, "op", "w0");
+        store.put_part(p, "op", 0, (0, 128), vec![1]).await.unwrap();
+        assert_eq!(store.apply_retention(2).await.unwrap(), vec![1, 2]);
+        let (complete, all) = store.list().await.unwrap();
+        assert_eq!(complete, vec![3, 4]);
+        assert_eq!(all, vec![3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn generations_are_listed_in_order() {
+        let store = CheckpointStore::open("memory://", "job").unwrap();
+        store.announce_generation(2).await.unwrap();
+        assert_eq!(store.announce_generation(10).await.unwrap(), vec![2, 10]);
+    }
+
+    #[test]
+    fn unknown_schemes_are_rejected() {
+        let err = CheckpointStore::open("ftp://x", "job").unwrap_err().to_string();
+        assert!(err.contains("ftp://x") && err.contains("unknown scheme"), "{err}");
+    }
+}
