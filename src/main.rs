@@ -1,1 +1,157 @@
-fn main() {}
+//! The `weir` command-line tool: launch and supervise a job cluster, inspect and delete
+//! checkpoints.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weir_checkpoint::CheckpointStore;
+use weir_runtime::launch::{launch, LaunchOptions, Outcome};
+
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about = "Exactly-once checkpointing dataflow: launch jobs, inspect checkpoints")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Starts a job as a cluster of processes and restarts it from its latest checkpoint
+    /// whenever a process dies.
+    Launch {
+        /// Processes in the cluster.
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
+        /// Worker threads per process.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Restarts before giving up.
+        #[arg(long, default_value_t = 10)]
+        max_restarts: u32,
+        /// Delay before the first restart in ms; it doubles on each restart.
+        #[arg(long, default_value_t = 100)]
+        restart_delay_ms: u64,
+        /// Upper bound of the restart delay in ms.
+        #[arg(long, default_value_t = 10_000)]
+        max_restart_delay_ms: u64,
+        /// The job binary.
+        binary: PathBuf,
+        /// The job's arguments (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Lists, shows and deletes checkpoints.
+    Checkpoints {
+        #[command(subcommand)]
+        command: Checkpoints,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct Target {
+    /// Checkpoint URL (path, file://, memory://, s3://bucket/prefix).
+    #[arg(long = "checkpoint-dir", alias = "checkpoint-url", env = "WEIR_CHECKPOINT_URL")]
+    url: String,
+    /// The job's name.
+    #[arg(long, env = "WEIR_JOB")]
+    job: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Checkpoints {
+    /// Lists the job's checkpoints.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Shows one checkpoint's manifest.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// The checkpoint's epoch.
+        epoch: u64,
+    },
+    /// Deletes one checkpoint, or all of the job's state with --all.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        /// The checkpoint's epoch.
+        epoch: Option<u64>,
+        /// Delete every checkpoint, generation marker and ledger of the job.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn checkpoints(cmd: Checkpoints) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        match cmd {
+            Checkpoints::List { target } => {
+                let store = CheckpointStore::open(&target.url, &target.job)?;
+                let (complete, all) = store.list().await?;
+                println!("{:>8}  {:>10}  {:>7}  {:>5}  {:>12}  {:>7}", "epoch", "status", "workers", "gen", "bytes", "outputs");
+                for epoch in all {
+                    if complete.contains(&epoch) {
+                        match store.read_manifest(epoch).await {
+                            Ok(m) => println!("{:>8}  {:>10}  {:>7}  {:>5}  {:>12}  {:>7}", epoch, "complete", m.workers, m.generation, m.total_bytes(), m.sinks.len()),
+                            Err(e) => println!("{:>8}  {:>10}  {e}", epoch, "unreadable"),
+                        }
+                    } else {
+                        println!("{:>8}  {:>10}", epoch, "incomplete");
+                    }
+                }
+            }
+            Checkpoints::Show { target, epoch } => {
+                let store = CheckpointStore::open(&target.url, &target.job)?;
+                let m = store.read_manifest(epoch).await?;
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            }
+            Checkpoints::Delete { target, epoch, all } => {
+                let store = CheckpointStore::open(&target.url, &target.job)?;
+                match (epoch, all) {
+                    (_, true) => store.delete_job().await?,
+                    (Some(e), false) => store.delete_checkpoint(e).await?,
+                    (None, false) => anyhow::bail!("name a checkpoint epoch to delete, or pass --all"),
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn main() {
+    weir::cli::main_with(|| {
+        let cli = Cli::parse();
+        match cli.command {
+            Command::Launch { processes, workers, max_restarts, restart_delay_ms, max_restart_delay_ms, binary, args } => {
+                anyhow::ensure!(processes >= 1 && workers >= 1, "--processes and --workers must be at least 1");
+                let opts = LaunchOptions {
+                    processes,
+                    workers,
+                    max_restarts,
+                    restart_delay: Duration::from_millis(restart_delay_ms),
+                    max_restart_delay: Duration::from_millis(max_restart_delay_ms),
+                    binary: binary.clone(),
+                    args,
+                };
+                match launch(&opts).with_context(|| format!("cannot launch {}", binary.display()))? {
+                    Outcome::Finished { restarts } => {
+                        eprintln!("weir launch: job finished after {restarts} restart(s)");
+                        Ok(())
+                    }
+                    Outcome::Permanent { reason } => {
+                        eprintln!("weir launch: {reason}; the failure is in the job's settings or input, so it is not restarted");
+                        std::process::exit(2)
+                    }
+                    Outcome::GaveUp { restarts, reason } => {
+                        anyhow::bail!("gave up after {restarts} restarts (--max-restarts {max_restarts}); last failure: {reason}")
+                    }
+                }
+            }
+            Command::Checkpoints { command } => checkpoints(command),
+        }
+    })
+}

@@ -50,6 +50,11 @@ impl PayloadKind {
     }
 }
 
+/// CRC-32 (IEEE) of `bytes`, as recorded in headers and manifests.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
 /// Wraps an already encoded payload in a header.
 pub fn frame(kind: PayloadKind, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());

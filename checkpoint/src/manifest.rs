@@ -56,6 +56,9 @@ pub struct Manifest {
     pub key_groups: u32,
     /// Wall-clock milliseconds since the Unix epoch when the manifest was written.
     pub created_ms: u64,
+    /// The names of the job's checkpointed operators, sources and sinks, so that a
+    /// restore into a changed job graph is detected.
+    pub operators: Vec<String>,
     /// Every state and position part.
     pub parts: Vec<PartEntry>,
     /// Every pre-committed sink output that this checkpoint commits.

@@ -77,15 +77,16 @@ pub enum SinkAction {
 /// `restored` are the sink's entries in the restored manifest (empty for a fresh start);
 /// `staged` are the outputs the sink still finds pre-committed. Every restored entry is
 /// committed, whether or not it is still staged (commit is idempotent and the crash may
-/// have come anywhere between manifest and commit); every staged output that the
-/// manifest does not list is aborted.
-pub fn recover_sink(restored: &[SinkEntry], staged: &[SinkEntry]) -> Vec<SinkAction> {
+/// have come anywhere between manifest and commit); every staged output of an earlier
+/// generation that the manifest does not list is aborted. Outputs of `generation`
+/// itself belong to the run that is starting and are left alone.
+pub fn recover_sink(restored: &[SinkEntry], staged: &[SinkEntry], generation: u64) -> Vec<SinkAction> {
     let keep: BTreeSet<(&str, &str)> = restored.iter().map(|e| (e.sink.as_str(), e.handle.as_str())).collect();
     let mut actions: Vec<SinkAction> = restored.iter().cloned().map(SinkAction::Commit).collect();
     actions.extend(
         staged
             .iter()
-            .filter(|s| !keep.contains(&(s.sink.as_str(), s.handle.as_str())))
+            .filter(|s| s.generation < generation && !keep.contains(&(s.sink.as_str(), s.handle.as_str())))
             .cloned()
             .map(SinkAction::Abort),
     );
@@ -295,7 +296,7 @@ mod tests {
         // Worker 0's output of epoch 4 was already committed (not staged anymore);
         // epoch 5 was pre-committed after the checkpoint.
         let staged = vec![sink(1, 4), sink(0, 5), sink(1, 5)];
-        let actions = recover_sink(&restored, &staged);
+        let actions = recover_sink(&restored, &staged, 1);
         assert_eq!(
             actions,
             vec![
@@ -309,9 +310,16 @@ mod tests {
 
     #[test]
     fn fresh_start_aborts_every_leftover() {
-        let actions = recover_sink(&[], &[sink(0, 1), sink(0, 2)]);
+        let actions = recover_sink(&[], &[sink(0, 1), sink(0, 2)], 1);
         assert!(actions.iter().all(|a| matches!(a, SinkAction::Abort(_))));
         assert_eq!(actions.len(), 2);
+    }
+
+    #[test]
+    fn recovery_leaves_the_new_generation_alone() {
+        let mut current = sink(1, 7);
+        current.generation = 3;
+        assert!(recover_sink(&[], &[current], 3).is_empty());
     }
 
     #[test]

@@ -381,6 +381,7 @@ mod tests {
             workers: 1,
             key_groups: 128,
             created_ms: 0,
+            operators: vec!["op".into()],
             parts,
             sinks: vec![SinkEntry { sink: "s".into(), worker: 0, epoch, generation: 0, handle: "h".into() }],
         }

@@ -1,1 +1,13 @@
-//! placeholder
+//! weir's sources and sinks.
+//!
+//! Every connector states its delivery contract in its module documentation: what a
+//! restore replays, what a crash can leave behind, and how that is cleaned up. The
+//! embedded defaults are [`files`] (a replayable line source and a transactional
+//! JSON-lines sink) and [`generator`] (a deterministic source for tests and benchmarks).
+#![deny(missing_docs)]
+
+pub mod files;
+pub mod generator;
+mod source;
+
+pub use source::SourceOptions;

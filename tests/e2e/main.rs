@@ -1,1 +1,16 @@
-fn main() {}
+//! End-to-end tests of weir: real processes, real SIGKILLs, real files.
+//!
+//! They run the release binaries `target/release/weir` and
+//! `target/release/examples/wordcount` (build them with
+//! `cargo build --release --bins --examples`) on seeded random input, compare the
+//! committed output with an oracle computed from the input, and check the promised
+//! delivery guarantee. Set `WEIR_E2E_SEED` to explore other inputs and kill schedules;
+//! the seed in use is printed by every test.
+
+mod harness;
+
+mod bad_input;
+mod failpoints;
+mod kills;
+mod restore;
+mod standalone;

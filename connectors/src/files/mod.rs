@@ -1,0 +1,8 @@
+//! Files, the embedded default: a replayable line source over a directory and a
+//! transactional JSON-lines sink.
+
+mod sink;
+mod source;
+
+pub use sink::{write_jsonl, FileCommitter};
+pub use source::read_lines;

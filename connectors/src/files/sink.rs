@@ -1,0 +1,210 @@
+//! The transactional file sink: JSON lines, visible only once committed.
+//!
+//! Delivery contract. Each worker writes each epoch's records to its own staged file,
+//! `DIR/.staging/<sink>-e<epoch>-g<generation>-w<worker>.jsonl`. Pre-commit flushes
+//! and fsyncs it. Commit renames it atomically to `DIR/<same name>` and fsyncs the
+//! directory; a reader of `DIR/*.jsonl` therefore sees whole epochs or nothing. With
+//! exactly-once delivery the commit happens only after the checkpoint that covers the
+//! epoch is complete; restore commits staged files of the restored checkpoint and
+//! deletes every other staged file of an earlier generation. With at-least-once and
+//! at-most-once delivery each epoch is committed as soon as it ends.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use timely::dataflow::Stream;
+use weir_runtime::checkpoint::SinkEntry;
+use weir_runtime::{Committer, Job, PreCommitted, Result, RuntimeError, TwoPhaseSink};
+
+/// Writes `stream` as JSON lines into `dir` through a two-phase commit.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::ToStream;
+/// let out = tempfile::tempdir().unwrap();
+/// let dir = out.path().to_path_buf();
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-sink"), move |job| {
+///     let records = vec![1u64, 2, 3].to_stream(job.scope());
+///     weir_connectors::files::write_jsonl(job, records, "out", &dir)
+/// }).unwrap();
+/// let mut lines: Vec<String> = std::fs::read_dir(out.path()).unwrap()
+///     .map(|e| e.unwrap().path())
+///     .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+///     .flat_map(|p| std::fs::read_to_string(p).unwrap().lines().map(String::from).collect::<Vec<_>>())
+///     .collect();
+/// lines.sort();
+/// assert_eq!(lines, vec!["1", "2", "3"]);
+/// ```
+pub fn write_jsonl<'s, D: Serialize + timely::ExchangeData>(job: &mut Job<'s>, stream: Stream<'s, u64, Vec<D>>, name: &str, dir: &Path) -> Result<()> {
+    let committer = Arc::new(FileCommitter::new(name, dir)?);
+    let sink = FileSink {
+        committer: Arc::clone(&committer),
+        worker: job.ctx().worker(),
+        generation: job.ctx().generation(),
+        open: BTreeMap::new(),
+        _marker: std::marker::PhantomData,
+    };
+    weir_runtime::sink::sink(job, stream, name, sink, committer)
+}
+
+/// Makes staged files visible, or deletes them.
+pub struct FileCommitter {
+    name: String,
+    dir: PathBuf,
+    staging: PathBuf,
+}
+
+impl FileCommitter {
+    /// The committer of sink `name` writing into `dir`; creates `dir/.staging`.
+    pub fn new(name: &str, dir: &Path) -> Result<Self> {
+        let staging = dir.join(".staging");
+        std::fs::create_dir_all(&staging).map_err(|e| RuntimeError::Io {
+            operator: name.to_string(),
+            reason: format!("cannot create output directory {}: {e}", staging.display()),
+        })?;
+        Ok(FileCommitter { name: name.to_string(), dir: dir.to_path_buf(), staging })
+    }
+
+    fn file_name(&self, epoch: u64, generation: u64, worker: usize) -> String {
+        format!("{}-e{epoch:020}-g{generation}-w{worker}.jsonl", self.name)
+    }
+
+    fn parse(&self, file: &str) -> Option<SinkEntry> {
+        let rest = file.strip_prefix(&format!("{}-e", self.name))?.strip_suffix(".jsonl")?;
+        let mut it = rest.split('-');
+        let epoch = it.next()?.parse().ok()?;
+        let generation = it.next()?.strip_prefix('g')?.parse().ok()?;
+        let worker = it.next()?.strip_prefix('w')?.parse().ok()?;
+        Some(SinkEntry { sink: self.name.clone(), worker, epoch, generation, handle: file.to_string() })
+    }
+
+    fn io(&self, what: String, e: std::io::Error) -> RuntimeError {
+        RuntimeError::Io { operator: self.name.clone(), reason: format!("{what}: {e}") }
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Committer for FileCommitter {
+    fn staged(&self) -> Result<Vec<SinkEntry>> {
+        let entries = std::fs::read_dir(&self.staging).map_err(|e| self.io(format!("cannot list {}", self.staging.display()), e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io(format!("cannot list {}", self.staging.display()), e))?;
+            if let Some(parsed) = self.parse(&entry.file_name().to_string_lossy()) {
+                out.push(parsed);
+            }
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, entry: &SinkEntry) -> Result<()> {
+        let from = self.staging.join(&entry.handle);
+        let to = self.dir.join(&entry.handle);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => sync_dir(&self.dir).map_err(|e| self.io(format!("cannot sync {}", self.dir.display()), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if to.exists() {
+                    Ok(())
+                } else {
+                    Err(RuntimeError::Io {
+                        operator: self.name.clone(),
+                        reason: format!(
+                            "output of epoch {} is neither staged at {} nor committed at {}: it was deleted by hand or the output directory changed",
+                            entry.epoch,
+                            from.display(),
+                            to.display()
+                        ),
+                    })
+                }
+            }
+            Err(e) => Err(self.io(format!("cannot commit {} to {}", from.display(), to.display()), e)),
+        }
+    }
+
+    fn abort(&self, entry: &SinkEntry) -> Result<()> {
+        let path = self.staging.join(&entry.handle);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(format!("cannot delete staged {}", path.display()), e)),
+        }
+    }
+}
+
+struct FileSink<D> {
+    committer: Arc<FileCommitter>,
+    worker: usize,
+    generation: u64,
+    open: BTreeMap<u64, (String, BufWriter<File>)>,
+    _marker: std::marker::PhantomData<D>,
+}
+
+impl<D: Serialize + 'static> TwoPhaseSink for FileSink<D> {
+    type Record = D;
+
+    fn write(&mut self, epoch: u64, record: D) -> Result<()> {
+        if !self.open.contains_key(&epoch) {
+            let name = self.committer.file_name(epoch, self.generation, self.worker);
+            let path = self.committer.staging.join(&name);
+            let file = File::create(&path).map_err(|e| self.committer.io(format!("cannot create {}", path.display()), e))?;
+            self.open.insert(epoch, (name, BufWriter::with_capacity(1 << 16, file)));
+        }
+        let (name, w) = self.open.get_mut(&epoch).expect("opened");
+        serde_json::to_writer(&mut *w, &record)
+            .map_err(std::io::Error::other)
+            .and_then(|_| w.write_all(b"\n"))
+            .map_err(|e| RuntimeError::Io { operator: self.committer.name.clone(), reason: format!("cannot write {name}: {e}") })
+    }
+
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+        let Some((name, w)) = self.open.remove(&epoch) else { return Ok(None) };
+        let file = w.into_inner().map_err(|e| self.committer.io(format!("cannot flush {name}"), e.into_error()))?;
+        file.sync_all().map_err(|e| self.committer.io(format!("cannot sync {name}"), e))?;
+        Ok(Some(PreCommitted(SinkEntry {
+            sink: self.committer.name.clone(),
+            worker: self.worker,
+            epoch,
+            generation: self.generation,
+            handle: name,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_names_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileCommitter::new("out", dir.path()).unwrap();
+        let name = c.file_name(42, 3, 1);
+        let e = c.parse(&name).unwrap();
+        assert_eq!((e.epoch, e.generation, e.worker), (42, 3, 1));
+        assert!(c.parse("other-e1-g0-w0.jsonl").is_none());
+    }
+
+    #[test]
+    fn commit_is_idempotent_and_a_lost_output_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileCommitter::new("out", dir.path()).unwrap();
+        let name = c.file_name(1, 0, 0);
+        std::fs::write(c.staging.join(&name), "x\n").unwrap();
+        let entry = c.parse(&name).unwrap();
+        c.commit(&entry).unwrap();
+        c.commit(&entry).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join(&name)).unwrap(), "x\n");
+        let lost = c.parse(&c.file_name(2, 0, 0)).unwrap();
+        let err = c.commit(&lost).unwrap_err().to_string();
+        assert!(err.contains("epoch 2"), "{err}");
+        c.abort(&lost).unwrap();
+    }
+}

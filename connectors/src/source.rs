@@ -1,0 +1,164 @@
+//! The skeleton every replayable source shares: epoch barriers from the job's clock,
+//! positions checkpointed per key group, a final report when the input ends.
+
+use std::hash::Hash;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+use weir_runtime::checkpoint::Report;
+use weir_runtime::{encode_keyed, Delivery, Job, JobContext, Result, RuntimeError, Snapshotter};
+
+/// What a source reads from, one split (file, partition, generator slice) at a time.
+pub(crate) trait Reader: 'static {
+    /// A split's identity; splits are spread over workers by key group.
+    type Split: Serialize + DeserializeOwned + Hash + Eq + Clone + Ord + 'static;
+    /// What the source emits.
+    type Item: timely::ExchangeData;
+    /// Reads up to `max` items into `out`, advancing `positions`; returns `false` once
+    /// every split is exhausted.
+    fn read(&mut self, positions: &mut std::collections::BTreeMap<Self::Split, u64>, max: usize, out: &mut Vec<Self::Item>) -> Result<bool>;
+}
+
+/// Options every source takes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceOptions {
+    /// Items per second per worker; `None` reads as fast as possible.
+    pub rate_limit: Option<u64>,
+}
+
+/// The positions a source restarts from: the restored checkpoint's, or with at-most-once
+/// delivery the ledger's (everything ever read, processed or not).
+fn restore_positions<S: Serialize + DeserializeOwned + Hash + Eq + Ord + Clone>(ctx: &JobContext, name: &str) -> Result<std::collections::BTreeMap<S, u64>> {
+    let mut positions: std::collections::BTreeMap<S, u64> = ctx.restore_keyed::<S, u64>(name)?.into_iter().collect();
+    if ctx.config().delivery == Delivery::AtMostOnce {
+        if let Some(store) = ctx.store() {
+            let root = store.layout().ledger_root(name);
+            for (path, bytes) in ctx.block_on(store.read_prefix(&root))? {
+                let entries: Vec<(S, u64)> = weir_runtime::checkpoint::codec::decode(&path, &bytes)?;
+                for (split, pos) in entries {
+                    if ctx.owns(&split) {
+                        let p = positions.entry(split).or_insert(0);
+                        *p = (*p).max(pos);
+                    }
+                }
+            }
+        }
+    }
+    Ok(positions)
+}
+
+/// Builds a source operator around `reader`.
+pub(crate) fn source<'s, R: Reader>(job: &mut Job<'s>, name: &str, mut reader: R, opts: SourceOptions) -> Result<Stream<'s, u64, Vec<R::Item>>> {
+    job.claim_name(name)?;
+    let ctx = job.ctx().clone();
+    let mut positions = restore_positions::<R::Split>(&ctx, name)?;
+    let checkpointing = ctx.checkpointing();
+    let at_most_once = ctx.config().delivery == Delivery::AtMostOnce && checkpointing;
+    let mut builder = OperatorBuilder::new(format!("source:{name}"), job.scope());
+    let address = builder.operator_info().address;
+    let (data_out, data) = builder.new_output::<Vec<R::Item>>();
+    let (report_out, reports) = builder.new_output::<Vec<Report>>();
+    let mut data_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<R::Item>>>::from(data_out);
+    let mut report_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Report>>>::from(report_out);
+    let worker = job.scope().worker();
+    let activator = worker.activator_for(address.clone());
+    let mut snapshotter = Snapshotter::new(&ctx, name, &address, worker);
+    let name = name.to_string();
+    let ledger_path = ctx.store().map(|s| s.layout().ledger(&name, &format!("w{}-g{}", ctx.worker(), ctx.generation())));
+    let range = ctx.key_group_range();
+    let first_epoch = ctx.first_epoch();
+    let key_groups = ctx.key_groups();
+    builder.build(move |mut caps| {
+        let mut report_cap: Option<Capability<u64>> = caps.pop();
+        let mut data_cap: Option<Capability<u64>> = caps.pop();
+        for c in report_cap.iter_mut().chain(data_cap.iter_mut()) {
+            c.downgrade(&first_epoch);
+        }
+        let started = std::time::Instant::now();
+        let mut emitted: u64 = 0;
+        let mut changed = true;
+        let mut batch: Vec<R::Item> = Vec::new();
+        let snapshot = move |snapshotter: &mut Snapshotter, positions: &std::collections::BTreeMap<R::Split, u64>, cap: Capability<u64>, changed: &mut bool, is_final: bool| {
+            if !checkpointing {
+                return;
+            }
+            let bytes = if std::mem::take(changed) {
+                match encode_keyed(&name, key_groups, positions.iter()) {
+                    Ok(b) => Some(b),
+                    Err(e) => weir_runtime::execute::die("source snapshot", &e),
+                }
+            } else {
+                None
+            };
+            snapshotter.snapshot(cap, range, bytes, Vec::new(), is_final);
+        };
+        move |_frontiers| {
+            if let (Some(dc), Some(rc)) = (data_cap.as_mut(), report_cap.as_mut()) {
+                // Barrier injection: close every epoch the clock has passed.
+                let now = ctx.clock().current();
+                if now > *dc.time() {
+                    let due = rc.delayed(&(now - 1));
+                    snapshot(&mut snapshotter, &positions, due, &mut changed, false);
+                    dc.downgrade(&now);
+                    rc.downgrade(&now);
+                }
+                let mut budget = 4096usize;
+                if let Some(rate) = opts.rate_limit {
+                    let allowed = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                    budget = budget.min(allowed.saturating_sub(emitted) as usize);
+                }
+                let mut more = true;
+                if budget > 0 {
+                    let before = positions.clone();
+                    more = match reader.read(&mut positions, budget, &mut batch) {
+                        Ok(more) => more,
+                        Err(e) => weir_runtime::execute::die("source", &e),
+                    };
+                    if positions != before {
+                        changed = true;
+                    }
+                    if at_most_once && positions != before {
+                        // Make the read position durable before anything is processed.
+                        let store = ctx.store().expect("checkpointing");
+                        let path = ledger_path.as_ref().expect("checkpointing");
+                        let entries: Vec<(&R::Split, &u64)> = positions.iter().collect();
+                        let written = weir_runtime::checkpoint::codec::encode("ledger", &entries)
+                            .map_err(RuntimeError::from)
+                            .and_then(|bytes| ctx.block_on(store.put_object(path, bytes)).map_err(RuntimeError::from));
+                        if let Err(e) = written {
+                            weir_runtime::execute::die("at-most-once ledger", &e);
+                        }
+                    }
+                    emitted += batch.len() as u64;
+                    if !batch.is_empty() {
+                        data_out.activate().session(dc).give_iterator(batch.drain(..));
+                    }
+                }
+                if !more {
+                    let epoch = *dc.time();
+                    let due = rc.delayed(&epoch);
+                    snapshot(&mut snapshotter, &positions, due, &mut changed, true);
+                    data_cap = None;
+                    report_cap = None;
+                } else if budget == 0 {
+                    let wait = std::time::Duration::from_secs_f64(1.0 / opts.rate_limit.unwrap_or(1).max(1) as f64);
+                    let wait = ctx.clock().until_next().map_or(wait, |n| n.min(wait));
+                    activator.activate_after(wait);
+                } else {
+                    activator.activate();
+                }
+            }
+            let mut reports = report_out.activate();
+            snapshotter.poll(|cap, report| reports.session(cap).give(report));
+        }
+    });
+    if checkpointing {
+        job.register_reports(reports);
+    }
+    Ok(data)
+}

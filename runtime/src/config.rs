@@ -1,0 +1,293 @@
+//! Job configuration: one serde struct that command-line flags, environment variables
+//! and an optional TOML file all map onto.
+//!
+//! Precedence, lowest first: defaults ([`JobConfig::default`]), the TOML file given with
+//! `--config`, environment variables (`WEIR_*`), command-line flags.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use weir_checkpoint::RestoreTarget;
+
+use crate::error::{Result, RuntimeError};
+
+/// The delivery guarantee of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Sources replay from the checkpoint; sink output becomes visible only once the
+    /// checkpoint that covers it is complete. After a crash: no loss, no duplicates.
+    #[default]
+    ExactlyOnce,
+    /// Sources replay from the checkpoint; sinks publish each epoch as soon as it ends.
+    /// After a crash: no loss; output of epochs after the checkpoint may repeat.
+    AtLeastOnce,
+    /// Sources never replay: a read position is made durable before its records are
+    /// processed; sinks publish at once. After a crash: no duplicates; records in flight
+    /// are lost.
+    AtMostOnce,
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Delivery::ExactlyOnce => "exactly-once",
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::AtMostOnce => "at-most-once",
+        })
+    }
+}
+
+/// Everything a job needs to know to run, checkpoint and restore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct JobConfig {
+    /// The job's name: checkpoints live under `<checkpoint-url>/<job>/`.
+    pub job: String,
+    /// The delivery guarantee.
+    pub delivery: Delivery,
+    /// Where checkpoints go: a path, `file:///path`, `memory://` or `s3://bucket/prefix`.
+    pub checkpoint_url: String,
+    /// Epoch length and checkpoint interval in milliseconds; 0 turns checkpointing off.
+    pub checkpoint_interval_ms: u64,
+    /// A snapshot upload slower than this fails its checkpoint.
+    pub checkpoint_timeout_ms: u64,
+    /// Minimum time between two checkpoint barriers; the effective interval is the larger
+    /// of this and `checkpoint-interval-ms`.
+    pub min_pause_ms: u64,
+    /// How many complete checkpoints to keep (at least one).
+    pub retain: usize,
+    /// How many checkpoints in a row may fail before the job fails.
+    pub tolerable_failed_checkpoints: u32,
+    /// Restore from `latest` or a checkpoint epoch; `None` starts from the beginning.
+    pub restore: Option<RestoreTarget>,
+    /// The number of key groups keyed state is split into: the maximum parallelism.
+    /// Fixed at the job's first start.
+    pub key_groups: u32,
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// This process's index in the cluster.
+    pub process: usize,
+    /// A file with one `host:port` line per process (needed when `processes` > 1).
+    pub hostfile: Option<PathBuf>,
+    /// The generation (restart count); `None` derives it from the store.
+    pub generation: Option<u64>,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            job: "weir-job".into(),
+            delivery: Delivery::ExactlyOnce,
+            checkpoint_url: "./weir-checkpoints".into(),
+            checkpoint_interval_ms: 1000,
+            checkpoint_timeout_ms: 60_000,
+            min_pause_ms: 0,
+            retain: 3,
+            tolerable_failed_checkpoints: 3,
+            restore: None,
+            key_groups: 128,
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+            generation: None,
+        }
+    }
+}
+
+impl JobConfig {
+    /// One worker thread, checkpoints in memory: the shortcut for tests and examples.
+    pub fn thread(job: &str) -> Self {
+        JobConfig { job: job.into(), checkpoint_url: "memory://".into(), checkpoint_interval_ms: 50, ..Default::default() }
+    }
+
+    /// Whether checkpoints are taken.
+    pub fn checkpointing(&self) -> bool {
+        self.checkpoint_interval_ms > 0
+    }
+
+    /// The effective epoch length.
+    pub fn epoch_ms(&self) -> u64 {
+        self.checkpoint_interval_ms.max(self.min_pause_ms)
+    }
+
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<()> {
+        if self.job.is_empty() || self.job.contains('/') || self.job.starts_with('.') {
+            return Err(RuntimeError::config("job", format!("`{}` must be non-empty, contain no `/` and not start with `.`", self.job)));
+        }
+        if self.workers == 0 {
+            return Err(RuntimeError::config("workers", "must be at least 1"));
+        }
+        if self.processes == 0 || self.process >= self.processes {
+            return Err(RuntimeError::config("process", format!("process {} is not in 0..{}", self.process, self.processes)));
+        }
+        if self.processes > 1 && self.hostfile.is_none() {
+            return Err(RuntimeError::config("hostfile", "a cluster of several processes needs --hostfile (or use `weir launch`)"));
+        }
+        if self.key_groups == 0 || (self.key_groups as usize) < self.workers * self.processes {
+            return Err(RuntimeError::config(
+                "key-groups",
+                format!("{} key groups cannot be spread over {} workers; raise --key-groups", self.key_groups, self.workers * self.processes),
+            ));
+        }
+        if self.restore.is_some() && !self.checkpointing() {
+            return Err(RuntimeError::config("restore", "restoring needs checkpointing: set --checkpoint-interval-ms above 0"));
+        }
+        Ok(())
+    }
+
+    /// The timely configuration for this process.
+    pub fn timely(&self) -> Result<timely::Config> {
+        if self.processes <= 1 {
+            return Ok(if self.workers == 1 { timely::Config::thread() } else { timely::Config::process(self.workers) });
+        }
+        let hostfile = self.hostfile.as_ref().expect("validated");
+        let text = std::fs::read_to_string(hostfile)
+            .map_err(|e| RuntimeError::config("hostfile", format!("cannot read {}: {e}", hostfile.display())))?;
+        let addresses: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+        if addresses.len() != self.processes {
+            return Err(RuntimeError::config(
+                "hostfile",
+                format!("{} lists {} addresses for {} processes", hostfile.display(), addresses.len(), self.processes),
+            ));
+        }
+        Ok(timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: self.workers,
+                process: self.process,
+                addresses,
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+}
+
+/// Command-line flags and environment variables of every weir job binary.
+///
+/// Flatten it into a job's own `clap::Parser` and call [`JobArgs::into_config`].
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct JobArgs {
+    /// A TOML file with job settings (keys as in `JobConfig`, kebab-case).
+    #[arg(long, env = "WEIR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The job's name.
+    #[arg(long, env = "WEIR_JOB")]
+    pub job: Option<String>,
+    /// Delivery guarantee.
+    #[arg(long, env = "WEIR_DELIVERY", value_enum)]
+    pub delivery: Option<Delivery>,
+    /// Checkpoint URL: a path, file:///path, memory:// or s3://bucket/prefix.
+    #[arg(long = "checkpoint-dir", alias = "checkpoint-url", env = "WEIR_CHECKPOINT_URL")]
+    pub checkpoint_url: Option<String>,
+    /// Checkpoint interval (epoch length) in ms; 0 turns checkpointing off.
+    #[arg(long, env = "WEIR_CHECKPOINT_INTERVAL_MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Checkpoint upload timeout in ms.
+    #[arg(long, env = "WEIR_CHECKPOINT_TIMEOUT_MS")]
+    pub checkpoint_timeout_ms: Option<u64>,
+    /// Minimum pause between checkpoint barriers in ms.
+    #[arg(long, env = "WEIR_MIN_PAUSE_MS")]
+    pub min_pause_ms: Option<u64>,
+    /// Complete checkpoints to retain.
+    #[arg(long, env = "WEIR_RETAIN")]
+    pub retain: Option<usize>,
+    /// Consecutive failed checkpoints tolerated before the job fails.
+    #[arg(long, env = "WEIR_TOLERABLE_FAILED_CHECKPOINTS")]
+    pub tolerable_failed_checkpoints: Option<u32>,
+    /// Restore from `latest` or a checkpoint epoch.
+    #[arg(long, env = "WEIR_RESTORE")]
+    pub restore: Option<RestoreTarget>,
+    /// Number of key groups (maximum parallelism), fixed at the job's first start.
+    #[arg(long, env = "WEIR_KEY_GROUPS")]
+    pub key_groups: Option<u32>,
+    /// Worker threads per process.
+    #[arg(long, short = 'w', env = "WEIR_WORKERS")]
+    pub workers: Option<usize>,
+    /// Processes in the cluster (set by `weir launch`).
+    #[arg(long)]
+    pub processes: Option<usize>,
+    /// This process's index (set by `weir launch`).
+    #[arg(long)]
+    pub process: Option<usize>,
+    /// Host file with one host:port per process (set by `weir launch`).
+    #[arg(long)]
+    pub hostfile: Option<PathBuf>,
+    /// Generation number (set by `weir launch`).
+    #[arg(long)]
+    pub generation: Option<u64>,
+}
+
+impl JobArgs {
+    /// Builds the configuration: defaults, then the TOML file, then these flags.
+    pub fn into_config(self, default_job: &str) -> Result<JobConfig> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| RuntimeError::config("config", format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str(&text).map_err(|e| RuntimeError::config("config", format!("{}: {e}", path.display())))?
+            }
+            None => JobConfig { job: default_job.into(), ..Default::default() },
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(job, delivery, checkpoint_url, checkpoint_interval_ms, checkpoint_timeout_ms, min_pause_ms, retain, tolerable_failed_checkpoints, key_groups, workers, processes, process);
+        if self.restore.is_some() {
+            c.restore = self.restore;
+        }
+        if self.hostfile.is_some() {
+            c.hostfile = self.hostfile;
+        }
+        if self.generation.is_some() {
+            c.generation = self.generation;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_file_and_flags_map_onto_one_struct() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("job.toml");
+        std::fs::write(&file, "job = \"wc\"\ndelivery = \"at-least-once\"\ncheckpoint-interval-ms = 250\nrestore = \"latest\"\n").unwrap();
+        let args = JobArgs { config: Some(file), workers: Some(2), ..Default::default() };
+        let c = args.into_config("ignored").unwrap();
+        assert_eq!(c.job, "wc");
+        assert_eq!(c.delivery, Delivery::AtLeastOnce);
+        assert_eq!(c.checkpoint_interval_ms, 250);
+        assert_eq!(c.restore, Some(RestoreTarget::Latest));
+        assert_eq!(c.workers, 2);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("job.toml");
+        std::fs::write(&file, "checkpoint-intervall-ms = 5\n").unwrap();
+        let err = JobArgs { config: Some(file), ..Default::default() }.into_config("j").unwrap_err().to_string();
+        assert!(err.contains("checkpoint-intervall-ms"), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_without_hostfile_is_rejected() {
+        let err = JobArgs { processes: Some(2), ..Default::default() }.into_config("j").unwrap_err().to_string();
+        assert!(err.contains("hostfile"), "{err}");
+    }
+
+    #[test]
+    fn restore_without_checkpointing_is_rejected() {
+        let args = JobArgs { restore: Some(RestoreTarget::Latest), checkpoint_interval_ms: Some(0), ..Default::default() };
+        assert!(args.into_config("j").unwrap_err().to_string().contains("restore"));
+    }
+}

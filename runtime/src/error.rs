@@ -1,0 +1,82 @@
+//! The error type of the runtime.
+
+use weir_checkpoint::CheckpointError;
+
+/// Result alias for runtime operations.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// What can stop a job.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A setting is missing, malformed or inconsistent.
+    #[error("invalid setting `{setting}`: {reason}")]
+    Config {
+        /// The setting's name (flag or config key).
+        setting: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// Checkpoint storage failed or holds something unusable.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A source or sink failed on its input or output.
+    #[error("{operator}: {reason}")]
+    Io {
+        /// The operator at fault.
+        operator: String,
+        /// What failed, with the object and offset.
+        reason: String,
+    },
+    /// A restore does not match the job as built now.
+    #[error("checkpoint {epoch} does not match this job: {reason}")]
+    Mismatch {
+        /// The checkpoint.
+        epoch: u64,
+        /// What differs.
+        reason: String,
+    },
+    /// Checkpoints keep failing.
+    #[error("{failed} consecutive checkpoints failed (tolerated: {tolerated}); last error: {last}")]
+    TooManyFailedCheckpoints {
+        /// How many failed in a row.
+        failed: u32,
+        /// The configured tolerance.
+        tolerated: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// A newer generation of this job has started; this process must stop.
+    #[error("generation {generation} was superseded by generation {newer}: this process stops without committing")]
+    Fenced {
+        /// This process's generation.
+        generation: u64,
+        /// The newer generation seen.
+        newer: u64,
+    },
+    /// The timely cluster could not start or a worker failed.
+    #[error("dataflow failed: {0}")]
+    Dataflow(String),
+}
+
+impl RuntimeError {
+    /// Whether the error is in the job's configuration or input, so that restarting
+    /// the job cannot help (the supervisor then stops instead of restarting).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            RuntimeError::Config { .. } | RuntimeError::Mismatch { .. } => true,
+            RuntimeError::Checkpoint(e) => !e.is_retryable(),
+            RuntimeError::Io { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// A configuration error.
+    pub fn config(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        RuntimeError::Config { setting: setting.into(), reason: reason.into() }
+    }
+}
+
+/// The process exit code for a permanent failure: `weir launch` does not restart it.
+pub const EXIT_PERMANENT: i32 = 2;
+/// The process exit code for a failure that a restart may cure.
+pub const EXIT_RETRY: i32 = 1;

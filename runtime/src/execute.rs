@@ -1,0 +1,149 @@
+//! Running a job: pre-flight checks, restore, the timely cluster, and the wait for the
+//! last checkpoint to be committed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use weir_checkpoint::{CheckpointError, CheckpointStore, Manifest, RestoreTarget};
+
+use crate::config::JobConfig;
+use crate::context::{EpochClock, Job, Shared};
+use crate::error::{Result, RuntimeError, EXIT_PERMANENT, EXIT_RETRY};
+
+/// Stops the process after a failure inside a running dataflow.
+///
+/// A timely cluster cannot lose a worker and go on, so a failure that one worker cannot
+/// handle ends the whole process, with exit code [`EXIT_PERMANENT`] when a restart cannot
+/// help and [`EXIT_RETRY`] otherwise; `weir launch` then restarts the job from its last
+/// checkpoint (or gives up).
+pub fn die(context: &str, error: &RuntimeError) -> ! {
+    eprintln!("error: {context}: {error}");
+    std::process::exit(if error.is_permanent() { EXIT_PERMANENT } else { EXIT_RETRY })
+}
+
+/// What a run found out before starting the dataflow.
+struct Preflight {
+    store: Option<CheckpointStore>,
+    restored: Option<Manifest>,
+    generation: u64,
+    first_epoch: u64,
+}
+
+fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflight> {
+    if !config.checkpointing() {
+        return Ok(Preflight { store: None, restored: None, generation: config.generation.unwrap_or(0), first_epoch: 1 });
+    }
+    let store = CheckpointStore::open(&config.checkpoint_url, &config.job)?;
+    rt.block_on(async {
+        store.probe().await?;
+        let generation = match config.generation {
+            Some(g) => g,
+            None if config.processes > 1 => {
+                return Err(RuntimeError::config("generation", "a multi-process job needs --generation (weir launch sets it)"));
+            }
+            None => store.generations().await?.last().map_or(0, |g| g + 1),
+        };
+        if config.process == 0 {
+            store.announce_generation(generation).await?;
+        }
+        let (complete, all) = store.list().await?;
+        let restored = match config.restore {
+            None if !complete.is_empty() => {
+                return Err(RuntimeError::config(
+                    "restore",
+                    format!(
+                        "job `{}` already has {} complete checkpoint(s) under `{}`: pass --restore latest to resume, or delete them with `weir checkpoints delete --all`",
+                        config.job,
+                        complete.len(),
+                        config.checkpoint_url
+                    ),
+                ));
+            }
+            None => None,
+            Some(target) => match store.resolve_restore(target).await {
+                Ok(m) => Some(m),
+                // A restarted generation whose predecessor died before its first
+                // checkpoint starts from the beginning; leftovers are aborted.
+                Err(CheckpointError::NoCheckpoint { .. }) if generation > 0 && target == RestoreTarget::Latest && complete.is_empty() => {
+                    tracing::warn!(generation, "no checkpoint yet: the restarted job starts from the beginning");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if let Some(m) = &restored {
+            if m.key_groups != config.key_groups {
+                return Err(RuntimeError::Mismatch {
+                    epoch: m.epoch,
+                    reason: format!("it was written with {} key groups and the job is configured with {}; key groups are fixed at the first start (set --key-groups {})", m.key_groups, config.key_groups, m.key_groups),
+                });
+            }
+            let workers = config.workers * config.processes;
+            if workers as u32 > m.key_groups {
+                return Err(RuntimeError::Mismatch {
+                    epoch: m.epoch,
+                    reason: format!("{workers} workers exceed its {} key groups (the maximum parallelism)", m.key_groups),
+                });
+            }
+            tracing::info!(epoch = m.epoch, written_by = m.workers, workers, generation, "restoring");
+        }
+        // New epochs start after every epoch any earlier run used, so that nothing of a
+        // crashed run can be mistaken for this run's.
+        let first_epoch = all.iter().copied().chain(restored.as_ref().map(|m| m.epoch)).max().map_or(1, |e| e + 1);
+        Ok(Preflight { store: Some(store), restored, generation, first_epoch })
+    })
+}
+
+/// Runs a job on this process's workers until its input is exhausted and its last
+/// checkpoint is committed.
+///
+/// `build` is called once on every worker to construct the dataflow; it must build
+/// the same graph on every worker. Returns an error for failures found before the
+/// dataflow starts (settings, storage, restore); failures inside the running dataflow
+/// end the process through [`die`].
+pub fn run<F>(config: JobConfig, build: F) -> Result<()>
+where
+    F: for<'s> Fn(&mut Job<'s>) -> Result<()> + Send + Sync + 'static,
+{
+    config.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("weir-io")
+        .enable_all()
+        .build()
+        .map_err(|e| RuntimeError::Dataflow(format!("cannot start the I/O runtime: {e}")))?;
+    let pre = preflight(&config, &rt)?;
+    crate::failpoint::set_generation(pre.generation);
+    let timely_config = config.timely()?;
+    let shared = Arc::new(Shared {
+        clock: EpochClock::new(pre.first_epoch, if config.checkpointing() { config.epoch_ms() } else { 0 }),
+        config,
+        generation: pre.generation,
+        store: pre.store,
+        restored: pre.restored,
+        runtime: rt.handle().clone(),
+        coordinator: Mutex::new(None),
+    });
+    let worker_shared = Arc::clone(&shared);
+    let guards = timely::execute(timely_config, move |worker| {
+        let shared = Arc::clone(&worker_shared);
+        let built = worker.dataflow::<u64, _, _>(|scope| {
+            let mut job = Job::new(scope, shared);
+            build(&mut job)?;
+            job.finish()
+        });
+        if let Err(e) = built {
+            die("building the job", &e);
+        }
+        while worker.step_or_park(Some(Duration::from_millis(100))) {}
+    })
+    .map_err(RuntimeError::Dataflow)?;
+    for result in guards.join() {
+        result.map_err(RuntimeError::Dataflow)?;
+    }
+    let task = shared.coordinator.lock().expect("poisoned").take();
+    if let Some(task) = task {
+        rt.block_on(task).map_err(|e| RuntimeError::Dataflow(format!("checkpoint coordinator failed: {e}")))?;
+    }
+    Ok(())
+}

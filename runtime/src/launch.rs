@@ -1,0 +1,234 @@
+//! Cluster launch and supervision: `weir launch`.
+//!
+//! ## Design
+//!
+//! Timely cannot lose a process and go on, so recovery is a whole-job restart. The
+//! supervisor starts `P` processes of the job binary as one timely cluster on
+//! 127.0.0.1 (fresh ports, a host file), each with `W` worker threads, and watches
+//! them. When one dies, it kills the rest, waits until every one is gone (so that no
+//! process of the old generation can still write), and starts them all again with
+//! `--restore latest` and generation `G + 1`. A process that exits with
+//! [`EXIT_PERMANENT`] failed on its configuration or input: restarting cannot help, so
+//! the supervisor stops. After `max_restarts` restarts it gives up.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use crate::error::EXIT_PERMANENT;
+
+/// What `weir launch` is asked to do.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Restarts allowed before giving up.
+    pub max_restarts: u32,
+    /// Delay before the first restart.
+    pub restart_delay: Duration,
+    /// Upper bound of the exponentially growing delay between restarts.
+    pub max_restart_delay: Duration,
+    /// The job binary.
+    pub binary: PathBuf,
+    /// The job's own arguments.
+    pub args: Vec<String>,
+}
+
+/// How a supervised job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every process of the last generation exited 0.
+    Finished {
+        /// Restarts it took.
+        restarts: u32,
+    },
+    /// A process failed permanently (bad settings or input); not restarted.
+    Permanent {
+        /// The process and how it ended.
+        reason: String,
+    },
+    /// It kept failing.
+    GaveUp {
+        /// Restarts attempted.
+        restarts: u32,
+        /// The last failure.
+        reason: String,
+    },
+}
+
+/// Removes `--restore X` / `--restore=X` and the cluster flags from a job's arguments.
+fn strip_managed(args: &[String]) -> (Vec<String>, Option<String>) {
+    let mut out = Vec::new();
+    let mut restore = None;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let managed = ["--restore", "--processes", "--process", "--hostfile", "--generation", "--workers", "-w"];
+        if let Some((flag, value)) = a.split_once('=') {
+            if managed.contains(&flag) {
+                if flag == "--restore" {
+                    restore = Some(value.to_string());
+                }
+                i += 1;
+                continue;
+            }
+        }
+        if managed.contains(&a.as_str()) {
+            if a == "--restore" {
+                restore = args.get(i + 1).cloned();
+            }
+            i += 2;
+            continue;
+        }
+        out.push(a.clone());
+        i += 1;
+    }
+    (out, restore)
+}
+
+fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    // Hold every listener until all ports are chosen, so that they differ.
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect()
+}
+
+fn describe(process: usize, status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("process {process} exited with code {code}"),
+        (None, Some(sig)) => format!("process {process} was killed by signal {sig}"),
+        _ => format!("process {process} ended with {status}"),
+    }
+}
+
+fn spawn(opts: &LaunchOptions, generation: u64, hostfile: &Path, args: &[String], restore: Option<&str>) -> std::io::Result<Vec<Child>> {
+    let mut children = Vec::new();
+    for process in 0..opts.processes {
+        let mut cmd = Command::new(&opts.binary);
+        cmd.args(args)
+            .arg("--workers")
+            .arg(opts.workers.to_string())
+            .arg("--processes")
+            .arg(opts.processes.to_string())
+            .arg("--process")
+            .arg(process.to_string())
+            .arg("--generation")
+            .arg(generation.to_string());
+        if opts.processes > 1 {
+            cmd.arg("--hostfile").arg(hostfile);
+        }
+        if let Some(r) = restore {
+            cmd.arg("--restore").arg(r);
+        }
+        // Children die with the supervisor, so that no orphan of an old generation lives on.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                kill_all(&mut children);
+                return Err(e);
+            }
+        };
+        eprintln!("weir launch: generation {generation} process {process} pid {}", child.id());
+        children.push(child);
+    }
+    Ok(children)
+}
+
+fn kill_all(children: &mut [Child]) {
+    for c in children.iter_mut() {
+        let _ = c.kill();
+    }
+    for c in children.iter_mut() {
+        let _ = c.wait();
+    }
+}
+
+/// Runs the job under supervision until it finishes, fails permanently, or runs out of
+/// restarts.
+pub fn launch(opts: &LaunchOptions) -> std::io::Result<Outcome> {
+    let (args, first_restore) = strip_managed(&opts.args);
+    let dir = std::env::temp_dir().join(format!("weir-launch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let hostfile = dir.join("hosts");
+    let mut restarts = 0u32;
+    let mut delay = opts.restart_delay;
+    let mut generation = 0u64;
+    let outcome = loop {
+        let ports = free_ports(opts.processes)?;
+        std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>())?;
+        let restore = if generation == 0 { first_restore.clone() } else { Some("latest".to_string()) };
+        let mut children = spawn(opts, generation, &hostfile, &args, restore.as_deref())?;
+        let started = Instant::now();
+        let mut finished = vec![false; children.len()];
+        let failure = loop {
+            let mut failure = None;
+            for (i, c) in children.iter_mut().enumerate() {
+                if finished[i] {
+                    continue;
+                }
+                if let Some(status) = c.try_wait()? {
+                    finished[i] = true;
+                    if !status.success() {
+                        failure = Some((describe(i, status), status.code() == Some(EXIT_PERMANENT)));
+                        break;
+                    }
+                }
+            }
+            if failure.is_some() || finished.iter().all(|f| *f) {
+                break failure;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        kill_all(&mut children);
+        let Some((reason, permanent)) = failure else {
+            break Outcome::Finished { restarts };
+        };
+        eprintln!("weir launch: generation {generation} failed after {:.1}s: {reason}", started.elapsed().as_secs_f64());
+        if permanent {
+            break Outcome::Permanent { reason };
+        }
+        if restarts >= opts.max_restarts {
+            break Outcome::GaveUp { restarts, reason };
+        }
+        restarts += 1;
+        generation += 1;
+        eprintln!("weir launch: restart {restarts} of at most {} in {} ms, from the latest checkpoint", opts.max_restarts, delay.as_millis());
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(opts.max_restart_delay.max(opts.restart_delay));
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn managed_flags_are_replaced_and_restore_is_kept_for_the_first_generation() {
+        let (args, restore) = strip_managed(&s(&["--input", "in", "--restore", "7", "--workers=3", "--hostfile", "h", "--output", "o"]));
+        assert_eq!(args, s(&["--input", "in", "--output", "o"]));
+        assert_eq!(restore.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(4).unwrap();
+        let set: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(set.len(), 4);
+    }
+}

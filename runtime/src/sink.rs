@@ -1,0 +1,124 @@
+//! The two-phase commit protocol between sinks and the checkpoint coordinator.
+//!
+//! A sink writes each epoch's records into a pending output ([`TwoPhaseSink::write`]);
+//! when the sink's input frontier passes the epoch it makes that output durable but
+//! invisible ([`TwoPhaseSink::pre_commit`]), and the handle goes into the checkpoint.
+//! Once the checkpoint's manifest is written, the coordinator makes it visible through
+//! the sink's [`Committer`]. After a crash, the coordinator commits the restored
+//! checkpoint's handles again and aborts every other leftover
+//! ([`weir_checkpoint::protocol::recover_sink`]).
+//!
+//! With at-least-once and at-most-once delivery the sink commits each epoch's output
+//! right after pre-committing it, without waiting for the checkpoint.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::Stream;
+use weir_checkpoint::{Report, SinkEntry};
+
+use crate::config::Delivery;
+use crate::context::{EpochTracker, Job, Snapshotter};
+use crate::error::{Result, RuntimeError};
+
+/// Output made durable but not yet visible. Only a commit or an abort consumes it.
+#[must_use = "pre-committed output must be committed or handed to the checkpoint"]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreCommitted(pub SinkEntry);
+
+/// Makes pre-committed output visible, or discards it. Runs on the coordinator.
+///
+/// Contract: `commit` is idempotent (committing twice, or committing output that a
+/// previous generation already committed, succeeds and changes nothing); `abort` of
+/// output that no longer exists succeeds. Committing output that was neither committed
+/// nor is still pre-committed is an error: it would be a silent loss.
+pub trait Committer: Send + Sync + 'static {
+    /// Every output of this sink that is pre-committed and not yet committed or aborted.
+    fn staged(&self) -> Result<Vec<SinkEntry>>;
+    /// Makes an output visible.
+    fn commit(&self, entry: &SinkEntry) -> Result<()>;
+    /// Discards an output.
+    fn abort(&self, entry: &SinkEntry) -> Result<()>;
+}
+
+/// The writing side of a two-phase-commit sink, on one worker.
+pub trait TwoPhaseSink: 'static {
+    /// What the sink writes.
+    type Record;
+    /// Adds a record to `epoch`'s pending output.
+    fn write(&mut self, epoch: u64, record: Self::Record) -> Result<()>;
+    /// Makes `epoch`'s output durable and invisible; `None` if the epoch had no output.
+    ///
+    /// It is an error to write to an epoch after pre-committing it.
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>>;
+}
+
+/// Writes `stream` through a two-phase-commit sink named `name`.
+pub fn sink<'scope, D, S>(job: &mut Job<'scope>, stream: Stream<'scope, u64, Vec<D>>, name: &str, mut sink: S, committer: Arc<dyn Committer>) -> Result<()>
+where
+    D: timely::ExchangeData,
+    S: TwoPhaseSink<Record = D>,
+{
+    job.claim_name(name)?;
+    job.register_committer(name, Arc::clone(&committer));
+    let ctx = job.ctx().clone();
+    let checkpointing = ctx.checkpointing();
+    let exactly_once = ctx.config().delivery == Delivery::ExactlyOnce && checkpointing;
+    let mut builder = OperatorBuilder::new(format!("sink:{name}"), job.scope());
+    let address = builder.operator_info().address;
+    let mut input = builder.new_input(stream, Pipeline);
+    let (output, reports) = builder.new_output::<Vec<Report>>();
+    let mut output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Report>>>::from(output);
+    let worker = job.scope().worker();
+    let mut snapshotter = Snapshotter::new(&ctx, name, &address, worker);
+    let name = name.to_string();
+    let first_epoch = ctx.first_epoch();
+    builder.build(move |mut caps| {
+        let mut tracker = EpochTracker::new(caps.pop().expect("one output"), first_epoch);
+        let mut open: BTreeSet<u64> = BTreeSet::new();
+        let mut owed: Vec<SinkEntry> = Vec::new();
+        move |frontiers| {
+            let fail = |e: RuntimeError| -> ! { crate::execute::die(&format!("sink `{name}`: {e}"), &e) };
+            input.for_each(|cap, data| {
+                let Some(&epoch) = cap.least() else { return };
+                tracker.saw(epoch);
+                open.insert(epoch);
+                for record in data.drain(..) {
+                    if let Err(e) = sink.write(epoch, record) {
+                        fail(e);
+                    }
+                }
+            });
+            let frontier = &frontiers[0];
+            let closed: Vec<u64> = open.iter().copied().filter(|e| !frontier.less_equal(e)).collect();
+            for epoch in closed {
+                open.remove(&epoch);
+                match sink.pre_commit(epoch) {
+                    Ok(Some(PreCommitted(entry))) => {
+                        if exactly_once {
+                            owed.push(entry);
+                        } else if let Err(e) = committer.commit(&entry) {
+                            fail(e);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => fail(e),
+                }
+            }
+            if let Some(due) = tracker.advance(frontier) {
+                if checkpointing {
+                    snapshotter.snapshot(due.cap, (0, 0), None, std::mem::take(&mut owed), due.is_final);
+                }
+            }
+            let mut out = output.activate();
+            snapshotter.poll(|cap, report| out.session(cap).give(report));
+        }
+    });
+    if checkpointing {
+        job.register_reports(reports);
+    }
+    Ok(())
+}

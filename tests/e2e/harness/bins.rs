@@ -1,0 +1,46 @@
+//! Where the binaries under test live.
+
+use std::path::PathBuf;
+
+/// The Cargo target directory: `CARGO_TARGET_DIR` at run time, then at build time,
+/// then `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        return absolute(PathBuf::from(dir));
+    }
+    if let Some(dir) = option_env!("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        return absolute(PathBuf::from(dir));
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target")
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
+    }
+}
+
+fn release_binary(relative: &str) -> PathBuf {
+    let path = target_dir().join("release").join(relative);
+    if !path.is_file() {
+        panic!(
+            "the end-to-end tests need the release binary {} but it does not exist; \
+             build it first with `cargo build --release --bins --examples` \
+             (the tests never skip)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// `target/release/weir`, the CLI with `weir launch`.
+pub fn weir() -> PathBuf {
+    release_binary("weir")
+}
+
+/// `target/release/examples/wordcount`, the job under test.
+pub fn wordcount() -> PathBuf {
+    release_binary("examples/wordcount")
+}

@@ -1,0 +1,143 @@
+//! The delivery guarantees, checked against the oracle.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::input::Oracle;
+use super::output::Record;
+
+const SHOWN: usize = 25;
+
+fn by_word(records: &[Record]) -> BTreeMap<&str, Vec<&Record>> {
+    let mut m: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        m.entry(r.word.as_str()).or_default().push(r);
+    }
+    m
+}
+
+fn fail_if_any(guarantee: &str, oracle: &Oracle, records: &[Record], violations: Vec<String>) {
+    if violations.is_empty() {
+        return;
+    }
+    let mut msg = format!(
+        "{guarantee} violated: {} problem(s) in {} committed records ({} distinct words in the input, {} in the output)\n",
+        violations.len(),
+        records.len(),
+        oracle.len(),
+        by_word(records).len()
+    );
+    for v in violations.iter().take(SHOWN) {
+        msg.push_str("  - ");
+        msg.push_str(v);
+        msg.push('\n');
+    }
+    if violations.len() > SHOWN {
+        msg.push_str(&format!("  ... and {} more\n", violations.len() - SHOWN));
+    }
+    panic!("{msg}");
+}
+
+/// Words in the output that are not in the input, and counts of zero.
+fn common_violations(oracle: &Oracle, records: &[Record], v: &mut Vec<String>) {
+    for (word, rs) in by_word(records) {
+        if !oracle.contains_key(word) {
+            v.push(format!("word {word:?} is not in the input (first at {})", rs[0].origin));
+        }
+    }
+    for r in records.iter().filter(|r| r.count == 0) {
+        v.push(format!("word {:?} has count 0 at {}", r.word, r.origin));
+    }
+}
+
+fn max_counts<'a>(records: &'a [Record]) -> HashMap<&'a str, &'a Record> {
+    let mut m: HashMap<&str, &Record> = HashMap::new();
+    for r in records {
+        let e = m.entry(r.word.as_str()).or_insert(r);
+        if r.count > e.count {
+            *e = r;
+        }
+    }
+    m
+}
+
+/// Exactly-once: every input word appears; per word, no (word, count) and no
+/// (word, epoch) line twice, counts strictly increasing in epoch order, the last one
+/// equal to the oracle; no word that is not in the input.
+pub fn check_exactly_once(oracle: &Oracle, records: &[Record]) {
+    let mut v = Vec::new();
+    common_violations(oracle, records, &mut v);
+    let words = by_word(records);
+    for (word, &expected) in oracle {
+        let Some(rs) = words.get(word.as_str()) else {
+            v.push(format!("word {word:?} (count {expected} in the input) is missing from the output"));
+            continue;
+        };
+        let mut rs = rs.clone();
+        rs.sort_by_key(|r| (r.epoch, r.count));
+        for pair in rs.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if a.count == b.count {
+                v.push(format!(
+                    "word {word:?}: count {} committed twice (epoch {} at {}, epoch {} at {})",
+                    a.count, a.epoch, a.origin, b.epoch, b.origin
+                ));
+            } else if a.epoch == b.epoch {
+                v.push(format!(
+                    "word {word:?}: two lines for epoch {} (count {} at {}, count {} at {})",
+                    a.epoch, a.count, a.origin, b.count, b.origin
+                ));
+            } else if a.count > b.count {
+                v.push(format!(
+                    "word {word:?}: count goes down from {} (epoch {}, {}) to {} (epoch {}, {})",
+                    a.count, a.epoch, a.origin, b.count, b.epoch, b.origin
+                ));
+            }
+        }
+        let max = rs.iter().map(|r| r.count).max().unwrap_or(0);
+        if max != expected {
+            let last = rs.last().expect("non-empty");
+            v.push(format!(
+                "word {word:?}: final count {max} but the input has {expected} (last line epoch {} at {})",
+                last.epoch, last.origin
+            ));
+        }
+    }
+    fail_if_any("exactly-once", oracle, records, v);
+}
+
+/// At-least-once: no loss. Every input word's maximum committed count equals the
+/// oracle; duplicate lines are allowed.
+pub fn check_at_least_once(oracle: &Oracle, records: &[Record]) {
+    let mut v = Vec::new();
+    common_violations(oracle, records, &mut v);
+    let max = max_counts(records);
+    for (word, &expected) in oracle {
+        match max.get(word.as_str()) {
+            None => v.push(format!("word {word:?} (count {expected} in the input) is missing from the output")),
+            Some(r) if r.count != expected => v.push(format!(
+                "word {word:?}: maximum committed count {} (epoch {}, {}) but the input has {expected}",
+                r.count, r.epoch, r.origin
+            )),
+            Some(_) => {}
+        }
+    }
+    fail_if_any("at-least-once", oracle, records, v);
+}
+
+/// At-most-once: nothing counted twice. No word's maximum committed count exceeds the
+/// oracle; loss is allowed.
+pub fn check_at_most_once(oracle: &Oracle, records: &[Record]) {
+    let mut v = Vec::new();
+    common_violations(oracle, records, &mut v);
+    for (word, r) in max_counts(records) {
+        if let Some(&expected) = oracle.get(word) {
+            if r.count > expected {
+                v.push(format!(
+                    "word {word:?}: committed count {} (epoch {}, {}) exceeds the input's {expected}",
+                    r.count, r.epoch, r.origin
+                ));
+            }
+        }
+    }
+    fail_if_any("at-most-once", oracle, records, v);
+}
