@@ -45,11 +45,18 @@ fn main() {
         let args = Args::parse();
         let config = args.job.into_config("wordcount")?;
         let (input, output) = (args.input, args.output);
-        let opts = SourceOptions { rate_limit: args.rate_limit };
+        let opts = SourceOptions {
+            rate_limit: args.rate_limit,
+        };
         weir::run(config, move |job| {
             let lines = files::read_lines(job, "lines", &input, opts)?;
-            let words = lines.flat_map(|line: String| line.split_whitespace().map(|w| (w.to_string(), 1u64)).collect::<Vec<_>>());
-            let counts = words.reduce_by_key(job, "counts", |count: &mut u64, n: u64| *count += n)?;
+            let words = lines.flat_map(|line: String| {
+                line.split_whitespace()
+                    .map(|w| (w.to_string(), 1u64))
+                    .collect::<Vec<_>>()
+            });
+            let counts =
+                words.reduce_by_key(job, "counts", |count: &mut u64, n: u64| *count += n)?;
             let records = counts.map(|(word, count, epoch)| Count { word, count, epoch });
             files::write_jsonl(job, records, "output", &output)
         })?;

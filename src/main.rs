@@ -10,7 +10,11 @@ use weir_checkpoint::CheckpointStore;
 use weir_runtime::launch::{launch, LaunchOptions, Outcome};
 
 #[derive(Parser, Debug)]
-#[command(name = "weir", version, about = "Exactly-once checkpointing dataflow: launch jobs, inspect checkpoints")]
+#[command(
+    name = "weir",
+    version,
+    about = "Exactly-once checkpointing dataflow: launch jobs, inspect checkpoints"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,11 +40,9 @@ enum Command {
         /// Upper bound of the restart delay in ms.
         #[arg(long, default_value_t = 10_000)]
         max_restart_delay_ms: u64,
-        /// The job binary.
-        binary: PathBuf,
-        /// The job's arguments (after `--`).
-        #[arg(last = true)]
-        args: Vec<String>,
+        /// The job binary and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "BINARY [ARGS]")]
+        command: Vec<String>,
     },
     /// Lists, shows and deletes checkpoints.
     Checkpoints {
@@ -52,7 +54,11 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct Target {
     /// Checkpoint URL (path, file://, memory://, s3://bucket/prefix).
-    #[arg(long = "checkpoint-dir", alias = "checkpoint-url", env = "WEIR_CHECKPOINT_URL")]
+    #[arg(
+        long = "checkpoint-dir",
+        alias = "checkpoint-url",
+        env = "WEIR_CHECKPOINT_URL"
+    )]
     url: String,
     /// The job's name.
     #[arg(long, env = "WEIR_JOB")]
@@ -86,17 +92,30 @@ enum Checkpoints {
 }
 
 fn checkpoints(cmd: Checkpoints) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         match cmd {
             Checkpoints::List { target } => {
                 let store = CheckpointStore::open(&target.url, &target.job)?;
                 let (complete, all) = store.list().await?;
-                println!("{:>8}  {:>10}  {:>7}  {:>5}  {:>12}  {:>7}", "epoch", "status", "workers", "gen", "bytes", "outputs");
+                println!(
+                    "{:>8}  {:>10}  {:>7}  {:>5}  {:>12}  {:>7}",
+                    "epoch", "status", "workers", "gen", "bytes", "outputs"
+                );
                 for epoch in all {
                     if complete.contains(&epoch) {
                         match store.read_manifest(epoch).await {
-                            Ok(m) => println!("{:>8}  {:>10}  {:>7}  {:>5}  {:>12}  {:>7}", epoch, "complete", m.workers, m.generation, m.total_bytes(), m.sinks.len()),
+                            Ok(m) => println!(
+                                "{:>8}  {:>10}  {:>7}  {:>5}  {:>12}  {:>7}",
+                                epoch,
+                                "complete",
+                                m.workers,
+                                m.generation,
+                                m.total_bytes(),
+                                m.sinks.len()
+                            ),
                             Err(e) => println!("{:>8}  {:>10}  {e}", epoch, "unreadable"),
                         }
                     } else {
@@ -114,7 +133,9 @@ fn checkpoints(cmd: Checkpoints) -> anyhow::Result<()> {
                 match (epoch, all) {
                     (_, true) => store.delete_job().await?,
                     (Some(e), false) => store.delete_checkpoint(e).await?,
-                    (None, false) => anyhow::bail!("name a checkpoint epoch to delete, or pass --all"),
+                    (None, false) => {
+                        anyhow::bail!("name a checkpoint epoch to delete, or pass --all")
+                    }
                 }
             }
         }
@@ -126,8 +147,20 @@ fn main() {
     weir::cli::main_with(|| {
         let cli = Cli::parse();
         match cli.command {
-            Command::Launch { processes, workers, max_restarts, restart_delay_ms, max_restart_delay_ms, binary, args } => {
-                anyhow::ensure!(processes >= 1 && workers >= 1, "--processes and --workers must be at least 1");
+            Command::Launch {
+                processes,
+                workers,
+                max_restarts,
+                restart_delay_ms,
+                max_restart_delay_ms,
+                command,
+            } => {
+                let binary = PathBuf::from(&command[0]);
+                let args = command[1..].to_vec();
+                anyhow::ensure!(
+                    processes >= 1 && workers >= 1,
+                    "--processes and --workers must be at least 1"
+                );
                 let opts = LaunchOptions {
                     processes,
                     workers,
@@ -137,7 +170,9 @@ fn main() {
                     binary: binary.clone(),
                     args,
                 };
-                match launch(&opts).with_context(|| format!("cannot launch {}", binary.display()))? {
+                match launch(&opts)
+                    .with_context(|| format!("cannot launch {}", binary.display()))?
+                {
                     Outcome::Finished { restarts } => {
                         eprintln!("weir launch: job finished after {restarts} restart(s)");
                         Ok(())

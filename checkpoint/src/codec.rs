@@ -71,35 +71,56 @@ pub fn frame(kind: PayloadKind, payload: &[u8]) -> Vec<u8> {
 ///
 /// `path` names the object in errors.
 pub fn unframe<'a>(path: &str, bytes: &'a [u8]) -> Result<(PayloadKind, &'a [u8])> {
-    let corrupt = |reason: String| CheckpointError::Corrupt { path: path.to_string(), reason };
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_string(),
+        reason,
+    };
     if bytes.len() < HEADER_LEN {
-        return Err(corrupt(format!("{} bytes is shorter than the {HEADER_LEN}-byte header (truncated?)", bytes.len())));
+        return Err(corrupt(format!(
+            "{} bytes is shorter than the {HEADER_LEN}-byte header (truncated?)",
+            bytes.len()
+        )));
     }
     if bytes[0..4] != MAGIC {
-        return Err(corrupt("missing WEIR magic bytes: not a weir checkpoint object".into()));
+        return Err(corrupt(
+            "missing WEIR magic bytes: not a weir checkpoint object".into(),
+        ));
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     if version != FORMAT_VERSION {
-        return Err(CheckpointError::VersionMismatch { path: path.to_string(), found: version, supported: FORMAT_VERSION });
+        return Err(CheckpointError::VersionMismatch {
+            path: path.to_string(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
     let kind = u16::from_le_bytes([bytes[6], bytes[7]]);
-    let kind = PayloadKind::from_u16(kind).ok_or_else(|| corrupt(format!("unknown payload kind {kind}")))?;
+    let kind = PayloadKind::from_u16(kind)
+        .ok_or_else(|| corrupt(format!("unknown payload kind {kind}")))?;
     let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
     let payload = &bytes[HEADER_LEN..];
     if payload.len() as u64 != len {
-        return Err(corrupt(format!("header says {len} payload bytes, object has {} (truncated?)", payload.len())));
+        return Err(corrupt(format!(
+            "header says {len} payload bytes, object has {} (truncated?)",
+            payload.len()
+        )));
     }
     let actual = crc32fast::hash(payload);
     if actual != crc {
-        return Err(corrupt(format!("checksum mismatch: header {crc:08x}, payload {actual:08x}")));
+        return Err(corrupt(format!(
+            "checksum mismatch: header {crc:08x}, payload {actual:08x}"
+        )));
     }
     Ok((kind, payload))
 }
 
 /// Encodes a value as a framed bincode object.
 pub fn encode<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<Vec<u8>> {
-    let payload = bincode::serialize(value).map_err(|e| CheckpointError::Encode { what: what.to_string(), reason: e.to_string() })?;
+    let payload = bincode::serialize(value).map_err(|e| CheckpointError::Encode {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })?;
     Ok(frame(PayloadKind::Bincode, &payload))
 }
 
@@ -107,14 +128,23 @@ pub fn encode<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<Vec<u8>> {
 pub fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T> {
     let (kind, payload) = unframe(path, bytes)?;
     if kind != PayloadKind::Bincode {
-        return Err(CheckpointError::Corrupt { path: path.to_string(), reason: format!("expected a bincode payload, found {kind:?}") });
+        return Err(CheckpointError::Corrupt {
+            path: path.to_string(),
+            reason: format!("expected a bincode payload, found {kind:?}"),
+        });
     }
-    bincode::deserialize(payload).map_err(|e| CheckpointError::Corrupt { path: path.to_string(), reason: format!("payload does not decode: {e}") })
+    bincode::deserialize(payload).map_err(|e| CheckpointError::Corrupt {
+        path: path.to_string(),
+        reason: format!("payload does not decode: {e}"),
+    })
 }
 
 /// Encodes a value as a framed JSON object.
 pub fn encode_json<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<Vec<u8>> {
-    let payload = serde_json::to_vec_pretty(value).map_err(|e| CheckpointError::Encode { what: what.to_string(), reason: e.to_string() })?;
+    let payload = serde_json::to_vec_pretty(value).map_err(|e| CheckpointError::Encode {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })?;
     Ok(frame(PayloadKind::Json, &payload))
 }
 
@@ -122,9 +152,15 @@ pub fn encode_json<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<Vec<u
 pub fn decode_json<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T> {
     let (kind, payload) = unframe(path, bytes)?;
     if kind != PayloadKind::Json {
-        return Err(CheckpointError::Corrupt { path: path.to_string(), reason: format!("expected a JSON payload, found {kind:?}") });
+        return Err(CheckpointError::Corrupt {
+            path: path.to_string(),
+            reason: format!("expected a JSON payload, found {kind:?}"),
+        });
     }
-    serde_json::from_slice(payload).map_err(|e| CheckpointError::Corrupt { path: path.to_string(), reason: format!("payload does not decode: {e}") })
+    serde_json::from_slice(payload).map_err(|e| CheckpointError::Corrupt {
+        path: path.to_string(),
+        reason: format!("payload does not decode: {e}"),
+    })
 }
 
 #[cfg(test)]
@@ -155,7 +191,10 @@ mod tests {
         let err = decode::<Vec<u64>>("job/chk-3/op/w0", &bytes).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, CheckpointError::Corrupt { .. }), "{msg}");
-        assert!(msg.contains("job/chk-3/op/w0") && msg.contains("checksum"), "{msg}");
+        assert!(
+            msg.contains("job/chk-3/op/w0") && msg.contains("checksum"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -172,7 +211,11 @@ mod tests {
         let mut bytes = encode("test", &1u8).unwrap();
         bytes[4..6].copy_from_slice(&99u16.to_le_bytes());
         match decode::<u8>("obj", &bytes) {
-            Err(CheckpointError::VersionMismatch { found: 99, supported: FORMAT_VERSION, .. }) => {}
+            Err(CheckpointError::VersionMismatch {
+                found: 99,
+                supported: FORMAT_VERSION,
+                ..
+            }) => {}
             other => panic!("expected a version mismatch, got {other:?}"),
         }
     }

@@ -105,7 +105,15 @@ impl CheckpointError {
                 | object_store::Error::Precondition { .. }))
     }
 
-    pub(crate) fn storage(op: &'static str, path: impl ToString, source: object_store::Error) -> Self {
-        CheckpointError::Storage { op, path: path.to_string(), source }
+    pub(crate) fn storage(
+        op: &'static str,
+        path: impl ToString,
+        source: object_store::Error,
+    ) -> Self {
+        CheckpointError::Storage {
+            op,
+            path: path.to_string(),
+            source,
+        }
     }
 }

@@ -23,7 +23,9 @@ pub struct Layout {
 impl Layout {
     /// The layout of job `job`; paths are relative to the store's root.
     pub fn new(job: &str) -> Self {
-        Layout { job: job.to_string() }
+        Layout {
+            job: job.to_string(),
+        }
     }
 
     /// The job's name.
@@ -43,12 +45,23 @@ impl Layout {
 
     /// A state or position part of checkpoint `epoch`.
     pub fn part(&self, epoch: u64, operator: &str, part: &str) -> Path {
-        Path::from(format!("{}/{}/{}/{}", self.job, checkpoint_dir_name(epoch), operator, part))
+        Path::from(format!(
+            "{}/{}/{}/{}",
+            self.job,
+            checkpoint_dir_name(epoch),
+            operator,
+            part
+        ))
     }
 
     /// The manifest of checkpoint `epoch`.
     pub fn manifest(&self, epoch: u64) -> Path {
-        Path::from(format!("{}/{}/{}", self.job, checkpoint_dir_name(epoch), MANIFEST))
+        Path::from(format!(
+            "{}/{}/{}",
+            self.job,
+            checkpoint_dir_name(epoch),
+            MANIFEST
+        ))
     }
 
     /// The prefix that holds generation markers.
@@ -93,17 +106,29 @@ mod tests {
 
     #[test]
     fn checkpoint_names_sort_by_epoch() {
-        let mut names: Vec<String> = [10u64, 9, 100, 1].iter().map(|e| checkpoint_dir_name(*e)).collect();
+        let mut names: Vec<String> = [10u64, 9, 100, 1]
+            .iter()
+            .map(|e| checkpoint_dir_name(*e))
+            .collect();
         names.sort();
-        let epochs: Vec<u64> = names.iter().map(|n| parse_checkpoint_dir(n).unwrap()).collect();
+        let epochs: Vec<u64> = names
+            .iter()
+            .map(|n| parse_checkpoint_dir(n).unwrap())
+            .collect();
         assert_eq!(epochs, vec![1, 9, 10, 100]);
     }
 
     #[test]
     fn paths_nest_under_the_job() {
         let l = Layout::new("wc");
-        assert_eq!(l.manifest(3).as_ref(), "wc/chk-00000000000000000003/_MANIFEST");
-        assert_eq!(l.part(3, "count", "w1").as_ref(), "wc/chk-00000000000000000003/count/w1");
+        assert_eq!(
+            l.manifest(3).as_ref(),
+            "wc/chk-00000000000000000003/_MANIFEST"
+        );
+        assert_eq!(
+            l.part(3, "count", "w1").as_ref(),
+            "wc/chk-00000000000000000003/count/w1"
+        );
         assert_eq!(parse_checkpoint_dir("_MANIFEST"), None);
     }
 }

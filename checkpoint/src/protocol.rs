@@ -42,7 +42,9 @@ impl std::str::FromStr for RestoreTarget {
                 .trim_start_matches("chk-")
                 .parse()
                 .map(RestoreTarget::Epoch)
-                .map_err(|_| format!("restore target `{s}` is neither `latest` nor a checkpoint epoch")),
+                .map_err(|_| {
+                    format!("restore target `{s}` is neither `latest` nor a checkpoint epoch")
+                }),
         }
     }
 }
@@ -59,7 +61,12 @@ pub fn restore_candidates(target: RestoreTarget, complete: &[u64]) -> Vec<u64> {
             c.dedup();
             c
         }
-        RestoreTarget::Epoch(e) => complete.iter().copied().filter(|c| *c == e).take(1).collect(),
+        RestoreTarget::Epoch(e) => complete
+            .iter()
+            .copied()
+            .filter(|c| *c == e)
+            .take(1)
+            .collect(),
     }
 }
 
@@ -80,13 +87,22 @@ pub enum SinkAction {
 /// have come anywhere between manifest and commit); every staged output of an earlier
 /// generation that the manifest does not list is aborted. Outputs of `generation`
 /// itself belong to the run that is starting and are left alone.
-pub fn recover_sink(restored: &[SinkEntry], staged: &[SinkEntry], generation: u64) -> Vec<SinkAction> {
-    let keep: BTreeSet<(&str, &str)> = restored.iter().map(|e| (e.sink.as_str(), e.handle.as_str())).collect();
+pub fn recover_sink(
+    restored: &[SinkEntry],
+    staged: &[SinkEntry],
+    generation: u64,
+) -> Vec<SinkAction> {
+    let keep: BTreeSet<(&str, &str)> = restored
+        .iter()
+        .map(|e| (e.sink.as_str(), e.handle.as_str()))
+        .collect();
     let mut actions: Vec<SinkAction> = restored.iter().cloned().map(SinkAction::Commit).collect();
     actions.extend(
         staged
             .iter()
-            .filter(|s| s.generation < generation && !keep.contains(&(s.sink.as_str(), s.handle.as_str())))
+            .filter(|s| {
+                s.generation < generation && !keep.contains(&(s.sink.as_str(), s.handle.as_str()))
+            })
             .cloned()
             .map(SinkAction::Abort),
     );
@@ -112,13 +128,19 @@ pub fn retention(complete: &[(u64, BTreeSet<u64>)], dirs: &[u64], retain: usize)
     let retain = retain.max(1);
     let mut sorted: Vec<&(u64, BTreeSet<u64>)> = complete.iter().collect();
     sorted.sort_by(|a, b| b.0.cmp(&a.0));
-    let Some(newest) = sorted.first().map(|c| c.0) else { return Vec::new() };
+    let Some(newest) = sorted.first().map(|c| c.0) else {
+        return Vec::new();
+    };
     let mut keep = BTreeSet::new();
     for (epoch, refs) in sorted.iter().take(retain) {
         keep.insert(*epoch);
         keep.extend(refs.iter().copied());
     }
-    let mut delete: Vec<u64> = dirs.iter().copied().filter(|d| *d < newest && !keep.contains(d)).collect();
+    let mut delete: Vec<u64> = dirs
+        .iter()
+        .copied()
+        .filter(|d| *d < newest && !keep.contains(d))
+        .collect();
     delete.sort_unstable();
     delete.dedup();
     delete
@@ -186,7 +208,10 @@ pub struct Assembler {
 impl Assembler {
     /// An assembler expecting a report from every pair in `expected`.
     pub fn new(expected: impl IntoIterator<Item = (String, usize)>) -> Self {
-        Assembler { expected: expected.into_iter().collect(), ..Default::default() }
+        Assembler {
+            expected: expected.into_iter().collect(),
+            ..Default::default()
+        }
     }
 
     /// Records a report.
@@ -199,13 +224,21 @@ impl Assembler {
         if report.is_final && report.error.is_none() {
             self.finals.insert(key, report);
         } else {
-            self.by_epoch.entry(report.epoch).or_default().insert(key, report);
+            self.by_epoch
+                .entry(report.epoch)
+                .or_default()
+                .insert(key, report);
         }
     }
 
     /// Closes every reported epoch below `frontier` (all of them if `None`), in order.
     pub fn advance(&mut self, frontier: Option<u64>) -> Vec<Closed> {
-        let ready: Vec<u64> = self.labels.iter().copied().filter(|e| frontier.is_none_or(|f| *e < f)).collect();
+        let ready: Vec<u64> = self
+            .labels
+            .iter()
+            .copied()
+            .filter(|e| frontier.is_none_or(|f| *e < f))
+            .collect();
         let mut out = Vec::new();
         for epoch in ready {
             self.labels.remove(&epoch);
@@ -228,7 +261,11 @@ impl Assembler {
         let reports = self.by_epoch.remove(&epoch).unwrap_or_default();
         let errors: Vec<String> = reports
             .values()
-            .filter_map(|r| r.error.as_ref().map(|e| format!("{} on worker {}: {e}", r.operator, r.worker)))
+            .filter_map(|r| {
+                r.error
+                    .as_ref()
+                    .map(|e| format!("{} on worker {}: {e}", r.operator, r.worker))
+            })
             .collect();
         if !errors.is_empty() {
             return Closed::Failed { epoch, errors };
@@ -236,7 +273,9 @@ impl Assembler {
         let mut parts = Vec::new();
         let mut missing = Vec::new();
         for key in &self.expected {
-            let report = reports.get(key).or_else(|| self.finals.get(key).filter(|f| f.epoch <= epoch));
+            let report = reports
+                .get(key)
+                .or_else(|| self.finals.get(key).filter(|f| f.epoch <= epoch));
             match report {
                 Some(r) => parts.extend(r.parts.iter().cloned()),
                 None => missing.push(key.clone()),
@@ -245,8 +284,17 @@ impl Assembler {
         if !missing.is_empty() {
             return Closed::Skipped { epoch, missing };
         }
-        let sinks = self.pending_sinks.iter().filter(|s| s.epoch <= epoch).cloned().collect();
-        Closed::Complete { epoch, parts, sinks }
+        let sinks = self
+            .pending_sinks
+            .iter()
+            .filter(|s| s.epoch <= epoch)
+            .cloned()
+            .collect();
+        Closed::Complete {
+            epoch,
+            parts,
+            sinks,
+        }
     }
 }
 
@@ -267,26 +315,55 @@ mod tests {
     }
 
     fn sink(w: usize, e: u64) -> SinkEntry {
-        SinkEntry { sink: "out".into(), worker: w, epoch: e, generation: 0, handle: format!("e{e}-w{w}") }
+        SinkEntry {
+            sink: "out".into(),
+            worker: w,
+            epoch: e,
+            generation: 0,
+            handle: format!("e{e}-w{w}"),
+        }
     }
 
     fn report(op: &str, w: usize, e: u64) -> Report {
-        Report { epoch: e, operator: op.into(), worker: w, parts: vec![part(op, w, e)], sinks: vec![], is_final: false, error: None }
+        Report {
+            epoch: e,
+            operator: op.into(),
+            worker: w,
+            parts: vec![part(op, w, e)],
+            sinks: vec![],
+            is_final: false,
+            error: None,
+        }
     }
 
     #[test]
     fn latest_restore_tries_newest_first() {
-        assert_eq!(restore_candidates(RestoreTarget::Latest, &[3, 9, 5]), vec![9, 5, 3]);
-        assert_eq!(restore_candidates(RestoreTarget::Epoch(5), &[3, 9, 5]), vec![5]);
+        assert_eq!(
+            restore_candidates(RestoreTarget::Latest, &[3, 9, 5]),
+            vec![9, 5, 3]
+        );
+        assert_eq!(
+            restore_candidates(RestoreTarget::Epoch(5), &[3, 9, 5]),
+            vec![5]
+        );
         assert!(restore_candidates(RestoreTarget::Epoch(4), &[3, 9, 5]).is_empty());
         assert!(restore_candidates(RestoreTarget::Latest, &[]).is_empty());
     }
 
     #[test]
     fn restore_target_parses_latest_and_epochs() {
-        assert_eq!("latest".parse::<RestoreTarget>().unwrap(), RestoreTarget::Latest);
-        assert_eq!("12".parse::<RestoreTarget>().unwrap(), RestoreTarget::Epoch(12));
-        assert_eq!("chk-00000000000000000012".parse::<RestoreTarget>().unwrap(), RestoreTarget::Epoch(12));
+        assert_eq!(
+            "latest".parse::<RestoreTarget>().unwrap(),
+            RestoreTarget::Latest
+        );
+        assert_eq!(
+            "12".parse::<RestoreTarget>().unwrap(),
+            RestoreTarget::Epoch(12)
+        );
+        assert_eq!(
+            "chk-00000000000000000012".parse::<RestoreTarget>().unwrap(),
+            RestoreTarget::Epoch(12)
+        );
         assert!("newest".parse::<RestoreTarget>().is_err());
     }
 
@@ -331,7 +408,11 @@ mod tests {
 
     #[test]
     fn retention_keeps_newest_and_referenced_directories() {
-        let complete = vec![(2, BTreeSet::from([2])), (4, BTreeSet::from([4, 1])), (6, BTreeSet::from([6, 1]))];
+        let complete = vec![
+            (2, BTreeSet::from([2])),
+            (4, BTreeSet::from([4, 1])),
+            (6, BTreeSet::from([6, 1])),
+        ];
         let dirs = vec![1, 2, 3, 4, 5, 6, 7];
         // Keep 4 and 6, and 1 which both reference; 7 is newer than the newest complete.
         assert_eq!(retention(&complete, &dirs, 2), vec![2, 3, 5]);
@@ -346,7 +427,9 @@ mod tests {
         assert!(a.advance(Some(1)).is_empty());
         a.add(report("count", 1, 1));
         match a.advance(Some(2)).pop().unwrap() {
-            Closed::Complete { epoch: 1, parts, .. } => assert_eq!(parts.len(), 2),
+            Closed::Complete {
+                epoch: 1, parts, ..
+            } => assert_eq!(parts.len(), 2),
             other => panic!("{other:?}"),
         }
     }
@@ -355,7 +438,13 @@ mod tests {
     fn a_missing_pair_skips_the_epoch() {
         let mut a = Assembler::new([("count".to_string(), 0), ("count".to_string(), 1)]);
         a.add(report("count", 0, 1));
-        assert_eq!(a.advance(Some(2)), vec![Closed::Skipped { epoch: 1, missing: vec![("count".into(), 1)] }]);
+        assert_eq!(
+            a.advance(Some(2)),
+            vec![Closed::Skipped {
+                epoch: 1,
+                missing: vec![("count".into(), 1)]
+            }]
+        );
     }
 
     #[test]
@@ -364,7 +453,10 @@ mod tests {
         let mut r = report("count", 0, 1);
         r.error = Some("disk full".into());
         a.add(r);
-        assert!(matches!(a.advance(None).as_slice(), [Closed::Failed { epoch: 1, .. }]));
+        assert!(matches!(
+            a.advance(None).as_slice(),
+            [Closed::Failed { epoch: 1, .. }]
+        ));
     }
 
     #[test]
@@ -375,14 +467,19 @@ mod tests {
         s1.sinks = vec![sink(0, 1)];
         a.add(s1);
         // "count" skipped epoch 1.
-        assert!(matches!(a.advance(Some(2)).as_slice(), [Closed::Skipped { .. }]));
+        assert!(matches!(
+            a.advance(Some(2)).as_slice(),
+            [Closed::Skipped { .. }]
+        ));
         let mut s2 = report("out", 0, 2);
         s2.parts.clear();
         s2.sinks = vec![sink(0, 2)];
         a.add(s2);
         a.add(report("count", 0, 2));
         match a.advance(Some(3)).pop().unwrap() {
-            Closed::Complete { epoch: 2, sinks, .. } => assert_eq!(sinks, vec![sink(0, 1), sink(0, 2)]),
+            Closed::Complete {
+                epoch: 2, sinks, ..
+            } => assert_eq!(sinks, vec![sink(0, 1), sink(0, 2)]),
             other => panic!("{other:?}"),
         }
         a.completed(2);
@@ -391,7 +488,9 @@ mod tests {
         a.add(s3);
         a.add(report("count", 0, 3));
         match a.advance(None).pop().unwrap() {
-            Closed::Complete { epoch: 3, sinks, .. } => assert!(sinks.is_empty()),
+            Closed::Complete {
+                epoch: 3, sinks, ..
+            } => assert!(sinks.is_empty()),
             other => panic!("{other:?}"),
         }
     }
@@ -404,7 +503,9 @@ mod tests {
         a.add(done);
         a.add(report("src", 1, 3));
         match a.advance(None).pop().unwrap() {
-            Closed::Complete { epoch: 3, parts, .. } => assert_eq!(parts.len(), 2),
+            Closed::Complete {
+                epoch: 3, parts, ..
+            } => assert_eq!(parts.len(), 2),
             other => panic!("{other:?}"),
         }
     }
@@ -416,6 +517,9 @@ mod tests {
         done.is_final = true;
         a.add(done);
         a.add(report("src", 1, 3));
-        assert!(matches!(a.advance(Some(4)).as_slice(), [Closed::Skipped { epoch: 3, .. }]));
+        assert!(matches!(
+            a.advance(Some(4)).as_slice(),
+            [Closed::Skipped { epoch: 3, .. }]
+        ));
     }
 }

@@ -39,7 +39,10 @@ pub struct CheckpointStore {
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`); they are
 /// never logged.
 pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
-    let invalid = |reason: String| CheckpointError::InvalidUrl { url: url.to_string(), reason };
+    let invalid = |reason: String| CheckpointError::InvalidUrl {
+        url: url.to_string(),
+        reason,
+    };
     if url.is_empty() {
         return Err(invalid("it is empty".into()));
     }
@@ -54,7 +57,9 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
         let mut b = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
-        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL")) {
+        if let Ok(endpoint) =
+            std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        {
             b = b
                 .with_endpoint(&endpoint)
                 .with_allow_http(endpoint.starts_with("http://"))
@@ -67,7 +72,10 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
         return Ok(if prefix.is_empty() {
             Arc::new(s3)
         } else {
-            Arc::new(object_store::prefix::PrefixStore::new(s3, prefix.trim_end_matches('/')))
+            Arc::new(object_store::prefix::PrefixStore::new(
+                s3,
+                prefix.trim_end_matches('/'),
+            ))
         });
     }
     let path = if let Some(p) = url.strip_prefix("file://") {
@@ -77,7 +85,8 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
     } else {
         std::path::PathBuf::from(url)
     };
-    std::fs::create_dir_all(&path).map_err(|e| invalid(format!("cannot create directory {}: {e}", path.display())))?;
+    std::fs::create_dir_all(&path)
+        .map_err(|e| invalid(format!("cannot create directory {}: {e}", path.display())))?;
     let fs = LocalFileSystem::new_with_prefix(&path).map_err(|e| invalid(e.to_string()))?;
     Ok(Arc::new(fs))
 }
@@ -100,12 +109,20 @@ impl CheckpointStore {
                 reason: format!("job name `{job}` must be non-empty and contain no `/`"),
             });
         }
-        Ok(CheckpointStore { store: open_url(url)?, url: url.to_string(), layout: Layout::new(job) })
+        Ok(CheckpointStore {
+            store: open_url(url)?,
+            url: url.to_string(),
+            layout: Layout::new(job),
+        })
     }
 
     /// Uses an already built object store (for tests and embedders).
     pub fn with_store(store: Arc<dyn ObjectStore>, url: &str, job: &str) -> Self {
-        CheckpointStore { store, url: url.to_string(), layout: Layout::new(job) }
+        CheckpointStore {
+            store,
+            url: url.to_string(),
+            layout: Layout::new(job),
+        }
     }
 
     /// The path builder.
@@ -126,17 +143,36 @@ impl CheckpointStore {
     /// Writes and deletes a probe object, so that an unreachable or read-only store is
     /// reported at start, not at the first checkpoint.
     pub async fn probe(&self) -> Result<()> {
-        let path = Path::from(format!("{}/_probe", self.layout.job()));
+        let path = Path::from(format!(
+            "{}/_probe-{}",
+            self.layout.job(),
+            std::process::id()
+        ));
         self.store
             .put(&path, PutPayload::from_static(b"weir"))
             .await
-            .map_err(|e| CheckpointError::storage("write a probe object to", format!("{}/{}", self.url, path), e))?;
-        self.store.delete(&path).await.map_err(|e| CheckpointError::storage("delete", &path, e))?;
-        Ok(())
+            .map_err(|e| {
+                CheckpointError::storage(
+                    "write a probe object to",
+                    format!("{}/{}", self.url, path),
+                    e,
+                )
+            })?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(CheckpointError::storage("delete", &path, e)),
+        }
     }
 
     /// Writes a framed object at `path` and returns its manifest entry.
-    pub async fn put_part(&self, path: Path, operator: &str, worker: usize, key_groups: (u32, u32), bytes: Vec<u8>) -> Result<PartEntry> {
+    pub async fn put_part(
+        &self,
+        path: Path,
+        operator: &str,
+        worker: usize,
+        key_groups: (u32, u32),
+        bytes: Vec<u8>,
+    ) -> Result<PartEntry> {
         let entry = PartEntry {
             operator: operator.to_string(),
             worker,
@@ -146,7 +182,10 @@ impl CheckpointStore {
             size: bytes.len() as u64,
             crc32: crc32fast::hash(&bytes),
         };
-        self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| CheckpointError::storage("put", &path, e))?;
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| CheckpointError::storage("put", &path, e))?;
         Ok(entry)
     }
 
@@ -167,12 +206,21 @@ impl CheckpointStore {
             });
         }
         codec::unframe(&entry.path, &bytes)?;
-        Ok(VerifiedPart { entry: entry.clone(), bytes })
+        Ok(VerifiedPart {
+            entry: entry.clone(),
+            bytes,
+        })
     }
 
     async fn get(&self, path: &Path) -> Result<bytes::Bytes> {
-        let r = self.store.get(path).await.map_err(|e| CheckpointError::storage("get", path, e))?;
-        r.bytes().await.map_err(|e| CheckpointError::storage("read", path, e))
+        let r = self
+            .store
+            .get(path)
+            .await
+            .map_err(|e| CheckpointError::storage("get", path, e))?;
+        r.bytes()
+            .await
+            .map_err(|e| CheckpointError::storage("read", path, e))
     }
 
     /// Writes a manifest, failing if one already exists for its epoch.
@@ -181,11 +229,21 @@ impl CheckpointStore {
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
         let path = self.layout.manifest(manifest.epoch);
         let bytes = codec::encode_json("manifest", manifest)?;
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&path, PutPayload::from(bytes), opts).await {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes), opts)
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
-                Err(CheckpointError::ManifestExists { path: path.to_string() })
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                Err(CheckpointError::ManifestExists {
+                    path: path.to_string(),
+                })
             }
             Err(e) => Err(CheckpointError::storage("put", &path, e)),
         }
@@ -195,8 +253,14 @@ impl CheckpointStore {
     pub async fn read_manifest(&self, epoch: u64) -> Result<Manifest> {
         let path = self.layout.manifest(epoch);
         let bytes = match self.get(&path).await {
-            Err(CheckpointError::Storage { source: object_store::Error::NotFound { .. }, .. }) => {
-                return Err(CheckpointError::CheckpointNotFound { job: self.layout.job().to_string(), epoch })
+            Err(CheckpointError::Storage {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => {
+                return Err(CheckpointError::CheckpointNotFound {
+                    job: self.layout.job().to_string(),
+                    epoch,
+                })
             }
             other => other?,
         };
@@ -211,7 +275,10 @@ impl CheckpointStore {
         if manifest.epoch != epoch {
             return Err(CheckpointError::Corrupt {
                 path: path.to_string(),
-                reason: format!("manifest says epoch {}, its directory says {epoch}", manifest.epoch),
+                reason: format!(
+                    "manifest says epoch {}, its directory says {epoch}",
+                    manifest.epoch
+                ),
             });
         }
         Ok(manifest)
@@ -220,7 +287,11 @@ impl CheckpointStore {
     /// Lists the job's checkpoint directories: `(complete, all)` epochs, ascending.
     pub async fn list(&self) -> Result<(Vec<u64>, Vec<u64>)> {
         let root = self.layout.job_root();
-        let listing = self.store.list_with_delimiter(Some(&root)).await.map_err(|e| CheckpointError::storage("list", &root, e))?;
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&root))
+            .await
+            .map_err(|e| CheckpointError::storage("list", &root, e))?;
         let mut all: Vec<u64> = listing
             .common_prefixes
             .iter()
@@ -230,8 +301,16 @@ impl CheckpointStore {
         let mut complete = Vec::new();
         for epoch in &all {
             let dir = self.layout.checkpoint_dir(*epoch);
-            let inner = self.store.list_with_delimiter(Some(&dir)).await.map_err(|e| CheckpointError::storage("list", &dir, e))?;
-            if inner.objects.iter().any(|o| o.location.filename() == Some(layout::MANIFEST)) {
+            let inner = self
+                .store
+                .list_with_delimiter(Some(&dir))
+                .await
+                .map_err(|e| CheckpointError::storage("list", &dir, e))?;
+            if inner
+                .objects
+                .iter()
+                .any(|o| o.location.filename() == Some(layout::MANIFEST))
+            {
                 complete.push(*epoch);
             }
         }
@@ -249,8 +328,14 @@ impl CheckpointStore {
         let candidates = protocol::restore_candidates(target, &complete);
         if candidates.is_empty() {
             return Err(match target {
-                RestoreTarget::Latest => CheckpointError::NoCheckpoint { job: self.layout.job().to_string(), url: self.url.clone() },
-                RestoreTarget::Epoch(epoch) => CheckpointError::CheckpointNotFound { job: self.layout.job().to_string(), epoch },
+                RestoreTarget::Latest => CheckpointError::NoCheckpoint {
+                    job: self.layout.job().to_string(),
+                    url: self.url.clone(),
+                },
+                RestoreTarget::Epoch(epoch) => CheckpointError::CheckpointNotFound {
+                    job: self.layout.job().to_string(),
+                    epoch,
+                },
             });
         }
         let mut tried = Vec::new();
@@ -270,7 +355,10 @@ impl CheckpointStore {
                 }
             }
         }
-        Err(CheckpointError::NoReadableCheckpoint { job: self.layout.job().to_string(), tried })
+        Err(CheckpointError::NoReadableCheckpoint {
+            job: self.layout.job().to_string(),
+            tried,
+        })
     }
 
     /// Reads checkpoint `epoch`'s manifest and checks every part's size and checksum.
@@ -289,9 +377,16 @@ impl CheckpointStore {
     }
 
     async fn delete_prefix(&self, dir: &Path) -> Result<()> {
-        let objects: Vec<_> = self.store.list(Some(dir)).try_collect().await.map_err(|e| CheckpointError::storage("list", dir, e))?;
+        let objects: Vec<_> = self
+            .store
+            .list(Some(dir))
+            .try_collect()
+            .await
+            .map_err(|e| CheckpointError::storage("list", dir, e))?;
         // The manifest goes first, so that a half-deleted checkpoint is never complete.
-        let (manifests, rest): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| o.location.filename() == Some(layout::MANIFEST));
+        let (manifests, rest): (Vec<_>, Vec<_>) = objects
+            .into_iter()
+            .partition(|o| o.location.filename() == Some(layout::MANIFEST));
         for o in manifests.into_iter().chain(rest) {
             match self.store.delete(&o.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -321,15 +416,30 @@ impl CheckpointStore {
     /// Announces a generation, returning every generation announced so far (this one included).
     pub async fn announce_generation(&self, generation: u64) -> Result<Vec<u64>> {
         let path = self.layout.generation_marker(generation);
-        self.store.put(&path, PutPayload::from_static(b"")).await.map_err(|e| CheckpointError::storage("put", &path, e))?;
+        self.store
+            .put(&path, PutPayload::from_static(b""))
+            .await
+            .map_err(|e| CheckpointError::storage("put", &path, e))?;
         self.generations().await
     }
 
     /// Every generation announced so far.
     pub async fn generations(&self) -> Result<Vec<u64>> {
         let root = self.layout.generations();
-        let objects: Vec<_> = self.store.list(Some(&root)).try_collect().await.map_err(|e| CheckpointError::storage("list", &root, e))?;
-        let mut gens: Vec<u64> = objects.iter().filter_map(|o| o.location.filename().and_then(layout::parse_generation_marker)).collect();
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&root))
+            .try_collect()
+            .await
+            .map_err(|e| CheckpointError::storage("list", &root, e))?;
+        let mut gens: Vec<u64> = objects
+            .iter()
+            .filter_map(|o| {
+                o.location
+                    .filename()
+                    .and_then(layout::parse_generation_marker)
+            })
+            .collect();
         gens.sort_unstable();
         Ok(gens)
     }
@@ -341,13 +451,21 @@ impl CheckpointStore {
 
     /// Writes a small framed object (ledger entries and the like), overwriting it.
     pub async fn put_object(&self, path: &Path, bytes: Vec<u8>) -> Result<()> {
-        self.store.put(path, PutPayload::from(bytes)).await.map_err(|e| CheckpointError::storage("put", path, e))?;
+        self.store
+            .put(path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| CheckpointError::storage("put", path, e))?;
         Ok(())
     }
 
     /// Reads every object under a prefix, verified, as `(path, payload bytes)`.
     pub async fn read_prefix(&self, prefix: &Path) -> Result<Vec<(String, bytes::Bytes)>> {
-        let objects: Vec<_> = self.store.list(Some(prefix)).try_collect().await.map_err(|e| CheckpointError::storage("list", prefix, e))?;
+        let objects: Vec<_> = self
+            .store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| CheckpointError::storage("list", prefix, e))?;
         let mut out = Vec::new();
         for o in objects {
             let bytes = self.get(&o.location).await?;
@@ -383,13 +501,28 @@ mod tests {
             created_ms: 0,
             operators: vec!["op".into()],
             parts,
-            sinks: vec![SinkEntry { sink: "s".into(), worker: 0, epoch, generation: 0, handle: "h".into() }],
+            sinks: vec![SinkEntry {
+                sink: "s".into(),
+                worker: 0,
+                epoch,
+                generation: 0,
+                handle: "h".into(),
+            }],
         }
     }
 
     async fn checkpoint(store: &CheckpointStore, epoch: u64) -> Manifest {
         let path = store.layout().part(epoch, "op", "w0");
-        let part = store.put_part(path, "op", 0, (0, 128), codec::encode("t", &vec![epoch; 10]).unwrap()).await.unwrap();
+        let part = store
+            .put_part(
+                path,
+                "op",
+                0,
+                (0, 128),
+                codec::encode("t", &vec![epoch; 10]).unwrap(),
+            )
+            .await
+            .unwrap();
         let m = manifest("job", epoch, vec![part]);
         store.put_manifest(&m).await.unwrap();
         m
@@ -399,7 +532,10 @@ mod tests {
     async fn manifest_is_written_once() {
         let store = CheckpointStore::open("memory://", "job").unwrap();
         let m = checkpoint(&store, 1).await;
-        assert!(matches!(store.put_manifest(&m).await, Err(CheckpointError::ManifestExists { .. })));
+        assert!(matches!(
+            store.put_manifest(&m).await,
+            Err(CheckpointError::ManifestExists { .. })
+        ));
         assert_eq!(store.read_manifest(1).await.unwrap(), m);
     }
 
@@ -433,8 +569,19 @@ mod tests {
         let n = bytes.len();
         bytes[n - 1] ^= 1;
         std::fs::write(&file, bytes).unwrap();
-        assert_eq!(store.resolve_restore(RestoreTarget::Latest).await.unwrap().epoch, 1);
-        let err = store.resolve_restore(RestoreTarget::Epoch(2)).await.unwrap_err().to_string();
+        assert_eq!(
+            store
+                .resolve_restore(RestoreTarget::Latest)
+                .await
+                .unwrap()
+                .epoch,
+            1
+        );
+        let err = store
+            .resolve_restore(RestoreTarget::Epoch(2))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&m2.parts[0].path), "{err}");
     }
 
@@ -446,14 +593,24 @@ mod tests {
         let file = dir.path().join(store.layout().manifest(1).as_ref());
         let bytes = std::fs::read(&file).unwrap();
         std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-        let err = store.resolve_restore(RestoreTarget::Latest).await.unwrap_err().to_string();
-        assert!(err.contains("_MANIFEST") && err.contains("truncated"), "{err}");
+        let err = store
+            .resolve_restore(RestoreTarget::Latest)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("_MANIFEST") && err.contains("truncated"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn restore_without_checkpoint_is_a_clear_error() {
         let store = CheckpointStore::open("memory://", "job").unwrap();
-        let err = store.resolve_restore(RestoreTarget::Latest).await.unwrap_err();
+        let err = store
+            .resolve_restore(RestoreTarget::Latest)
+            .await
+            .unwrap_err();
         assert!(matches!(err, CheckpointError::NoCheckpoint { .. }), "{err}");
         assert!(err.to_string().contains("without --restore"));
     }
@@ -465,8 +622,14 @@ mod tests {
         let m = manifest("other", 1, vec![]);
         // A manifest of job `other` under job `job`'s prefix.
         let bytes = codec::encode_json("m", &m).unwrap();
-        inner.put(&store.layout().manifest(1), PutPayload::from(bytes)).await.unwrap();
-        let err = store.resolve_restore(RestoreTarget::Latest).await.unwrap_err();
+        inner
+            .put(&store.layout().manifest(1), PutPayload::from(bytes))
+            .await
+            .unwrap();
+        let err = store
+            .resolve_restore(RestoreTarget::Latest)
+            .await
+            .unwrap_err();
         assert!(matches!(err, CheckpointError::JobMismatch { .. }), "{err}");
     }
 
@@ -494,7 +657,12 @@ mod tests {
 
     #[test]
     fn unknown_schemes_are_rejected() {
-        let err = CheckpointStore::open("ftp://x", "job").unwrap_err().to_string();
-        assert!(err.contains("ftp://x") && err.contains("unknown scheme"), "{err}");
+        let err = CheckpointStore::open("ftp://x", "job")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ftp://x") && err.contains("unknown scheme"),
+            "{err}"
+        );
     }
 }

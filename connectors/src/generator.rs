@@ -29,7 +29,13 @@ use crate::source::{source, Reader, SourceOptions};
 /// items.sort();
 /// assert_eq!(items, (0..100).map(|i| i * 2).collect::<Vec<_>>());
 /// ```
-pub fn generate<'s, D, F>(job: &mut Job<'s>, name: &str, total: u64, opts: SourceOptions, make: F) -> Result<Stream<'s, u64, Vec<D>>>
+pub fn generate<'s, D, F>(
+    job: &mut Job<'s>,
+    name: &str,
+    total: u64,
+    opts: SourceOptions,
+    make: F,
+) -> Result<Stream<'s, u64, Vec<D>>>
 where
     D: timely::ExchangeData,
     F: Fn(u64) -> D + 'static,
@@ -37,7 +43,18 @@ where
     let splits: u32 = 64;
     let ctx = job.ctx();
     let owned: Vec<u32> = (0..splits).filter(|s| ctx.owns(s)).collect();
-    source(job, name, Generator { total, splits, owned, next: 0, make }, opts)
+    source(
+        job,
+        name,
+        Generator {
+            total,
+            splits,
+            owned,
+            next: 0,
+            make,
+        },
+        opts,
+    )
 }
 
 struct Generator<F> {
@@ -52,7 +69,12 @@ impl<D: timely::ExchangeData, F: Fn(u64) -> D + 'static> Reader for Generator<F>
     type Split = u32;
     type Item = D;
 
-    fn read(&mut self, positions: &mut BTreeMap<u32, u64>, max: usize, out: &mut Vec<D>) -> Result<bool> {
+    fn read(
+        &mut self,
+        positions: &mut BTreeMap<u32, u64>,
+        max: usize,
+        out: &mut Vec<D>,
+    ) -> Result<bool> {
         let n = self.splits as u64;
         let mut emitted = 0;
         let mut exhausted = 0;

@@ -21,7 +21,12 @@ pub(crate) trait Reader: 'static {
     type Item: timely::ExchangeData;
     /// Reads up to `max` items into `out`, advancing `positions`; returns `false` once
     /// every split is exhausted.
-    fn read(&mut self, positions: &mut std::collections::BTreeMap<Self::Split, u64>, max: usize, out: &mut Vec<Self::Item>) -> Result<bool>;
+    fn read(
+        &mut self,
+        positions: &mut std::collections::BTreeMap<Self::Split, u64>,
+        max: usize,
+        out: &mut Vec<Self::Item>,
+    ) -> Result<bool>;
 }
 
 /// Options every source takes.
@@ -33,13 +38,18 @@ pub struct SourceOptions {
 
 /// The positions a source restarts from: the restored checkpoint's, or with at-most-once
 /// delivery the ledger's (everything ever read, processed or not).
-fn restore_positions<S: Serialize + DeserializeOwned + Hash + Eq + Ord + Clone>(ctx: &JobContext, name: &str) -> Result<std::collections::BTreeMap<S, u64>> {
-    let mut positions: std::collections::BTreeMap<S, u64> = ctx.restore_keyed::<S, u64>(name)?.into_iter().collect();
+fn restore_positions<S: Serialize + DeserializeOwned + Hash + Eq + Ord + Clone>(
+    ctx: &JobContext,
+    name: &str,
+) -> Result<std::collections::BTreeMap<S, u64>> {
+    let mut positions: std::collections::BTreeMap<S, u64> =
+        ctx.restore_keyed::<S, u64>(name)?.into_iter().collect();
     if ctx.config().delivery == Delivery::AtMostOnce {
         if let Some(store) = ctx.store() {
             let root = store.layout().ledger_root(name);
             for (path, bytes) in ctx.block_on(store.read_prefix(&root))? {
-                let entries: Vec<(S, u64)> = weir_runtime::checkpoint::codec::decode(&path, &bytes)?;
+                let entries: Vec<(S, u64)> =
+                    weir_runtime::checkpoint::codec::decode(&path, &bytes)?;
                 for (split, pos) in entries {
                     if ctx.owns(&split) {
                         let p = positions.entry(split).or_insert(0);
@@ -53,7 +63,12 @@ fn restore_positions<S: Serialize + DeserializeOwned + Hash + Eq + Ord + Clone>(
 }
 
 /// Builds a source operator around `reader`.
-pub(crate) fn source<'s, R: Reader>(job: &mut Job<'s>, name: &str, mut reader: R, opts: SourceOptions) -> Result<Stream<'s, u64, Vec<R::Item>>> {
+pub(crate) fn source<'s, R: Reader>(
+    job: &mut Job<'s>,
+    name: &str,
+    mut reader: R,
+    opts: SourceOptions,
+) -> Result<Stream<'s, u64, Vec<R::Item>>> {
     job.claim_name(name)?;
     let ctx = job.ctx().clone();
     let mut positions = restore_positions::<R::Split>(&ctx, name)?;
@@ -64,12 +79,16 @@ pub(crate) fn source<'s, R: Reader>(job: &mut Job<'s>, name: &str, mut reader: R
     let (data_out, data) = builder.new_output::<Vec<R::Item>>();
     let (report_out, reports) = builder.new_output::<Vec<Report>>();
     let mut data_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<R::Item>>>::from(data_out);
-    let mut report_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Report>>>::from(report_out);
+    let mut report_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<Report>>>::from(report_out);
     let worker = job.scope().worker();
     let activator = worker.activator_for(address.clone());
     let mut snapshotter = Snapshotter::new(&ctx, name, &address, worker);
     let name = name.to_string();
-    let ledger_path = ctx.store().map(|s| s.layout().ledger(&name, &format!("w{}-g{}", ctx.worker(), ctx.generation())));
+    let ledger_path = ctx.store().map(|s| {
+        s.layout()
+            .ledger(&name, &format!("w{}-g{}", ctx.worker(), ctx.generation()))
+    });
     let range = ctx.key_group_range();
     let first_epoch = ctx.first_epoch();
     let key_groups = ctx.key_groups();
@@ -83,7 +102,11 @@ pub(crate) fn source<'s, R: Reader>(job: &mut Job<'s>, name: &str, mut reader: R
         let mut emitted: u64 = 0;
         let mut changed = true;
         let mut batch: Vec<R::Item> = Vec::new();
-        let snapshot = move |snapshotter: &mut Snapshotter, positions: &std::collections::BTreeMap<R::Split, u64>, cap: Capability<u64>, changed: &mut bool, is_final: bool| {
+        let snapshot = move |snapshotter: &mut Snapshotter,
+                             positions: &std::collections::BTreeMap<R::Split, u64>,
+                             cap: Capability<u64>,
+                             changed: &mut bool,
+                             is_final: bool| {
             if !checkpointing {
                 return;
             }
@@ -129,14 +152,20 @@ pub(crate) fn source<'s, R: Reader>(job: &mut Job<'s>, name: &str, mut reader: R
                         let entries: Vec<(&R::Split, &u64)> = positions.iter().collect();
                         let written = weir_runtime::checkpoint::codec::encode("ledger", &entries)
                             .map_err(RuntimeError::from)
-                            .and_then(|bytes| ctx.block_on(store.put_object(path, bytes)).map_err(RuntimeError::from));
+                            .and_then(|bytes| {
+                                ctx.block_on(store.put_object(path, bytes))
+                                    .map_err(RuntimeError::from)
+                            });
                         if let Err(e) = written {
                             weir_runtime::execute::die("at-most-once ledger", &e);
                         }
                     }
                     emitted += batch.len() as u64;
                     if !batch.is_empty() {
-                        data_out.activate().session(dc).give_iterator(batch.drain(..));
+                        data_out
+                            .activate()
+                            .session(dc)
+                            .give_iterator(batch.drain(..));
                     }
                 }
                 if !more {
@@ -146,7 +175,9 @@ pub(crate) fn source<'s, R: Reader>(job: &mut Job<'s>, name: &str, mut reader: R
                     data_cap = None;
                     report_cap = None;
                 } else if budget == 0 {
-                    let wait = std::time::Duration::from_secs_f64(1.0 / opts.rate_limit.unwrap_or(1).max(1) as f64);
+                    let wait = std::time::Duration::from_secs_f64(
+                        1.0 / opts.rate_limit.unwrap_or(1).max(1) as f64,
+                    );
                     let wait = ctx.clock().until_next().map_or(wait, |n| n.min(wait));
                     activator.activate_after(wait);
                 } else {

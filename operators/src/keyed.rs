@@ -20,11 +20,11 @@ use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
-use timely::container::CapacityContainerBuilder;
 use weir_runtime::checkpoint::Report;
 use weir_runtime::keygroup;
 use weir_runtime::{encode_keyed, EpochTracker, Job, Result, Snapshotter};
@@ -58,11 +58,17 @@ where
 
     let mut builder = OperatorBuilder::new(format!("keyed:{name}"), job.scope());
     let address = builder.operator_info().address;
-    let mut input = builder.new_input(stream, Exchange::new(move |(k, _): &(K, V)| keygroup::owner(keygroup::key_group(k, n), n, peers) as u64));
+    let mut input = builder.new_input(
+        stream,
+        Exchange::new(move |(k, _): &(K, V)| {
+            keygroup::owner(keygroup::key_group(k, n), n, peers) as u64
+        }),
+    );
     let (data_out, data) = builder.new_output::<Vec<O>>();
     let (report_out, reports) = builder.new_output::<Vec<Report>>();
     let mut data_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<O>>>::from(data_out);
-    let mut report_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Report>>>::from(report_out);
+    let mut report_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<Report>>>::from(report_out);
     let mut snapshotter = Snapshotter::new(&ctx, name, &address, job.scope().worker());
     let name = name.to_string();
 
@@ -74,13 +80,19 @@ where
         }
         let mut tracker = EpochTracker::new(report_cap, first_epoch);
         // State: value and the last epoch in which the key changed.
-        let mut state: HashMap<K, (S, u64)> = restored.into_iter().map(|(k, s)| (k, (s, 0))).collect();
+        let mut state: HashMap<K, (S, u64)> =
+            restored.into_iter().map(|(k, s)| (k, (s, 0))).collect();
         let mut buffered: BTreeMap<u64, Vec<(K, V)>> = BTreeMap::new();
         let mut dirty: BTreeMap<u64, Vec<K>> = BTreeMap::new();
         let mut changed = true;
         let mut out: Vec<O> = Vec::new();
 
-        let mut apply = move |state: &mut HashMap<K, (S, u64)>, dirty: &mut BTreeMap<u64, Vec<K>>, epoch: u64, k: K, v: V, out: &mut Vec<O>| {
+        let mut apply = move |state: &mut HashMap<K, (S, u64)>,
+                              dirty: &mut BTreeMap<u64, Vec<K>>,
+                              epoch: u64,
+                              k: K,
+                              v: V,
+                              out: &mut Vec<O>| {
             let entry = state.entry(k.clone()).or_insert_with(|| (S::default(), 0));
             on_record(&k, &mut entry.0, v, out);
             if entry.1 != epoch {
@@ -95,11 +107,19 @@ where
             let mut session_out = data_out.activate();
             // Close every epoch the frontier has passed, in order, before any record of a
             // later epoch is applied.
-            let mut closing: Vec<u64> = buffered.keys().chain(dirty.keys()).copied().filter(|e| !frontier.less_equal(e)).collect();
+            let mut closing: Vec<u64> = buffered
+                .keys()
+                .chain(dirty.keys())
+                .copied()
+                .filter(|e| !frontier.less_equal(e))
+                .collect();
             closing.sort_unstable();
             closing.dedup();
             for epoch in closing {
-                let c = data_cap.as_ref().expect("epochs still open").delayed(&epoch);
+                let c = data_cap
+                    .as_ref()
+                    .expect("epochs still open")
+                    .delayed(&epoch);
                 for (k, v) in buffered.remove(&epoch).unwrap_or_default() {
                     changed = true;
                     apply(&mut state, &mut dirty, epoch, k, v, &mut out);
@@ -110,6 +130,24 @@ where
                 }
                 if !out.is_empty() {
                     session_out.session(&c).give_iterator(out.drain(..));
+                }
+            }
+            // The snapshot covers exactly the closed epochs: take it before records of
+            // the oldest open epoch are applied below.
+            if let Some(due) = tracker.advance(frontier) {
+                if checkpointing {
+                    let bytes = if changed {
+                        changed = false;
+                        match encode_keyed(&name, n, state.iter().map(|(k, (s, _))| (k, s))) {
+                            Ok(b) => Some(b),
+                            Err(e) => {
+                                weir_runtime::execute::die(&format!("snapshot of `{name}`"), &e)
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    snapshotter.snapshot(due.cap, range, bytes, Vec::new(), due.is_final);
                 }
             }
             input.for_each(|cap, batch| {
@@ -133,20 +171,6 @@ where
                 (Some(f), Some(c)) if *c.time() < f => c.downgrade(&f),
                 (None, _) => data_cap = None,
                 _ => {}
-            }
-            if let Some(due) = tracker.advance(frontier) {
-                if checkpointing {
-                    let bytes = if changed {
-                        changed = false;
-                        match encode_keyed(&name, n, state.iter().map(|(k, (s, _))| (k, s))) {
-                            Ok(b) => Some(b),
-                            Err(e) => weir_runtime::execute::die(&format!("snapshot of `{name}`"), &e),
-                        }
-                    } else {
-                        None
-                    };
-                    snapshotter.snapshot(due.cap, range, bytes, Vec::new(), due.is_final);
-                }
             }
             let mut reports = report_out.activate();
             snapshotter.poll(|cap, report| reports.session(cap).give(report));

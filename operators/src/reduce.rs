@@ -37,7 +37,12 @@ pub trait ReduceByKey<'s, K, V> {
     /// Folds each record's value into its key's aggregate with `fold`.
     ///
     /// `name` must be unique in the job; it names the operator's checkpointed state.
-    fn reduce_by_key<S, F>(self, job: &mut Job<'s>, name: &str, fold: F) -> Result<Stream<'s, u64, Vec<(K, S, u64)>>>
+    fn reduce_by_key<S, F>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        fold: F,
+    ) -> Result<Stream<'s, u64, Vec<(K, S, u64)>>>
     where
         S: Default + Clone + Serialize + DeserializeOwned + timely::ExchangeData,
         F: FnMut(&mut S, V) + 'static;
@@ -48,7 +53,12 @@ where
     K: timely::ExchangeData + Hash + Eq + Clone,
     V: timely::ExchangeData,
 {
-    fn reduce_by_key<S, F>(self, job: &mut Job<'s>, name: &str, mut fold: F) -> Result<Stream<'s, u64, Vec<(K, S, u64)>>>
+    fn reduce_by_key<S, F>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        mut fold: F,
+    ) -> Result<Stream<'s, u64, Vec<(K, S, u64)>>>
     where
         S: Default + Clone + Serialize + DeserializeOwned + timely::ExchangeData,
         F: FnMut(&mut S, V) + 'static,
@@ -58,7 +68,9 @@ where
             job,
             name,
             move |_k: &K, s: &mut S, v: V, _out: &mut Vec<(K, S, u64)>| fold(s, v),
-            |k: &K, s: &S, epoch: u64, out: &mut Vec<(K, S, u64)>| out.push((k.clone(), s.clone(), epoch)),
+            |k: &K, s: &S, epoch: u64, out: &mut Vec<(K, S, u64)>| {
+                out.push((k.clone(), s.clone(), epoch))
+            },
         )
     }
 }

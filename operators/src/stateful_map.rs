@@ -36,7 +36,12 @@ use weir_runtime::{Job, Result};
 /// ```
 pub trait StatefulMap<'s, K, V> {
     /// Runs `logic` per record; `name` must be unique in the job.
-    fn stateful_map<S, O, F>(self, job: &mut Job<'s>, name: &str, logic: F) -> Result<Stream<'s, u64, Vec<O>>>
+    fn stateful_map<S, O, F>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        logic: F,
+    ) -> Result<Stream<'s, u64, Vec<O>>>
     where
         S: Default + Serialize + DeserializeOwned + 'static,
         O: timely::ExchangeData,
@@ -48,7 +53,12 @@ where
     K: timely::ExchangeData + Hash + Eq + Clone,
     V: timely::ExchangeData,
 {
-    fn stateful_map<S, O, F>(self, job: &mut Job<'s>, name: &str, mut logic: F) -> Result<Stream<'s, u64, Vec<O>>>
+    fn stateful_map<S, O, F>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        mut logic: F,
+    ) -> Result<Stream<'s, u64, Vec<O>>>
     where
         S: Default + Serialize + DeserializeOwned + 'static,
         O: timely::ExchangeData,

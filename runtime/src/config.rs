@@ -101,7 +101,12 @@ impl Default for JobConfig {
 impl JobConfig {
     /// One worker thread, checkpoints in memory: the shortcut for tests and examples.
     pub fn thread(job: &str) -> Self {
-        JobConfig { job: job.into(), checkpoint_url: "memory://".into(), checkpoint_interval_ms: 50, ..Default::default() }
+        JobConfig {
+            job: job.into(),
+            checkpoint_url: "memory://".into(),
+            checkpoint_interval_ms: 50,
+            ..Default::default()
+        }
     }
 
     /// Whether checkpoints are taken.
@@ -117,25 +122,44 @@ impl JobConfig {
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<()> {
         if self.job.is_empty() || self.job.contains('/') || self.job.starts_with('.') {
-            return Err(RuntimeError::config("job", format!("`{}` must be non-empty, contain no `/` and not start with `.`", self.job)));
+            return Err(RuntimeError::config(
+                "job",
+                format!(
+                    "`{}` must be non-empty, contain no `/` and not start with `.`",
+                    self.job
+                ),
+            ));
         }
         if self.workers == 0 {
             return Err(RuntimeError::config("workers", "must be at least 1"));
         }
         if self.processes == 0 || self.process >= self.processes {
-            return Err(RuntimeError::config("process", format!("process {} is not in 0..{}", self.process, self.processes)));
+            return Err(RuntimeError::config(
+                "process",
+                format!("process {} is not in 0..{}", self.process, self.processes),
+            ));
         }
         if self.processes > 1 && self.hostfile.is_none() {
-            return Err(RuntimeError::config("hostfile", "a cluster of several processes needs --hostfile (or use `weir launch`)"));
+            return Err(RuntimeError::config(
+                "hostfile",
+                "a cluster of several processes needs --hostfile (or use `weir launch`)",
+            ));
         }
         if self.key_groups == 0 || (self.key_groups as usize) < self.workers * self.processes {
             return Err(RuntimeError::config(
                 "key-groups",
-                format!("{} key groups cannot be spread over {} workers; raise --key-groups", self.key_groups, self.workers * self.processes),
+                format!(
+                    "{} key groups cannot be spread over {} workers; raise --key-groups",
+                    self.key_groups,
+                    self.workers * self.processes
+                ),
             ));
         }
         if self.restore.is_some() && !self.checkpointing() {
-            return Err(RuntimeError::config("restore", "restoring needs checkpointing: set --checkpoint-interval-ms above 0"));
+            return Err(RuntimeError::config(
+                "restore",
+                "restoring needs checkpointing: set --checkpoint-interval-ms above 0",
+            ));
         }
         Ok(())
     }
@@ -143,16 +167,34 @@ impl JobConfig {
     /// The timely configuration for this process.
     pub fn timely(&self) -> Result<timely::Config> {
         if self.processes <= 1 {
-            return Ok(if self.workers == 1 { timely::Config::thread() } else { timely::Config::process(self.workers) });
+            return Ok(if self.workers == 1 {
+                timely::Config::thread()
+            } else {
+                timely::Config::process(self.workers)
+            });
         }
         let hostfile = self.hostfile.as_ref().expect("validated");
-        let text = std::fs::read_to_string(hostfile)
-            .map_err(|e| RuntimeError::config("hostfile", format!("cannot read {}: {e}", hostfile.display())))?;
-        let addresses: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+        let text = std::fs::read_to_string(hostfile).map_err(|e| {
+            RuntimeError::config(
+                "hostfile",
+                format!("cannot read {}: {e}", hostfile.display()),
+            )
+        })?;
+        let addresses: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
         if addresses.len() != self.processes {
             return Err(RuntimeError::config(
                 "hostfile",
-                format!("{} lists {} addresses for {} processes", hostfile.display(), addresses.len(), self.processes),
+                format!(
+                    "{} lists {} addresses for {} processes",
+                    hostfile.display(),
+                    addresses.len(),
+                    self.processes
+                ),
             ));
         }
         Ok(timely::Config {
@@ -183,7 +225,11 @@ pub struct JobArgs {
     #[arg(long, env = "WEIR_DELIVERY", value_enum)]
     pub delivery: Option<Delivery>,
     /// Checkpoint URL: a path, file:///path, memory:// or s3://bucket/prefix.
-    #[arg(long = "checkpoint-dir", alias = "checkpoint-url", env = "WEIR_CHECKPOINT_URL")]
+    #[arg(
+        long = "checkpoint-dir",
+        alias = "checkpoint-url",
+        env = "WEIR_CHECKPOINT_URL"
+    )]
     pub checkpoint_url: Option<String>,
     /// Checkpoint interval (epoch length) in ms; 0 turns checkpointing off.
     #[arg(long, env = "WEIR_CHECKPOINT_INTERVAL_MS")]
@@ -228,16 +274,35 @@ impl JobArgs {
     pub fn into_config(self, default_job: &str) -> Result<JobConfig> {
         let mut c = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| RuntimeError::config("config", format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str(&text).map_err(|e| RuntimeError::config("config", format!("{}: {e}", path.display())))?
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    RuntimeError::config("config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str(&text).map_err(|e| {
+                    RuntimeError::config("config", format!("{}: {e}", path.display()))
+                })?
             }
-            None => JobConfig { job: default_job.into(), ..Default::default() },
+            None => JobConfig {
+                job: default_job.into(),
+                ..Default::default()
+            },
         };
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
         }
-        set!(job, delivery, checkpoint_url, checkpoint_interval_ms, checkpoint_timeout_ms, min_pause_ms, retain, tolerable_failed_checkpoints, key_groups, workers, processes, process);
+        set!(
+            job,
+            delivery,
+            checkpoint_url,
+            checkpoint_interval_ms,
+            checkpoint_timeout_ms,
+            min_pause_ms,
+            retain,
+            tolerable_failed_checkpoints,
+            key_groups,
+            workers,
+            processes,
+            process
+        );
         if self.restore.is_some() {
             c.restore = self.restore;
         }
@@ -261,7 +326,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("job.toml");
         std::fs::write(&file, "job = \"wc\"\ndelivery = \"at-least-once\"\ncheckpoint-interval-ms = 250\nrestore = \"latest\"\n").unwrap();
-        let args = JobArgs { config: Some(file), workers: Some(2), ..Default::default() };
+        let args = JobArgs {
+            config: Some(file),
+            workers: Some(2),
+            ..Default::default()
+        };
         let c = args.into_config("ignored").unwrap();
         assert_eq!(c.job, "wc");
         assert_eq!(c.delivery, Delivery::AtLeastOnce);
@@ -275,19 +344,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("job.toml");
         std::fs::write(&file, "checkpoint-intervall-ms = 5\n").unwrap();
-        let err = JobArgs { config: Some(file), ..Default::default() }.into_config("j").unwrap_err().to_string();
+        let err = JobArgs {
+            config: Some(file),
+            ..Default::default()
+        }
+        .into_config("j")
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("checkpoint-intervall-ms"), "{err}");
     }
 
     #[test]
     fn a_cluster_without_hostfile_is_rejected() {
-        let err = JobArgs { processes: Some(2), ..Default::default() }.into_config("j").unwrap_err().to_string();
+        let err = JobArgs {
+            processes: Some(2),
+            ..Default::default()
+        }
+        .into_config("j")
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("hostfile"), "{err}");
     }
 
     #[test]
     fn restore_without_checkpointing_is_rejected() {
-        let args = JobArgs { restore: Some(RestoreTarget::Latest), checkpoint_interval_ms: Some(0), ..Default::default() };
-        assert!(args.into_config("j").unwrap_err().to_string().contains("restore"));
+        let args = JobArgs {
+            restore: Some(RestoreTarget::Latest),
+            checkpoint_interval_ms: Some(0),
+            ..Default::default()
+        };
+        assert!(args
+            .into_config("j")
+            .unwrap_err()
+            .to_string()
+            .contains("restore"));
     }
 }

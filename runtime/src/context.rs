@@ -30,7 +30,11 @@ pub struct EpochClock {
 impl EpochClock {
     /// A clock whose first epoch is `first` and whose epochs last `epoch_ms` (0: forever).
     pub fn new(first: u64, epoch_ms: u64) -> Self {
-        EpochClock { start: Instant::now(), first, epoch_ms }
+        EpochClock {
+            start: Instant::now(),
+            first,
+            epoch_ms,
+        }
     }
 
     /// The epoch that records read now belong to.
@@ -47,7 +51,9 @@ impl EpochClock {
             return None;
         }
         let elapsed = self.start.elapsed().as_millis() as u64;
-        Some(Duration::from_millis(self.epoch_ms - elapsed % self.epoch_ms))
+        Some(Duration::from_millis(
+            self.epoch_ms - elapsed % self.epoch_ms,
+        ))
     }
 }
 
@@ -117,7 +123,11 @@ impl JobContext {
     }
     /// Whether this worker owns `key`.
     pub fn owns<K: Hash + ?Sized>(&self, key: &K) -> bool {
-        keygroup::owner(keygroup::key_group(key, self.key_groups()), self.key_groups(), self.peers) == self.worker
+        keygroup::owner(
+            keygroup::key_group(key, self.key_groups()),
+            self.key_groups(),
+            self.peers,
+        ) == self.worker
     }
     /// Runs a future to completion on the process's I/O runtime.
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -137,7 +147,9 @@ impl JobContext {
         K: DeserializeOwned,
         S: DeserializeOwned,
     {
-        let (Some(manifest), Some(store)) = (self.restored(), self.store()) else { return Ok(Vec::new()) };
+        let (Some(manifest), Some(store)) = (self.restored(), self.store()) else {
+            return Ok(Vec::new());
+        };
         let (lo, hi) = self.key_group_range();
         let mut out = Vec::new();
         for entry in manifest.parts_of(name) {
@@ -165,7 +177,10 @@ where
 {
     let mut groups: BTreeMap<u32, Vec<(&K, &S)>> = BTreeMap::new();
     for (k, s) in entries {
-        groups.entry(keygroup::key_group(k, key_groups)).or_default().push((k, s));
+        groups
+            .entry(keygroup::key_group(k, key_groups))
+            .or_default()
+            .push((k, s));
     }
     let groups: Vec<(u32, Vec<(&K, &S)>)> = groups.into_iter().collect();
     Ok(codec::encode(name, &groups)?)
@@ -183,8 +198,18 @@ pub struct Job<'scope> {
 
 impl<'scope> Job<'scope> {
     pub(crate) fn new(scope: Scope<'scope, u64>, shared: Arc<Shared>) -> Self {
-        let ctx = JobContext { shared, worker: scope.index(), peers: scope.peers() };
-        Job { scope, ctx, names: BTreeSet::new(), reports: Vec::new(), committers: BTreeMap::new() }
+        let ctx = JobContext {
+            shared,
+            worker: scope.index(),
+            peers: scope.peers(),
+        };
+        Job {
+            scope,
+            ctx,
+            names: BTreeSet::new(),
+            reports: Vec::new(),
+            committers: BTreeMap::new(),
+        }
     }
 
     /// The dataflow scope; timestamps are epochs.
@@ -200,10 +225,16 @@ impl<'scope> Job<'scope> {
     /// Claims a unique operator name; checkpointed state is stored under it.
     pub fn claim_name(&mut self, name: &str) -> Result<()> {
         if name.is_empty() || name.contains('/') || name.starts_with('_') {
-            return Err(RuntimeError::config("operator name", format!("`{name}` must be non-empty, contain no `/` and not start with `_`")));
+            return Err(RuntimeError::config(
+                "operator name",
+                format!("`{name}` must be non-empty, contain no `/` and not start with `_`"),
+            ));
         }
         if !self.names.insert(name.to_string()) {
-            return Err(RuntimeError::config("operator name", format!("`{name}` is used twice in the job; names must be unique")));
+            return Err(RuntimeError::config(
+                "operator name",
+                format!("`{name}` is used twice in the job; names must be unique"),
+            ));
         }
         Ok(())
     }
@@ -223,7 +254,13 @@ impl<'scope> Job<'scope> {
 
     /// Finishes construction: recovers sinks and installs the checkpoint coordinator.
     pub(crate) fn finish(self) -> Result<()> {
-        let Job { scope, ctx, names, reports, committers } = self;
+        let Job {
+            scope,
+            ctx,
+            names,
+            reports,
+            committers,
+        } = self;
         if ctx.worker == 0 {
             if let Some(m) = ctx.restored() {
                 check_graph(m, &names)?;
@@ -283,7 +320,12 @@ struct Pending {
 
 impl Snapshotter {
     /// A snapshotter for operator `name`, waking the operator at `address`.
-    pub fn new(ctx: &JobContext, name: &str, address: &[usize], worker: &timely::worker::Worker) -> Self {
+    pub fn new(
+        ctx: &JobContext,
+        name: &str,
+        address: &[usize],
+        worker: &timely::worker::Worker,
+    ) -> Self {
         Snapshotter {
             ctx: ctx.clone(),
             name: name.to_string(),
@@ -321,7 +363,11 @@ impl Snapshotter {
         };
         let mut ticket = None;
         if let (Some(bytes), Some(store)) = (state, self.ctx.store()) {
-            let path = store.layout().part(epoch, &self.name, &format!("w{}-g{}", self.ctx.worker, self.ctx.generation()));
+            let path = store.layout().part(
+                epoch,
+                &self.name,
+                &format!("w{}-g{}", self.ctx.worker, self.ctx.generation()),
+            );
             let entry = weir_checkpoint::PartEntry {
                 operator: self.name.clone(),
                 worker: self.ctx.worker,
@@ -346,18 +392,27 @@ impl Snapshotter {
                 let result = match tokio::time::timeout(timeout, put).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("upload of `{path}` timed out after {timeout:?} (checkpoint-timeout-ms)")),
+                    Err(_) => Err(format!(
+                        "upload of `{path}` timed out after {timeout:?} (checkpoint-timeout-ms)"
+                    )),
                 };
                 done.lock().expect("poisoned").insert(seq, result);
                 let _ = activator.activate();
             });
         }
         report.parts.extend(self.last_part.clone());
-        self.queue.push_back(Pending { cap, report, ticket });
+        self.queue.push_back(Pending {
+            cap,
+            report,
+            ticket,
+        });
     }
 
     /// Emits every report whose parts are durable, in order. Call on every activation.
-    pub fn poll<F: FnMut(&timely::dataflow::operators::Capability<u64>, Report)>(&mut self, mut emit: F) {
+    pub fn poll<F: FnMut(&timely::dataflow::operators::Capability<u64>, Report)>(
+        &mut self,
+        mut emit: F,
+    ) {
         while let Some(front) = self.queue.front_mut() {
             if let Some(ticket) = front.ticket {
                 match self.done.lock().expect("poisoned").remove(&ticket) {
@@ -414,7 +469,10 @@ impl EpochTracker {
     /// A tracker starting at the run's first epoch.
     pub fn new(mut cap: timely::dataflow::operators::Capability<u64>, first_epoch: u64) -> Self {
         cap.downgrade(&first_epoch);
-        EpochTracker { cap: Some(cap), max_seen: first_epoch }
+        EpochTracker {
+            cap: Some(cap),
+            max_seen: first_epoch,
+        }
     }
 
     /// Notes an epoch seen in the input.
@@ -423,20 +481,31 @@ impl EpochTracker {
     }
 
     /// Checks the input frontier; returns the snapshot that is due, if any.
-    pub fn advance(&mut self, frontier: &timely::progress::frontier::MutableAntichain<u64>) -> Option<Due> {
+    pub fn advance(
+        &mut self,
+        frontier: &timely::progress::frontier::MutableAntichain<u64>,
+    ) -> Option<Due> {
         let cap = self.cap.as_mut()?;
         match frontier.frontier().iter().min() {
             None => {
                 let epoch = self.max_seen.max(*cap.time());
                 let due = cap.delayed(&epoch);
                 self.cap = None;
-                Some(Due { cap: due, epoch, is_final: true })
+                Some(Due {
+                    cap: due,
+                    epoch,
+                    is_final: true,
+                })
             }
             Some(f) if *f > *cap.time() => {
                 let epoch = f - 1;
                 let due = cap.delayed(&epoch);
                 cap.downgrade(f);
-                Some(Due { cap: due, epoch, is_final: false })
+                Some(Due {
+                    cap: due,
+                    epoch,
+                    is_final: false,
+                })
             }
             Some(_) => None,
         }

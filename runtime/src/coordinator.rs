@@ -25,9 +25,15 @@ use crate::error::{Result, RuntimeError};
 use crate::sink::Committer;
 
 /// Commits the restored checkpoint's sink output and aborts every other leftover.
-pub(crate) fn recover_sinks(ctx: &JobContext, committers: &BTreeMap<String, Arc<dyn Committer>>) -> Result<()> {
+pub(crate) fn recover_sinks(
+    ctx: &JobContext,
+    committers: &BTreeMap<String, Arc<dyn Committer>>,
+) -> Result<()> {
     for (name, committer) in committers {
-        let restored: Vec<_> = ctx.restored().map(|m| m.sinks_of(name).cloned().collect()).unwrap_or_default();
+        let restored: Vec<_> = ctx
+            .restored()
+            .map(|m| m.sinks_of(name).cloned().collect())
+            .unwrap_or_default();
         let staged = committer.staged()?;
         for action in protocol::recover_sink(&restored, &staged, ctx.generation()) {
             match action {
@@ -46,39 +52,57 @@ pub(crate) fn recover_sinks(ctx: &JobContext, committers: &BTreeMap<String, Arc<
 }
 
 /// Installs the coordinator on the merged report stream.
-pub(crate) fn install(reports: Stream<'_, u64, Vec<Report>>, ctx: JobContext, names: BTreeSet<String>, committers: BTreeMap<String, Arc<dyn Committer>>) {
+pub(crate) fn install(
+    reports: Stream<'_, u64, Vec<Report>>,
+    ctx: JobContext,
+    names: BTreeSet<String>,
+    committers: BTreeMap<String, Arc<dyn Committer>>,
+) {
     let is_coordinator = ctx.worker() == 0;
-    let expected: Vec<(String, usize)> = names.iter().flat_map(|n| (0..ctx.peers()).map(move |w| (n.clone(), w))).collect();
+    let expected: Vec<(String, usize)> = names
+        .iter()
+        .flat_map(|n| (0..ctx.peers()).map(move |w| (n.clone(), w)))
+        .collect();
     let mut assembler = Assembler::new(expected);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Closed>();
     let completed = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     if is_coordinator {
-        let task = ctx.runtime().spawn(run(ctx.clone(), names.into_iter().collect(), committers, rx, Arc::clone(&completed)));
+        let task = ctx.runtime().spawn(run(
+            ctx.clone(),
+            names.into_iter().collect(),
+            committers,
+            rx,
+            Arc::clone(&completed),
+        ));
         *ctx.shared.coordinator.lock().expect("poisoned") = Some(task);
     }
     let mut tx = Some(tx);
-    reports.sink(Exchange::new(|_: &Report| 0), "weir-coordinator", move |(input, frontier)| {
-        input.for_each(|_, data| {
-            for report in data.drain(..) {
-                assembler.add(report);
+    reports.sink(
+        Exchange::new(|_: &Report| 0),
+        "weir-coordinator",
+        move |(input, frontier)| {
+            input.for_each(|_, data| {
+                for report in data.drain(..) {
+                    assembler.add(report);
+                }
+            });
+            if !is_coordinator {
+                return;
             }
-        });
-        if !is_coordinator {
-            return;
-        }
-        for epoch in completed.lock().expect("poisoned").drain(..) {
-            assembler.completed(epoch);
-        }
-        let front = frontier.frontier().iter().min().copied();
-        if let Some(sender) = &tx {
-            for closed in assembler.advance(front) {
-                let _ = sender.send(closed);
+            for epoch in completed.lock().expect("poisoned").drain(..) {
+                assembler.completed(epoch);
             }
-        }
-        if front.is_none() {
-            tx = None;
-        }
-    });
+            let front = frontier.frontier().iter().min().copied();
+            if let Some(sender) = &tx {
+                for closed in assembler.advance(front) {
+                    let _ = sender.send(closed);
+                }
+            }
+            if front.is_none() {
+                tx = None;
+            }
+        },
+    );
 }
 
 async fn run(
@@ -95,15 +119,27 @@ async fn run(
         failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(failed = failed.load(std::sync::atomic::Ordering::Relaxed), reason = %reason, "checkpoint failed");
         if failed.load(std::sync::atomic::Ordering::Relaxed) > config.tolerable_failed_checkpoints {
-            let e = RuntimeError::TooManyFailedCheckpoints { failed: failed.load(std::sync::atomic::Ordering::Relaxed), tolerated: config.tolerable_failed_checkpoints, last: reason };
+            let e = RuntimeError::TooManyFailedCheckpoints {
+                failed: failed.load(std::sync::atomic::Ordering::Relaxed),
+                tolerated: config.tolerable_failed_checkpoints,
+                last: reason,
+            };
             crate::execute::die("checkpoint coordinator", &e);
         }
     };
     while let Some(closed) = rx.recv().await {
         let (epoch, parts, sinks) = match closed {
-            Closed::Complete { epoch, parts, sinks } => (epoch, parts, sinks),
+            Closed::Complete {
+                epoch,
+                parts,
+                sinks,
+            } => (epoch, parts, sinks),
             Closed::Skipped { epoch, missing } => {
-                tracing::debug!(epoch, ?missing, "epoch is not a checkpoint: some operators skipped it");
+                tracing::debug!(
+                    epoch,
+                    ?missing,
+                    "epoch is not a checkpoint: some operators skipped it"
+                );
                 continue;
             }
             Closed::Failed { epoch, errors } => {
@@ -114,11 +150,19 @@ async fn run(
         match store.generations().await {
             Ok(gens) if protocol::is_fenced(ctx.generation(), &gens) => {
                 let newer = gens.iter().copied().max().unwrap_or_default();
-                crate::execute::die("checkpoint coordinator", &RuntimeError::Fenced { generation: ctx.generation(), newer });
+                crate::execute::die(
+                    "checkpoint coordinator",
+                    &RuntimeError::Fenced {
+                        generation: ctx.generation(),
+                        newer,
+                    },
+                );
             }
             Ok(_) => {}
             Err(e) => {
-                fail(format!("checkpoint {epoch}: cannot read generation markers: {e}"));
+                fail(format!(
+                    "checkpoint {epoch}: cannot read generation markers: {e}"
+                ));
                 continue;
             }
         }
@@ -129,7 +173,10 @@ async fn run(
             generation: ctx.generation(),
             workers: ctx.peers(),
             key_groups: config.key_groups,
-            created_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
             operators: operators.clone(),
             parts,
             sinks,
@@ -139,7 +186,13 @@ async fn run(
             continue;
         }
         failed.store(0, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(epoch, parts = manifest.parts.len(), bytes = manifest.total_bytes(), outputs = manifest.sinks.len(), "checkpoint complete");
+        tracing::info!(
+            epoch,
+            parts = manifest.parts.len(),
+            bytes = manifest.total_bytes(),
+            outputs = manifest.sinks.len(),
+            "checkpoint complete"
+        );
         completed.lock().expect("poisoned").push(epoch);
         crate::failpoint::hit("after-manifest");
         for (i, entry) in manifest.sinks.iter().enumerate() {
@@ -147,14 +200,25 @@ async fn run(
                 crate::failpoint::hit("mid-commit");
             }
             let Some(committer) = committers.get(&entry.sink) else {
-                crate::execute::die("checkpoint coordinator", &RuntimeError::config("sink", format!("no committer for sink `{}`", entry.sink)));
+                crate::execute::die(
+                    "checkpoint coordinator",
+                    &RuntimeError::config(
+                        "sink",
+                        format!("no committer for sink `{}`", entry.sink),
+                    ),
+                );
             };
             if let Err(e) = committer.commit(entry) {
-                crate::execute::die(&format!("commit of sink `{}` epoch {}", entry.sink, entry.epoch), &e);
+                crate::execute::die(
+                    &format!("commit of sink `{}` epoch {}", entry.sink, entry.epoch),
+                    &e,
+                );
             }
         }
         match store.apply_retention(config.retain).await {
-            Ok(deleted) if !deleted.is_empty() => tracing::debug!(?deleted, "retention deleted old checkpoints"),
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::debug!(?deleted, "retention deleted old checkpoints")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "retention failed; old checkpoints are kept"),
         }

@@ -36,7 +36,9 @@ pub enum RuntimeError {
         reason: String,
     },
     /// Checkpoints keep failing.
-    #[error("{failed} consecutive checkpoints failed (tolerated: {tolerated}); last error: {last}")]
+    #[error(
+        "{failed} consecutive checkpoints failed (tolerated: {tolerated}); last error: {last}"
+    )]
     TooManyFailedCheckpoints {
         /// How many failed in a row.
         failed: u32,
@@ -72,7 +74,10 @@ impl RuntimeError {
 
     /// A configuration error.
     pub fn config(setting: impl Into<String>, reason: impl Into<String>) -> Self {
-        RuntimeError::Config { setting: setting.into(), reason: reason.into() }
+        RuntimeError::Config {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
     }
 }
 

@@ -18,7 +18,11 @@ use crate::error::{Result, RuntimeError, EXIT_PERMANENT, EXIT_RETRY};
 /// checkpoint (or gives up).
 pub fn die(context: &str, error: &RuntimeError) -> ! {
     eprintln!("error: {context}: {error}");
-    std::process::exit(if error.is_permanent() { EXIT_PERMANENT } else { EXIT_RETRY })
+    std::process::exit(if error.is_permanent() {
+        EXIT_PERMANENT
+    } else {
+        EXIT_RETRY
+    })
 }
 
 /// What a run found out before starting the dataflow.
@@ -31,7 +35,12 @@ struct Preflight {
 
 fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflight> {
     if !config.checkpointing() {
-        return Ok(Preflight { store: None, restored: None, generation: config.generation.unwrap_or(0), first_epoch: 1 });
+        return Ok(Preflight {
+            store: None,
+            restored: None,
+            generation: config.generation.unwrap_or(0),
+            first_epoch: 1,
+        });
     }
     let store = CheckpointStore::open(&config.checkpoint_url, &config.job)?;
     rt.block_on(async {
@@ -116,7 +125,14 @@ where
     crate::failpoint::set_generation(pre.generation);
     let timely_config = config.timely()?;
     let shared = Arc::new(Shared {
-        clock: EpochClock::new(pre.first_epoch, if config.checkpointing() { config.epoch_ms() } else { 0 }),
+        clock: EpochClock::new(
+            pre.first_epoch,
+            if config.checkpointing() {
+                config.epoch_ms()
+            } else {
+                0
+            },
+        ),
         config,
         generation: pre.generation,
         store: pre.store,
@@ -143,7 +159,8 @@ where
     }
     let task = shared.coordinator.lock().expect("poisoned").take();
     if let Some(task) = task {
-        rt.block_on(task).map_err(|e| RuntimeError::Dataflow(format!("checkpoint coordinator failed: {e}")))?;
+        rt.block_on(task)
+            .map_err(|e| RuntimeError::Dataflow(format!("checkpoint coordinator failed: {e}")))?;
     }
     Ok(())
 }

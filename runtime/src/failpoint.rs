@@ -37,12 +37,17 @@ pub fn set_generation(generation: u64) {
 
 /// Kills the process if the failpoint `name` is armed and due.
 pub fn hit(name: &str) {
-    let Some((armed_name, n)) = armed() else { return };
+    let Some((armed_name, n)) = armed() else {
+        return;
+    };
     if armed_name != name || GENERATION.load(Ordering::SeqCst) != 0 {
         return;
     }
     if HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
-        eprintln!("weir: failpoint `{name}` reached: killing process {} with SIGKILL", std::process::id());
+        eprintln!(
+            "weir: failpoint `{name}` reached: killing process {} with SIGKILL",
+            std::process::id()
+        );
         // SAFETY: getpid and kill have no memory-safety preconditions.
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);

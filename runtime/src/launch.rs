@@ -65,7 +65,15 @@ fn strip_managed(args: &[String]) -> (Vec<String>, Option<String>) {
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
-        let managed = ["--restore", "--processes", "--process", "--hostfile", "--generation", "--workers", "-w"];
+        let managed = [
+            "--restore",
+            "--processes",
+            "--process",
+            "--hostfile",
+            "--generation",
+            "--workers",
+            "-w",
+        ];
         if let Some((flag, value)) = a.split_once('=') {
             if managed.contains(&flag) {
                 if flag == "--restore" {
@@ -90,8 +98,13 @@ fn strip_managed(args: &[String]) -> (Vec<String>, Option<String>) {
 
 fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     // Hold every listener until all ports are chosen, so that they differ.
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect()
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
 }
 
 fn describe(process: usize, status: ExitStatus) -> String {
@@ -103,7 +116,13 @@ fn describe(process: usize, status: ExitStatus) -> String {
     }
 }
 
-fn spawn(opts: &LaunchOptions, generation: u64, hostfile: &Path, args: &[String], restore: Option<&str>) -> std::io::Result<Vec<Child>> {
+fn spawn(
+    opts: &LaunchOptions,
+    generation: u64,
+    hostfile: &Path,
+    args: &[String],
+    restore: Option<&str>,
+) -> std::io::Result<Vec<Child>> {
     let mut children = Vec::new();
     for process in 0..opts.processes {
         let mut cmd = Command::new(&opts.binary);
@@ -138,7 +157,10 @@ fn spawn(opts: &LaunchOptions, generation: u64, hostfile: &Path, args: &[String]
                 return Err(e);
             }
         };
-        eprintln!("weir launch: generation {generation} process {process} pid {}", child.id());
+        eprintln!(
+            "weir launch: generation {generation} process {process} pid {}",
+            child.id()
+        );
         children.push(child);
     }
     Ok(children)
@@ -165,8 +187,18 @@ pub fn launch(opts: &LaunchOptions) -> std::io::Result<Outcome> {
     let mut generation = 0u64;
     let outcome = loop {
         let ports = free_ports(opts.processes)?;
-        std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>())?;
-        let restore = if generation == 0 { first_restore.clone() } else { Some("latest".to_string()) };
+        std::fs::write(
+            &hostfile,
+            ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}\n"))
+                .collect::<String>(),
+        )?;
+        let restore = if generation == 0 {
+            first_restore.clone()
+        } else {
+            Some("latest".to_string())
+        };
         let mut children = spawn(opts, generation, &hostfile, &args, restore.as_deref())?;
         let started = Instant::now();
         let mut finished = vec![false; children.len()];
@@ -179,7 +211,8 @@ pub fn launch(opts: &LaunchOptions) -> std::io::Result<Outcome> {
                 if let Some(status) = c.try_wait()? {
                     finished[i] = true;
                     if !status.success() {
-                        failure = Some((describe(i, status), status.code() == Some(EXIT_PERMANENT)));
+                        failure =
+                            Some((describe(i, status), status.code() == Some(EXIT_PERMANENT)));
                         break;
                     }
                 }
@@ -193,7 +226,10 @@ pub fn launch(opts: &LaunchOptions) -> std::io::Result<Outcome> {
         let Some((reason, permanent)) = failure else {
             break Outcome::Finished { restarts };
         };
-        eprintln!("weir launch: generation {generation} failed after {:.1}s: {reason}", started.elapsed().as_secs_f64());
+        eprintln!(
+            "weir launch: generation {generation} failed after {:.1}s: {reason}",
+            started.elapsed().as_secs_f64()
+        );
         if permanent {
             break Outcome::Permanent { reason };
         }
@@ -202,7 +238,11 @@ pub fn launch(opts: &LaunchOptions) -> std::io::Result<Outcome> {
         }
         restarts += 1;
         generation += 1;
-        eprintln!("weir launch: restart {restarts} of at most {} in {} ms, from the latest checkpoint", opts.max_restarts, delay.as_millis());
+        eprintln!(
+            "weir launch: restart {restarts} of at most {} in {} ms, from the latest checkpoint",
+            opts.max_restarts,
+            delay.as_millis()
+        );
         std::thread::sleep(delay);
         delay = (delay * 2).min(opts.max_restart_delay.max(opts.restart_delay));
     };
@@ -220,7 +260,17 @@ mod tests {
 
     #[test]
     fn managed_flags_are_replaced_and_restore_is_kept_for_the_first_generation() {
-        let (args, restore) = strip_managed(&s(&["--input", "in", "--restore", "7", "--workers=3", "--hostfile", "h", "--output", "o"]));
+        let (args, restore) = strip_managed(&s(&[
+            "--input",
+            "in",
+            "--restore",
+            "7",
+            "--workers=3",
+            "--hostfile",
+            "h",
+            "--output",
+            "o",
+        ]));
         assert_eq!(args, s(&["--input", "in", "--output", "o"]));
         assert_eq!(restore.as_deref(), Some("7"));
     }

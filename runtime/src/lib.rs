@@ -25,6 +25,6 @@ pub use context::{encode_keyed, EpochClock, EpochTracker, Job, JobContext, Snaps
 pub use error::{Result, RuntimeError};
 pub use execute::run;
 pub use sink::{Committer, PreCommitted, TwoPhaseSink};
-pub use weir_checkpoint::RestoreTarget;
 /// The checkpoint crate, re-exported for operators and connectors.
 pub use weir_checkpoint as checkpoint;
+pub use weir_checkpoint::RestoreTarget;

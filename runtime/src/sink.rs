@@ -57,7 +57,13 @@ pub trait TwoPhaseSink: 'static {
 }
 
 /// Writes `stream` through a two-phase-commit sink named `name`.
-pub fn sink<'scope, D, S>(job: &mut Job<'scope>, stream: Stream<'scope, u64, Vec<D>>, name: &str, mut sink: S, committer: Arc<dyn Committer>) -> Result<()>
+pub fn sink<'scope, D, S>(
+    job: &mut Job<'scope>,
+    stream: Stream<'scope, u64, Vec<D>>,
+    name: &str,
+    mut sink: S,
+    committer: Arc<dyn Committer>,
+) -> Result<()>
 where
     D: timely::ExchangeData,
     S: TwoPhaseSink<Record = D>,
@@ -71,7 +77,8 @@ where
     let address = builder.operator_info().address;
     let mut input = builder.new_input(stream, Pipeline);
     let (output, reports) = builder.new_output::<Vec<Report>>();
-    let mut output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Report>>>::from(output);
+    let mut output =
+        OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Report>>>::from(output);
     let worker = job.scope().worker();
     let mut snapshotter = Snapshotter::new(&ctx, name, &address, worker);
     let name = name.to_string();
@@ -81,7 +88,8 @@ where
         let mut open: BTreeSet<u64> = BTreeSet::new();
         let mut owed: Vec<SinkEntry> = Vec::new();
         move |frontiers| {
-            let fail = |e: RuntimeError| -> ! { crate::execute::die(&format!("sink `{name}`: {e}"), &e) };
+            let fail =
+                |e: RuntimeError| -> ! { crate::execute::die(&format!("sink `{name}`: {e}"), &e) };
             input.for_each(|cap, data| {
                 let Some(&epoch) = cap.least() else { return };
                 tracker.saw(epoch);
@@ -93,7 +101,11 @@ where
                 }
             });
             let frontier = &frontiers[0];
-            let closed: Vec<u64> = open.iter().copied().filter(|e| !frontier.less_equal(e)).collect();
+            let closed: Vec<u64> = open
+                .iter()
+                .copied()
+                .filter(|e| !frontier.less_equal(e))
+                .collect();
             for epoch in closed {
                 open.remove(&epoch);
                 match sink.pre_commit(epoch) {
@@ -110,7 +122,13 @@ where
             }
             if let Some(due) = tracker.advance(frontier) {
                 if checkpointing {
-                    snapshotter.snapshot(due.cap, (0, 0), None, std::mem::take(&mut owed), due.is_final);
+                    snapshotter.snapshot(
+                        due.cap,
+                        (0, 0),
+                        None,
+                        std::mem::take(&mut owed),
+                        due.is_final,
+                    );
                 }
             }
             let mut out = output.activate();

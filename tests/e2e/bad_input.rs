@@ -27,14 +27,22 @@ fn chmod(path: &Path, mode: u32) {
 
 fn assert_nothing_committed(ws: &Workspace) {
     let records = read_committed(&ws.output);
-    assert!(records.is_empty(), "a job that cannot start must commit nothing, found {} records", records.len());
+    assert!(
+        records.is_empty(),
+        "a job that cannot start must commit nothing, found {} records",
+        records.len()
+    );
 }
 
 #[test]
 fn a_missing_input_directory_is_an_error_that_names_it() {
     let ws = Workspace::new("missing-input");
     let missing = path_str(&ws.root.join("no-such-input-dir"));
-    let run = run_standalone(&ws, "wordcount", &JobArgs::new(&ws).set("--input", &missing).workers(1));
+    let run = run_standalone(
+        &ws,
+        "wordcount",
+        &JobArgs::new(&ws).set("--input", &missing).workers(1),
+    );
     run.assert_clean_failure(&[&missing]);
     assert_nothing_committed(&ws);
 }
@@ -68,7 +76,11 @@ fn a_checkpoint_dir_below_a_regular_file_is_an_error_that_names_it() {
     let file = ws.root.join("plain-file");
     std::fs::write(&file, b"not a directory").expect("write a plain file");
     let url = format!("{}/checkpoints", path_str(&file));
-    let run = run_standalone(&ws, "wordcount", &JobArgs::new(&ws).set("--checkpoint-dir", &url).workers(1));
+    let run = run_standalone(
+        &ws,
+        "wordcount",
+        &JobArgs::new(&ws).set("--checkpoint-dir", &url).workers(1),
+    );
     run.assert_clean_failure(&[&url]);
     assert_nothing_committed(&ws);
 }
@@ -77,7 +89,11 @@ fn a_checkpoint_dir_below_a_regular_file_is_an_error_that_names_it() {
 fn a_checkpoint_dir_that_cannot_be_created_is_an_error_that_names_it() {
     let (ws, _) = small_workspace("chk-in-proc", 0x4_0003);
     let url = "/proc/weir-nope";
-    let run = run_standalone(&ws, "wordcount", &JobArgs::new(&ws).set("--checkpoint-dir", url).workers(1));
+    let run = run_standalone(
+        &ws,
+        "wordcount",
+        &JobArgs::new(&ws).set("--checkpoint-dir", url).workers(1),
+    );
     run.assert_clean_failure(&[url]);
     assert_nothing_committed(&ws);
 }
@@ -86,7 +102,11 @@ fn a_checkpoint_dir_that_cannot_be_created_is_an_error_that_names_it() {
 fn an_unknown_checkpoint_url_scheme_is_an_error_that_names_the_url() {
     let (ws, _) = small_workspace("chk-ftp", 0x4_0004);
     let url = "ftp://x";
-    let run = run_standalone(&ws, "wordcount", &JobArgs::new(&ws).set("--checkpoint-dir", url).workers(1));
+    let run = run_standalone(
+        &ws,
+        "wordcount",
+        &JobArgs::new(&ws).set("--checkpoint-dir", url).workers(1),
+    );
     run.assert_clean_failure(&[url]);
     assert_nothing_committed(&ws);
 }
@@ -94,11 +114,17 @@ fn an_unknown_checkpoint_url_scheme_is_an_error_that_names_the_url() {
 #[test]
 fn restore_latest_without_any_checkpoint_says_there_is_none() {
     let (ws, _) = small_workspace("restore-nothing", 0x4_0005);
-    let run = run_standalone(&ws, "wordcount", &JobArgs::new(&ws).workers(1).restore("latest"));
+    let run = run_standalone(
+        &ws,
+        "wordcount",
+        &JobArgs::new(&ws).workers(1).restore("latest"),
+    );
     run.assert_clean_failure(&[]);
     let lower = run.stderr.to_lowercase();
     assert!(
-        ["no checkpoint", "no complete checkpoint", "no checkpoints"].iter().any(|s| lower.contains(s)),
+        ["no checkpoint", "no complete checkpoint", "no checkpoints"]
+            .iter()
+            .any(|s| lower.contains(s)),
         "stderr should say that there is no checkpoint to restore\n--- stderr ---\n{}",
         run.stderr
     );

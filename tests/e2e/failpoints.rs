@@ -6,24 +6,40 @@ use crate::harness::scenario::{self, Scenario};
 
 #[test]
 fn exactly_once_holds_when_a_process_dies_while_uploading_a_snapshot() {
-    let run = scenario::run(&Scenario::new("fp-upload-1x1", 0x2_0001, 1, 1).failpoint("upload@3").kills(1));
+    let run = scenario::run(
+        &Scenario::new("fp-upload-1x1", 0x2_0001, 1, 1)
+            .failpoint("upload@3")
+            .kills(1),
+    );
     check_exactly_once(&run.corpus.oracle, &run.records);
 }
 
 #[test]
 fn exactly_once_holds_when_a_process_dies_before_the_manifest_is_written() {
-    let run = scenario::run(&Scenario::new("fp-before-manifest-2x2", 0x2_0002, 2, 2).failpoint("before-manifest@2").kills(1));
+    let run = scenario::run(
+        &Scenario::new("fp-before-manifest-2x2", 0x2_0002, 2, 2)
+            .failpoint("before-manifest@2")
+            .kills(1),
+    );
     check_exactly_once(&run.corpus.oracle, &run.records);
 }
 
 #[test]
 fn exactly_once_holds_when_a_process_dies_after_the_manifest_before_the_sink_commits() {
-    let run = scenario::run(&Scenario::new("fp-after-manifest-1x2", 0x2_0003, 1, 2).failpoint("after-manifest@2").kills(1));
+    let run = scenario::run(
+        &Scenario::new("fp-after-manifest-1x2", 0x2_0003, 1, 2)
+            .failpoint("after-manifest@2")
+            .kills(1),
+    );
     check_exactly_once(&run.corpus.oracle, &run.records);
 }
 
 #[test]
 fn exactly_once_holds_when_a_process_dies_in_the_middle_of_a_sink_commit() {
-    let run = scenario::run(&Scenario::new("fp-mid-commit-2x2", 0x2_0004, 2, 2).failpoint("mid-commit@2").kills(1));
+    let run = scenario::run(
+        &Scenario::new("fp-mid-commit-2x2", 0x2_0004, 2, 2)
+            .failpoint("mid-commit@2")
+            .kills(1),
+    );
     check_exactly_once(&run.corpus.oracle, &run.records);
 }

@@ -1,6 +1,8 @@
 //! Restoring from damaged or foreign checkpoints.
 
-use crate::harness::checkpoints::{complete_checkpoints, copy_tree, flip_middle_byte, object_name, truncate_to_half, Checkpoint};
+use crate::harness::checkpoints::{
+    complete_checkpoints, copy_tree, flip_middle_byte, object_name, truncate_to_half, Checkpoint,
+};
 use crate::harness::checks::{check_at_least_once, check_exactly_once};
 use crate::harness::input::{self, Corpus, InputSpec};
 use crate::harness::job::{run_standalone, JobArgs};
@@ -13,14 +15,21 @@ const WORKERS: usize = 2;
 const RETAIN: u32 = 3;
 
 fn args(ws: &Workspace) -> JobArgs {
-    JobArgs::new(ws).workers(WORKERS).interval_ms(50).retain(RETAIN)
+    JobArgs::new(ws)
+        .workers(WORKERS)
+        .interval_ms(50)
+        .retain(RETAIN)
 }
 
 /// A job run to completion with several epochs, keeping its newest checkpoints.
 fn completed_job(name: &str, seed: u64) -> (Workspace, Corpus, Vec<Checkpoint>) {
     let ws = Workspace::new(name);
     let corpus = input::generate(&ws.input, scenario::seed(seed), &InputSpec::small());
-    let run = run_standalone(&ws, "first-run", &args(&ws).rate_limit(corpus.rate_limit_for(WORKERS, 1.5)));
+    let run = run_standalone(
+        &ws,
+        "first-run",
+        &args(&ws).rate_limit(corpus.rate_limit_for(WORKERS, 1.5)),
+    );
     run.assert_success();
     check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
     let chks = complete_checkpoints(&ws.checkpoints, "wordcount");
@@ -44,7 +53,11 @@ fn corrupt_largest_part(ws: &Workspace, chk: &Checkpoint) -> String {
 }
 
 fn assert_mentions(stderr: &str, what: &str, object: &str) {
-    assert!(stderr.contains(object), "stderr should name the {what} `{object}`\n--- stderr (tail) ---\n{}", tail(stderr, 40));
+    assert!(
+        stderr.contains(object),
+        "stderr should name the {what} `{object}`\n--- stderr (tail) ---\n{}",
+        tail(stderr, 40)
+    );
 }
 
 #[test]
@@ -91,7 +104,10 @@ fn restoring_the_epoch_of_a_truncated_manifest_fails_and_names_it() {
 #[test]
 fn restoring_another_jobs_checkpoints_under_a_different_job_name_reports_the_mismatch() {
     let (ws, _corpus, _chks) = completed_job("job-mismatch", 0x5_0005);
-    copy_tree(&ws.checkpoints.join("wordcount"), &ws.checkpoints.join("other"));
+    copy_tree(
+        &ws.checkpoints.join("wordcount"),
+        &ws.checkpoints.join("other"),
+    );
     let run = run_standalone(&ws, "restore", &args(&ws).job("other").restore("latest"));
     run.assert_clean_failure(&["wordcount", "other"]);
     let lower = run.stderr.to_lowercase();

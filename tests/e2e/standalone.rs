@@ -15,7 +15,11 @@ fn a_standalone_run_with_two_workers_commits_exactly_the_oracle() {
     let corpus = input::generate(&ws.input, seed, &InputSpec::chaos());
     // A file:// URL this time; the other tests use a plain path.
     let url = format!("file://{}", ws.checkpoint_url());
-    let args = JobArgs::new(&ws).set("--checkpoint-dir", &url).workers(2).interval_ms(100).delivery(Delivery::ExactlyOnce);
+    let args = JobArgs::new(&ws)
+        .set("--checkpoint-dir", &url)
+        .workers(2)
+        .interval_ms(100)
+        .delivery(Delivery::ExactlyOnce);
     let run = run_standalone(&ws, "wordcount", &args);
     run.assert_success();
     check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
@@ -31,11 +35,18 @@ fn retain_keeps_at_most_that_many_complete_checkpoints() {
     let seed = scenario::seed(0x3_0002);
     let ws = Workspace::new("retain");
     let corpus = input::generate(&ws.input, seed, &InputSpec::small());
-    let args = JobArgs::new(&ws).workers(1).interval_ms(50).retain(2).rate_limit(corpus.rate_limit_for(1, 1.5));
+    let args = JobArgs::new(&ws)
+        .workers(1)
+        .interval_ms(50)
+        .retain(2)
+        .rate_limit(corpus.rate_limit_for(1, 1.5));
     let run = run_standalone(&ws, "wordcount", &args);
     run.assert_success();
     check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
-    let kept: Vec<u64> = complete_checkpoints(&ws.checkpoints, "wordcount").iter().map(|c| c.epoch).collect();
+    let kept: Vec<u64> = complete_checkpoints(&ws.checkpoints, "wordcount")
+        .iter()
+        .map(|c| c.epoch)
+        .collect();
     assert!(
         !kept.is_empty() && kept.len() <= 2,
         "--retain 2 should keep one or two complete checkpoints, found epochs {kept:?}"

@@ -40,7 +40,12 @@ use weir_runtime::{Committer, Job, PreCommitted, Result, RuntimeError, TwoPhaseS
 /// lines.sort();
 /// assert_eq!(lines, vec!["1", "2", "3"]);
 /// ```
-pub fn write_jsonl<'s, D: Serialize + timely::ExchangeData>(job: &mut Job<'s>, stream: Stream<'s, u64, Vec<D>>, name: &str, dir: &Path) -> Result<()> {
+pub fn write_jsonl<'s, D: Serialize + timely::ExchangeData>(
+    job: &mut Job<'s>,
+    stream: Stream<'s, u64, Vec<D>>,
+    name: &str,
+    dir: &Path,
+) -> Result<()> {
     let committer = Arc::new(FileCommitter::new(name, dir)?);
     let sink = FileSink {
         committer: Arc::clone(&committer),
@@ -67,7 +72,11 @@ impl FileCommitter {
             operator: name.to_string(),
             reason: format!("cannot create output directory {}: {e}", staging.display()),
         })?;
-        Ok(FileCommitter { name: name.to_string(), dir: dir.to_path_buf(), staging })
+        Ok(FileCommitter {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            staging,
+        })
     }
 
     fn file_name(&self, epoch: u64, generation: u64, worker: usize) -> String {
@@ -75,16 +84,27 @@ impl FileCommitter {
     }
 
     fn parse(&self, file: &str) -> Option<SinkEntry> {
-        let rest = file.strip_prefix(&format!("{}-e", self.name))?.strip_suffix(".jsonl")?;
+        let rest = file
+            .strip_prefix(&format!("{}-e", self.name))?
+            .strip_suffix(".jsonl")?;
         let mut it = rest.split('-');
         let epoch = it.next()?.parse().ok()?;
         let generation = it.next()?.strip_prefix('g')?.parse().ok()?;
         let worker = it.next()?.strip_prefix('w')?.parse().ok()?;
-        Some(SinkEntry { sink: self.name.clone(), worker, epoch, generation, handle: file.to_string() })
+        Some(SinkEntry {
+            sink: self.name.clone(),
+            worker,
+            epoch,
+            generation,
+            handle: file.to_string(),
+        })
     }
 
     fn io(&self, what: String, e: std::io::Error) -> RuntimeError {
-        RuntimeError::Io { operator: self.name.clone(), reason: format!("{what}: {e}") }
+        RuntimeError::Io {
+            operator: self.name.clone(),
+            reason: format!("{what}: {e}"),
+        }
     }
 }
 
@@ -94,10 +114,12 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 impl Committer for FileCommitter {
     fn staged(&self) -> Result<Vec<SinkEntry>> {
-        let entries = std::fs::read_dir(&self.staging).map_err(|e| self.io(format!("cannot list {}", self.staging.display()), e))?;
+        let entries = std::fs::read_dir(&self.staging)
+            .map_err(|e| self.io(format!("cannot list {}", self.staging.display()), e))?;
         let mut out = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| self.io(format!("cannot list {}", self.staging.display()), e))?;
+            let entry =
+                entry.map_err(|e| self.io(format!("cannot list {}", self.staging.display()), e))?;
             if let Some(parsed) = self.parse(&entry.file_name().to_string_lossy()) {
                 out.push(parsed);
             }
@@ -109,7 +131,8 @@ impl Committer for FileCommitter {
         let from = self.staging.join(&entry.handle);
         let to = self.dir.join(&entry.handle);
         match std::fs::rename(&from, &to) {
-            Ok(()) => sync_dir(&self.dir).map_err(|e| self.io(format!("cannot sync {}", self.dir.display()), e)),
+            Ok(()) => sync_dir(&self.dir)
+                .map_err(|e| self.io(format!("cannot sync {}", self.dir.display()), e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if to.exists() {
                     Ok(())
@@ -125,7 +148,10 @@ impl Committer for FileCommitter {
                     })
                 }
             }
-            Err(e) => Err(self.io(format!("cannot commit {} to {}", from.display(), to.display()), e)),
+            Err(e) => Err(self.io(
+                format!("cannot commit {} to {}", from.display(), to.display()),
+                e,
+            )),
         }
     }
 
@@ -152,22 +178,37 @@ impl<D: Serialize + 'static> TwoPhaseSink for FileSink<D> {
 
     fn write(&mut self, epoch: u64, record: D) -> Result<()> {
         if !self.open.contains_key(&epoch) {
-            let name = self.committer.file_name(epoch, self.generation, self.worker);
+            let name = self
+                .committer
+                .file_name(epoch, self.generation, self.worker);
             let path = self.committer.staging.join(&name);
-            let file = File::create(&path).map_err(|e| self.committer.io(format!("cannot create {}", path.display()), e))?;
-            self.open.insert(epoch, (name, BufWriter::with_capacity(1 << 16, file)));
+            let file = File::create(&path).map_err(|e| {
+                self.committer
+                    .io(format!("cannot create {}", path.display()), e)
+            })?;
+            self.open
+                .insert(epoch, (name, BufWriter::with_capacity(1 << 16, file)));
         }
         let (name, w) = self.open.get_mut(&epoch).expect("opened");
         serde_json::to_writer(&mut *w, &record)
             .map_err(std::io::Error::other)
             .and_then(|_| w.write_all(b"\n"))
-            .map_err(|e| RuntimeError::Io { operator: self.committer.name.clone(), reason: format!("cannot write {name}: {e}") })
+            .map_err(|e| RuntimeError::Io {
+                operator: self.committer.name.clone(),
+                reason: format!("cannot write {name}: {e}"),
+            })
     }
 
     fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
-        let Some((name, w)) = self.open.remove(&epoch) else { return Ok(None) };
-        let file = w.into_inner().map_err(|e| self.committer.io(format!("cannot flush {name}"), e.into_error()))?;
-        file.sync_all().map_err(|e| self.committer.io(format!("cannot sync {name}"), e))?;
+        let Some((name, w)) = self.open.remove(&epoch) else {
+            return Ok(None);
+        };
+        let file = w.into_inner().map_err(|e| {
+            self.committer
+                .io(format!("cannot flush {name}"), e.into_error())
+        })?;
+        file.sync_all()
+            .map_err(|e| self.committer.io(format!("cannot sync {name}"), e))?;
         Ok(Some(PreCommitted(SinkEntry {
             sink: self.committer.name.clone(),
             worker: self.worker,
@@ -201,7 +242,10 @@ mod tests {
         let entry = c.parse(&name).unwrap();
         c.commit(&entry).unwrap();
         c.commit(&entry).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join(&name)).unwrap(), "x\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(&name)).unwrap(),
+            "x\n"
+        );
         let lost = c.parse(&c.file_name(2, 0, 0)).unwrap();
         let err = c.commit(&lost).unwrap_err().to_string();
         assert!(err.contains("epoch 2"), "{err}");

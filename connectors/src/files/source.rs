@@ -39,24 +39,46 @@ use crate::source::{source, Reader, SourceOptions};
 /// let lines: Vec<String> = recv.extract().into_iter().flat_map(|(_, v)| v).collect();
 /// assert_eq!(lines, vec!["one".to_string(), "two".to_string()]);
 /// ```
-pub fn read_lines<'s>(job: &mut Job<'s>, name: &str, dir: &Path, opts: SourceOptions) -> Result<Stream<'s, u64, Vec<String>>> {
+pub fn read_lines<'s>(
+    job: &mut Job<'s>,
+    name: &str,
+    dir: &Path,
+    opts: SourceOptions,
+) -> Result<Stream<'s, u64, Vec<String>>> {
     let files = list_files(name, dir)?;
     let ctx = job.ctx();
     let owned: Vec<(String, PathBuf)> = files.into_iter().filter(|(n, _)| ctx.owns(n)).collect();
     for (_, path) in &owned {
         std::fs::File::open(path).map_err(|e| RuntimeError::Io {
             operator: name.to_string(),
-            reason: format!("cannot open input file {}: {e}; check that it exists and is readable", path.display()),
+            reason: format!(
+                "cannot open input file {}: {e}; check that it exists and is readable",
+                path.display()
+            ),
         })?;
     }
-    let reader = LineReader { name: name.to_string(), files: owned, index: 0, current: None, line: String::new() };
+    let reader = LineReader {
+        name: name.to_string(),
+        files: owned,
+        index: 0,
+        current: None,
+        line: String::new(),
+    };
     source(job, name, reader, opts)
 }
 
 /// The regular files of `dir`, by name, sorted.
 fn list_files(name: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let io = |reason: String| RuntimeError::Io { operator: name.to_string(), reason };
-    let entries = std::fs::read_dir(dir).map_err(|e| io(format!("cannot read input directory {}: {e}; pass an existing directory with --input", dir.display())))?;
+    let io = |reason: String| RuntimeError::Io {
+        operator: name.to_string(),
+        reason,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        io(format!(
+            "cannot read input directory {}: {e}; pass an existing directory with --input",
+            dir.display()
+        ))
+    })?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| io(format!("cannot list {}: {e}", dir.display())))?;
@@ -65,9 +87,13 @@ fn list_files(name: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
             continue;
         }
         let path = entry.path();
-        let meta = std::fs::metadata(&path).map_err(|e| io(format!("cannot read input file {}: {e}", path.display())))?;
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| io(format!("cannot read input file {}: {e}", path.display())))?;
         if !meta.is_file() {
-            return Err(io(format!("input {} is not a regular file; the input directory must hold only files", path.display())));
+            return Err(io(format!(
+                "input {} is not a regular file; the input directory must hold only files",
+                path.display()
+            )));
         }
         files.push((file_name, path));
     }
@@ -87,14 +113,23 @@ impl Reader for LineReader {
     type Split = String;
     type Item = String;
 
-    fn read(&mut self, positions: &mut BTreeMap<String, u64>, max: usize, out: &mut Vec<String>) -> Result<bool> {
+    fn read(
+        &mut self,
+        positions: &mut BTreeMap<String, u64>,
+        max: usize,
+        out: &mut Vec<String>,
+    ) -> Result<bool> {
         let mut n = 0;
         while n < max {
-            let Some((file_name, path)) = self.files.get(self.index) else { return Ok(false) };
+            let Some((file_name, path)) = self.files.get(self.index) else {
+                return Ok(false);
+            };
             let offset = *positions.get(file_name).unwrap_or(&0);
-            let io = |e: std::io::Error| RuntimeError::Io {
+            let io = |e: std::io::Error| {
+                RuntimeError::Io {
                 operator: self.name.clone(),
                 reason: format!("cannot read {} at byte offset {offset}: {e} (input must be readable UTF-8 text)", path.display()),
+            }
             };
             if self.current.is_none() {
                 let mut file = std::fs::File::open(path).map_err(io)?;

@@ -48,15 +48,24 @@ pub fn complete_checkpoints(root: &Path, job: &str) -> Vec<Checkpoint> {
     let mut out = Vec::new();
     for e in entries {
         let p = e.expect("read a directory entry").path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-        let Some(digits) = name.strip_prefix("chk-") else { continue };
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        let Some(digits) = name.strip_prefix("chk-") else {
+            continue;
+        };
         assert!(
             digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()),
             "checkpoint directory {} is not named chk-<epoch zero-padded to 20 digits>",
             p.display()
         );
         if p.join("_MANIFEST").is_file() {
-            out.push(Checkpoint { epoch: digits.parse().expect("digits"), dir: p });
+            out.push(Checkpoint {
+                epoch: digits.parse().expect("digits"),
+                dir: p,
+            });
         }
     }
     out.sort_by_key(|c| c.epoch);
@@ -65,8 +74,13 @@ pub fn complete_checkpoints(root: &Path, job: &str) -> Vec<Checkpoint> {
 
 /// `path` relative to `root`, with `/` separators: the object's name in the store.
 pub fn object_name(root: &Path, path: &Path) -> String {
-    let rel = path.strip_prefix(root).unwrap_or_else(|_| panic!("{} is not under {}", path.display(), root.display()));
-    rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/")
+    let rel = path
+        .strip_prefix(root)
+        .unwrap_or_else(|_| panic!("{} is not under {}", path.display(), root.display()));
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Inverts every bit of the byte in the middle of the file.
@@ -80,9 +94,15 @@ pub fn flip_middle_byte(path: &Path) {
 
 /// Cuts the file to half its length.
 pub fn truncate_to_half(path: &Path) {
-    let len = std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display())).len();
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    f.set_len(len / 2).unwrap_or_else(|e| panic!("truncate {}: {e}", path.display()));
+    let len = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.set_len(len / 2)
+        .unwrap_or_else(|e| panic!("truncate {}: {e}", path.display()));
 }
 
 /// Copies the directory tree `from` to `to` (which must not exist).
@@ -94,7 +114,8 @@ pub fn copy_tree(from: &Path, to: &Path) {
         if e.path().is_dir() {
             copy_tree(&e.path(), &target);
         } else {
-            std::fs::copy(e.path(), &target).unwrap_or_else(|err| panic!("copy {}: {err}", e.path().display()));
+            std::fs::copy(e.path(), &target)
+                .unwrap_or_else(|err| panic!("copy {}: {err}", e.path().display()));
         }
     }
 }

@@ -41,7 +41,10 @@ fn fail_if_any(guarantee: &str, oracle: &Oracle, records: &[Record], violations:
 fn common_violations(oracle: &Oracle, records: &[Record], v: &mut Vec<String>) {
     for (word, rs) in by_word(records) {
         if !oracle.contains_key(word) {
-            v.push(format!("word {word:?} is not in the input (first at {})", rs[0].origin));
+            v.push(format!(
+                "word {word:?} is not in the input (first at {})",
+                rs[0].origin
+            ));
         }
     }
     for r in records.iter().filter(|r| r.count == 0) {
@@ -49,7 +52,7 @@ fn common_violations(oracle: &Oracle, records: &[Record], v: &mut Vec<String>) {
     }
 }
 
-fn max_counts<'a>(records: &'a [Record]) -> HashMap<&'a str, &'a Record> {
+fn max_counts(records: &[Record]) -> HashMap<&str, &Record> {
     let mut m: HashMap<&str, &Record> = HashMap::new();
     for r in records {
         let e = m.entry(r.word.as_str()).or_insert(r);
@@ -69,7 +72,9 @@ pub fn check_exactly_once(oracle: &Oracle, records: &[Record]) {
     let words = by_word(records);
     for (word, &expected) in oracle {
         let Some(rs) = words.get(word.as_str()) else {
-            v.push(format!("word {word:?} (count {expected} in the input) is missing from the output"));
+            v.push(format!(
+                "word {word:?} (count {expected} in the input) is missing from the output"
+            ));
             continue;
         };
         let mut rs = rs.clone();

@@ -26,12 +26,22 @@ pub struct InputSpec {
 impl InputSpec {
     /// The default for runs that get killed: 8 files, about 24,000 lines, 300 words.
     pub fn chaos() -> Self {
-        InputSpec { files: 8, min_lines: 2_200, max_lines: 3_800, vocabulary: 300 }
+        InputSpec {
+            files: 8,
+            min_lines: 2_200,
+            max_lines: 3_800,
+            vocabulary: 300,
+        }
     }
 
     /// A smaller input for runs that only need a few checkpoints.
     pub fn small() -> Self {
-        InputSpec { files: 5, min_lines: 800, max_lines: 1_600, vocabulary: 200 }
+        InputSpec {
+            files: 5,
+            min_lines: 800,
+            max_lines: 1_600,
+            vocabulary: 200,
+        }
     }
 }
 
@@ -58,11 +68,20 @@ impl Corpus {
 }
 
 /// Words that exercise JSON escaping and UTF-8 in the sink.
-const ODD_WORDS: &[&str] = &["naïve", "straße", "日本語", "don't", "say\"hi\"", r"C:\temp", "emoji🦀", "x"];
+const ODD_WORDS: &[&str] = &[
+    "naïve",
+    "straße",
+    "日本語",
+    "don't",
+    "say\"hi\"",
+    r"C:\temp",
+    "emoji🦀",
+    "x",
+];
 
 const SYLLABLES: &[&str] = &[
-    "ka", "ri", "to", "mel", "an", "zu", "qu", "ex", "or", "lin", "dra", "ey", "po", "sut", "ne", "vi", "wa", "bo",
-    "ch", "ith", "um", "gre", "fa", "ol",
+    "ka", "ri", "to", "mel", "an", "zu", "qu", "ex", "or", "lin", "dra", "ey", "po", "sut", "ne",
+    "vi", "wa", "bo", "ch", "ith", "um", "gre", "fa", "ol",
 ];
 
 fn vocabulary(rng: &mut StdRng, n: usize) -> Vec<String> {
@@ -103,19 +122,27 @@ fn separator(rng: &mut StdRng) -> &'static str {
 
 /// Writes `spec.files` files of seeded random text into `dir`: words drawn from a
 /// Zipf-like distribution, separated by spaces and tabs, with blank lines, leading and
-/// trailing whitespace, and one file without a final newline. Returns the corpus with
+/// trailing whitespace, and one file without a final newline. About one line in twenty
+/// also carries a word of its own (`once<file>x<line>`) that occurs nowhere else, so
+/// that every epoch's output contains words whose only line is in that epoch. Returns the corpus with
 /// its oracle, computed by reading the files back.
 pub fn generate(dir: &Path, seed: u64, spec: &InputSpec) -> Corpus {
     std::fs::create_dir_all(dir).expect("create the input directory");
     let mut rng = StdRng::seed_from_u64(seed);
     let vocab = vocabulary(&mut rng, spec.vocabulary);
-    let weights: Vec<f64> = (0..vocab.len()).map(|rank| 1.0 / ((rank + 1) as f64).powf(1.1)).collect();
+    let weights: Vec<f64> = (0..vocab.len())
+        .map(|rank| 1.0 / ((rank + 1) as f64).powf(1.1))
+        .collect();
     let zipf = WeightedIndex::new(&weights).expect("valid weights");
     for f in 0..spec.files {
         let n_lines = rng.gen_range(spec.min_lines..=spec.max_lines);
         let mut text = String::new();
         for l in 0..n_lines {
-            let n_words = if rng.gen_bool(0.04) { 0 } else { rng.gen_range(1..=12) };
+            let n_words = if rng.gen_bool(0.04) {
+                0
+            } else {
+                rng.gen_range(1..=12)
+            };
             if rng.gen_bool(0.05) {
                 text.push_str(separator(&mut rng));
             }
@@ -124,6 +151,14 @@ pub fn generate(dir: &Path, seed: u64, spec: &InputSpec) -> Corpus {
                     text.push_str(separator(&mut rng));
                 }
                 text.push_str(&vocab[zipf.sample(&mut rng)]);
+            }
+            if rng.gen_bool(0.05) {
+                // A word that occurs exactly once in the whole input: losing or
+                // duplicating the output of the epoch that reads it shows in its count.
+                if n_words > 0 {
+                    text.push_str(separator(&mut rng));
+                }
+                text.push_str(&format!("once{f}x{l}"));
             }
             if rng.gen_bool(0.03) {
                 text.push_str(separator(&mut rng));
@@ -151,7 +186,8 @@ pub fn corpus_of(dir: &Path) -> Corpus {
     let mut lines = 0;
     let mut words = 0;
     for f in &files {
-        let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
+        let text =
+            std::fs::read_to_string(f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
         for line in text.lines() {
             lines += 1;
             for w in line.split_whitespace() {
@@ -160,5 +196,10 @@ pub fn corpus_of(dir: &Path) -> Corpus {
             }
         }
     }
-    Corpus { files, lines, words, oracle }
+    Corpus {
+        files,
+        lines,
+        words,
+        oracle,
+    }
 }

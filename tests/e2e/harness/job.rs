@@ -12,6 +12,7 @@ pub const STANDALONE_DEADLINE: Duration = Duration::from_secs(120);
 
 /// A delivery guarantee, as `--delivery` spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the names mirror the flag values
 pub enum Delivery {
     /// `exactly-once`
     ExactlyOnce,
@@ -114,5 +115,9 @@ pub fn wordcount_command(args: &JobArgs) -> Command {
 
 /// Runs the wordcount binary directly (no `weir launch`) to its end.
 pub fn run_standalone(ws: &Workspace, name: &str, args: &JobArgs) -> Finished {
-    run_to_end(wordcount_command(args), ws.log_paths(name), STANDALONE_DEADLINE)
+    run_to_end(
+        wordcount_command(args),
+        ws.log_paths(name),
+        STANDALONE_DEADLINE,
+    )
 }

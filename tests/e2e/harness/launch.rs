@@ -18,8 +18,9 @@ use super::workspace::Workspace;
 /// How long a launched job may take before everything is killed and the test fails.
 pub const LAUNCH_DEADLINE: Duration = Duration::from_secs(180);
 
-/// How long the processes of a finished launch get to disappear.
-const REAP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the processes of a launch get to disappear once `weir launch` has exited
+/// (it stops them before it exits, so they should be gone at once).
+const REAP_DEADLINE: Duration = Duration::from_secs(2);
 
 /// generation -> process index -> pid, as printed by `weir launch`.
 pub type Generations = BTreeMap<u64, BTreeMap<usize, u32>>;
@@ -100,8 +101,16 @@ impl LaunchOutcome {
             .iter()
             .map(|(g, ps)| format!("gen {g}: {:?}", ps.values().collect::<Vec<_>>()))
             .collect();
-        let kills: Vec<String> =
-            self.kills.iter().map(|k| format!("gen {} process {} pid {} at {:.2?}", k.generation, k.process, k.pid, k.at)).collect();
+        let kills: Vec<String> = self
+            .kills
+            .iter()
+            .map(|k| {
+                format!(
+                    "gen {} process {} pid {} at {:.2?}",
+                    k.generation, k.process, k.pid, k.at
+                )
+            })
+            .collect();
         format!(
             "`{}` ended with {} after {:.1?}\nstarted: [{}]\nkills: [{}]\n--- stderr (tail) ---\n{}",
             self.command,
@@ -115,7 +124,11 @@ impl LaunchOutcome {
 
     /// Panics with the summary unless `weir launch` exited 0.
     pub fn assert_success(&self) {
-        assert!(self.status.success(), "the launched job failed\n{}", self.summary());
+        assert!(
+            self.status.success(),
+            "the launched job failed\n{}",
+            self.summary()
+        );
     }
 }
 
@@ -187,10 +200,17 @@ fn chaos(ctx: ChaosContext) -> Vec<Kill> {
         // The chosen victim, or the next one still alive.
         let victims: Vec<(usize, u32)> = pids.iter().map(|(&p, &pid)| (p, pid)).collect();
         let n = victims.len();
-        let alive = (0..n).map(|k| victims[(first + k) % n]).find(|&(_, pid)| is_alive(pid));
+        let alive = (0..n)
+            .map(|k| victims[(first + k) % n])
+            .find(|&(_, pid)| is_alive(pid));
         if let Some((process, pid)) = alive {
             if sigkill(pid) {
-                kills.push(Kill { generation, process, pid, at: ctx.start.elapsed() });
+                kills.push(Kill {
+                    generation,
+                    process,
+                    pid,
+                    at: ctx.start.elapsed(),
+                });
             }
         }
         eligible = generation + 1;
@@ -257,7 +277,9 @@ pub fn launch(ws: &Workspace, spec: &LaunchSpec, chaos_plan: Option<ChaosPlan>) 
         std::thread::sleep(POLL);
     };
     done.store(true, Ordering::SeqCst);
-    let kills = chaos_thread.map(|t| t.join().expect("the chaos thread panicked")).unwrap_or_default();
+    let kills = chaos_thread
+        .map(|t| t.join().expect("the chaos thread panicked"))
+        .unwrap_or_default();
     let stderr = read_lossy(&err_path);
     let generations = parse_generations(&stderr);
     let Some(status) = status else {
@@ -268,7 +290,14 @@ pub fn launch(ws: &Workspace, spec: &LaunchSpec, chaos_plan: Option<ChaosPlan>) 
             tail(&stderr, 80)
         );
     };
-    let outcome = LaunchOutcome { command, status, stderr, generations, kills, elapsed: start.elapsed() };
+    let outcome = LaunchOutcome {
+        command,
+        status,
+        stderr,
+        generations,
+        kills,
+        elapsed: start.elapsed(),
+    };
     assert_no_survivors(&outcome);
     outcome
 }

@@ -39,16 +39,26 @@ pub fn read_committed(dir: &Path) -> Vec<Record> {
     files.sort();
     let mut records = Vec::new();
     for f in files {
-        let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("read committed output {}: {e}", f.display()));
+        let bytes = std::fs::read(&f)
+            .unwrap_or_else(|e| panic!("read committed output {}: {e}", f.display()));
         let text = String::from_utf8(bytes)
             .unwrap_or_else(|e| panic!("committed output {} is not valid UTF-8: {e}", f.display()));
-        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .to_string();
         for (i, line) in text.lines().enumerate() {
             let origin = format!("{name}:{}", i + 1);
             let parsed: Line = serde_json::from_str(line).unwrap_or_else(|e| {
                 panic!("committed line {origin} is not a {{\"word\",\"count\",\"epoch\"}} object ({e}): {line:?}")
             });
-            records.push(Record { word: parsed.word, count: parsed.count, epoch: parsed.epoch, origin });
+            records.push(Record {
+                word: parsed.word,
+                count: parsed.count,
+                epoch: parsed.epoch,
+                origin,
+            });
         }
         assert!(
             text.is_empty() || text.ends_with('\n'),

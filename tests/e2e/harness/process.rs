@@ -80,7 +80,8 @@ pub fn spawn_logged(cmd: &mut Command, stdout: &Path, stderr: &Path) -> Child {
     let out = File::create(stdout).unwrap_or_else(|e| panic!("create {}: {e}", stdout.display()));
     let err = File::create(stderr).unwrap_or_else(|e| panic!("create {}: {e}", stderr.display()));
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    cmd.spawn().unwrap_or_else(|e| panic!("spawn `{}`: {e}", describe(cmd)))
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn `{}`: {e}", describe(cmd)))
 }
 
 /// Runs `cmd` to its end, logging to `logs`, and kills it (then panics) if it runs
@@ -103,12 +104,20 @@ pub fn run_to_end(mut cmd: Command, logs: (PathBuf, PathBuf), deadline: Duration
         }
         std::thread::sleep(POLL);
     };
-    Finished { command, status, stdout: read_lossy(&logs.0), stderr: read_lossy(&logs.1), elapsed: start.elapsed() }
+    Finished {
+        command,
+        status,
+        stdout: read_lossy(&logs.0),
+        stderr: read_lossy(&logs.1),
+        elapsed: start.elapsed(),
+    }
 }
 
 /// A file's contents, lossily decoded; empty if it does not exist.
 pub fn read_lossy(path: &Path) -> String {
-    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// The last `n` lines of `text`.
@@ -130,7 +139,10 @@ pub fn is_alive(pid: u32) -> bool {
     };
     // The state is the first field after the command name, which is in parentheses
     // and may itself contain spaces or parentheses.
-    match stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) {
+    match stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+    {
         Some(state) => state != "Z" && state != "X",
         None => false,
     }

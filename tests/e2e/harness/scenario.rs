@@ -18,7 +18,10 @@ pub const RESTART_DELAY_MS: u64 = 100;
 /// The seed a test uses: its own, mixed with `WEIR_E2E_SEED` when that is set (to
 /// explore other schedules). Printed so that a failure can be replayed.
 pub fn seed(own: u64) -> u64 {
-    let extra = std::env::var("WEIR_E2E_SEED").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let extra = std::env::var("WEIR_E2E_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
     let seed = own ^ extra.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     eprintln!("seed {seed} (own {own}, WEIR_E2E_SEED {extra})");
     seed
@@ -46,7 +49,15 @@ pub struct Scenario {
 impl Scenario {
     /// An exactly-once scenario without kills or failpoints.
     pub fn new(name: &'static str, seed: u64, processes: usize, workers: usize) -> Self {
-        Scenario { name, seed, processes, workers, delivery: Delivery::ExactlyOnce, kills: 0, failpoint: None }
+        Scenario {
+            name,
+            seed,
+            processes,
+            workers,
+            delivery: Delivery::ExactlyOnce,
+            kills: 0,
+            failpoint: None,
+        }
     }
 
     /// With `kills` random SIGKILLs.
@@ -87,7 +98,10 @@ pub fn run(s: &Scenario) -> ScenarioRun {
     let ws = Workspace::new(s.name);
     let corpus = input::generate(&ws.input, seed, &InputSpec::chaos());
     let rate = corpus.rate_limit_for(s.processes * s.workers, RUN_SECS);
-    let job = JobArgs::new(&ws).interval_ms(INTERVAL_MS).delivery(s.delivery).rate_limit(rate);
+    let job = JobArgs::new(&ws)
+        .interval_ms(INTERVAL_MS)
+        .delivery(s.delivery)
+        .rate_limit(rate);
     let failpoint_restarts = usize::from(s.failpoint.is_some());
     let spec = LaunchSpec {
         processes: s.processes,
@@ -140,5 +154,10 @@ pub fn run(s: &Scenario) -> ScenarioRun {
         records.len(),
         outcome.elapsed
     );
-    ScenarioRun { ws, corpus, outcome, records }
+    ScenarioRun {
+        ws,
+        corpus,
+        outcome,
+        records,
+    }
 }

@@ -53,7 +53,10 @@ impl Workspace {
     /// Fresh paths for the stdout and stderr of the next process called `name`.
     pub fn log_paths(&self, name: &str) -> (PathBuf, PathBuf) {
         let n = self.next_log.fetch_add(1, Ordering::SeqCst);
-        (self.logs.join(format!("{n:02}-{name}.stdout")), self.logs.join(format!("{n:02}-{name}.stderr")))
+        (
+            self.logs.join(format!("{n:02}-{name}.stdout")),
+            self.logs.join(format!("{n:02}-{name}.stderr")),
+        )
     }
 }
 
@@ -70,5 +73,7 @@ impl Drop for Workspace {
 
 /// A path as a UTF-8 string (temporary paths always are).
 pub fn path_str(p: &Path) -> String {
-    p.to_str().unwrap_or_else(|| panic!("non UTF-8 path {}", p.display())).to_string()
+    p.to_str()
+        .unwrap_or_else(|| panic!("non UTF-8 path {}", p.display()))
+        .to_string()
 }
