@@ -30,7 +30,8 @@ fn plain_timely(words: u64, out: &std::path::Path) {
         let out = out.clone();
         let probe = timely::dataflow::ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
-            timely::dataflow::operators::generic::operator::source(scope, "gen", move |cap, _info| {
+            timely::dataflow::operators::generic::operator::source(scope, "gen", move |cap, info| {
+                let activator = scope.activator_for(info.address);
                 let mut cap = Some(cap);
                 let mut next = index;
                 move |output| {
@@ -46,6 +47,8 @@ fn plain_timely(words: u64, out: &std::path::Path) {
                     }
                     if next >= words {
                         cap = None;
+                    } else {
+                        activator.activate();
                     }
                 }
             })
