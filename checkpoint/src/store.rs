@@ -29,6 +29,20 @@ pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     url: String,
     layout: Layout,
+    /// The root directory when the store is a local file system, whose empty
+    /// directories are removed after deletes (object stores have no directories).
+    local_root: Option<std::path::PathBuf>,
+}
+
+/// The local directory a checkpoint URL points to, if it is one.
+fn local_root(url: &str) -> Option<std::path::PathBuf> {
+    if let Some(p) = url.strip_prefix("file://") {
+        Some(p.into())
+    } else if url.contains("://") {
+        None
+    } else {
+        Some(url.into())
+    }
 }
 
 /// Opens an object store from a checkpoint URL.
@@ -113,6 +127,7 @@ impl CheckpointStore {
             store: open_url(url)?,
             url: url.to_string(),
             layout: Layout::new(job),
+            local_root: local_root(url),
         })
     }
 
@@ -122,6 +137,7 @@ impl CheckpointStore {
             store,
             url: url.to_string(),
             layout: Layout::new(job),
+            local_root: None,
         }
     }
 
@@ -393,6 +409,9 @@ impl CheckpointStore {
                 Err(e) => return Err(CheckpointError::storage("delete", &o.location, e)),
             }
         }
+        if let Some(root) = &self.local_root {
+            remove_empty_dirs(&root.join(dir.as_ref()));
+        }
         Ok(())
     }
 
@@ -473,6 +492,19 @@ impl CheckpointStore {
         }
         Ok(out)
     }
+}
+
+/// Removes `dir` and every directory under it that is empty, deepest first.
+fn remove_empty_dirs(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&entry.path());
+            }
+        }
+    }
+    // Fails, as it should, when the directory is not empty.
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// The checkpoint directories a manifest's parts live in.
@@ -646,6 +678,17 @@ mod tests {
         let (complete, all) = store.list().await.unwrap();
         assert_eq!(complete, vec![3, 4]);
         assert_eq!(all, vec![3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_local_checkpoint_leaves_no_empty_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        checkpoint(&store, 1).await;
+        checkpoint(&store, 2).await;
+        store.delete_checkpoint(1).await.unwrap();
+        assert!(!dir.path().join(store.layout().checkpoint_dir(1).as_ref()).exists());
+        assert_eq!(store.list().await.unwrap(), (vec![2], vec![2]));
     }
 
     #[tokio::test]

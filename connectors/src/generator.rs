@@ -69,28 +69,29 @@ impl<D: timely::ExchangeData, F: Fn(u64) -> D + 'static> Reader for Generator<F>
     type Split = u32;
     type Item = D;
 
-    fn read(
-        &mut self,
-        positions: &mut BTreeMap<u32, u64>,
-        max: usize,
-        out: &mut Vec<D>,
-    ) -> Result<bool> {
+    fn read(&mut self, positions: &mut BTreeMap<u32, u64>, max: usize, out: &mut Vec<D>) -> Result<bool> {
         let n = self.splits as u64;
         let mut emitted = 0;
         let mut exhausted = 0;
+        // Take a run of items from one split at a time, round robin over the owned splits.
+        let run = (max / self.owned.len().max(1)).max(1) as u64;
         while emitted < max && exhausted < self.owned.len() {
             let split = self.owned[self.next % self.owned.len()];
             self.next += 1;
             let pos = positions.entry(split).or_insert(0);
-            let i = *pos * n + split as u64;
+            let start = *pos;
+            let mut i = start * n + split as u64;
+            while i < self.total && *pos - start < run && emitted < max {
+                out.push((self.make)(i));
+                *pos += 1;
+                emitted += 1;
+                i += n;
+            }
             if i >= self.total {
                 exhausted += 1;
-                continue;
+            } else {
+                exhausted = 0;
             }
-            exhausted = 0;
-            out.push((self.make)(i));
-            *pos += 1;
-            emitted += 1;
         }
         Ok(exhausted < self.owned.len())
     }

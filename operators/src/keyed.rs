@@ -93,7 +93,11 @@ where
                               k: K,
                               v: V,
                               out: &mut Vec<O>| {
-            let entry = state.entry(k.clone()).or_insert_with(|| (S::default(), 0));
+            // Look up before inserting, so that a known key is not cloned.
+            let entry = match state.get_mut(&k) {
+                Some(entry) => entry,
+                None => state.entry(k.clone()).or_insert_with(|| (S::default(), 0)),
+            };
             on_record(&k, &mut entry.0, v, out);
             if entry.1 != epoch {
                 entry.1 = epoch;

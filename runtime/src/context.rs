@@ -22,19 +22,23 @@ use crate::sink::Committer;
 /// All sources of a process share it, so that they inject barriers together.
 #[derive(Debug, Clone)]
 pub struct EpochClock {
-    start: Instant,
+    start: Arc<std::sync::OnceLock<Instant>>,
     first: u64,
     epoch_ms: u64,
 }
 
 impl EpochClock {
     /// A clock whose first epoch is `first` and whose epochs last `epoch_ms` (0: forever).
+    ///
+    /// The clock starts when it is first read, that is when the first source runs, after
+    /// the cluster's processes have connected to each other; processes that started at
+    /// different moments thus still number their epochs alike.
     pub fn new(first: u64, epoch_ms: u64) -> Self {
-        EpochClock {
-            start: Instant::now(),
-            first,
-            epoch_ms,
-        }
+        EpochClock { start: Arc::new(std::sync::OnceLock::new()), first, epoch_ms }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.start.get_or_init(Instant::now).elapsed().as_millis() as u64
     }
 
     /// The epoch that records read now belong to.
@@ -42,7 +46,7 @@ impl EpochClock {
         if self.epoch_ms == 0 {
             return self.first;
         }
-        self.first + self.start.elapsed().as_millis() as u64 / self.epoch_ms
+        self.first + self.elapsed_ms() / self.epoch_ms
     }
 
     /// Time until the next epoch begins (`None` if epochs never end).
@@ -50,10 +54,7 @@ impl EpochClock {
         if self.epoch_ms == 0 {
             return None;
         }
-        let elapsed = self.start.elapsed().as_millis() as u64;
-        Some(Duration::from_millis(
-            self.epoch_ms - elapsed % self.epoch_ms,
-        ))
+        Some(Duration::from_millis(self.epoch_ms - self.elapsed_ms() % self.epoch_ms))
     }
 }
 
