@@ -57,7 +57,7 @@ pub fn restore_candidates(target: RestoreTarget, complete: &[u64]) -> Vec<u64> {
     match target {
         RestoreTarget::Latest => {
             let mut c = complete.to_vec();
-            c.sort_unstable_by(|a, b| b.cmp(a));
+            c.sort_unstable_by_key(|e| std::cmp::Reverse(*e));
             c.dedup();
             c
         }
@@ -127,7 +127,7 @@ pub fn is_fenced(generation: u64, markers: &[u64]) -> bool {
 pub fn retention(complete: &[(u64, BTreeSet<u64>)], dirs: &[u64], retain: usize) -> Vec<u64> {
     let retain = retain.max(1);
     let mut sorted: Vec<&(u64, BTreeSet<u64>)> = complete.iter().collect();
-    sorted.sort_by(|a, b| b.0.cmp(&a.0));
+    sorted.sort_by_key(|c| std::cmp::Reverse(c.0));
     let Some(newest) = sorted.first().map(|c| c.0) else {
         return Vec::new();
     };

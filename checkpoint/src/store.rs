@@ -687,7 +687,10 @@ mod tests {
         checkpoint(&store, 1).await;
         checkpoint(&store, 2).await;
         store.delete_checkpoint(1).await.unwrap();
-        assert!(!dir.path().join(store.layout().checkpoint_dir(1).as_ref()).exists());
+        assert!(!dir
+            .path()
+            .join(store.layout().checkpoint_dir(1).as_ref())
+            .exists());
         assert_eq!(store.list().await.unwrap(), (vec![2], vec![2]));
     }
 

@@ -69,7 +69,12 @@ impl<D: timely::ExchangeData, F: Fn(u64) -> D + 'static> Reader for Generator<F>
     type Split = u32;
     type Item = D;
 
-    fn read(&mut self, positions: &mut BTreeMap<u32, u64>, max: usize, out: &mut Vec<D>) -> Result<bool> {
+    fn read(
+        &mut self,
+        positions: &mut BTreeMap<u32, u64>,
+        max: usize,
+        out: &mut Vec<D>,
+    ) -> Result<bool> {
         let n = self.splits as u64;
         let mut emitted = 0;
         let mut exhausted = 0;

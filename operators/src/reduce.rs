@@ -8,6 +8,10 @@ use serde::Serialize;
 use timely::dataflow::Stream;
 use weir_runtime::{Job, Result};
 
+/// The output of [`ReduceByKey::reduce_by_key`]: `(key, aggregate, epoch)` for every key
+/// changed in an epoch.
+pub type Changes<'s, K, S> = Stream<'s, u64, Vec<(K, S, u64)>>;
+
 /// Keeps a running aggregate per key and, at the end of every epoch, emits
 /// `(key, aggregate, epoch)` for each key whose aggregate changed in that epoch.
 ///
@@ -42,7 +46,7 @@ pub trait ReduceByKey<'s, K, V> {
         job: &mut Job<'s>,
         name: &str,
         fold: F,
-    ) -> Result<Stream<'s, u64, Vec<(K, S, u64)>>>
+    ) -> Result<Changes<'s, K, S>>
     where
         S: Default + Clone + Serialize + DeserializeOwned + timely::ExchangeData,
         F: FnMut(&mut S, V) + 'static;
@@ -58,7 +62,7 @@ where
         job: &mut Job<'s>,
         name: &str,
         mut fold: F,
-    ) -> Result<Stream<'s, u64, Vec<(K, S, u64)>>>
+    ) -> Result<Changes<'s, K, S>>
     where
         S: Default + Clone + Serialize + DeserializeOwned + timely::ExchangeData,
         F: FnMut(&mut S, V) + 'static,

@@ -34,7 +34,11 @@ impl EpochClock {
     /// the cluster's processes have connected to each other; processes that started at
     /// different moments thus still number their epochs alike.
     pub fn new(first: u64, epoch_ms: u64) -> Self {
-        EpochClock { start: Arc::new(std::sync::OnceLock::new()), first, epoch_ms }
+        EpochClock {
+            start: Arc::new(std::sync::OnceLock::new()),
+            first,
+            epoch_ms,
+        }
     }
 
     fn elapsed_ms(&self) -> u64 {
@@ -54,7 +58,9 @@ impl EpochClock {
         if self.epoch_ms == 0 {
             return None;
         }
-        Some(Duration::from_millis(self.epoch_ms - self.elapsed_ms() % self.epoch_ms))
+        Some(Duration::from_millis(
+            self.epoch_ms - self.elapsed_ms() % self.epoch_ms,
+        ))
     }
 }
 
