@@ -74,14 +74,15 @@ where
 
     builder.build(move |mut caps| {
         let report_cap = caps.pop().expect("report output");
+        // The data capability follows the input frontier, so that inputs from plain timely
+        // sources (at epoch 0) are accepted too.
         let mut data_cap = caps.pop();
-        if let Some(c) = data_cap.as_mut() {
-            c.downgrade(&first_epoch);
-        }
         let mut tracker = EpochTracker::new(report_cap, first_epoch);
-        // State: value and the last epoch in which the key changed.
-        let mut state: HashMap<K, (S, u64)> =
-            restored.into_iter().map(|(k, s)| (k, (s, 0))).collect();
+        // State: value and the last epoch in which the key changed (`u64::MAX`: none yet).
+        let mut state: HashMap<K, (S, u64)> = restored
+            .into_iter()
+            .map(|(k, s)| (k, (s, u64::MAX)))
+            .collect();
         let mut buffered: BTreeMap<u64, Vec<(K, V)>> = BTreeMap::new();
         let mut dirty: BTreeMap<u64, Vec<K>> = BTreeMap::new();
         let mut changed = true;
@@ -96,7 +97,9 @@ where
             // Look up before inserting, so that a known key is not cloned.
             let entry = match state.get_mut(&k) {
                 Some(entry) => entry,
-                None => state.entry(k.clone()).or_insert_with(|| (S::default(), 0)),
+                None => state
+                    .entry(k.clone())
+                    .or_insert_with(|| (S::default(), u64::MAX)),
             };
             on_record(&k, &mut entry.0, v, out);
             if entry.1 != epoch {
