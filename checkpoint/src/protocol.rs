@@ -119,23 +119,37 @@ pub fn is_fenced(generation: u64, markers: &[u64]) -> bool {
     markers.iter().any(|m| *m > generation)
 }
 
+/// What retention removes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPlan {
+    /// Checkpoint directories to delete whole.
+    pub delete: Vec<u64>,
+    /// Complete checkpoints beyond retention whose directories newer manifests still
+    /// reference: only their manifests are deleted, so that they stop being checkpoints
+    /// while their parts stay readable.
+    pub demote: Vec<u64>,
+}
+
 /// Which checkpoint directories to delete.
 ///
-/// `complete` lists each complete checkpoint with the epochs of the directories its
-/// manifest references (its own and older ones whose parts it reuses); `dirs` are all
-/// checkpoint directories present. `retain` is clamped to at least one.
-pub fn retention(complete: &[(u64, BTreeSet<u64>)], dirs: &[u64], retain: usize) -> Vec<u64> {
+/// `complete` lists every complete checkpoint with the epochs of the directories its
+/// manifest references (its own and older ones whose parts it reuses; only the newest
+/// `retain` need them); `dirs` are all checkpoint directories present. `retain` is
+/// clamped to at least one. Nothing newer than the newest complete checkpoint is touched:
+/// it may be in progress.
+pub fn retention(complete: &[(u64, BTreeSet<u64>)], dirs: &[u64], retain: usize) -> RetentionPlan {
     let retain = retain.max(1);
     let mut sorted: Vec<&(u64, BTreeSet<u64>)> = complete.iter().collect();
     sorted.sort_by_key(|c| std::cmp::Reverse(c.0));
     let Some(newest) = sorted.first().map(|c| c.0) else {
-        return Vec::new();
+        return RetentionPlan::default();
     };
     let mut keep = BTreeSet::new();
     for (epoch, refs) in sorted.iter().take(retain) {
         keep.insert(*epoch);
         keep.extend(refs.iter().copied());
     }
+    let retained: BTreeSet<u64> = sorted.iter().take(retain).map(|c| c.0).collect();
     let mut delete: Vec<u64> = dirs
         .iter()
         .copied()
@@ -143,7 +157,13 @@ pub fn retention(complete: &[(u64, BTreeSet<u64>)], dirs: &[u64], retain: usize)
         .collect();
     delete.sort_unstable();
     delete.dedup();
-    delete
+    let mut demote: Vec<u64> = sorted
+        .iter()
+        .map(|c| c.0)
+        .filter(|e| !retained.contains(e) && keep.contains(e))
+        .collect();
+    demote.sort_unstable();
+    RetentionPlan { delete, demote }
 }
 
 /// What an operator or sink on one worker reports to the coordinator for one epoch.
@@ -415,9 +435,40 @@ mod tests {
         ];
         let dirs = vec![1, 2, 3, 4, 5, 6, 7];
         // Keep 4 and 6, and 1 which both reference; 7 is newer than the newest complete.
-        assert_eq!(retention(&complete, &dirs, 2), vec![2, 3, 5]);
-        assert_eq!(retention(&[], &dirs, 2), Vec::<u64>::new());
-        assert_eq!(retention(&complete, &dirs, 0), vec![2, 3, 4, 5]);
+        assert_eq!(
+            retention(&complete, &dirs, 2),
+            RetentionPlan {
+                delete: vec![2, 3, 5],
+                demote: vec![]
+            }
+        );
+        assert_eq!(retention(&[], &dirs, 2), RetentionPlan::default());
+        assert_eq!(
+            retention(&complete, &dirs, 0),
+            RetentionPlan {
+                delete: vec![2, 3, 4, 5],
+                demote: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn a_referenced_checkpoint_beyond_retention_loses_only_its_manifest() {
+        // Checkpoint 1 holds a source's final part that 3 and 4 still reuse.
+        let complete = vec![
+            (1, BTreeSet::new()),
+            (2, BTreeSet::new()),
+            (3, BTreeSet::from([3, 1])),
+            (4, BTreeSet::from([4, 1])),
+        ];
+        let plan = retention(&complete, &[1, 2, 3, 4], 2);
+        assert_eq!(
+            plan,
+            RetentionPlan {
+                delete: vec![2],
+                demote: vec![1]
+            }
+        );
     }
 
     #[test]

@@ -420,16 +420,27 @@ impl CheckpointStore {
     pub async fn apply_retention(&self, retain: usize) -> Result<Vec<u64>> {
         let (complete, all) = self.list().await?;
         let mut facts = Vec::new();
-        // Only the newest `retain` manifests need reading: older ones are deleted anyway.
-        for epoch in complete.iter().rev().take(retain.max(1)) {
-            let manifest = self.read_manifest(*epoch).await?;
-            facts.push((*epoch, referenced_dirs(&manifest)));
+        // Only the newest `retain` manifests need reading: older ones are not kept.
+        for (i, epoch) in complete.iter().rev().enumerate() {
+            let refs = if i < retain.max(1) {
+                referenced_dirs(&self.read_manifest(*epoch).await?)
+            } else {
+                BTreeSet::new()
+            };
+            facts.push((*epoch, refs));
         }
-        let delete = protocol::retention(&facts, &all, retain);
-        for epoch in &delete {
+        let plan = protocol::retention(&facts, &all, retain);
+        for epoch in &plan.demote {
+            let path = self.layout.manifest(*epoch);
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(CheckpointError::storage("delete", &path, e)),
+            }
+        }
+        for epoch in &plan.delete {
             self.delete_checkpoint(*epoch).await?;
         }
-        Ok(delete)
+        Ok(plan.delete)
     }
 
     /// Announces a generation, returning every generation announced so far (this one included).
