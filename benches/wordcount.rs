@@ -4,7 +4,8 @@
 //! `cargo bench --bench wordcount` (set `WEIR_BENCH_WORDS` to change the 10M words).
 //! Every variant generates the same words (100k distinct), exchanges them by key over
 //! 2 workers, keeps a running count per word, and writes each epoch's changed counts as
-//! JSON lines into a fresh directory. Reports the median of 3 runs and the ratios.
+//! JSON lines into a fresh directory. Reports the median of 5 runs (`WEIR_BENCH_RUNS`),
+//! the variants interleaved run by run, and the ratios.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -108,7 +109,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
-    let runs = 3;
+    let runs: usize = std::env::var("WEIR_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let mut results: Vec<(&str, Vec<f64>)> = vec![
         ("plain timely", vec![]),
         ("weir, checkpointing off", vec![]),
