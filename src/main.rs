@@ -119,7 +119,7 @@ fn checkpoints(cmd: Checkpoints) -> anyhow::Result<()> {
                             Err(e) => println!("{:>8}  {:>10}  {e}", epoch, "unreadable"),
                         }
                     } else {
-                        println!("{:>8}  {:>10}", epoch, "incomplete");
+                        println!("{:>8}  {:>10}", epoch, "no manifest");
                     }
                 }
             }
