@@ -1,6 +1,8 @@
 //! The wordcount binary run directly, without `weir launch`.
 
-use crate::harness::checkpoints::complete_checkpoints;
+use std::collections::BTreeSet;
+
+use crate::harness::checkpoints::{complete_checkpoints, epoch_of_object};
 use crate::harness::checks::check_exactly_once;
 use crate::harness::input::{self, InputSpec};
 use crate::harness::job::{run_standalone, Delivery, JobArgs};
@@ -31,24 +33,36 @@ fn a_standalone_run_with_two_workers_commits_exactly_the_oracle() {
 }
 
 #[test]
-fn retain_keeps_at_most_that_many_complete_checkpoints() {
+fn retain_keeps_the_newest_checkpoints_and_only_older_ones_they_still_reference() {
+    const RETAIN: usize = 2;
     let seed = scenario::seed(0x3_0002);
     let ws = Workspace::new("retain");
     let corpus = input::generate(&ws.input, seed, &InputSpec::small());
     let args = JobArgs::new(&ws)
-        .workers(1)
+        .workers(2)
         .interval_ms(50)
-        .retain(2)
-        .rate_limit(corpus.rate_limit_for(1, 1.5));
+        .retain(RETAIN as u32)
+        .rate_limit(corpus.rate_limit_for(2, 1.5));
     let run = run_standalone(&ws, "wordcount", &args);
     run.assert_success();
     check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
-    let kept: Vec<u64> = complete_checkpoints(&ws.checkpoints, "wordcount")
+    let chks = complete_checkpoints(&ws.checkpoints, "wordcount");
+    let epochs: Vec<u64> = chks.iter().map(|c| c.epoch).collect();
+    assert!(epochs.len() >= RETAIN, "--retain {RETAIN} after many epochs should keep {RETAIN} complete checkpoints, found {epochs:?}");
+    let newest = &chks[chks.len() - RETAIN..];
+    let referenced: BTreeSet<u64> = newest
+        .iter()
+        .flat_map(|c| c.manifest_parts())
+        .filter_map(|p| epoch_of_object(&p))
+        .collect();
+    let stale: Vec<u64> = chks[..chks.len() - RETAIN]
         .iter()
         .map(|c| c.epoch)
+        .filter(|e| !referenced.contains(e))
         .collect();
     assert!(
-        !kept.is_empty() && kept.len() <= 2,
-        "--retain 2 should keep one or two complete checkpoints, found epochs {kept:?}"
+        stale.is_empty(),
+        "--retain {RETAIN} kept complete checkpoints {stale:?} that no retained manifest references \
+         (complete: {epochs:?}, referenced by the newest {RETAIN}: {referenced:?})"
     );
 }

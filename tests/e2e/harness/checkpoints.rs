@@ -17,25 +17,48 @@ impl Checkpoint {
         self.dir.join("_MANIFEST")
     }
 
-    /// Every part file (everything but the manifest), in path order.
-    pub fn parts(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        walk(&self.dir, &mut out);
-        out.retain(|p| p.file_name().is_some_and(|n| n != "_MANIFEST"));
-        out.sort();
-        out
+    /// The object names (relative to the checkpoint root) of every part its manifest
+    /// lists. A manifest is JSON after a fixed binary header (magic, version, length,
+    /// crc); parts may live in the directories of older checkpoints.
+    pub fn manifest_parts(&self) -> Vec<String> {
+        let path = self.manifest();
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let start = if bytes.get(HEADER_LEN) == Some(&b'{') {
+            HEADER_LEN
+        } else {
+            bytes
+                .iter()
+                .position(|&b| b == b'{')
+                .unwrap_or_else(|| panic!("{} holds no JSON", path.display()))
+        };
+        let v: serde_json::Value = serde_json::from_slice(&bytes[start..]).unwrap_or_else(|e| {
+            panic!(
+                "{} is not a JSON manifest after its header: {e}",
+                path.display()
+            )
+        });
+        v["parts"]
+            .as_array()
+            .unwrap_or_else(|| panic!("manifest {} has no `parts` list", path.display()))
+            .iter()
+            .map(|p| {
+                p["path"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a part of {} has no `path`", path.display()))
+                    .to_string()
+            })
+            .collect()
     }
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("list {}: {e}", dir.display())) {
-        let p = e.expect("read a directory entry").path();
-        if p.is_dir() {
-            walk(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
+/// Length of the binary header in front of every checkpoint object.
+const HEADER_LEN: usize = 20;
+
+/// The epoch of the `chk-<epoch>` directory an object name lies in.
+pub fn epoch_of_object(name: &str) -> Option<u64> {
+    name.split('/')
+        .find_map(|c| c.strip_prefix("chk-"))
+        .and_then(|d| d.parse().ok())
 }
 
 /// The complete checkpoints of `job` under the local checkpoint root, oldest first.

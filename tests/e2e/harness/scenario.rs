@@ -145,15 +145,14 @@ pub fn run(s: &Scenario) -> ScenarioRun {
     );
     let records = read_committed(&ws.output);
     eprintln!(
-        "{}: {} lines, {} words, {} distinct; {} kills; {} committed records; {:.1?}",
+        "{}: {} lines, {} words, {} distinct; {} committed records",
         s.name,
         corpus.lines,
         corpus.words,
         corpus.oracle.len(),
-        outcome.kills.len(),
-        records.len(),
-        outcome.elapsed
+        records.len()
     );
+    eprintln!("{}", outcome.summary());
     ScenarioRun {
         ws,
         corpus,
