@@ -109,7 +109,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
-    let runs: usize = std::env::var("WEIR_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let runs: usize = std::env::var("WEIR_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let mut results: Vec<(&str, Vec<f64>)> = vec![
         ("plain timely", vec![]),
         ("weir, checkpointing off", vec![]),

@@ -187,8 +187,9 @@ impl CheckpointStore {
         operator: &str,
         worker: usize,
         key_groups: (u32, u32),
-        bytes: Vec<u8>,
+        bytes: impl Into<bytes::Bytes>,
     ) -> Result<PartEntry> {
+        let bytes: bytes::Bytes = bytes.into();
         let entry = PartEntry {
             operator: operator.to_string(),
             worker,

@@ -315,13 +315,23 @@ pub struct Snapshotter {
     activator: timely::scheduling::SyncActivator,
     queue: std::collections::VecDeque<Pending>,
     done: Arc<Mutex<BTreeMap<u64, std::result::Result<(), String>>>>,
-    last_part: Option<weir_checkpoint::PartEntry>,
+    /// The newest part, its bytes (to upload again if its upload fails) and its upload.
+    last: Option<LastPart>,
+    /// Uploads known to have failed, by ticket.
+    failed: BTreeSet<u64>,
     seq: u64,
+}
+
+struct LastPart {
+    entry: weir_checkpoint::PartEntry,
+    bytes: bytes::Bytes,
+    ticket: u64,
 }
 
 struct Pending {
     cap: timely::dataflow::operators::Capability<u64>,
     report: Report,
+    /// The upload this report's part depends on (its own, or the one it reuses).
     ticket: Option<u64>,
 }
 
@@ -339,7 +349,8 @@ impl Snapshotter {
             activator: worker.sync_activator_for(address.to_vec()),
             queue: Default::default(),
             done: Default::default(),
-            last_part: None,
+            last: None,
+            failed: BTreeSet::new(),
             seq: 0,
         }
     }
@@ -348,8 +359,9 @@ impl Snapshotter {
     ///
     /// `state`: `Some(bytes)` to upload a new part covering `key_groups`, `None` if the
     /// operator keeps no state or its state is unchanged since the last snapshot (the last
-    /// part is then reported again). `sinks`: outputs pre-committed since the last report.
-    /// `is_final`: the operator's input has ended.
+    /// part is then reported again, or uploaded again under this epoch if its upload
+    /// failed). `sinks`: outputs pre-committed since the last report. `is_final`: the
+    /// operator's input has ended.
     pub fn snapshot(
         &mut self,
         cap: timely::dataflow::operators::Capability<u64>,
@@ -368,8 +380,15 @@ impl Snapshotter {
             is_final,
             error: None,
         };
-        let mut ticket = None;
-        if let (Some(bytes), Some(store)) = (state, self.ctx.store()) {
+        let reupload = self
+            .last
+            .as_ref()
+            .filter(|l| self.failed.contains(&l.ticket))
+            .map(|l| l.bytes.clone());
+        let mut ticket = self.last.as_ref().map(|l| l.ticket);
+        if let (Some(bytes), Some(store)) =
+            (state.map(bytes::Bytes::from).or(reupload), self.ctx.store())
+        {
             let path = store.layout().part(
                 epoch,
                 &self.name,
@@ -384,7 +403,6 @@ impl Snapshotter {
                 size: bytes.len() as u64,
                 crc32: crc32(&bytes),
             };
-            self.last_part = Some(entry);
             self.seq += 1;
             let seq = self.seq;
             ticket = Some(seq);
@@ -393,9 +411,10 @@ impl Snapshotter {
             let activator = self.activator.clone();
             let timeout = Duration::from_millis(self.ctx.config().checkpoint_timeout_ms.max(1));
             let (name, worker) = (self.name.clone(), self.ctx.worker);
+            let upload = bytes.clone();
             self.ctx.runtime().spawn(async move {
                 crate::failpoint::hit("upload");
-                let put = store.put_part(path.clone(), &name, worker, key_groups, bytes);
+                let put = store.put_part(path.clone(), &name, worker, key_groups, upload);
                 let result = match tokio::time::timeout(timeout, put).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
@@ -406,8 +425,15 @@ impl Snapshotter {
                 done.lock().expect("poisoned").insert(seq, result);
                 let _ = activator.activate();
             });
+            self.last = Some(LastPart {
+                entry,
+                bytes,
+                ticket: seq,
+            });
         }
-        report.parts.extend(self.last_part.clone());
+        report
+            .parts
+            .extend(self.last.as_ref().map(|l| l.entry.clone()));
         self.queue.push_back(Pending {
             cap,
             report,
@@ -416,24 +442,48 @@ impl Snapshotter {
     }
 
     /// Emits every report whose parts are durable, in order. Call on every activation.
+    ///
+    /// A report whose part failed to upload (its own, or the earlier one it reuses)
+    /// carries the error, so that its checkpoint fails instead of referencing a missing
+    /// object; the next snapshot then uploads the state again.
     pub fn poll<F: FnMut(&timely::dataflow::operators::Capability<u64>, Report)>(
         &mut self,
         mut emit: F,
     ) {
         while let Some(front) = self.queue.front_mut() {
             if let Some(ticket) = front.ticket {
-                match self.done.lock().expect("poisoned").remove(&ticket) {
-                    None => return,
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(operator = %self.name, epoch = front.report.epoch, error = %e, "snapshot upload failed");
-                        front.report.error = Some(e);
+                if !self.failed.contains(&ticket) {
+                    match self.done.lock().expect("poisoned").get(&ticket) {
+                        None => return,
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(operator = %self.name, epoch = front.report.epoch, error = %e, "snapshot upload failed");
+                            self.failed.insert(ticket);
+                            front.report.error = Some(e.clone());
+                        }
                     }
+                } else {
+                    front.report.error = Some(format!(
+                        "it reuses a part whose upload failed (ticket {ticket})"
+                    ));
                 }
             }
             let Pending { cap, report, .. } = self.queue.pop_front().expect("front exists");
             emit(&cap, report);
         }
+        // Forget results nobody waits for anymore (the newest part's stays for reuse).
+        let keep = self.last.as_ref().map(|l| l.ticket);
+        let waiting: BTreeSet<u64> = self
+            .queue
+            .iter()
+            .filter_map(|p| p.ticket)
+            .chain(keep)
+            .collect();
+        self.done
+            .lock()
+            .expect("poisoned")
+            .retain(|t, _| waiting.contains(t));
+        self.failed.retain(|t| waiting.contains(t));
     }
 
     /// Whether every snapshot has been reported.

@@ -127,6 +127,9 @@ async fn run(
             crate::execute::die("checkpoint coordinator", &e);
         }
     };
+    // Whether the newest epoch closed so far ended committed; at the end of the input it
+    // must, or the job's last output would never become visible.
+    let mut last_committed: Option<(u64, bool)> = None;
     while let Some(closed) = rx.recv().await {
         let (epoch, parts, sinks) = match closed {
             Closed::Complete {
@@ -135,6 +138,7 @@ async fn run(
                 sinks,
             } => (epoch, parts, sinks),
             Closed::Skipped { epoch, missing } => {
+                last_committed = Some((epoch, false));
                 tracing::debug!(
                     epoch,
                     ?missing,
@@ -143,6 +147,7 @@ async fn run(
                 continue;
             }
             Closed::Failed { epoch, errors } => {
+                last_committed = Some((epoch, false));
                 fail(format!("checkpoint {epoch}: {}", errors.join("; ")));
                 continue;
             }
@@ -182,6 +187,7 @@ async fn run(
             sinks,
         };
         if let Err(e) = store.put_manifest(&manifest).await {
+            last_committed = Some((epoch, false));
             fail(format!("checkpoint {epoch}: {e}"));
             continue;
         }
@@ -215,6 +221,7 @@ async fn run(
                 );
             }
         }
+        last_committed = Some((epoch, true));
         match store.apply_retention(config.retain).await {
             Ok(deleted) if !deleted.is_empty() => {
                 tracing::debug!(?deleted, "retention deleted old checkpoints")
@@ -222,5 +229,11 @@ async fn run(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "retention failed; old checkpoints are kept"),
         }
+    }
+    if let Some((epoch, false)) = last_committed {
+        let e = RuntimeError::Dataflow(format!(
+            "the final checkpoint {epoch} did not complete, so the job's last output is not committed; a restart from the latest checkpoint finishes it"
+        ));
+        crate::execute::die("checkpoint coordinator", &e);
     }
 }
