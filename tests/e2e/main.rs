@@ -10,7 +10,9 @@
 mod harness;
 
 mod bad_input;
+mod cli;
 mod failpoints;
 mod kills;
+mod rescale;
 mod restore;
 mod standalone;
