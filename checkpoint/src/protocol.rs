@@ -236,9 +236,9 @@ impl Assembler {
 
     /// Records a report.
     pub fn add(&mut self, report: Report) {
-        if report.error.is_none() {
-            self.pending_sinks.extend(report.sinks.iter().cloned());
-        }
+        // Pre-committed output is owed to a later checkpoint even if the same report's
+        // state upload failed.
+        self.pending_sinks.extend(report.sinks.iter().cloned());
         self.labels.insert(report.epoch);
         let key = (report.operator.clone(), report.worker);
         if report.is_final && report.error.is_none() {

@@ -444,6 +444,27 @@ impl CheckpointStore {
         Ok(plan.delete)
     }
 
+    /// Takes every complete checkpoint newer than `epoch` out of the restorable history:
+    /// its manifest is renamed to `_ABANDONED_MANIFEST` (kept for inspection), its parts
+    /// are left for retention. Used when a job restores an older checkpoint, whose
+    /// recovery aborts the newer checkpoints' uncommitted output. Returns their epochs.
+    pub async fn abandon_newer_than(&self, epoch: u64) -> Result<Vec<u64>> {
+        let (complete, _) = self.list().await?;
+        let newer: Vec<u64> = complete.into_iter().filter(|e| *e > epoch).collect();
+        for e in &newer {
+            let from = self.layout.manifest(*e);
+            let to = Path::from(format!(
+                "{}/_ABANDONED_MANIFEST",
+                self.layout.checkpoint_dir(*e)
+            ));
+            match self.store.rename(&from, &to).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(err) => return Err(CheckpointError::storage("rename", &from, err)),
+            }
+        }
+        Ok(newer)
+    }
+
     /// Announces a generation, returning every generation announced so far (this one included).
     pub async fn announce_generation(&self, generation: u64) -> Result<Vec<u64>> {
         let path = self.layout.generation_marker(generation);
@@ -704,6 +725,17 @@ mod tests {
             .join(store.layout().checkpoint_dir(1).as_ref())
             .exists());
         assert_eq!(store.list().await.unwrap(), (vec![2], vec![2]));
+    }
+
+    #[tokio::test]
+    async fn restoring_an_older_checkpoint_abandons_the_newer_ones() {
+        let store = CheckpointStore::open("memory://", "job").unwrap();
+        for e in 1..=3 {
+            checkpoint(&store, e).await;
+        }
+        assert_eq!(store.abandon_newer_than(1).await.unwrap(), vec![2, 3]);
+        assert_eq!(store.list().await.unwrap().0, vec![1]);
+        assert!(store.abandon_newer_than(1).await.unwrap().is_empty());
     }
 
     #[tokio::test]

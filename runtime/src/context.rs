@@ -272,6 +272,21 @@ impl<'scope> Job<'scope> {
             if let Some(m) = ctx.restored() {
                 check_graph(m, &names)?;
             }
+            if let Some(store) = ctx.store() {
+                // Every process has read the markers and chosen its checkpoint by now: the
+                // cluster is connected. Announce this generation, so that older ones are
+                // fenced, and abandon checkpoints newer than the restored one, whose
+                // uncommitted output recovery is about to abort.
+                ctx.block_on(store.announce_generation(ctx.generation()))?;
+                let restored = ctx.restored().map_or(0, |m| m.epoch);
+                for epoch in ctx.block_on(store.abandon_newer_than(restored))? {
+                    tracing::warn!(
+                        epoch,
+                        restored,
+                        "checkpoint {epoch} is newer than the restored one and is abandoned"
+                    );
+                }
+            }
             crate::coordinator::recover_sinks(&ctx, &committers)?;
         }
         if !ctx.checkpointing() || reports.is_empty() {

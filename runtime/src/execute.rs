@@ -45,16 +45,24 @@ fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflig
     let store = CheckpointStore::open(&config.checkpoint_url, &config.job)?;
     rt.block_on(async {
         store.probe().await?;
+        // Generations only grow: a run never reuses the number of an earlier run of the
+        // job, even when a new `weir launch` starts counting at 0 again. Every process
+        // reads the same markers (the new generation is announced only once the cluster
+        // is connected), so they all agree.
+        let markers = store.generations().await?;
         let generation = match config.generation {
-            Some(g) => g,
             None if config.processes > 1 => {
                 return Err(RuntimeError::config("generation", "a multi-process job needs --generation (weir launch sets it)"));
             }
-            None => store.generations().await?.last().map_or(0, |g| g + 1),
+            None => markers.last().map_or(0, |g| g + 1),
+            Some(g) => match markers.last() {
+                Some(newest) if *newest >= g => {
+                    tracing::info!(requested = g, generation = newest + 1, "generation {g} already ran: continuing the numbering");
+                    newest + 1
+                }
+                _ => g,
+            },
         };
-        if config.process == 0 {
-            store.announce_generation(generation).await?;
-        }
         let (complete, all) = store.list().await?;
         let restored = match config.restore {
             None if !complete.is_empty() => {
@@ -73,7 +81,7 @@ fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflig
                 Ok(m) => Some(m),
                 // A restarted generation whose predecessor died before its first
                 // checkpoint starts from the beginning; leftovers are aborted.
-                Err(CheckpointError::NoCheckpoint { .. }) if generation > 0 && target == RestoreTarget::Latest && complete.is_empty() => {
+                Err(CheckpointError::NoCheckpoint { .. }) if config.generation.is_some_and(|g| g > 0) && target == RestoreTarget::Latest && complete.is_empty() => {
                     tracing::warn!(generation, "no checkpoint yet: the restarted job starts from the beginning");
                     None
                 }
