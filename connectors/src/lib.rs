@@ -6,8 +6,10 @@
 //! JSON-lines sink) and [`generator`] (a deterministic source for tests and benchmarks).
 #![deny(missing_docs)]
 
+pub mod error;
 pub mod files;
 pub mod generator;
 mod source;
 
+pub use error::ConnectorError;
 pub use source::SourceOptions;

@@ -55,6 +55,9 @@ pub enum RuntimeError {
         /// The newer generation seen.
         newer: u64,
     },
+    /// A source or sink failed (the connector's own error, with its context).
+    #[error(transparent)]
+    Connector(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// The timely cluster could not start or a worker failed.
     #[error("dataflow failed: {0}")]
     Dataflow(String),
@@ -67,7 +70,7 @@ impl RuntimeError {
         match self {
             RuntimeError::Config { .. } | RuntimeError::Mismatch { .. } => true,
             RuntimeError::Checkpoint(e) => !e.is_retryable(),
-            RuntimeError::Io { .. } => true,
+            RuntimeError::Io { .. } | RuntimeError::Connector(_) => true,
             _ => false,
         }
     }

@@ -20,6 +20,8 @@ use timely::dataflow::Stream;
 use weir_runtime::checkpoint::SinkEntry;
 use weir_runtime::{Committer, Job, PreCommitted, Result, RuntimeError, TwoPhaseSink};
 
+use crate::error::ConnectorError;
+
 /// Writes `stream` as JSON lines into `dir` through a two-phase commit.
 ///
 /// # Examples
@@ -68,9 +70,13 @@ impl FileCommitter {
     /// The committer of sink `name` writing into `dir`; creates `dir/.staging`.
     pub fn new(name: &str, dir: &Path) -> Result<Self> {
         let staging = dir.join(".staging");
-        std::fs::create_dir_all(&staging).map_err(|e| RuntimeError::Io {
-            operator: name.to_string(),
-            reason: format!("cannot create output directory {}: {e}", staging.display()),
+        std::fs::create_dir_all(&staging).map_err(|e| {
+            RuntimeError::from(ConnectorError::file(
+                name,
+                "create output directory",
+                &staging,
+                e,
+            ))
         })?;
         Ok(FileCommitter {
             name: name.to_string(),
@@ -100,11 +106,8 @@ impl FileCommitter {
         })
     }
 
-    fn io(&self, what: String, e: std::io::Error) -> RuntimeError {
-        RuntimeError::Io {
-            operator: self.name.clone(),
-            reason: format!("{what}: {e}"),
-        }
+    fn io(&self, action: &'static str, path: &Path, e: std::io::Error) -> RuntimeError {
+        ConnectorError::file(&self.name, action, path, e).into()
     }
 }
 
@@ -114,12 +117,11 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 impl Committer for FileCommitter {
     fn staged(&self) -> Result<Vec<SinkEntry>> {
-        let entries = std::fs::read_dir(&self.staging)
-            .map_err(|e| self.io(format!("cannot list {}", self.staging.display()), e))?;
+        let entries =
+            std::fs::read_dir(&self.staging).map_err(|e| self.io("list", &self.staging, e))?;
         let mut out = Vec::new();
         for entry in entries {
-            let entry =
-                entry.map_err(|e| self.io(format!("cannot list {}", self.staging.display()), e))?;
+            let entry = entry.map_err(|e| self.io("list", &self.staging, e))?;
             if let Some(parsed) = self.parse(&entry.file_name().to_string_lossy()) {
                 out.push(parsed);
             }
@@ -131,27 +133,21 @@ impl Committer for FileCommitter {
         let from = self.staging.join(&entry.handle);
         let to = self.dir.join(&entry.handle);
         match std::fs::rename(&from, &to) {
-            Ok(()) => sync_dir(&self.dir)
-                .map_err(|e| self.io(format!("cannot sync {}", self.dir.display()), e)),
+            Ok(()) => sync_dir(&self.dir).map_err(|e| self.io("sync", &self.dir, e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if to.exists() {
                     Ok(())
                 } else {
-                    Err(RuntimeError::Io {
-                        operator: self.name.clone(),
-                        reason: format!(
-                            "output of epoch {} is neither staged at {} nor committed at {}: it was deleted by hand or the output directory changed",
-                            entry.epoch,
-                            from.display(),
-                            to.display()
-                        ),
-                    })
+                    Err(ConnectorError::LostOutput {
+                        connector: self.name.clone(),
+                        epoch: entry.epoch,
+                        staged: from,
+                        committed: to,
+                    }
+                    .into())
                 }
             }
-            Err(e) => Err(self.io(
-                format!("cannot commit {} to {}", from.display(), to.display()),
-                e,
-            )),
+            Err(e) => Err(self.io("commit (rename into the output directory)", &from, e)),
         }
     }
 
@@ -160,7 +156,7 @@ impl Committer for FileCommitter {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.io(format!("cannot delete staged {}", path.display()), e)),
+            Err(e) => Err(self.io("delete staged output", &path, e)),
         }
     }
 }
@@ -182,10 +178,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for FileSink<D> {
                 .committer
                 .file_name(epoch, self.generation, self.worker);
             let path = self.committer.staging.join(&name);
-            let file = File::create(&path).map_err(|e| {
-                self.committer
-                    .io(format!("cannot create {}", path.display()), e)
-            })?;
+            let file = File::create(&path).map_err(|e| self.committer.io("create", &path, e))?;
             self.open
                 .insert(epoch, (name, BufWriter::with_capacity(1 << 16, file)));
         }
@@ -193,9 +186,9 @@ impl<D: Serialize + 'static> TwoPhaseSink for FileSink<D> {
         serde_json::to_writer(&mut *w, &record)
             .map_err(std::io::Error::other)
             .and_then(|_| w.write_all(b"\n"))
-            .map_err(|e| RuntimeError::Io {
-                operator: self.committer.name.clone(),
-                reason: format!("cannot write {name}: {e}"),
+            .map_err(|e| {
+                self.committer
+                    .io("write", &self.committer.staging.join(name.as_str()), e)
             })
     }
 
@@ -203,12 +196,12 @@ impl<D: Serialize + 'static> TwoPhaseSink for FileSink<D> {
         let Some((name, w)) = self.open.remove(&epoch) else {
             return Ok(None);
         };
-        let file = w.into_inner().map_err(|e| {
-            self.committer
-                .io(format!("cannot flush {name}"), e.into_error())
-        })?;
+        let path = self.committer.staging.join(&name);
+        let file = w
+            .into_inner()
+            .map_err(|e| self.committer.io("flush", &path, e.into_error()))?;
         file.sync_all()
-            .map_err(|e| self.committer.io(format!("cannot sync {name}"), e))?;
+            .map_err(|e| self.committer.io("sync", &path, e))?;
         Ok(Some(PreCommitted(SinkEntry {
             sink: self.committer.name.clone(),
             worker: self.worker,

@@ -12,7 +12,9 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use timely::dataflow::Stream;
-use weir_runtime::{Job, Result, RuntimeError};
+use weir_runtime::{Job, Result};
+
+use crate::error::ConnectorError;
 
 use crate::source::{source, Reader, SourceOptions};
 
@@ -49,12 +51,12 @@ pub fn read_lines<'s>(
     let ctx = job.ctx();
     let owned: Vec<(String, PathBuf)> = files.into_iter().filter(|(n, _)| ctx.owns(n)).collect();
     for (_, path) in &owned {
-        std::fs::File::open(path).map_err(|e| RuntimeError::Io {
-            operator: name.to_string(),
-            reason: format!(
-                "cannot open input file {}: {e}; check that it exists and is readable",
-                path.display()
-            ),
+        std::fs::File::open(path).map_err(|source| ConnectorError::File {
+            connector: name.to_string(),
+            action: "open input file",
+            path: path.clone(),
+            source,
+            hint: "; check that it exists and is readable",
         })?;
     }
     let reader = LineReader {
@@ -68,32 +70,32 @@ pub fn read_lines<'s>(
 }
 
 /// The regular files of `dir`, by name, sorted.
-fn list_files(name: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let io = |reason: String| RuntimeError::Io {
-        operator: name.to_string(),
-        reason,
-    };
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        io(format!(
-            "cannot read input directory {}: {e}; pass an existing directory with --input",
-            dir.display()
-        ))
+fn list_files(
+    name: &str,
+    dir: &Path,
+) -> std::result::Result<Vec<(String, PathBuf)>, ConnectorError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ConnectorError::File {
+        connector: name.to_string(),
+        action: "read input directory",
+        path: dir.to_path_buf(),
+        source,
+        hint: "; pass an existing directory with --input",
     })?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| io(format!("cannot list {}: {e}", dir.display())))?;
+        let entry = entry.map_err(|e| ConnectorError::file(name, "list", dir, e))?;
         let file_name = entry.file_name().to_string_lossy().into_owned();
         if file_name.starts_with('.') {
             continue;
         }
         let path = entry.path();
         let meta = std::fs::metadata(&path)
-            .map_err(|e| io(format!("cannot read input file {}: {e}", path.display())))?;
+            .map_err(|e| ConnectorError::file(name, "read input file", &path, e))?;
         if !meta.is_file() {
-            return Err(io(format!(
-                "input {} is not a regular file; the input directory must hold only files",
-                path.display()
-            )));
+            return Err(ConnectorError::NotAFile {
+                connector: name.to_string(),
+                path,
+            });
         }
         files.push((file_name, path));
     }
@@ -125,11 +127,11 @@ impl Reader for LineReader {
                 return Ok(false);
             };
             let offset = *positions.get(file_name).unwrap_or(&0);
-            let io = |e: std::io::Error| {
-                RuntimeError::Io {
-                operator: self.name.clone(),
-                reason: format!("cannot read {} at byte offset {offset}: {e} (input must be readable UTF-8 text)", path.display()),
-            }
+            let io = |source: std::io::Error| ConnectorError::Read {
+                connector: self.name.clone(),
+                path: path.clone(),
+                offset,
+                source,
             };
             if self.current.is_none() {
                 let mut file = std::fs::File::open(path).map_err(io)?;

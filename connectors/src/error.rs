@@ -1,0 +1,86 @@
+//! The error type of the connectors.
+
+use std::path::PathBuf;
+
+use weir_runtime::RuntimeError;
+
+/// Result alias for connector operations.
+pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
+
+/// What can go wrong in a source or sink. Every variant names the connector and the
+/// file at fault; all of them are permanent for the job (restarting does not fix a
+/// missing directory or a deleted output), so they stop `weir launch` from retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// A file or directory operation failed.
+    #[error("{connector}: cannot {action} {}: {source}{hint}", .path.display())]
+    File {
+        /// The source or sink name.
+        connector: String,
+        /// What was attempted ("open input file", "create", "sync", ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+        /// How to fix it, if there is an obvious way ("" otherwise).
+        hint: &'static str,
+    },
+    /// A line of input could not be read.
+    #[error("{connector}: cannot read {} at byte offset {offset}: {source} (input must be readable UTF-8 text)", .path.display())]
+    Read {
+        /// The source name.
+        connector: String,
+        /// The input file.
+        path: PathBuf,
+        /// Where in the file.
+        offset: u64,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The input directory holds something that is not a regular file.
+    #[error("{connector}: input {} is not a regular file; the input directory must hold only files", .path.display())]
+    NotAFile {
+        /// The source name.
+        connector: String,
+        /// The entry.
+        path: PathBuf,
+    },
+    /// Output that a checkpoint covers has vanished before it was committed.
+    #[error("{connector}: output of epoch {epoch} is neither staged at {} nor committed at {}: it was deleted by hand or the output directory changed", .staged.display(), .committed.display())]
+    LostOutput {
+        /// The sink name.
+        connector: String,
+        /// The epoch of the output.
+        epoch: u64,
+        /// Where it was staged.
+        staged: PathBuf,
+        /// Where it should be committed.
+        committed: PathBuf,
+    },
+}
+
+impl From<ConnectorError> for RuntimeError {
+    fn from(e: ConnectorError) -> Self {
+        RuntimeError::Connector(Box::new(e))
+    }
+}
+
+impl ConnectorError {
+    pub(crate) fn file(
+        connector: &str,
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        ConnectorError::File {
+            connector: connector.to_string(),
+            action,
+            path: path.into(),
+            source,
+            hint: "",
+        }
+    }
+}
