@@ -79,15 +79,30 @@ enum Checkpoints {
         /// The checkpoint's epoch.
         epoch: u64,
     },
-    /// Deletes one checkpoint, or all of the job's state with --all.
+    /// Deletes one checkpoint, a savepoint, or all of the job's state with --all.
     Delete {
         #[command(flatten)]
         target: Target,
         /// The checkpoint's epoch.
         epoch: Option<u64>,
-        /// Delete every checkpoint, generation marker and ledger of the job.
+        /// Delete this savepoint instead of a checkpoint.
+        #[arg(long, conflicts_with = "epoch")]
+        savepoint: Option<String>,
+        /// Delete every checkpoint, savepoint, generation marker and ledger of the job.
         #[arg(long)]
         all: bool,
+    },
+    /// Copies a complete checkpoint to a named savepoint, which retention never deletes;
+    /// restore it with `--restore savepoint:NAME`, at any number of workers.
+    Savepoint {
+        #[command(flatten)]
+        target: Target,
+        /// The savepoint's name.
+        #[arg(long)]
+        name: String,
+        /// The checkpoint to copy (default: the newest that verifies).
+        #[arg(long)]
+        epoch: Option<u64>,
     },
 }
 
@@ -122,21 +137,31 @@ fn checkpoints(cmd: Checkpoints) -> anyhow::Result<()> {
                         println!("{:>8}  {:>10}", epoch, "no manifest");
                     }
                 }
+                for name in store.list_savepoints().await? {
+                    match store.read_savepoint(&name).await {
+                        Ok(m) => println!("savepoint {name}: epoch {}, {} workers, generation {}, {} bytes, {} outputs", m.epoch, m.workers, m.generation, m.total_bytes(), m.sinks.len()),
+                        Err(e) => println!("savepoint {name}: unreadable: {e}"),
+                    }
+                }
             }
             Checkpoints::Show { target, epoch } => {
                 let store = CheckpointStore::open(&target.url, &target.job)?;
                 let m = store.read_manifest(epoch).await?;
                 println!("{}", serde_json::to_string_pretty(&m)?);
             }
-            Checkpoints::Delete { target, epoch, all } => {
+            Checkpoints::Delete { target, epoch, savepoint, all } => {
                 let store = CheckpointStore::open(&target.url, &target.job)?;
-                match (epoch, all) {
-                    (_, true) => store.delete_job().await?,
-                    (Some(e), false) => store.delete_checkpoint(e).await?,
-                    (None, false) => {
-                        anyhow::bail!("name a checkpoint epoch to delete, or pass --all")
-                    }
+                match (epoch, savepoint, all) {
+                    (_, _, true) => store.delete_job().await?,
+                    (Some(e), None, false) => store.delete_checkpoint(e).await?,
+                    (None, Some(name), false) => store.delete_savepoint(&name).await?,
+                    _ => anyhow::bail!("name a checkpoint epoch or a --savepoint to delete, or pass --all"),
                 }
+            }
+            Checkpoints::Savepoint { target, name, epoch } => {
+                let store = CheckpointStore::open(&target.url, &target.job)?;
+                let m = store.create_savepoint(&name, epoch).await?;
+                println!("savepoint {name}: copy of checkpoint {} ({} parts, {} bytes)", m.epoch, m.parts.len(), m.total_bytes());
             }
         }
         Ok(())

@@ -76,6 +76,14 @@ pub enum CheckpointError {
         /// The epoch asked for.
         epoch: u64,
     },
+    /// The requested savepoint does not exist.
+    #[error("savepoint `{name}` of job `{job}` does not exist; `weir checkpoints list` shows the savepoints")]
+    SavepointNotFound {
+        /// The job name.
+        job: String,
+        /// The savepoint asked for.
+        name: String,
+    },
     /// Every candidate checkpoint failed verification.
     #[error("no readable checkpoint of job `{job}`: {}", .tried.iter().map(|(e, r)| format!("chk-{e}: {r}")).collect::<Vec<_>>().join("; "))]
     NoReadableCheckpoint {

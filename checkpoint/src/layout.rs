@@ -3,6 +3,7 @@
 //! ```text
 //! <root>/<job>/chk-<epoch:020>/<operator>/<part>   state and source positions
 //! <root>/<job>/chk-<epoch:020>/_MANIFEST           written last; its existence completes the checkpoint
+//! <root>/<job>/savepoints/<name>/...                named copies of a checkpoint, kept until deleted by hand
 //! <root>/<job>/generations/<generation:010>         fencing markers, one per started generation
 //! <root>/<job>/ledger/<source>/<split>             at-most-once read positions
 //! ```
@@ -74,6 +75,26 @@ impl Layout {
         Path::from(format!("{}/generations/{generation:010}", self.job))
     }
 
+    /// The prefix holding every savepoint.
+    pub fn savepoints(&self) -> Path {
+        Path::from(format!("{}/savepoints", self.job))
+    }
+
+    /// The directory of savepoint `name`.
+    pub fn savepoint_dir(&self, name: &str) -> Path {
+        Path::from(format!("{}/savepoints/{name}", self.job))
+    }
+
+    /// A part of savepoint `name`.
+    pub fn savepoint_part(&self, name: &str, operator: &str, part: &str) -> Path {
+        Path::from(format!("{}/savepoints/{name}/{operator}/{part}", self.job))
+    }
+
+    /// The manifest of savepoint `name`.
+    pub fn savepoint_manifest(&self, name: &str) -> Path {
+        Path::from(format!("{}/savepoints/{name}/{MANIFEST}", self.job))
+    }
+
     /// The at-most-once read-position ledger of one split of a source.
     pub fn ledger(&self, source: &str, split: &str) -> Path {
         Path::from(format!("{}/ledger/{source}/{split}", self.job))
@@ -82,6 +103,20 @@ impl Layout {
     /// The prefix holding every ledger entry of a source.
     pub fn ledger_root(&self, source: &str) -> Path {
         Path::from(format!("{}/ledger/{source}", self.job))
+    }
+}
+
+/// Checks that a savepoint name is usable as one path segment.
+pub fn check_savepoint_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("savepoint name `{name}` must be non-empty, not start with `.`, and use only letters, digits, `-`, `_` and `.`"))
     }
 }
 

@@ -24,27 +24,31 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::{PartEntry, SinkEntry};
 
 /// Which checkpoint a job restores from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestoreTarget {
     /// The newest complete checkpoint that verifies; older ones are tried if it does not.
     Latest,
     /// Exactly this checkpoint.
     Epoch(u64),
+    /// The savepoint of this name.
+    Savepoint(String),
 }
 
 impl std::str::FromStr for RestoreTarget {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(name) = s.strip_prefix("savepoint:") {
+            return crate::layout::check_savepoint_name(name)
+                .map(|_| RestoreTarget::Savepoint(name.to_string()));
+        }
         match s {
             "latest" => Ok(RestoreTarget::Latest),
             other => other
                 .trim_start_matches("chk-")
                 .parse()
                 .map(RestoreTarget::Epoch)
-                .map_err(|_| {
-                    format!("restore target `{s}` is neither `latest` nor a checkpoint epoch")
-                }),
+                .map_err(|_| format!("restore target `{s}` is neither `latest`, a checkpoint epoch, nor `savepoint:NAME`")),
         }
     }
 }
@@ -53,7 +57,7 @@ impl std::str::FromStr for RestoreTarget {
 ///
 /// `complete` are the epochs that have a manifest, in any order. An empty result means
 /// there is nothing to restore from.
-pub fn restore_candidates(target: RestoreTarget, complete: &[u64]) -> Vec<u64> {
+pub fn restore_candidates(target: &RestoreTarget, complete: &[u64]) -> Vec<u64> {
     match target {
         RestoreTarget::Latest => {
             let mut c = complete.to_vec();
@@ -61,10 +65,11 @@ pub fn restore_candidates(target: RestoreTarget, complete: &[u64]) -> Vec<u64> {
             c.dedup();
             c
         }
+        RestoreTarget::Savepoint(_) => Vec::new(),
         RestoreTarget::Epoch(e) => complete
             .iter()
             .copied()
-            .filter(|c| *c == e)
+            .filter(|c| *c == *e)
             .take(1)
             .collect(),
     }
@@ -359,15 +364,15 @@ mod tests {
     #[test]
     fn latest_restore_tries_newest_first() {
         assert_eq!(
-            restore_candidates(RestoreTarget::Latest, &[3, 9, 5]),
+            restore_candidates(&RestoreTarget::Latest, &[3, 9, 5]),
             vec![9, 5, 3]
         );
         assert_eq!(
-            restore_candidates(RestoreTarget::Epoch(5), &[3, 9, 5]),
+            restore_candidates(&RestoreTarget::Epoch(5), &[3, 9, 5]),
             vec![5]
         );
-        assert!(restore_candidates(RestoreTarget::Epoch(4), &[3, 9, 5]).is_empty());
-        assert!(restore_candidates(RestoreTarget::Latest, &[]).is_empty());
+        assert!(restore_candidates(&RestoreTarget::Epoch(4), &[3, 9, 5]).is_empty());
+        assert!(restore_candidates(&RestoreTarget::Latest, &[]).is_empty());
     }
 
     #[test]
@@ -385,6 +390,11 @@ mod tests {
             RestoreTarget::Epoch(12)
         );
         assert!("newest".parse::<RestoreTarget>().is_err());
+        assert_eq!(
+            "savepoint:before-upgrade".parse::<RestoreTarget>().unwrap(),
+            RestoreTarget::Savepoint("before-upgrade".into())
+        );
+        assert!("savepoint:a/b".parse::<RestoreTarget>().is_err());
     }
 
     #[test]

@@ -340,7 +340,10 @@ impl CheckpointStore {
     /// verification is logged and skipped in favour of the previous complete one; the
     /// error lists every checkpoint tried when none verifies. A job name mismatch is
     /// never skipped.
-    pub async fn resolve_restore(&self, target: RestoreTarget) -> Result<Manifest> {
+    pub async fn resolve_restore(&self, target: &RestoreTarget) -> Result<Manifest> {
+        if let RestoreTarget::Savepoint(name) = target {
+            return self.read_savepoint(name).await;
+        }
         let (complete, _) = self.list().await?;
         let candidates = protocol::restore_candidates(target, &complete);
         if candidates.is_empty() {
@@ -349,9 +352,10 @@ impl CheckpointStore {
                     job: self.layout.job().to_string(),
                     url: self.url.clone(),
                 },
+                RestoreTarget::Savepoint(_) => unreachable!("handled above"),
                 RestoreTarget::Epoch(epoch) => CheckpointError::CheckpointNotFound {
                     job: self.layout.job().to_string(),
-                    epoch,
+                    epoch: *epoch,
                 },
             });
         }
@@ -463,6 +467,115 @@ impl CheckpointStore {
             }
         }
         Ok(newer)
+    }
+
+    /// Copies checkpoint `epoch` (the newest verified one if `None`) to savepoint `name`,
+    /// which retention never deletes. Fails if the savepoint exists.
+    pub async fn create_savepoint(&self, name: &str, epoch: Option<u64>) -> Result<Manifest> {
+        layout::check_savepoint_name(name).map_err(|reason| CheckpointError::InvalidUrl {
+            url: self.url.clone(),
+            reason,
+        })?;
+        let path = self.layout.savepoint_manifest(name);
+        match self.store.head(&path).await {
+            Ok(_) => {
+                return Err(CheckpointError::ManifestExists {
+                    path: path.to_string(),
+                })
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(CheckpointError::storage("head", &path, e)),
+        }
+        let target = epoch.map_or(RestoreTarget::Latest, RestoreTarget::Epoch);
+        let mut manifest = self.resolve_restore(&target).await?;
+        for part in &mut manifest.parts {
+            let from = Path::from(part.path.as_str());
+            let file = from.filename().unwrap_or("part").to_string();
+            let to = self.layout.savepoint_part(
+                name,
+                &part.operator,
+                &format!("w{}-{file}", part.worker),
+            );
+            self.store
+                .copy(&from, &to)
+                .await
+                .map_err(|e| CheckpointError::storage("copy", &from, e))?;
+            part.path = to.to_string();
+        }
+        let bytes = codec::encode_json("savepoint manifest", &manifest)?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(manifest),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                Err(CheckpointError::ManifestExists {
+                    path: path.to_string(),
+                })
+            }
+            Err(e) => Err(CheckpointError::storage("put", &path, e)),
+        }
+    }
+
+    /// Reads and verifies savepoint `name`.
+    pub async fn read_savepoint(&self, name: &str) -> Result<Manifest> {
+        let path = self.layout.savepoint_manifest(name);
+        let bytes = match self.get(&path).await {
+            Err(CheckpointError::Storage {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => {
+                return Err(CheckpointError::SavepointNotFound {
+                    job: self.layout.job().to_string(),
+                    name: name.to_string(),
+                })
+            }
+            other => other?,
+        };
+        let manifest: Manifest = codec::decode_json(path.as_ref(), &bytes)?;
+        if manifest.job != self.layout.job() {
+            return Err(CheckpointError::JobMismatch {
+                path: path.to_string(),
+                expected: self.layout.job().to_string(),
+                found: manifest.job,
+            });
+        }
+        for part in &manifest.parts {
+            self.get_part(part).await?;
+        }
+        Ok(manifest)
+    }
+
+    /// The names of the job's savepoints, sorted.
+    pub async fn list_savepoints(&self) -> Result<Vec<String>> {
+        let root = self.layout.savepoints();
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&root))
+            .await
+            .map_err(|e| CheckpointError::storage("list", &root, e))?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(String::from))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Deletes savepoint `name`.
+    pub async fn delete_savepoint(&self, name: &str) -> Result<()> {
+        layout::check_savepoint_name(name).map_err(|reason| CheckpointError::InvalidUrl {
+            url: self.url.clone(),
+            reason,
+        })?;
+        self.delete_prefix(&self.layout.savepoint_dir(name)).await
     }
 
     /// Announces a generation, returning every generation announced so far (this one included).
@@ -636,14 +749,14 @@ mod tests {
         std::fs::write(&file, bytes).unwrap();
         assert_eq!(
             store
-                .resolve_restore(RestoreTarget::Latest)
+                .resolve_restore(&RestoreTarget::Latest)
                 .await
                 .unwrap()
                 .epoch,
             1
         );
         let err = store
-            .resolve_restore(RestoreTarget::Epoch(2))
+            .resolve_restore(&RestoreTarget::Epoch(2))
             .await
             .unwrap_err()
             .to_string();
@@ -659,7 +772,7 @@ mod tests {
         let bytes = std::fs::read(&file).unwrap();
         std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
         let err = store
-            .resolve_restore(RestoreTarget::Latest)
+            .resolve_restore(&RestoreTarget::Latest)
             .await
             .unwrap_err()
             .to_string();
@@ -673,7 +786,7 @@ mod tests {
     async fn restore_without_checkpoint_is_a_clear_error() {
         let store = CheckpointStore::open("memory://", "job").unwrap();
         let err = store
-            .resolve_restore(RestoreTarget::Latest)
+            .resolve_restore(&RestoreTarget::Latest)
             .await
             .unwrap_err();
         assert!(matches!(err, CheckpointError::NoCheckpoint { .. }), "{err}");
@@ -692,7 +805,7 @@ mod tests {
             .await
             .unwrap();
         let err = store
-            .resolve_restore(RestoreTarget::Latest)
+            .resolve_restore(&RestoreTarget::Latest)
             .await
             .unwrap_err();
         assert!(matches!(err, CheckpointError::JobMismatch { .. }), "{err}");
@@ -736,6 +849,44 @@ mod tests {
         assert_eq!(store.abandon_newer_than(1).await.unwrap(), vec![2, 3]);
         assert_eq!(store.list().await.unwrap().0, vec![1]);
         assert!(store.abandon_newer_than(1).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_savepoint_outlives_its_checkpoint_and_restores() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        checkpoint(&store, 1).await;
+        checkpoint(&store, 2).await;
+        let sp = store
+            .create_savepoint("before-upgrade", None)
+            .await
+            .unwrap();
+        assert_eq!(sp.epoch, 2);
+        assert!(sp
+            .parts
+            .iter()
+            .all(|p| p.path.starts_with("job/savepoints/before-upgrade/")));
+        assert!(matches!(
+            store.create_savepoint("before-upgrade", Some(1)).await,
+            Err(CheckpointError::ManifestExists { .. })
+        ));
+        store.delete_checkpoint(2).await.unwrap();
+        store.delete_checkpoint(1).await.unwrap();
+        let back = store
+            .resolve_restore(&RestoreTarget::Savepoint("before-upgrade".into()))
+            .await
+            .unwrap();
+        assert_eq!(back, sp);
+        assert_eq!(
+            store.list_savepoints().await.unwrap(),
+            vec!["before-upgrade".to_string()]
+        );
+        store.delete_savepoint("before-upgrade").await.unwrap();
+        let err = store
+            .resolve_restore(&RestoreTarget::Savepoint("before-upgrade".into()))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("before-upgrade"), "{err}");
     }
 
     #[tokio::test]

@@ -64,7 +64,7 @@ fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflig
             },
         };
         let (complete, all) = store.list().await?;
-        let restored = match config.restore {
+        let restored = match &config.restore {
             None if !complete.is_empty() => {
                 return Err(RuntimeError::config(
                     "restore",
@@ -81,7 +81,7 @@ fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflig
                 Ok(m) => Some(m),
                 // A restarted generation whose predecessor died before its first
                 // checkpoint starts from the beginning; leftovers are aborted.
-                Err(CheckpointError::NoCheckpoint { .. }) if config.generation.is_some_and(|g| g > 0) && target == RestoreTarget::Latest && complete.is_empty() => {
+                Err(CheckpointError::NoCheckpoint { .. }) if config.generation.is_some_and(|g| g > 0) && *target == RestoreTarget::Latest && complete.is_empty() => {
                     tracing::warn!(generation, "no checkpoint yet: the restarted job starts from the beginning");
                     None
                 }

@@ -16,4 +16,5 @@ mod kills;
 mod relaunch;
 mod rescale;
 mod restore;
+mod savepoints;
 mod standalone;
