@@ -5,9 +5,11 @@
 //! also at another number of workers. One extension trait per file, named for its verb.
 #![deny(missing_docs)]
 
+pub mod count;
 mod keyed;
 pub mod reduce;
 pub mod stateful_map;
 
+pub use count::CountByKey;
 pub use reduce::ReduceByKey;
 pub use stateful_map::StatefulMap;

@@ -51,3 +51,39 @@ fn a_checkpoint_of_two_workers_restores_exactly_once_at_three_workers() {
 fn a_checkpoint_of_three_workers_restores_exactly_once_at_one_worker() {
     kill_then_restore_at("rescale-3-to-1", 0x5_0002, 3, 1, "before-manifest@4");
 }
+
+#[test]
+fn key_groups_are_fixed_at_the_first_start_and_bound_the_worker_count() {
+    let ws = Workspace::new("key-groups");
+    let corpus = input::generate(&ws.input, scenario::seed(0x5_0003), &InputSpec::small());
+    let base = JobArgs::new(&ws).interval_ms(50).set("--key-groups", 4);
+    let mut first = wordcount_command(
+        &base
+            .clone()
+            .workers(2)
+            .rate_limit(corpus.rate_limit_for(2, 2.0)),
+    );
+    first.env("WEIR_FAILPOINT", "after-manifest@3");
+    let killed = run_to_end(first, ws.log_paths("first"), Duration::from_secs(120));
+    assert_eq!(
+        killed.status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        tail(&killed.stderr, 20)
+    );
+
+    let changed = run_standalone(
+        &ws,
+        "changed",
+        &JobArgs::new(&ws)
+            .interval_ms(50)
+            .set("--key-groups", 8)
+            .restore("latest"),
+    );
+    changed.assert_clean_failure(&["written with 4 key groups", "--key-groups 4"]);
+    let too_many = run_standalone(&ws, "too-many", &base.clone().workers(5).restore("latest"));
+    too_many.assert_clean_failure(&["4 key groups", "5 workers"]);
+    let within = run_standalone(&ws, "within", &base.workers(4).restore("latest"));
+    within.assert_success();
+    check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
+}
