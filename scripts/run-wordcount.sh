@@ -8,7 +8,7 @@ cargo build --release --bins --examples
 mkdir -p demo/input
 if [ -z "$(ls -A demo/input)" ]; then
   for f in 0 1 2 3; do
-    awk -v seed="$f" 'BEGIN { srand(seed); for (i = 0; i < 20000; i++) { line = ""; for (j = 0; j < 8; j++) line = line " w" int(rand() * rand() * 1000); print line } }' > "demo/input/part-$f.txt"
+    awk -v seed="$f" 'BEGIN { srand(seed); for (i = 0; i < 200000; i++) { line = ""; for (j = 0; j < 8; j++) line = line " w" int(rand() * rand() * 1000); print line } }' > "demo/input/part-$f.txt"
   done
 fi
 rm -rf demo/output demo/checkpoints
