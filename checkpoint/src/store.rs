@@ -309,26 +309,31 @@ impl CheckpointStore {
             .list_with_delimiter(Some(&root))
             .await
             .map_err(|e| CheckpointError::storage("list", &root, e))?;
-        let mut all: Vec<u64> = listing
+        let mut dirs: Vec<u64> = listing
             .common_prefixes
             .iter()
             .filter_map(|p| p.filename().and_then(layout::parse_checkpoint_dir))
             .collect();
-        all.sort_unstable();
+        dirs.sort_unstable();
+        let mut all = Vec::new();
         let mut complete = Vec::new();
-        for epoch in &all {
-            let dir = self.layout.checkpoint_dir(*epoch);
-            let inner = self
+        for epoch in dirs {
+            let dir = self.layout.checkpoint_dir(epoch);
+            let objects: Vec<_> = self
                 .store
-                .list_with_delimiter(Some(&dir))
+                .list(Some(&dir))
+                .try_collect()
                 .await
                 .map_err(|e| CheckpointError::storage("list", &dir, e))?;
-            if inner
-                .objects
-                .iter()
-                .any(|o| o.location.filename() == Some(layout::MANIFEST))
-            {
-                complete.push(*epoch);
+            // Some stores (local directories, filer-backed S3 servers) keep empty
+            // directories after their objects are deleted: they are not checkpoints.
+            if objects.is_empty() {
+                continue;
+            }
+            all.push(epoch);
+            let manifest = self.layout.manifest(epoch);
+            if objects.iter().any(|o| o.location == manifest) {
+                complete.push(epoch);
             }
         }
         Ok((complete, all))

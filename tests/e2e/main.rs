@@ -16,5 +16,6 @@ mod kills;
 mod relaunch;
 mod rescale;
 mod restore;
+mod s3;
 mod savepoints;
 mod standalone;

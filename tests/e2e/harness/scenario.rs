@@ -44,6 +44,8 @@ pub struct Scenario {
     pub kills: usize,
     /// `WEIR_FAILPOINT`, which fires in generation 0; random kills then start in 1.
     pub failpoint: Option<&'static str>,
+    /// A checkpoint URL other than the workspace's local directory (e.g. `s3://...`).
+    pub checkpoint_url: Option<String>,
 }
 
 impl Scenario {
@@ -57,7 +59,14 @@ impl Scenario {
             delivery: Delivery::ExactlyOnce,
             kills: 0,
             failpoint: None,
+            checkpoint_url: None,
         }
+    }
+
+    /// Checkpoints to `url` instead of the workspace's local directory.
+    pub fn checkpoint_url(mut self, url: String) -> Self {
+        self.checkpoint_url = Some(url);
+        self
     }
 
     /// With `kills` random SIGKILLs.
@@ -98,10 +107,13 @@ pub fn run(s: &Scenario) -> ScenarioRun {
     let ws = Workspace::new(s.name);
     let corpus = input::generate(&ws.input, seed, &InputSpec::chaos());
     let rate = corpus.rate_limit_for(s.processes * s.workers, RUN_SECS);
-    let job = JobArgs::new(&ws)
+    let mut job = JobArgs::new(&ws)
         .interval_ms(INTERVAL_MS)
         .delivery(s.delivery)
         .rate_limit(rate);
+    if let Some(url) = &s.checkpoint_url {
+        job = job.set("--checkpoint-dir", url);
+    }
     let failpoint_restarts = usize::from(s.failpoint.is_some());
     let spec = LaunchSpec {
         processes: s.processes,
