@@ -244,7 +244,12 @@ impl CheckpointStore {
     ///
     /// This is the commit point of a checkpoint: it is complete once this returns `Ok`.
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
-        let path = self.layout.manifest(manifest.epoch);
+        self.create_manifest_at(&self.layout.manifest(manifest.epoch), manifest)
+            .await
+    }
+
+    /// Writes a manifest at `path` unless one exists there (atomic create-if-absent).
+    async fn create_manifest_at(&self, path: &Path, manifest: &Manifest) -> Result<()> {
         let bytes = codec::encode_json("manifest", manifest)?;
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -252,7 +257,7 @@ impl CheckpointStore {
         };
         match self
             .store
-            .put_opts(&path, PutPayload::from(bytes), opts)
+            .put_opts(path, PutPayload::from(bytes), opts)
             .await
         {
             Ok(_) => Ok(()),
@@ -262,23 +267,18 @@ impl CheckpointStore {
                     path: path.to_string(),
                 })
             }
-            Err(e) => Err(CheckpointError::storage("put", &path, e)),
+            Err(e) => Err(CheckpointError::storage("put", path, e)),
         }
     }
 
-    /// Reads and verifies the manifest of `epoch`.
-    pub async fn read_manifest(&self, epoch: u64) -> Result<Manifest> {
-        let path = self.layout.manifest(epoch);
-        let bytes = match self.get(&path).await {
+    /// Reads the manifest at `path` and checks that it belongs to this job; `None` if
+    /// there is none.
+    async fn read_manifest_at(&self, path: &Path) -> Result<Option<Manifest>> {
+        let bytes = match self.get(path).await {
             Err(CheckpointError::Storage {
                 source: object_store::Error::NotFound { .. },
                 ..
-            }) => {
-                return Err(CheckpointError::CheckpointNotFound {
-                    job: self.layout.job().to_string(),
-                    epoch,
-                })
-            }
+            }) => return Ok(None),
             other => other?,
         };
         let manifest: Manifest = codec::decode_json(path.as_ref(), &bytes)?;
@@ -289,6 +289,18 @@ impl CheckpointStore {
                 found: manifest.job,
             });
         }
+        Ok(Some(manifest))
+    }
+
+    /// Reads and verifies the manifest of `epoch`.
+    pub async fn read_manifest(&self, epoch: u64) -> Result<Manifest> {
+        let path = self.layout.manifest(epoch);
+        let manifest = self.read_manifest_at(&path).await?.ok_or_else(|| {
+            CheckpointError::CheckpointNotFound {
+                job: self.layout.job().to_string(),
+                epoch,
+            }
+        })?;
         if manifest.epoch != epoch {
             return Err(CheckpointError::Corrupt {
                 path: path.to_string(),
@@ -507,50 +519,19 @@ impl CheckpointStore {
                 .map_err(|e| CheckpointError::storage("copy", &from, e))?;
             part.path = to.to_string();
         }
-        let bytes = codec::encode_json("savepoint manifest", &manifest)?;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self
-            .store
-            .put_opts(&path, PutPayload::from(bytes), opts)
-            .await
-        {
-            Ok(_) => Ok(manifest),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => {
-                Err(CheckpointError::ManifestExists {
-                    path: path.to_string(),
-                })
-            }
-            Err(e) => Err(CheckpointError::storage("put", &path, e)),
-        }
+        self.create_manifest_at(&path, &manifest).await?;
+        Ok(manifest)
     }
 
     /// Reads and verifies savepoint `name`.
     pub async fn read_savepoint(&self, name: &str) -> Result<Manifest> {
-        let path = self.layout.savepoint_manifest(name);
-        let bytes = match self.get(&path).await {
-            Err(CheckpointError::Storage {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => {
-                return Err(CheckpointError::SavepointNotFound {
-                    job: self.layout.job().to_string(),
-                    name: name.to_string(),
-                })
-            }
-            other => other?,
-        };
-        let manifest: Manifest = codec::decode_json(path.as_ref(), &bytes)?;
-        if manifest.job != self.layout.job() {
-            return Err(CheckpointError::JobMismatch {
-                path: path.to_string(),
-                expected: self.layout.job().to_string(),
-                found: manifest.job,
-            });
-        }
+        let manifest = self
+            .read_manifest_at(&self.layout.savepoint_manifest(name))
+            .await?
+            .ok_or_else(|| CheckpointError::SavepointNotFound {
+                job: self.layout.job().to_string(),
+                name: name.to_string(),
+            })?;
         for part in &manifest.parts {
             self.get_part(part).await?;
         }

@@ -1,21 +1,10 @@
 //! `weir checkpoints list|show|delete` on the checkpoints of a finished job.
 
-use std::process::Command;
-use std::time::Duration;
-
-use crate::harness::bins;
 use crate::harness::checkpoints::complete_checkpoints;
 use crate::harness::input::{self, InputSpec};
-use crate::harness::job::{run_standalone, JobArgs};
-use crate::harness::process::{run_to_end, Finished};
+use crate::harness::job::{run_standalone, run_weir, JobArgs};
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
-
-fn weir(ws: &Workspace, name: &str, args: &[&str]) -> Finished {
-    let mut cmd = Command::new(bins::weir());
-    cmd.args(args);
-    run_to_end(cmd, ws.log_paths(name), Duration::from_secs(30))
-}
 
 #[test]
 fn checkpoints_can_be_listed_shown_and_deleted() {
@@ -33,7 +22,7 @@ fn checkpoints_can_be_listed_shown_and_deleted() {
         .expect("a complete checkpoint")
         .epoch;
 
-    let list = weir(
+    let list = run_weir(
         &ws,
         "list",
         &[&["checkpoints", "list"][..], &target].concat(),
@@ -52,7 +41,7 @@ fn checkpoints_can_be_listed_shown_and_deleted() {
     assert!(listed.contains("complete"), "{listed}");
 
     let epoch = newest.to_string();
-    let show = weir(
+    let show = run_weir(
         &ws,
         "show",
         &[&["checkpoints", "show"][..], &target, &[epoch.as_str()]].concat(),
@@ -64,7 +53,7 @@ fn checkpoints_can_be_listed_shown_and_deleted() {
     assert_eq!(manifest["job"], serde_json::json!("wordcount"));
     assert_eq!(manifest["workers"], serde_json::json!(2));
 
-    let delete = weir(
+    let delete = run_weir(
         &ws,
         "delete",
         &[&["checkpoints", "delete"][..], &target, &[epoch.as_str()]].concat(),
@@ -77,7 +66,7 @@ fn checkpoints_can_be_listed_shown_and_deleted() {
         "checkpoint {newest} should be gone after `weir checkpoints delete`"
     );
 
-    let all = weir(
+    let all = run_weir(
         &ws,
         "delete-all",
         &[&["checkpoints", "delete", "--all"][..], &target].concat(),
@@ -87,7 +76,7 @@ fn checkpoints_can_be_listed_shown_and_deleted() {
         complete_checkpoints(&ws.checkpoints, "wordcount").is_empty(),
         "--all should delete every checkpoint"
     );
-    let missing = weir(
+    let missing = run_weir(
         &ws,
         "show-missing",
         &[&["checkpoints", "show"][..], &target, &[epoch.as_str()]].concat(),

@@ -1,24 +1,16 @@
 //! Savepoints: a named copy of a checkpoint that retention never deletes, restorable at
 //! another number of workers.
 
-use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::bins;
 use crate::harness::checkpoints::complete_checkpoints;
 use crate::harness::checks::check_exactly_once;
 use crate::harness::input::{self, InputSpec};
-use crate::harness::job::{run_standalone, wordcount_command, JobArgs};
+use crate::harness::job::{run_standalone, run_weir, wordcount_command, JobArgs};
 use crate::harness::output::read_committed;
-use crate::harness::process::{run_to_end, tail, Finished};
+use crate::harness::process::{run_to_end, tail};
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
-
-fn weir(ws: &Workspace, name: &str, args: &[&str]) -> Finished {
-    let mut cmd = Command::new(bins::weir());
-    cmd.args(args);
-    run_to_end(cmd, ws.log_paths(name), Duration::from_secs(30))
-}
 
 #[test]
 fn a_savepoint_restores_exactly_once_at_another_worker_count_after_its_checkpoints_are_gone() {
@@ -42,7 +34,7 @@ fn a_savepoint_restores_exactly_once_at_another_worker_count_after_its_checkpoin
 
     let url = ws.checkpoint_url();
     let target = ["--checkpoint-dir", url.as_str(), "--job", "wordcount"];
-    let saved = weir(
+    let saved = run_weir(
         &ws,
         "savepoint",
         &[&["checkpoints", "savepoint", "--name", "mid"][..], &target].concat(),
@@ -65,7 +57,7 @@ fn a_savepoint_restores_exactly_once_at_another_worker_count_after_its_checkpoin
     restored.assert_success();
     check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
 
-    let list = weir(
+    let list = run_weir(
         &ws,
         "list",
         &[&["checkpoints", "list"][..], &target].concat(),

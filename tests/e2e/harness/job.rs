@@ -121,3 +121,10 @@ pub fn run_standalone(ws: &Workspace, name: &str, args: &JobArgs) -> Finished {
         STANDALONE_DEADLINE,
     )
 }
+
+/// Runs the `weir` command-line tool with `args` to its end.
+pub fn run_weir(ws: &Workspace, name: &str, args: &[&str]) -> Finished {
+    let mut cmd = Command::new(bins::weir());
+    cmd.args(args);
+    run_to_end(cmd, ws.log_paths(name), Duration::from_secs(30))
+}
