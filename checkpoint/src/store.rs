@@ -292,6 +292,15 @@ impl CheckpointStore {
         Ok(Some(manifest))
     }
 
+    /// Every object under `prefix`, recursively.
+    async fn list_objects(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| CheckpointError::storage("list", prefix, e))
+    }
+
     /// Reads and verifies the manifest of `epoch`.
     pub async fn read_manifest(&self, epoch: u64) -> Result<Manifest> {
         let path = self.layout.manifest(epoch);
@@ -331,12 +340,7 @@ impl CheckpointStore {
         let mut complete = Vec::new();
         for epoch in dirs {
             let dir = self.layout.checkpoint_dir(epoch);
-            let objects: Vec<_> = self
-                .store
-                .list(Some(&dir))
-                .try_collect()
-                .await
-                .map_err(|e| CheckpointError::storage("list", &dir, e))?;
+            let objects = self.list_objects(&dir).await?;
             // Some stores (local directories, filer-backed S3 servers) keep empty
             // directories after their objects are deleted: they are not checkpoints.
             if objects.is_empty() {
@@ -415,12 +419,7 @@ impl CheckpointStore {
     }
 
     async fn delete_prefix(&self, dir: &Path) -> Result<()> {
-        let objects: Vec<_> = self
-            .store
-            .list(Some(dir))
-            .try_collect()
-            .await
-            .map_err(|e| CheckpointError::storage("list", dir, e))?;
+        let objects = self.list_objects(dir).await?;
         // The manifest goes first, so that a half-deleted checkpoint is never complete.
         let (manifests, rest): (Vec<_>, Vec<_>) = objects
             .into_iter()
@@ -577,12 +576,7 @@ impl CheckpointStore {
     /// Every generation announced so far.
     pub async fn generations(&self) -> Result<Vec<u64>> {
         let root = self.layout.generations();
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&root))
-            .try_collect()
-            .await
-            .map_err(|e| CheckpointError::storage("list", &root, e))?;
+        let objects = self.list_objects(&root).await?;
         let mut gens: Vec<u64> = objects
             .iter()
             .filter_map(|o| {
@@ -611,12 +605,7 @@ impl CheckpointStore {
 
     /// Reads every object under a prefix, verified, as `(path, payload bytes)`.
     pub async fn read_prefix(&self, prefix: &Path) -> Result<Vec<(String, bytes::Bytes)>> {
-        let objects: Vec<_> = self
-            .store
-            .list(Some(prefix))
-            .try_collect()
-            .await
-            .map_err(|e| CheckpointError::storage("list", prefix, e))?;
+        let objects = self.list_objects(prefix).await?;
         let mut out = Vec::new();
         for o in objects {
             let bytes = self.get(&o.location).await?;
