@@ -1,21 +1,25 @@
-//! The engine under every keyed operator: per-key state in key groups, applied in epoch
-//! order, snapshotted when the frontier passes an epoch.
+//! The engine under every keyed operator: state partitioned into key groups, records
+//! applied in epoch order, a snapshot whenever the input frontier passes an epoch.
 //!
 //! ## Design
 //!
-//! Records are routed to the worker that owns their key's key group. Records of the
-//! oldest open epoch (the input frontier is exactly that epoch) are applied at once;
-//! records of later epochs wait in a buffer until every earlier epoch has closed, so
-//! that state always moves through epochs in order. When the frontier passes epochs,
-//! their buffered records are applied epoch by epoch, each closed epoch's changed keys
-//! are handed to `on_epoch`, and one snapshot (as of the newest closed epoch) is taken:
-//! encoded synchronously, uploaded in the background. If no record arrived since the
-//! previous snapshot, the previous part is reported again and nothing is uploaded.
+//! Records are routed to the worker that owns their key's key group (see
+//! [`Store::route`]). Records of the oldest open epoch (the input frontier is exactly
+//! that epoch) are applied at once; records of later epochs wait in a buffer until every
+//! earlier epoch has closed, so that state always moves through epochs in order. When
+//! the frontier passes epochs, their buffered records are applied epoch by epoch, each
+//! epoch that saw records is ended ([`Store::end_epoch`]), the store is told how far the
+//! input has closed ([`Store::close`]: windows fire, expired state goes), and one
+//! snapshot (as of the newest closed epoch) is taken: encoded synchronously, uploaded in
+//! the background. If nothing changed since the previous snapshot, the previous part is
+//! reported again and nothing is uploaded.
 //!
 //! Invariant: the snapshot for epoch `e` holds exactly the effect of the records of
-//! epochs `<= e`.
+//! epochs `<= e`, and every output a store emitted while closing epochs `<= e` carries a
+//! timestamp `<= e`; so after a restore from `e`, nothing emitted at `<= e` is emitted
+//! again and nothing emitted later is lost.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
@@ -27,30 +31,47 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 use weir_runtime::checkpoint::Report;
 use weir_runtime::keygroup;
-use weir_runtime::{encode_keyed, EpochTracker, Job, Result, Snapshotter};
+use weir_runtime::{encode_keyed, EpochTracker, Job, JobContext, Result, Snapshotter};
 
-/// Builds a keyed operator.
-///
-/// `on_record(key, state, value, out)` applies one record; `on_epoch(key, state, epoch, out)`
-/// is called once per key changed in an epoch, when that epoch closes.
-pub(crate) fn keyed<'s, K, V, S, O, R, E>(
-    stream: Stream<'s, u64, Vec<(K, V)>>,
+/// The state of one keyed operator on one worker.
+pub(crate) trait Store: 'static {
+    /// What records are routed by.
+    type Key: timely::ExchangeData + Hash;
+    /// What records carry besides their key.
+    type Value: timely::ExchangeData;
+    /// What the operator emits.
+    type Out: timely::ExchangeData;
+
+    /// The worker that receives a record with key `key`: by default the owner of its key
+    /// group.
+    fn route(key: &Self::Key, key_groups: u32, peers: usize) -> usize {
+        keygroup::owner(keygroup::key_group(key, key_groups), key_groups, peers)
+    }
+    /// Applies one record of `epoch`.
+    fn apply(&mut self, epoch: u64, key: Self::Key, value: Self::Value, out: &mut Vec<Self::Out>);
+    /// Ends `epoch`, which saw records; called in epoch order.
+    fn end_epoch(&mut self, _epoch: u64, _out: &mut Vec<Self::Out>) {}
+    /// The input has closed every epoch `<= epoch` (`is_final`: the input has ended).
+    /// Returns whether the state changed.
+    fn close(&mut self, _epoch: u64, _is_final: bool, _out: &mut Vec<Self::Out>) -> bool {
+        false
+    }
+    /// Encodes the state as a checkpoint part.
+    fn encode(&self, name: &str, key_groups: u32) -> Result<Vec<u8>>;
+}
+
+/// Records of one epoch, waiting for earlier epochs to close.
+type Batch<S> = Vec<(<S as Store>::Key, <S as Store>::Value)>;
+
+/// Builds a keyed operator around `store` (already restored by the caller).
+pub(crate) fn keyed<'s, S: Store>(
+    stream: crate::Records<'s, (S::Key, S::Value)>,
     job: &mut Job<'s>,
     name: &str,
-    mut on_record: R,
-    mut on_epoch: E,
-) -> Result<Stream<'s, u64, Vec<O>>>
-where
-    K: timely::ExchangeData + Hash + Eq + Clone,
-    V: timely::ExchangeData,
-    S: Default + Serialize + DeserializeOwned + 'static,
-    O: timely::ExchangeData,
-    R: FnMut(&K, &mut S, V, &mut Vec<O>) + 'static,
-    E: FnMut(&K, &S, u64, &mut Vec<O>) + 'static,
-{
+    mut store: S,
+) -> Result<Stream<'s, u64, Vec<S::Out>>> {
     job.claim_name(name)?;
     let ctx = job.ctx().clone();
-    let restored: Vec<(K, S)> = ctx.restore_keyed(name)?;
     let (n, peers) = (ctx.key_groups(), ctx.peers());
     let range = ctx.key_group_range();
     let checkpointing = ctx.checkpointing();
@@ -60,13 +81,11 @@ where
     let address = builder.operator_info().address;
     let mut input = builder.new_input(
         stream,
-        Exchange::new(move |(k, _): &(K, V)| {
-            keygroup::owner(keygroup::key_group(k, n), n, peers) as u64
-        }),
+        Exchange::new(move |(k, _): &(S::Key, S::Value)| S::route(k, n, peers) as u64),
     );
-    let (data_out, data) = builder.new_output::<Vec<O>>();
+    let (data_out, data) = builder.new_output::<Vec<S::Out>>();
     let (report_out, reports) = builder.new_output::<Vec<Report>>();
-    let mut data_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<O>>>::from(data_out);
+    let mut data_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<S::Out>>>::from(data_out);
     let mut report_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<Report>>>::from(report_out);
     let mut snapshotter = Snapshotter::new(&ctx, name, &address, job.scope().worker());
@@ -78,35 +97,11 @@ where
         // sources (at epoch 0) are accepted too.
         let mut data_cap = caps.pop();
         let mut tracker = EpochTracker::new(report_cap, first_epoch);
-        // State: value and the last epoch in which the key changed (`u64::MAX`: none yet).
-        let mut state: HashMap<K, (S, u64)> = restored
-            .into_iter()
-            .map(|(k, s)| (k, (s, u64::MAX)))
-            .collect();
-        let mut buffered: BTreeMap<u64, Vec<(K, V)>> = BTreeMap::new();
-        let mut dirty: BTreeMap<u64, Vec<K>> = BTreeMap::new();
+        let mut buffered: BTreeMap<u64, Batch<S>> = BTreeMap::new();
+        // Epochs that saw records and have not ended yet.
+        let mut seen: BTreeSet<u64> = BTreeSet::new();
         let mut changed = true;
-        let mut out: Vec<O> = Vec::new();
-
-        let mut apply = move |state: &mut HashMap<K, (S, u64)>,
-                              dirty: &mut BTreeMap<u64, Vec<K>>,
-                              epoch: u64,
-                              k: K,
-                              v: V,
-                              out: &mut Vec<O>| {
-            // Look up before inserting, so that a known key is not cloned.
-            let entry = match state.get_mut(&k) {
-                Some(entry) => entry,
-                None => state
-                    .entry(k.clone())
-                    .or_insert_with(|| (S::default(), u64::MAX)),
-            };
-            on_record(&k, &mut entry.0, v, out);
-            if entry.1 != epoch {
-                entry.1 = epoch;
-                dirty.entry(epoch).or_default().push(k);
-            }
-        };
+        let mut out: Vec<S::Out> = Vec::new();
 
         move |frontiers| {
             let frontier = &frontiers[0];
@@ -114,14 +109,12 @@ where
             let mut session_out = data_out.activate();
             // Close every epoch the frontier has passed, in order, before any record of a
             // later epoch is applied.
-            let mut closing: Vec<u64> = buffered
+            let closing: BTreeSet<u64> = buffered
                 .keys()
-                .chain(dirty.keys())
+                .chain(seen.iter())
                 .copied()
                 .filter(|e| !frontier.less_equal(e))
                 .collect();
-            closing.sort_unstable();
-            closing.dedup();
             for epoch in closing {
                 let c = data_cap
                     .as_ref()
@@ -129,12 +122,10 @@ where
                     .delayed(&epoch);
                 for (k, v) in buffered.remove(&epoch).unwrap_or_default() {
                     changed = true;
-                    apply(&mut state, &mut dirty, epoch, k, v, &mut out);
+                    store.apply(epoch, k, v, &mut out);
                 }
-                for k in dirty.remove(&epoch).unwrap_or_default() {
-                    let (s, _) = &state[&k];
-                    on_epoch(&k, s, epoch, &mut out);
-                }
+                seen.remove(&epoch);
+                store.end_epoch(epoch, &mut out);
                 if !out.is_empty() {
                     session_out.session(&c).give_iterator(out.drain(..));
                 }
@@ -142,10 +133,19 @@ where
             // The snapshot covers exactly the closed epochs: take it before records of
             // the oldest open epoch are applied below.
             if let Some(due) = tracker.advance(frontier) {
+                if let Some(c) = data_cap.as_ref() {
+                    if store.close(due.epoch, due.is_final, &mut out) {
+                        changed = true;
+                    }
+                    if !out.is_empty() {
+                        session_out
+                            .session(&c.delayed(&due.epoch))
+                            .give_iterator(out.drain(..));
+                    }
+                }
                 if checkpointing {
-                    let bytes = if changed {
-                        changed = false;
-                        match encode_keyed(&name, n, state.iter().map(|(k, (s, _))| (k, s))) {
+                    let bytes = if std::mem::take(&mut changed) {
+                        match store.encode(&name, n) {
                             Ok(b) => Some(b),
                             Err(e) => {
                                 weir_runtime::execute::die(&format!("snapshot of `{name}`"), &e)
@@ -162,8 +162,9 @@ where
                 tracker.saw(epoch);
                 if Some(epoch) == oldest {
                     changed = true;
+                    seen.insert(epoch);
                     for (k, v) in batch.drain(..) {
-                        apply(&mut state, &mut dirty, epoch, k, v, &mut out);
+                        store.apply(epoch, k, v, &mut out);
                     }
                     if !out.is_empty() {
                         let c = data_cap.as_ref().expect("open epoch").delayed(&epoch);
@@ -187,4 +188,158 @@ where
         job.register_reports(reports);
     }
     Ok(data)
+}
+
+/// How long per-key state lives after its key was last updated.
+///
+/// Expiry is checked when epochs close; an expired key's state is dropped and the key
+/// starts again from its default state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// State never expires.
+    Never,
+    /// State expires this many milliseconds (wall clock) after its key's last update.
+    /// Which records see expired state then depends on timing; the restored state keeps
+    /// its update times, so expiry resumes where it was.
+    ProcessingTime(u64),
+    /// State expires once this many epochs have closed without an update of its key:
+    /// deterministic, since epochs are what checkpoints are cut at.
+    Epochs(u64),
+}
+
+/// A key's state and when it was last updated.
+#[derive(Serialize, serde::Deserialize)]
+pub(crate) struct Entry<S> {
+    pub(crate) state: S,
+    /// Wall-clock milliseconds of the last update.
+    pub(crate) updated_ms: u64,
+    /// Epoch of the last update.
+    pub(crate) updated_epoch: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The plain per-key store: one state per key, `on_record` per record, `on_epoch` per
+/// key changed in an epoch, optional expiry.
+pub(crate) struct PerKey<K, V, S, O, R, E> {
+    state: HashMap<K, Entry<S>>,
+    dirty: BTreeMap<u64, Vec<K>>,
+    on_record: R,
+    on_epoch: E,
+    ttl: Ttl,
+    _marker: std::marker::PhantomData<fn(V) -> O>,
+}
+
+impl<K, V, S, O, R, E> PerKey<K, V, S, O, R, E>
+where
+    K: timely::ExchangeData + Hash + Eq + Clone,
+    S: Default + Serialize + DeserializeOwned + 'static,
+{
+    /// A store holding what `name` had in the restored checkpoint.
+    pub(crate) fn restore(
+        ctx: &JobContext,
+        name: &str,
+        ttl: Ttl,
+        on_record: R,
+        on_epoch: E,
+    ) -> Result<Self> {
+        let state = ctx
+            .restore_keyed::<K, Entry<S>>(name)?
+            .into_iter()
+            .collect();
+        Ok(PerKey {
+            state,
+            dirty: BTreeMap::new(),
+            on_record,
+            on_epoch,
+            ttl,
+            _marker: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<K, V, S, O, R, E> Store for PerKey<K, V, S, O, R, E>
+where
+    K: timely::ExchangeData + Hash + Eq + Clone,
+    V: timely::ExchangeData,
+    S: Default + Serialize + DeserializeOwned + 'static,
+    O: timely::ExchangeData,
+    R: FnMut(&K, &mut S, V, &mut Vec<O>) + 'static,
+    E: FnMut(&K, &S, u64, &mut Vec<O>) + 'static,
+{
+    type Key = K;
+    type Value = V;
+    type Out = O;
+
+    fn apply(&mut self, epoch: u64, k: K, v: V, out: &mut Vec<O>) {
+        // Look up before inserting, so that a known key is not cloned.
+        let entry = match self.state.get_mut(&k) {
+            Some(entry) => entry,
+            None => self.state.entry(k.clone()).or_insert_with(|| Entry {
+                state: S::default(),
+                updated_ms: 0,
+                updated_epoch: u64::MAX,
+            }),
+        };
+        (self.on_record)(&k, &mut entry.state, v, out);
+        if self.ttl != Ttl::Never {
+            entry.updated_ms = now_ms();
+        }
+        if entry.updated_epoch != epoch {
+            entry.updated_epoch = epoch;
+            self.dirty.entry(epoch).or_default().push(k);
+        }
+    }
+
+    fn end_epoch(&mut self, epoch: u64, out: &mut Vec<O>) {
+        for k in self.dirty.remove(&epoch).unwrap_or_default() {
+            (self.on_epoch)(&k, &self.state[&k].state, epoch, out);
+        }
+    }
+
+    fn close(&mut self, epoch: u64, _is_final: bool, _out: &mut Vec<O>) -> bool {
+        let before = self.state.len();
+        match self.ttl {
+            Ttl::Never => {}
+            Ttl::ProcessingTime(ms) => {
+                let now = now_ms();
+                self.state
+                    .retain(|_, e| e.updated_ms.saturating_add(ms) > now);
+            }
+            Ttl::Epochs(n) => self
+                .state
+                .retain(|_, e| e.updated_epoch.saturating_add(n) > epoch),
+        }
+        self.state.len() != before
+    }
+
+    fn encode(&self, name: &str, key_groups: u32) -> Result<Vec<u8>> {
+        encode_keyed(name, key_groups, self.state.iter())
+    }
+}
+
+/// Builds a plain per-key operator (see [`PerKey`]).
+pub(crate) fn per_key<'s, K, V, S, O, R, E>(
+    stream: Stream<'s, u64, Vec<(K, V)>>,
+    job: &mut Job<'s>,
+    name: &str,
+    ttl: Ttl,
+    on_record: R,
+    on_epoch: E,
+) -> Result<Stream<'s, u64, Vec<O>>>
+where
+    K: timely::ExchangeData + Hash + Eq + Clone,
+    V: timely::ExchangeData,
+    S: Default + Serialize + DeserializeOwned + 'static,
+    O: timely::ExchangeData,
+    R: FnMut(&K, &mut S, V, &mut Vec<O>) + 'static,
+    E: FnMut(&K, &S, u64, &mut Vec<O>) + 'static,
+{
+    let store = PerKey::restore(job.ctx(), name, ttl, on_record, on_epoch)?;
+    keyed(stream, job, name, store)
 }

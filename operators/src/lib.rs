@@ -3,13 +3,33 @@
 //! Every operator here keeps its state per key, partitioned into key groups, takes a
 //! snapshot when its input frontier passes an epoch, and restores it after a crash,
 //! also at another number of workers. One extension trait per file, named for its verb.
+//!
+//! - Keyed state: [`StatefulMap`], [`ReduceByKey`], [`CountByKey`], with optional
+//!   expiry ([`Ttl`]).
+//! - Event time: [`AssignEventTime`] gives records event time and watermarks tracked per
+//!   source split; [`Window`] (tumbling, sliding, session), [`Deduplicate`] and
+//!   [`IntervalJoin`] run on the resulting [`EventStream`].
+//! - [`DeduplicateProcessingTime`] and [`JoinTtl`] work on plain keyed streams.
 #![deny(missing_docs)]
 
 pub mod count;
+pub mod dedup;
+pub mod event_time;
+pub mod join;
 mod keyed;
 pub mod reduce;
 pub mod stateful_map;
+mod timed;
+pub mod window;
+
+/// A stream of records, timestamped with epochs.
+pub type Records<'s, D> = timely::dataflow::Stream<'s, u64, Vec<D>>;
 
 pub use count::CountByKey;
+pub use dedup::{Deduplicate, DeduplicateProcessingTime};
+pub use event_time::{AssignEventTime, EventStream, Mark, Rejected, Timed, WatermarkStrategy};
+pub use join::{IntervalJoin, JoinTtl, Side};
+pub use keyed::Ttl;
 pub use reduce::ReduceByKey;
 pub use stateful_map::StatefulMap;
+pub use window::{Fired, Late, Window, WindowKind, Windows};

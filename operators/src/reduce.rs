@@ -67,10 +67,11 @@ where
         S: Default + Clone + Serialize + DeserializeOwned + timely::ExchangeData,
         F: FnMut(&mut S, V) + 'static,
     {
-        crate::keyed::keyed(
+        crate::keyed::per_key(
             self,
             job,
             name,
+            crate::Ttl::Never,
             move |_k: &K, s: &mut S, v: V, _out: &mut Vec<(K, S, u64)>| fold(s, v),
             |k: &K, s: &S, epoch: u64, out: &mut Vec<(K, S, u64)>| {
                 out.push((k.clone(), s.clone(), epoch))

@@ -154,6 +154,18 @@ impl JobContext {
         K: DeserializeOwned,
         S: DeserializeOwned,
     {
+        Ok(self
+            .restore_groups::<Vec<(K, S)>>(name)?
+            .into_iter()
+            .flat_map(|(_, entries)| entries)
+            .collect())
+    }
+
+    /// Reads the key groups this worker owns of operator `name` from the restored
+    /// checkpoint: one value per key group, as written by [`encode_groups`].
+    ///
+    /// Returns an empty vector on a fresh start.
+    pub fn restore_groups<T: DeserializeOwned>(&self, name: &str) -> Result<Vec<(u32, T)>> {
         let (Some(manifest), Some(store)) = (self.restored(), self.store()) else {
             return Ok(Vec::new());
         };
@@ -164,12 +176,8 @@ impl JobContext {
                 continue;
             }
             let part = self.block_on(store.get_part(entry))?;
-            let groups: Vec<(u32, Vec<(K, S)>)> = codec::decode(&entry.path, &part.bytes)?;
-            for (group, entries) in groups {
-                if group >= lo && group < hi {
-                    out.extend(entries);
-                }
-            }
+            let groups: Vec<(u32, T)> = codec::decode(&entry.path, &part.bytes)?;
+            out.extend(groups.into_iter().filter(|(g, _)| *g >= lo && *g < hi));
         }
         Ok(out)
     }
@@ -189,7 +197,16 @@ where
             .or_default()
             .push((k, s));
     }
-    let groups: Vec<(u32, Vec<(&K, &S)>)> = groups.into_iter().collect();
+    encode_groups(name, groups)
+}
+
+/// Encodes a checkpoint part made of one value per key group, for operators whose state
+/// is not a plain map from key to value; [`JobContext::restore_groups`] reads it back.
+pub fn encode_groups<T: Serialize>(
+    name: &str,
+    groups: impl IntoIterator<Item = (u32, T)>,
+) -> Result<Vec<u8>> {
+    let groups: Vec<(u32, T)> = groups.into_iter().collect();
     Ok(codec::encode(name, &groups)?)
 }
 

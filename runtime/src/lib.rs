@@ -21,7 +21,9 @@ pub mod launch;
 pub mod sink;
 
 pub use config::{Delivery, JobArgs, JobConfig};
-pub use context::{encode_keyed, EpochClock, EpochTracker, Job, JobContext, Snapshotter};
+pub use context::{
+    encode_groups, encode_keyed, EpochClock, EpochTracker, Job, JobContext, Snapshotter,
+};
 pub use error::{Result, RuntimeError};
 pub use execute::run;
 pub use sink::{Committer, PreCommitted, TwoPhaseSink};

@@ -1,0 +1,269 @@
+//! `deduplicate`: forwards the first record of each key and drops its repeats for a
+//! window of event time (or processing time), with memory bounded by the window.
+//!
+//! ## Semantics and memory
+//!
+//! Keys are remembered as 64-bit hashes (a stable FNV-1a hash of the key), never as the
+//! key itself, so a key costs the same whatever its size: about 10 to 20 bytes in memory
+//! (an 8-byte hash in an open-addressing set) and 16 bytes in a checkpoint. The price is
+//! that two different keys with the same hash count as one: among `n` keys remembered at
+//! once, the chance of any such collision is about `n² / 2⁶⁵` (1 in 37 million for a
+//! million keys); a colliding record is dropped as a repeat.
+//!
+//! Event time is cut into slots of `window / 8`; a key is remembered in the slot of its
+//! first record, and a slot is forgotten when the watermark passes its end plus
+//! `window`. So a repeat whose event time is within `window` of the first record is
+//! always dropped (when the source respects its out-of-orderness bound), and a repeat
+//! more than `window + window / 8` later is forwarded once the watermark has passed.
+//! Records late by their split's watermark by more than `window` cannot be checked and
+//! go to the late output.
+//!
+//! Which copy of a repeated key is forwarded is the first one to reach the operator;
+//! copies from different splits may arrive in either order.
+//!
+//! With processing time, the clock is the wall clock when the record is applied, and
+//! slots are forgotten as it passes; that is not reproducible across restores, but the
+//! remembered keys are checkpointed, so a restore still drops repeats of keys seen
+//! before the checkpoint.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::Hash;
+
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::Stream;
+use weir_runtime::{keygroup, Job, Result};
+
+use crate::event_time::{EventStream, Timed};
+use crate::keyed::{keyed, now_ms};
+use crate::timed::{Logic, Route, TimedStore};
+use crate::window::Late;
+
+/// Slots per window.
+const SLOTS: u64 = 8;
+
+/// Drops repeated keys.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::{Capture, ToStream};
+/// use timely::dataflow::operators::capture::Extract;
+/// use weir_operators::{AssignEventTime, Deduplicate, WatermarkStrategy};
+///
+/// let (send, recv) = std::sync::mpsc::channel();
+/// let send = std::sync::Mutex::new(send);
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-dedup"), move |job| {
+///     // (id, event time): id 7 is sent twice.
+///     let events = vec![(7u64, 100u64), (8, 101), (7, 102)].to_stream(job.scope());
+///     let (events, _) = events.assign_event_time(
+///         job, "clock", vec![0u8], |_| 0u8, |e: &(u64, u64)| Ok(e.1), WatermarkStrategy::bounded(10),
+///     )?;
+///     let (unique, _late) = events.deduplicate(job, "dedup", |e: &(u64, u64)| e.0, 1_000)?;
+///     unique.capture_into(send.lock().unwrap().clone());
+///     Ok(())
+/// }).unwrap();
+/// let mut ids: Vec<u64> = recv.extract().into_iter().flat_map(|(_, v)| v).map(|t| t.data.0).collect();
+/// ids.sort();
+/// assert_eq!(ids, vec![7, 8]);
+/// ```
+pub trait Deduplicate<'s, D> {
+    /// Forwards the first record of each `key` and drops repeats for `window` of event
+    /// time. Returns the forwarded records and the late ones. `name` must be unique.
+    #[allow(clippy::type_complexity)]
+    fn deduplicate<K, FK>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        key: FK,
+        window: u64,
+    ) -> Result<(
+        Stream<'s, u64, Vec<Timed<D>>>,
+        Stream<'s, u64, Vec<Late<D>>>,
+    )>
+    where
+        K: Hash,
+        FK: Fn(&D) -> K + 'static;
+}
+
+/// Drops repeated keys within a window of processing time, for streams without event
+/// time (for example behind an at-least-once source).
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::{Capture, ToStream};
+/// use timely::dataflow::operators::capture::Extract;
+/// use weir_operators::DeduplicateProcessingTime;
+///
+/// let (send, recv) = std::sync::mpsc::channel();
+/// let send = std::sync::Mutex::new(send);
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-dedup-pt"), move |job| {
+///     let ids = vec![1u64, 2, 1, 3, 2].to_stream(job.scope());
+///     let unique = ids.deduplicate_processing_time(job, "dedup", |id: &u64| *id, std::time::Duration::from_secs(60))?;
+///     unique.capture_into(send.lock().unwrap().clone());
+///     Ok(())
+/// }).unwrap();
+/// let mut ids: Vec<u64> = recv.extract().into_iter().flat_map(|(_, v)| v).collect();
+/// ids.sort();
+/// assert_eq!(ids, vec![1, 2, 3]);
+/// ```
+pub trait DeduplicateProcessingTime<'s, D> {
+    /// Forwards the first record of each `key` and drops repeats for `window` of wall
+    /// clock time. `name` must be unique.
+    fn deduplicate_processing_time<K, FK>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        key: FK,
+        window: std::time::Duration,
+    ) -> Result<Stream<'s, u64, Vec<D>>>
+    where
+        K: Hash,
+        FK: Fn(&D) -> K + 'static;
+}
+
+impl<'s, D: timely::ExchangeData> Deduplicate<'s, D> for EventStream<'s, D> {
+    fn deduplicate<K, FK>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        key: FK,
+        window: u64,
+    ) -> Result<(
+        Stream<'s, u64, Vec<Timed<D>>>,
+        Stream<'s, u64, Vec<Late<D>>>,
+    )>
+    where
+        K: Hash,
+        FK: Fn(&D) -> K + 'static,
+    {
+        let senders = self.senders;
+        let input = self.keyed_input(move |d| keygroup::stable_hash(&key(d)), 0, |d| d);
+        let logic = DedupLogic::new(window, false);
+        let store = TimedStore::restore(job.ctx(), name, senders, logic)?;
+        let out = keyed(input, job, name, store)?;
+        Ok(crate::timed::split(out, |o| o))
+    }
+}
+
+impl<'s, D: timely::ExchangeData> DeduplicateProcessingTime<'s, D> for Stream<'s, u64, Vec<D>> {
+    fn deduplicate_processing_time<K, FK>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        key: FK,
+        window: std::time::Duration,
+    ) -> Result<Stream<'s, u64, Vec<D>>>
+    where
+        K: Hash,
+        FK: Fn(&D) -> K + 'static,
+    {
+        let input = self.map(move |d| {
+            (
+                Route::Key(keygroup::stable_hash(&key(&d))),
+                crate::timed::Input::Record {
+                    ts: 0,
+                    split_wm: 0,
+                    value: d,
+                },
+            )
+        });
+        let logic = DedupLogic::new(window.as_millis() as u64, true);
+        let store = TimedStore::restore(job.ctx(), name, 0, logic)?.on_processing_time();
+        let out = keyed(input, job, name, store)?;
+        Ok(out.flat_map(|o: std::result::Result<Timed<D>, Late<D>>| o.ok().map(|t| t.data)))
+    }
+}
+
+/// Remembered key hashes, by slot.
+struct DedupLogic<D> {
+    window: u64,
+    slot: u64,
+    processing_time: bool,
+    slots: BTreeMap<u64, HashSet<u64>>,
+    _marker: std::marker::PhantomData<fn(D)>,
+}
+
+impl<D> DedupLogic<D> {
+    fn new(window: u64, processing_time: bool) -> Self {
+        let window = window.max(1);
+        DedupLogic {
+            window,
+            slot: (window / SLOTS).max(1),
+            processing_time,
+            slots: BTreeMap::new(),
+            _marker: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<D: timely::ExchangeData> Logic for DedupLogic<D> {
+    type Key = u64;
+    type Value = D;
+    type Out = std::result::Result<Timed<D>, Late<D>>;
+    /// (hash, slot)
+    type Entry = (u64, u64);
+
+    fn apply(
+        &mut self,
+        _epoch: u64,
+        hash: u64,
+        ts: u64,
+        split_wm: u64,
+        fired: u64,
+        data: D,
+        out: &mut Vec<Self::Out>,
+    ) {
+        let ts = if self.processing_time { now_ms() } else { ts };
+        if !self.processing_time && ts.saturating_add(self.window) <= split_wm.max(fired) {
+            out.push(Err(Late {
+                record: Timed { ts, split_wm, data },
+                reason: format!(
+                    "event time {ts} is more than the deduplication window {} behind the watermark {}",
+                    self.window,
+                    split_wm.max(fired)
+                ),
+            }));
+            return;
+        }
+        if self.slots.values().any(|s| s.contains(&hash)) {
+            return;
+        }
+        self.slots.entry(ts / self.slot).or_default().insert(hash);
+        out.push(Ok(Timed { ts, split_wm, data }));
+    }
+
+    fn advance(&mut self, wm: u64, _out: &mut Vec<Self::Out>) {
+        let wm = if self.processing_time { now_ms() } else { wm };
+        // Slot `s` ends at (s + 1) * slot; it is forgotten once wm >= end + window.
+        while let Some((&s, _)) = self.slots.first_key_value() {
+            if (s + 1)
+                .saturating_mul(self.slot)
+                .saturating_add(self.window)
+                > wm
+            {
+                break;
+            }
+            self.slots.pop_first();
+        }
+    }
+
+    fn entries(&self, key_groups: u32) -> BTreeMap<u32, Vec<Self::Entry>> {
+        let mut groups: BTreeMap<u32, Vec<Self::Entry>> = BTreeMap::new();
+        for (slot, hashes) in &self.slots {
+            for h in hashes {
+                groups
+                    .entry(crate::timed::group_of(h, key_groups))
+                    .or_default()
+                    .push((*h, *slot));
+            }
+        }
+        groups
+    }
+
+    fn restore(&mut self, entries: Vec<Self::Entry>) {
+        for (h, slot) in entries {
+            self.slots.entry(slot).or_default().insert(h);
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! `assign_event_time`: event time and watermarks, tracked per source split and stored
+//! in checkpoints.
+//!
+//! ## Semantics
+//!
+//! Every record gets an event time from a timestamp extractor; a record without one goes
+//! to a side output with the extractor's reason. Each split (file, partition, generator
+//! slice) has a watermark: the largest event time seen in it minus the allowed
+//! out-of-orderness. A worker's watermark is the least over the splits it owns, and the
+//! job's watermark (what windows fire on) is the least over the workers, carried to every
+//! worker as [`Mark`]s at the end of each epoch.
+//!
+//! Every record also carries its split's watermark from just before it was read. Whether
+//! a record is late is decided against that value, not against whatever the job's
+//! watermark happens to be when the record arrives: so the same input gives the same
+//! output however the run is timed, killed, restored or rescaled. Because the job's
+//! watermark never exceeds a split's, a record that is not late by its own split always
+//! finds its window still open.
+//!
+//! The largest event time per split is checkpointed; after a restore, watermarks resume
+//! exactly where the checkpoint left them, also at another number of workers.
+//!
+//! Idle splits: with an idle timeout, a split that has produced nothing for that long (in
+//! processing time) no longer holds the watermark back, and a worker whose splits are all
+//! idle is left out of the job's watermark. That makes progress depend on timing, so a
+//! record from a split that was idle may find its window already fired; it then goes to
+//! the late output with that reason. Without an idle timeout, a split that never produces
+//! holds the watermark at zero until the input ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::Stream;
+use weir_runtime::{encode_keyed, keygroup, Job, Result};
+
+use crate::keyed::{keyed, Store};
+
+/// A record with its event time.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timed<D> {
+    /// Event time (milliseconds, or any unit the job uses consistently).
+    pub ts: u64,
+    /// The watermark of the record's split just before the record was read.
+    pub split_wm: u64,
+    /// The record.
+    pub data: D,
+}
+
+/// A watermark report: sender `from` has reached event time `wm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// The reporting instance (a worker of an event-time assigner).
+    pub from: usize,
+    /// Its watermark.
+    pub wm: u64,
+    /// It has only idle splits and is left out of the job's watermark.
+    pub idle: bool,
+}
+
+/// A record that could not be given an event time, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Rejected<D> {
+    /// The record.
+    pub data: D,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// A stream of timestamped records with its watermarks.
+pub struct EventStream<'s, D> {
+    /// The records.
+    pub records: Stream<'s, u64, Vec<Timed<D>>>,
+    /// Watermark reports, from `senders` instances numbered `0..senders`.
+    pub watermarks: Stream<'s, u64, Vec<Mark>>,
+    /// How many instances report watermarks.
+    pub senders: usize,
+}
+
+impl<'s, D: timely::ExchangeData> EventStream<'s, D> {
+    /// Maps every record, keeping its event time.
+    pub fn map<D2: timely::ExchangeData, F: Fn(D) -> D2 + 'static>(
+        self,
+        f: F,
+    ) -> EventStream<'s, D2> {
+        EventStream {
+            records: self.records.map(move |t| Timed {
+                ts: t.ts,
+                split_wm: t.split_wm,
+                data: f(t.data),
+            }),
+            watermarks: self.watermarks,
+            senders: self.senders,
+        }
+    }
+
+    /// Keeps the records for which `f` is true.
+    pub fn filter<F: Fn(&D) -> bool + 'static>(self, f: F) -> EventStream<'s, D> {
+        EventStream {
+            records: self
+                .records
+                .flat_map(move |t| if f(&t.data) { Some(t) } else { None }),
+            watermarks: self.watermarks,
+            senders: self.senders,
+        }
+    }
+
+    /// The records and watermarks as the input of a keyed event-time operator: records
+    /// keyed by `key`, watermark reports sent to every worker, sender numbers shifted by
+    /// `offset` (so that two event streams can feed one operator).
+    pub(crate) fn keyed_input<K, V, FK>(
+        self,
+        key: FK,
+        offset: usize,
+        wrap: impl Fn(D) -> V + 'static,
+    ) -> crate::Records<'s, (crate::timed::Route<K>, crate::timed::Input<V>)>
+    where
+        K: timely::ExchangeData + Hash,
+        V: timely::ExchangeData,
+        FK: Fn(&D) -> K + 'static,
+    {
+        use crate::timed::{Input, Route};
+        let peers = self.records.scope().peers();
+        let records = self.records.map(move |t| {
+            (
+                Route::Key(key(&t.data)),
+                Input::Record {
+                    ts: t.ts,
+                    split_wm: t.split_wm,
+                    value: wrap(t.data),
+                },
+            )
+        });
+        let marks = self.watermarks.flat_map(move |m| {
+            let m = Mark {
+                from: m.from + offset,
+                ..m
+            };
+            (0..peers).map(move |to| (Route::To(to), Input::Mark(m)))
+        });
+        records.concat(marks)
+    }
+}
+
+/// How watermarks follow event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkStrategy {
+    /// How far (in event time) a record may lag the largest event time of its split
+    /// without being late.
+    pub max_out_of_orderness: u64,
+    /// A split that produced nothing for this long stops holding the watermark back.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl WatermarkStrategy {
+    /// Bounded out-of-orderness, no idle timeout.
+    pub fn bounded(max_out_of_orderness: u64) -> Self {
+        WatermarkStrategy {
+            max_out_of_orderness,
+            idle_timeout: None,
+        }
+    }
+}
+
+/// Gives records event time and watermarks.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::{Capture, ToStream};
+/// use timely::dataflow::operators::capture::Extract;
+/// use weir_operators::{AssignEventTime, WatermarkStrategy};
+///
+/// let (send, recv) = std::sync::mpsc::channel();
+/// let send = std::sync::Mutex::new(send);
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-event-time"), move |job| {
+///     // Records are "split:timestamp"; the second one has no timestamp.
+///     let lines = vec!["a:10".to_string(), "a:oops".to_string(), "a:30".to_string()].to_stream(job.scope());
+///     let (events, rejected) = lines.assign_event_time(
+///         job,
+///         "event-time",
+///         vec!["a".to_string()],
+///         |line: &String| line.split(':').next().unwrap_or("").to_string(),
+///         |line: &String| line.split(':').nth(1).unwrap_or("").parse::<u64>().map_err(|e| format!("bad timestamp: {e}")),
+///         WatermarkStrategy::bounded(5),
+///     )?;
+///     events.records.map(|t| (t.ts, t.split_wm)).capture_into(send.lock().unwrap().clone());
+///     rejected.map(|r| (0, r.reason.len() as u64)).capture_into(send.lock().unwrap().clone());
+///     Ok(())
+/// }).unwrap();
+/// let mut out: Vec<(u64, u64)> = recv.extract().into_iter().flat_map(|(_, v)| v).collect();
+/// out.sort();
+/// // One rejected record (the reason is not empty); 30 was read when split `a` was at 10 - 5.
+/// assert_eq!(out.len(), 3);
+/// assert!(out[0].0 == 0 && out[0].1 > 0);
+/// assert_eq!(&out[1..], &[(10, 0), (30, 5)]);
+/// # use timely::dataflow::operators::vec::Map;
+/// ```
+pub trait AssignEventTime<'s, D> {
+    /// Assigns event time with `timestamp` and tracks watermarks per split.
+    ///
+    /// `splits` lists every split of the source; `split_of` says which split a record
+    /// came from. Returns the event stream and the records `timestamp` rejected.
+    /// `name` must be unique in the job; the watermarks are checkpointed under it.
+    fn assign_event_time<P, FS, FT>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        splits: Vec<P>,
+        split_of: FS,
+        timestamp: FT,
+        strategy: WatermarkStrategy,
+    ) -> Result<(EventStream<'s, D>, crate::Records<'s, Rejected<D>>)>
+    where
+        P: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
+        FS: Fn(&D) -> P + 'static,
+        FT: Fn(&D) -> std::result::Result<u64, String> + 'static;
+}
+
+/// What the assigner emits.
+#[derive(Clone, Serialize, Deserialize)]
+enum Emit<D> {
+    Record(Timed<D>),
+    Rejected(Rejected<D>),
+    Mark(Mark),
+}
+
+impl<'s, D: timely::ExchangeData> AssignEventTime<'s, D> for Stream<'s, u64, Vec<D>> {
+    fn assign_event_time<P, FS, FT>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        splits: Vec<P>,
+        split_of: FS,
+        timestamp: FT,
+        strategy: WatermarkStrategy,
+    ) -> Result<(EventStream<'s, D>, crate::Records<'s, Rejected<D>>)>
+    where
+        P: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
+        FS: Fn(&D) -> P + 'static,
+        FT: Fn(&D) -> std::result::Result<u64, String> + 'static,
+    {
+        let ctx = job.ctx().clone();
+        let (n, peers, worker) = (ctx.key_groups(), ctx.peers(), ctx.worker());
+        let owned: Vec<P> = splits
+            .into_iter()
+            .filter(|p| keygroup::owner(keygroup::key_group(p, n), n, peers) == worker)
+            .collect();
+        let max_ts: HashMap<P, u64> = ctx.restore_keyed::<P, u64>(name)?.into_iter().collect();
+        let store = SplitClocks {
+            worker,
+            owned,
+            max_ts,
+            active: HashMap::new(),
+            started: Instant::now(),
+            strategy,
+            timestamp,
+            last_mark: None,
+            _marker: std::marker::PhantomData,
+        };
+        let input = self.map(move |d| (split_of(&d), d));
+        let emitted = keyed(input, job, name, store)?;
+        let (records, rest) = crate::timed::split(emitted, |e| match e {
+            Emit::Record(t) => Ok(t),
+            other => Err(other),
+        });
+        let (rejected, watermarks) = crate::timed::split(rest, |e: Emit<D>| match e {
+            Emit::Rejected(r) => Ok(r),
+            Emit::Mark(m) => Err(m),
+            Emit::Record(_) => unreachable!("records were split off"),
+        });
+        Ok((
+            EventStream {
+                records,
+                watermarks,
+                senders: peers,
+            },
+            rejected,
+        ))
+    }
+}
+
+/// The assigner's state on one worker: the largest event time per owned split.
+struct SplitClocks<P, D, FT> {
+    worker: usize,
+    owned: Vec<P>,
+    max_ts: HashMap<P, u64>,
+    /// When each split last produced a record (processing time; not checkpointed).
+    active: HashMap<P, Instant>,
+    started: Instant,
+    strategy: WatermarkStrategy,
+    timestamp: FT,
+    last_mark: Option<Mark>,
+    _marker: std::marker::PhantomData<fn(D)>,
+}
+
+impl<P, D, FT> SplitClocks<P, D, FT>
+where
+    P: Hash + Eq,
+{
+    fn split_wm(&self, p: &P) -> u64 {
+        self.max_ts
+            .get(p)
+            .map_or(0, |m| m.saturating_sub(self.strategy.max_out_of_orderness))
+    }
+}
+
+impl<P, D, FT> Store for SplitClocks<P, D, FT>
+where
+    P: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
+    D: timely::ExchangeData,
+    FT: Fn(&D) -> std::result::Result<u64, String> + 'static,
+{
+    type Key = P;
+    type Value = D;
+    type Out = Emit<D>;
+
+    fn apply(&mut self, _epoch: u64, split: P, data: D, out: &mut Vec<Emit<D>>) {
+        match (self.timestamp)(&data) {
+            Err(reason) => out.push(Emit::Rejected(Rejected { data, reason })),
+            Ok(ts) => {
+                let split_wm = self.split_wm(&split);
+                if self.strategy.idle_timeout.is_some() {
+                    self.active.insert(split.clone(), Instant::now());
+                }
+                let max = self.max_ts.entry(split).or_insert(ts);
+                *max = (*max).max(ts);
+                out.push(Emit::Record(Timed { ts, split_wm, data }));
+            }
+        }
+    }
+
+    fn close(&mut self, _epoch: u64, is_final: bool, out: &mut Vec<Emit<D>>) -> bool {
+        let mark = if is_final || self.owned.is_empty() {
+            Mark {
+                from: self.worker,
+                wm: u64::MAX,
+                idle: false,
+            }
+        } else {
+            let idle = |p: &P| match self.strategy.idle_timeout {
+                None => false,
+                Some(t) => self.active.get(p).unwrap_or(&self.started).elapsed() >= t,
+            };
+            let busy: Vec<&P> = self.owned.iter().filter(|p| !idle(p)).collect();
+            let wm = if busy.is_empty() {
+                self.owned.iter().map(|p| self.split_wm(p)).min()
+            } else {
+                busy.iter().map(|p| self.split_wm(p)).min()
+            };
+            Mark {
+                from: self.worker,
+                wm: wm.unwrap_or(0),
+                idle: busy.is_empty(),
+            }
+        };
+        if self.last_mark != Some(mark) {
+            self.last_mark = Some(mark);
+            out.push(Emit::Mark(mark));
+        }
+        false
+    }
+
+    fn encode(&self, name: &str, key_groups: u32) -> Result<Vec<u8>> {
+        let sorted: BTreeMap<&P, &u64> = self.max_ts.iter().collect();
+        encode_keyed(name, key_groups, sorted)
+    }
+}

@@ -1,0 +1,343 @@
+//! Keyed joins of two streams: an interval join in event time and a regular join whose
+//! state expires.
+//!
+//! ## Interval join
+//!
+//! `left.interval_join(right, ...)` emits `(key, l, r)` for every pair with equal keys
+//! and `r.ts - l.ts` in `[lower, upper]`, once, when the second of the two arrives. A
+//! left record is kept until the watermark passes `l.ts + upper`, a right one until it
+//! passes `r.ts - lower`; both sides are checkpointed. A record whose event time is
+//! behind its own split's watermark (it broke the source's out-of-orderness bound) may
+//! have lost its partners and goes to the late output. Otherwise the output does not
+//! depend on timing, kills or restores.
+//!
+//! ## Regular join
+//!
+//! `left.join_ttl(right, ...)` keeps every record of both sides per key and emits each
+//! matching pair once, when the second arrives. A key's records are dropped once the
+//! [`Ttl`] has passed since the key was last updated, which bounds the state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::Stream;
+use weir_runtime::{Job, Result};
+
+use crate::event_time::{EventStream, Timed};
+use crate::keyed::{keyed, per_key, Ttl};
+use crate::timed::{group_of, Logic, TimedStore};
+use crate::window::Late;
+
+/// A record of either side of a join.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Side<A, B> {
+    /// From the left input.
+    Left(A),
+    /// From the right input.
+    Right(B),
+}
+
+/// Joined pairs and late records.
+pub type JoinOutputs<'s, K, A, B> = (
+    Stream<'s, u64, Vec<(K, Timed<A>, Timed<B>)>>,
+    Stream<'s, u64, Vec<Late<Side<A, B>>>>,
+);
+
+/// Joins two event streams on a key within an interval of event time.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::{Capture, ToStream};
+/// use timely::dataflow::operators::capture::Extract;
+/// use weir_operators::{AssignEventTime, IntervalJoin, WatermarkStrategy};
+///
+/// let (send, recv) = std::sync::mpsc::channel();
+/// let send = std::sync::Mutex::new(send);
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-interval-join"), move |job| {
+///     // Orders and payments as (order id, event time).
+///     let orders = vec![(1u64, 100u64), (2, 200)].to_stream(job.scope());
+///     let payments = vec![(1u64, 150u64), (2, 900)].to_stream(job.scope());
+///     let (orders, _) = orders.assign_event_time(job, "orders-clock", vec![0u8], |_| 0u8, |o: &(u64, u64)| Ok(o.1), WatermarkStrategy::bounded(0))?;
+///     let (payments, _) = payments.assign_event_time(job, "payments-clock", vec![0u8], |_| 0u8, |p: &(u64, u64)| Ok(p.1), WatermarkStrategy::bounded(0))?;
+///     // A payment counts if it comes within 500 after its order.
+///     let (paid, _late) = orders.interval_join(job, "paid", payments, |o: &(u64, u64)| o.0, |p: &(u64, u64)| p.0, 0, 500)?;
+///     paid.capture_into(send.lock().unwrap().clone());
+///     Ok(())
+/// }).unwrap();
+/// let out: Vec<(u64, u64, u64)> = recv.extract().into_iter().flat_map(|(_, v)| v).map(|(k, o, p)| (k, o.ts, p.ts)).collect();
+/// assert_eq!(out, vec![(1, 100, 150)]);
+/// ```
+pub trait IntervalJoin<'s, A> {
+    /// Emits `(key, l, r)` for `r.ts - l.ts` in `[lower, upper]`. `name` must be unique.
+    #[allow(clippy::too_many_arguments)]
+    fn interval_join<B, K, FA, FB>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        right: EventStream<'s, B>,
+        left_key: FA,
+        right_key: FB,
+        lower: i64,
+        upper: i64,
+    ) -> Result<JoinOutputs<'s, K, A, B>>
+    where
+        B: timely::ExchangeData + Clone,
+        K: timely::ExchangeData + Clone + Hash + Eq,
+        FA: Fn(&A) -> K + 'static,
+        FB: Fn(&B) -> K + 'static;
+}
+
+impl<'s, A: timely::ExchangeData + Clone> IntervalJoin<'s, A> for EventStream<'s, A> {
+    fn interval_join<B, K, FA, FB>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        right: EventStream<'s, B>,
+        left_key: FA,
+        right_key: FB,
+        lower: i64,
+        upper: i64,
+    ) -> Result<JoinOutputs<'s, K, A, B>>
+    where
+        B: timely::ExchangeData + Clone,
+        K: timely::ExchangeData + Clone + Hash + Eq,
+        FA: Fn(&A) -> K + 'static,
+        FB: Fn(&B) -> K + 'static,
+    {
+        if lower > upper {
+            return Err(weir_runtime::RuntimeError::config(
+                "interval join bounds",
+                format!("`{name}`: lower bound {lower} is above upper bound {upper}"),
+            ));
+        }
+        let senders = self.senders + right.senders;
+        let offset = self.senders;
+        let left = self.keyed_input(left_key, 0, Side::Left);
+        let right = right.keyed_input(right_key, offset, Side::Right);
+        let logic = IntervalLogic {
+            lower,
+            upper,
+            state: HashMap::new(),
+        };
+        let store = TimedStore::restore(job.ctx(), name, senders, logic)?;
+        let out = keyed(left.concat(right), job, name, store)?;
+        Ok(crate::timed::split(out, |o| o))
+    }
+}
+
+/// Both sides' records of one key.
+#[derive(Clone, Serialize, Deserialize)]
+struct Buffers<A, B> {
+    left: Vec<(u64, A)>,
+    right: Vec<(u64, B)>,
+}
+
+impl<A, B> Default for Buffers<A, B> {
+    fn default() -> Self {
+        Buffers {
+            left: Vec::new(),
+            right: Vec::new(),
+        }
+    }
+}
+
+struct IntervalLogic<K, A, B> {
+    lower: i64,
+    upper: i64,
+    state: HashMap<K, Buffers<A, B>>,
+}
+
+fn stamp<D>(ts: u64, data: D) -> Timed<D> {
+    Timed {
+        ts,
+        split_wm: 0,
+        data,
+    }
+}
+
+/// `ts + d`, saturating at the ends of `u64`.
+fn shift(ts: u64, d: i64) -> u64 {
+    if d >= 0 {
+        ts.saturating_add(d as u64)
+    } else {
+        ts.saturating_sub(d.unsigned_abs())
+    }
+}
+
+impl<K, A, B> Logic for IntervalLogic<K, A, B>
+where
+    K: timely::ExchangeData + Clone + Hash + Eq,
+    A: timely::ExchangeData + Clone,
+    B: timely::ExchangeData + Clone,
+{
+    type Key = K;
+    type Value = Side<A, B>;
+    type Out = std::result::Result<(K, Timed<A>, Timed<B>), Late<Side<A, B>>>;
+    type Entry = (K, Buffers<A, B>);
+
+    fn apply(
+        &mut self,
+        _epoch: u64,
+        key: K,
+        ts: u64,
+        split_wm: u64,
+        fired: u64,
+        value: Side<A, B>,
+        out: &mut Vec<Self::Out>,
+    ) {
+        if ts < split_wm.max(fired) {
+            out.push(Err(Late {
+                record: Timed {
+                    ts,
+                    split_wm,
+                    data: value,
+                },
+                reason: format!(
+                    "event time {ts} is behind the watermark {}; its join partners may be gone",
+                    split_wm.max(fired)
+                ),
+            }));
+            return;
+        }
+        let buffers = self.state.entry(key.clone()).or_default();
+        let (lower, upper) = (self.lower, self.upper);
+        match value {
+            Side::Left(a) => {
+                let (lo, hi) = (shift(ts, lower), shift(ts, upper));
+                for (rts, b) in &buffers.right {
+                    if *rts >= lo && *rts <= hi {
+                        out.push(Ok((
+                            key.clone(),
+                            stamp(ts, a.clone()),
+                            stamp(*rts, b.clone()),
+                        )));
+                    }
+                }
+                buffers.left.push((ts, a));
+            }
+            Side::Right(b) => {
+                for (lts, a) in &buffers.left {
+                    let (lo, hi) = (shift(*lts, lower), shift(*lts, upper));
+                    if ts >= lo && ts <= hi {
+                        out.push(Ok((
+                            key.clone(),
+                            stamp(*lts, a.clone()),
+                            stamp(ts, b.clone()),
+                        )));
+                    }
+                }
+                buffers.right.push((ts, b));
+            }
+        }
+    }
+
+    fn advance(&mut self, wm: u64, _out: &mut Vec<Self::Out>) {
+        let (lower, upper) = (self.lower, self.upper);
+        self.state.retain(|_, b| {
+            b.left.retain(|(ts, _)| shift(*ts, upper) >= wm);
+            b.right.retain(|(ts, _)| shift(*ts, lower) >= wm);
+            !(b.left.is_empty() && b.right.is_empty())
+        });
+    }
+
+    fn entries(&self, key_groups: u32) -> BTreeMap<u32, Vec<Self::Entry>> {
+        let mut groups: BTreeMap<u32, Vec<Self::Entry>> = BTreeMap::new();
+        for (k, b) in &self.state {
+            groups
+                .entry(group_of(k, key_groups))
+                .or_default()
+                .push(((*k).clone(), b.clone()));
+        }
+        groups
+    }
+
+    fn restore(&mut self, entries: Vec<Self::Entry>) {
+        self.state.extend(entries);
+    }
+}
+
+/// Joins two keyed streams, keeping each key's records until its state expires.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::{Capture, ToStream};
+/// use timely::dataflow::operators::capture::Extract;
+/// use weir_operators::{JoinTtl, Ttl};
+///
+/// let (send, recv) = std::sync::mpsc::channel();
+/// let send = std::sync::Mutex::new(send);
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-join"), move |job| {
+///     let users = vec![(1u64, "ada".to_string()), (2, "bob".to_string())].to_stream(job.scope());
+///     let orders = vec![(1u64, 30u64), (1, 12), (3, 5)].to_stream(job.scope());
+///     let joined = users.join_ttl(job, "user-orders", orders, Ttl::Never)?;
+///     joined.capture_into(send.lock().unwrap().clone());
+///     Ok(())
+/// }).unwrap();
+/// let mut out: Vec<(u64, String, u64)> = recv.extract().into_iter().flat_map(|(_, v)| v).collect();
+/// out.sort();
+/// assert_eq!(out, vec![(1, "ada".to_string(), 12), (1, "ada".to_string(), 30)]);
+/// ```
+pub trait JoinTtl<'s, K, A> {
+    /// Emits `(key, a, b)` for every pair of records with equal keys, each pair once.
+    /// `name` must be unique.
+    fn join_ttl<B>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        right: Stream<'s, u64, Vec<(K, B)>>,
+        ttl: Ttl,
+    ) -> Result<crate::Records<'s, (K, A, B)>>
+    where
+        B: timely::ExchangeData + Clone + Serialize + DeserializeOwned;
+}
+
+impl<'s, K, A> JoinTtl<'s, K, A> for Stream<'s, u64, Vec<(K, A)>>
+where
+    K: timely::ExchangeData + Hash + Eq + Clone,
+    A: timely::ExchangeData + Clone + Serialize + DeserializeOwned,
+{
+    fn join_ttl<B>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        right: Stream<'s, u64, Vec<(K, B)>>,
+        ttl: Ttl,
+    ) -> Result<crate::Records<'s, (K, A, B)>>
+    where
+        B: timely::ExchangeData + Clone + Serialize + DeserializeOwned,
+    {
+        let left = self.map(|(k, a)| (k, Side::<A, B>::Left(a)));
+        let right = right.map(|(k, b)| (k, Side::<A, B>::Right(b)));
+        per_key(
+            left.concat(right),
+            job,
+            name,
+            ttl,
+            |k: &K, s: &mut Buffers<A, B>, v: Side<A, B>, out: &mut Vec<(K, A, B)>| match v {
+                Side::Left(a) => {
+                    out.extend(
+                        s.right
+                            .iter()
+                            .map(|(_, b)| (k.clone(), a.clone(), b.clone())),
+                    );
+                    s.left.push((0, a));
+                }
+                Side::Right(b) => {
+                    out.extend(
+                        s.left
+                            .iter()
+                            .map(|(_, a)| (k.clone(), a.clone(), b.clone())),
+                    );
+                    s.right.push((0, b));
+                }
+            },
+            |_: &K, _: &Buffers<A, B>, _: u64, _: &mut Vec<(K, A, B)>| {},
+        )
+    }
+}

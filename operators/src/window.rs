@@ -1,0 +1,403 @@
+//! `window`: tumbling, sliding and session windows in event time, per key, with an
+//! aggregate, allowed lateness and a side output for late records.
+//!
+//! ## Semantics
+//!
+//! A window `[start, end)` of a key fires once, when the job's watermark reaches
+//! `end + allowed_lateness`, emitting the aggregate of every record of that key whose
+//! event time falls in it. It fires exactly once in the committed output: the firing and
+//! the state without the window are in the same epoch, so a kill before that epoch's
+//! checkpoint replays both, and a kill after it replays neither.
+//!
+//! A record is late when, by its own split's watermark when it was read (see
+//! [`crate::event_time`]), its window had already closed: `end + allowed_lateness <=
+//! split watermark` for tumbling and sliding windows, `ts + allowed_lateness <= split
+//! watermark` for session windows (a session can grow, so the record's own time is what
+//! counts). Late records go to the late output with a reason, never silently dropped. A
+//! record that is late for some of its sliding windows only is added to the others.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Stream;
+use weir_runtime::{Job, Result};
+
+use crate::event_time::{EventStream, Timed};
+use crate::keyed::keyed;
+use crate::timed::{group_of, Logic, TimedStore};
+
+/// The shape of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// Back-to-back windows of `size`: `[k * size, (k + 1) * size)`.
+    Tumbling {
+        /// Window length.
+        size: u64,
+    },
+    /// Windows of `size` starting every `slide`: a record is in `size / slide` windows.
+    Sliding {
+        /// Window length.
+        size: u64,
+        /// Distance between window starts.
+        slide: u64,
+    },
+    /// A key's records closer than `gap` to each other form one session
+    /// `[first, last + gap)`.
+    Session {
+        /// Inactivity that ends a session.
+        gap: u64,
+    },
+}
+
+/// A window definition: shape and allowed lateness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    /// The shape.
+    pub kind: WindowKind,
+    /// How long after its end a window still accepts records (and waits to fire).
+    pub allowed_lateness: u64,
+}
+
+impl Windows {
+    /// Tumbling windows of `size`.
+    pub fn tumbling(size: u64) -> Self {
+        Windows {
+            kind: WindowKind::Tumbling { size: size.max(1) },
+            allowed_lateness: 0,
+        }
+    }
+    /// Sliding windows of `size` every `slide`.
+    pub fn sliding(size: u64, slide: u64) -> Self {
+        Windows {
+            kind: WindowKind::Sliding {
+                size: size.max(1),
+                slide: slide.clamp(1, size.max(1)),
+            },
+            allowed_lateness: 0,
+        }
+    }
+    /// Session windows closed by `gap` of inactivity.
+    pub fn session(gap: u64) -> Self {
+        Windows {
+            kind: WindowKind::Session { gap: gap.max(1) },
+            allowed_lateness: 0,
+        }
+    }
+    /// With `lateness` of allowed lateness.
+    pub fn allowed_lateness(self, lateness: u64) -> Self {
+        Windows {
+            allowed_lateness: lateness,
+            ..self
+        }
+    }
+}
+
+/// A fired window.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Fired<K, A> {
+    /// The key.
+    pub key: K,
+    /// Window start (inclusive).
+    pub start: u64,
+    /// Window end (exclusive).
+    pub end: u64,
+    /// The aggregate of the window's records.
+    pub value: A,
+}
+
+/// A late record and why it was late.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Late<D> {
+    /// The record, with its event time.
+    pub record: Timed<D>,
+    /// Why it was late.
+    pub reason: String,
+}
+
+/// Fired windows and late records.
+pub type WindowOutputs<'s, K, A, D> = (
+    Stream<'s, u64, Vec<Fired<K, A>>>,
+    Stream<'s, u64, Vec<Late<D>>>,
+);
+
+/// Aggregates event-time windows per key.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::{Capture, ToStream};
+/// use timely::dataflow::operators::capture::Extract;
+/// use weir_operators::{AssignEventTime, Window, Windows, WatermarkStrategy};
+///
+/// let (send, recv) = std::sync::mpsc::channel();
+/// let send = std::sync::Mutex::new(send);
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-window"), move |job| {
+///     // (user, event time): two sessions for "u" (gap 10), one for "v".
+///     let clicks = vec![("u", 1u64), ("u", 5), ("v", 7), ("u", 30)]
+///         .into_iter().map(|(u, t)| (u.to_string(), t)).to_stream(job.scope());
+///     let (events, _rejected) = clicks.assign_event_time(
+///         job, "clock", vec![0u8], |_| 0u8, |c: &(String, u64)| Ok(c.1), WatermarkStrategy::bounded(0),
+///     )?;
+///     let (sessions, _late) = events.window(
+///         job, "sessions", Windows::session(10),
+///         |c: &(String, u64)| c.0.to_string(),
+///         |count: &mut u64, _c: &(String, u64)| *count += 1,
+///         |count: &mut u64, other: u64| *count += other,
+///     )?;
+///     sessions.capture_into(send.lock().unwrap().clone());
+///     Ok(())
+/// }).unwrap();
+/// let mut out: Vec<(String, u64, u64, u64)> = recv.extract().into_iter().flat_map(|(_, v)| v)
+///     .map(|f| (f.key, f.start, f.end, f.value)).collect();
+/// out.sort();
+/// assert_eq!(out, vec![("u".into(), 1, 15, 2), ("u".into(), 30, 40, 1), ("v".into(), 7, 17, 1)]);
+/// ```
+pub trait Window<'s, D> {
+    /// Groups records by `key` into `windows` and folds each window's records into an
+    /// `A` with `fold`; `merge` combines two aggregates when session windows merge (it is
+    /// not called for tumbling and sliding windows). Returns the fired windows and the
+    /// late records. `name` must be unique in the job.
+    #[allow(clippy::too_many_arguments)]
+    fn window<K, A, FK, FF, FM>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        windows: Windows,
+        key: FK,
+        fold: FF,
+        merge: FM,
+    ) -> Result<WindowOutputs<'s, K, A, D>>
+    where
+        K: timely::ExchangeData + Clone + Hash + Eq + Ord,
+        A: timely::ExchangeData + Clone + Default + Serialize + DeserializeOwned,
+        FK: Fn(&D) -> K + 'static,
+        FF: Fn(&mut A, &D) + 'static,
+        FM: Fn(&mut A, A) + 'static;
+}
+
+impl<'s, D: timely::ExchangeData + Clone> Window<'s, D> for EventStream<'s, D> {
+    fn window<K, A, FK, FF, FM>(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+        windows: Windows,
+        key: FK,
+        fold: FF,
+        merge: FM,
+    ) -> Result<WindowOutputs<'s, K, A, D>>
+    where
+        K: timely::ExchangeData + Clone + Hash + Eq + Ord,
+        A: timely::ExchangeData + Clone + Default + Serialize + DeserializeOwned,
+        FK: Fn(&D) -> K + 'static,
+        FF: Fn(&mut A, &D) + 'static,
+        FM: Fn(&mut A, A) + 'static,
+    {
+        let senders = self.senders;
+        let input = self.keyed_input(key, 0, |d| d);
+        let logic = WindowLogic {
+            windows,
+            state: HashMap::new(),
+            timers: BTreeSet::new(),
+            fold,
+            merge,
+            _marker: std::marker::PhantomData,
+        };
+        let store = TimedStore::restore(job.ctx(), name, senders, logic)?;
+        let out = keyed(input, job, name, store)?;
+        Ok(crate::timed::split(out, |o| match o {
+            WindowOut::Fired(f) => Ok(f),
+            WindowOut::Late(l) => Err(l),
+        }))
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+enum WindowOut<K, A, D> {
+    Fired(Fired<K, A>),
+    Late(Late<D>),
+}
+
+/// The open windows of one key: start -> (end, aggregate).
+type Open<A> = BTreeMap<u64, (u64, A)>;
+
+struct WindowLogic<K, A, D, FF, FM> {
+    windows: Windows,
+    state: HashMap<K, Open<A>>,
+    /// (fire at, key, window start) for every open window.
+    timers: BTreeSet<(u64, K, u64)>,
+    fold: FF,
+    merge: FM,
+    _marker: std::marker::PhantomData<fn(D)>,
+}
+
+impl<K, A, D, FF, FM> WindowLogic<K, A, D, FF, FM>
+where
+    K: Ord + Clone,
+{
+    fn fire_at(&self, end: u64) -> u64 {
+        end.saturating_add(self.windows.allowed_lateness)
+    }
+}
+
+impl<K, A, D, FF, FM> Logic for WindowLogic<K, A, D, FF, FM>
+where
+    K: timely::ExchangeData + Clone + Hash + Eq + Ord,
+    A: timely::ExchangeData + Clone + Default + Serialize + DeserializeOwned,
+    D: timely::ExchangeData,
+    FF: Fn(&mut A, &D) + 'static,
+    FM: Fn(&mut A, A) + 'static,
+{
+    type Key = K;
+    type Value = D;
+    type Out = WindowOut<K, A, D>;
+    type Entry = (K, Vec<(u64, u64, A)>);
+
+    fn apply(
+        &mut self,
+        _epoch: u64,
+        key: K,
+        ts: u64,
+        split_wm: u64,
+        fired: u64,
+        data: D,
+        out: &mut Vec<Self::Out>,
+    ) {
+        let lateness = self.windows.allowed_lateness;
+        let closed = |end: u64| end.saturating_add(lateness) <= split_wm.max(fired);
+        let late = |reason: String, data: D| {
+            WindowOut::Late(Late {
+                record: Timed { ts, split_wm, data },
+                reason,
+            })
+        };
+        match self.windows.kind {
+            WindowKind::Tumbling { size } | WindowKind::Sliding { size, .. } => {
+                let slide = match self.windows.kind {
+                    WindowKind::Sliding { slide, .. } => slide,
+                    _ => size,
+                };
+                let last_start = ts - ts % slide;
+                let mut starts = Vec::new();
+                let mut start = last_start;
+                loop {
+                    if start.saturating_add(size) > ts {
+                        starts.push(start);
+                    }
+                    if start < slide || start.saturating_add(size) <= ts {
+                        break;
+                    }
+                    start -= slide;
+                }
+                let open: Vec<u64> = starts
+                    .into_iter()
+                    .filter(|s| !closed(s.saturating_add(size)))
+                    .collect();
+                if open.is_empty() {
+                    let reason = format!(
+                        "event time {ts} is past its window's end + allowed lateness {lateness} (watermark {})",
+                        split_wm.max(fired)
+                    );
+                    out.push(late(reason, data));
+                    return;
+                }
+                let fire_at: Vec<u64> = open
+                    .iter()
+                    .map(|s| self.fire_at(s.saturating_add(size)))
+                    .collect();
+                let windows = self.state.entry(key.clone()).or_default();
+                for (s, at) in open.into_iter().zip(fire_at) {
+                    let (_, acc) = windows.entry(s).or_insert_with(|| {
+                        self.timers.insert((at, key.clone(), s));
+                        (s.saturating_add(size), A::default())
+                    });
+                    (self.fold)(acc, &data);
+                }
+            }
+            WindowKind::Session { gap } => {
+                if ts.saturating_add(lateness) <= split_wm.max(fired) {
+                    let reason = format!(
+                        "event time {ts} + allowed lateness {lateness} is behind the watermark {}",
+                        split_wm.max(fired)
+                    );
+                    out.push(late(reason, data));
+                    return;
+                }
+                let (mut start, mut end) = (ts, ts.saturating_add(gap));
+                let mut acc = A::default();
+                (self.fold)(&mut acc, &data);
+                let windows = self.state.entry(key.clone()).or_default();
+                // Sessions that touch [start, end) merge into it.
+                let touching: Vec<u64> = windows
+                    .range(..=end)
+                    .filter(|(_, (e, _))| *e >= start)
+                    .map(|(s, _)| *s)
+                    .collect();
+                for s in touching {
+                    let (e, other) = windows.remove(&s).expect("listed");
+                    self.timers
+                        .remove(&(e.saturating_add(lateness), key.clone(), s));
+                    start = start.min(s);
+                    end = end.max(e);
+                    (self.merge)(&mut acc, other);
+                }
+                windows.insert(start, (end, acc));
+                self.timers
+                    .insert((end.saturating_add(lateness), key, start));
+            }
+        }
+    }
+
+    fn advance(&mut self, wm: u64, out: &mut Vec<Self::Out>) {
+        while let Some((at, _, _)) = self.timers.first() {
+            if *at > wm {
+                break;
+            }
+            let (_, key, start) = self.timers.pop_first().expect("first exists");
+            let Some(windows) = self.state.get_mut(&key) else {
+                continue;
+            };
+            if let Some((end, value)) = windows.remove(&start) {
+                out.push(WindowOut::Fired(Fired {
+                    key: key.clone(),
+                    start,
+                    end,
+                    value,
+                }));
+            }
+            if windows.is_empty() {
+                self.state.remove(&key);
+            }
+        }
+    }
+
+    fn entries(&self, key_groups: u32) -> BTreeMap<u32, Vec<Self::Entry>> {
+        let mut groups: BTreeMap<u32, Vec<Self::Entry>> = BTreeMap::new();
+        for (k, windows) in &self.state {
+            let list = windows
+                .iter()
+                .map(|(s, (e, a))| (*s, *e, a.clone()))
+                .collect();
+            groups
+                .entry(group_of(k, key_groups))
+                .or_default()
+                .push((k.clone(), list));
+        }
+        groups
+    }
+
+    fn restore(&mut self, entries: Vec<Self::Entry>) {
+        for (k, list) in entries {
+            let windows = self.state.entry(k.clone()).or_default();
+            for (s, e, a) in list {
+                self.timers.insert((
+                    e.saturating_add(self.windows.allowed_lateness),
+                    k.clone(),
+                    s,
+                ));
+                windows.insert(s, (e, a));
+            }
+        }
+    }
+}
