@@ -39,6 +39,10 @@ pub mod cli;
 /// What most jobs import.
 pub mod prelude {
     pub use weir_connectors::{files, generator, SourceOptions};
-    pub use weir_operators::{CountByKey, ReduceByKey, StatefulMap};
+    pub use weir_operators::{
+        AssignEventTime, CountByKey, Deduplicate, DeduplicateProcessingTime, EventStream,
+        IntervalJoin, JoinTtl, Late, ReduceByKey, StatefulMap, Timed, Ttl, WatermarkStrategy,
+        Window, Windows,
+    };
     pub use weir_runtime::{Delivery, Job, JobArgs, JobConfig, RestoreTarget};
 }

@@ -59,7 +59,7 @@ const SLOTS: u64 = 8;
 ///         job, "clock", vec![0u8], |_| 0u8, |e: &(u64, u64)| Ok(e.1), WatermarkStrategy::bounded(10),
 ///     )?;
 ///     let (unique, _late) = events.deduplicate(job, "dedup", |e: &(u64, u64)| e.0, 1_000)?;
-///     unique.capture_into(send.lock().unwrap().clone());
+///     unique.records.capture_into(send.lock().unwrap().clone());
 ///     Ok(())
 /// }).unwrap();
 /// let mut ids: Vec<u64> = recv.extract().into_iter().flat_map(|(_, v)| v).map(|t| t.data.0).collect();
@@ -68,7 +68,8 @@ const SLOTS: u64 = 8;
 /// ```
 pub trait Deduplicate<'s, D> {
     /// Forwards the first record of each `key` and drops repeats for `window` of event
-    /// time. Returns the forwarded records and the late ones. `name` must be unique.
+    /// time. Returns the forwarded records, with the input's watermarks, and the late
+    /// ones. `name` must be unique.
     #[allow(clippy::type_complexity)]
     fn deduplicate<K, FK>(
         self,
@@ -76,10 +77,7 @@ pub trait Deduplicate<'s, D> {
         name: &str,
         key: FK,
         window: u64,
-    ) -> Result<(
-        Stream<'s, u64, Vec<Timed<D>>>,
-        Stream<'s, u64, Vec<Late<D>>>,
-    )>
+    ) -> Result<(EventStream<'s, D>, Stream<'s, u64, Vec<Late<D>>>)>
     where
         K: Hash,
         FK: Fn(&D) -> K + 'static;
@@ -129,20 +127,26 @@ impl<'s, D: timely::ExchangeData> Deduplicate<'s, D> for EventStream<'s, D> {
         name: &str,
         key: FK,
         window: u64,
-    ) -> Result<(
-        Stream<'s, u64, Vec<Timed<D>>>,
-        Stream<'s, u64, Vec<Late<D>>>,
-    )>
+    ) -> Result<(EventStream<'s, D>, Stream<'s, u64, Vec<Late<D>>>)>
     where
         K: Hash,
         FK: Fn(&D) -> K + 'static,
     {
         let senders = self.senders;
+        let watermarks = self.watermarks.clone();
         let input = self.keyed_input(move |d| keygroup::stable_hash(&key(d)), 0, |d| d);
         let logic = DedupLogic::new(window, false);
         let store = TimedStore::restore(job.ctx(), name, senders, logic)?;
         let out = keyed(input, job, name, store)?;
-        Ok(crate::timed::split(out, |o| o))
+        let (records, late) = crate::timed::split(out, |o| o);
+        Ok((
+            EventStream {
+                records,
+                watermarks,
+                senders,
+            },
+            late,
+        ))
     }
 }
 

@@ -157,6 +157,21 @@ pub(crate) fn keyed<'s, S: Store>(
                     snapshotter.snapshot(due.cap, range, bytes, Vec::new(), due.is_final);
                 }
             }
+            // Records that arrived before their epoch became the oldest open one came
+            // before everything now in the input: apply them first, to keep arrival order.
+            if let Some(epoch) = oldest {
+                if let Some(waiting) = buffered.remove(&epoch) {
+                    changed = true;
+                    seen.insert(epoch);
+                    for (k, v) in waiting {
+                        store.apply(epoch, k, v, &mut out);
+                    }
+                    if !out.is_empty() {
+                        let c = data_cap.as_ref().expect("open epoch").delayed(&epoch);
+                        session_out.session(&c).give_iterator(out.drain(..));
+                    }
+                }
+            }
             input.for_each(|cap, batch| {
                 let Some(&epoch) = cap.least() else { return };
                 tracker.saw(epoch);
