@@ -81,6 +81,7 @@ fn launch_gives_up_with_an_error_about_restarts_when_max_restarts_is_zero_and_a_
         restart_delay_ms: 100,
         failpoint: None,
         job,
+        binary: None,
     };
     let plan = ChaosPlan {
         kills: 1,

@@ -18,4 +18,5 @@ mod rescale;
 mod restore;
 mod s3;
 mod savepoints;
+mod sessions;
 mod standalone;

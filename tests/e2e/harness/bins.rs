@@ -44,3 +44,8 @@ pub fn weir() -> PathBuf {
 pub fn wordcount() -> PathBuf {
     release_binary("examples/wordcount")
 }
+
+/// `target/release/examples/sessions`, the event-time job under test.
+pub fn sessions() -> PathBuf {
+    release_binary("examples/sessions")
+}

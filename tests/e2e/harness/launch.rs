@@ -40,6 +40,8 @@ pub struct LaunchSpec {
     pub failpoint: Option<String>,
     /// The job's own arguments (no cluster flags, no `--workers`).
     pub job: JobArgs,
+    /// The job binary (the wordcount example unless set).
+    pub binary: Option<PathBuf>,
 }
 
 /// When and how often the chaos thread kills.
@@ -242,7 +244,7 @@ pub fn launch(ws: &Workspace, spec: &LaunchSpec, chaos_plan: Option<ChaosPlan>) 
         .arg("--restart-delay-ms")
         .arg(spec.restart_delay_ms.to_string())
         .arg("--")
-        .arg(bins::wordcount())
+        .arg(spec.binary.clone().unwrap_or_else(bins::wordcount))
         .args(spec.job.args());
     match &spec.failpoint {
         Some(fp) => cmd.env("WEIR_FAILPOINT", fp),

@@ -122,6 +122,7 @@ pub fn run(s: &Scenario) -> ScenarioRun {
         restart_delay_ms: RESTART_DELAY_MS,
         failpoint: s.failpoint.map(str::to_string),
         job,
+        binary: None,
     };
     let chaos = (s.kills > 0).then(|| ChaosPlan {
         kills: s.kills,
