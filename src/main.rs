@@ -44,6 +44,22 @@ enum Command {
         #[arg(last = true, required = true, value_name = "BINARY [ARGS]")]
         command: Vec<String>,
     },
+    /// Stops a running job with a final savepoint: its sources stop reading, its last
+    /// checkpoint completes and is copied to the savepoint, and the job exits 0. Restore
+    /// it later with `--restore savepoint:NAME`, at any number of workers.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// The final savepoint's name; it must not exist yet.
+        #[arg(long)]
+        savepoint: String,
+        /// Return once the request is written, without waiting for the savepoint.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the savepoint, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
     /// Lists, shows and deletes checkpoints.
     Checkpoints {
         #[command(subcommand)]
@@ -168,6 +184,46 @@ fn checkpoints(cmd: Checkpoints) -> anyhow::Result<()> {
     })
 }
 
+fn stop(target: Target, savepoint: String, wait: bool, timeout: Duration) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let store = CheckpointStore::open(&target.url, &target.job)?;
+        match store.read_savepoint(&savepoint).await {
+            Err(weir_checkpoint::CheckpointError::SavepointNotFound { .. }) => {}
+            Ok(m) => anyhow::bail!(
+                "savepoint `{savepoint}` of job `{}` exists already (epoch {}); choose another name or delete it with `weir checkpoints delete --savepoint {savepoint}`",
+                target.job,
+                m.epoch
+            ),
+            Err(e) => return Err(e.into()),
+        }
+        store.request_stop(&savepoint).await?;
+        eprintln!("weir stop: asked job `{}` to stop with savepoint `{savepoint}`", target.job);
+        if !wait {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if store.stop_request().await?.is_none() {
+                let m = store.read_savepoint(&savepoint).await.with_context(|| {
+                    format!("the stop request was cleared but savepoint `{savepoint}` cannot be read")
+                })?;
+                println!("savepoint {savepoint}: epoch {}, {} workers, {} bytes", m.epoch, m.workers, m.total_bytes());
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "job `{}` did not stop within {timeout:?}; is it running with --checkpoint-dir {}? The request stays in place (it is carried out when the job next runs); remove it with `weir checkpoints delete --all` only if you mean to drop the job",
+                target.job,
+                target.url
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
 fn main() {
     weir::cli::main_with(|| {
         let cli = Cli::parse();
@@ -211,6 +267,17 @@ fn main() {
                     }
                 }
             }
+            Command::Stop {
+                target,
+                savepoint,
+                no_wait,
+                timeout_secs,
+            } => stop(
+                target,
+                savepoint,
+                !no_wait,
+                Duration::from_secs(timeout_secs),
+            ),
             Command::Checkpoints { command } => checkpoints(command),
         }
     })

@@ -3,6 +3,7 @@
 //! ```text
 //! <root>/<job>/chk-<epoch:020>/<operator>/<part>   state and source positions
 //! <root>/<job>/chk-<epoch:020>/_MANIFEST           written last; its existence completes the checkpoint
+//! <root>/<job>/_STOP                                a request to stop with a final savepoint
 //! <root>/<job>/savepoints/<name>/...                named copies of a checkpoint, kept until deleted by hand
 //! <root>/<job>/generations/<generation:010>         fencing markers, one per started generation
 //! <root>/<job>/ledger/<source>/<split>             at-most-once read positions
@@ -63,6 +64,11 @@ impl Layout {
             checkpoint_dir_name(epoch),
             MANIFEST
         ))
+    }
+
+    /// The object a stop request is written to (see `CheckpointStore::request_stop`).
+    pub fn stop_request(&self) -> Path {
+        Path::from(format!("{}/_STOP", self.job))
     }
 
     /// The prefix that holds generation markers.

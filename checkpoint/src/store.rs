@@ -522,6 +522,49 @@ impl CheckpointStore {
         Ok(manifest)
     }
 
+    /// Asks the running job to stop with a final savepoint `name`: its sources stop
+    /// reading, its last checkpoint completes and is copied to the savepoint, and the job
+    /// exits. Overwrites an earlier request.
+    pub async fn request_stop(&self, savepoint: &str) -> Result<()> {
+        layout::check_savepoint_name(savepoint).map_err(|reason| CheckpointError::InvalidUrl {
+            url: self.url.clone(),
+            reason,
+        })?;
+        let bytes = codec::encode_json(
+            "stop request",
+            &StopRequest {
+                savepoint: savepoint.to_string(),
+            },
+        )?;
+        self.put_object(&self.layout.stop_request(), bytes).await
+    }
+
+    /// The savepoint name of a pending stop request, if there is one.
+    pub async fn stop_request(&self) -> Result<Option<String>> {
+        let path = self.layout.stop_request();
+        match self.store.get(&path).await {
+            Ok(r) => {
+                let bytes = r
+                    .bytes()
+                    .await
+                    .map_err(|e| CheckpointError::storage("read", &path, e))?;
+                let req: StopRequest = codec::decode_json(path.as_ref(), &bytes)?;
+                Ok(Some(req.savepoint))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(CheckpointError::storage("get", &path, e)),
+        }
+    }
+
+    /// Removes a stop request once it has been carried out.
+    pub async fn clear_stop_request(&self) -> Result<()> {
+        let path = self.layout.stop_request();
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(CheckpointError::storage("delete", &path, e)),
+        }
+    }
+
     /// Reads and verifies savepoint `name`.
     pub async fn read_savepoint(&self, name: &str) -> Result<Manifest> {
         let manifest = self
@@ -881,4 +924,10 @@ mod tests {
             "{err}"
         );
     }
+}
+
+/// A request to stop a running job with a final savepoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StopRequest {
+    savepoint: String,
 }

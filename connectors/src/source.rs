@@ -1,5 +1,6 @@
 //! The skeleton every replayable source shares: epoch barriers from the job's clock,
-//! positions checkpointed per key group, a final report when the input ends.
+//! positions checkpointed per key group, a final report when the input ends or the job
+//! is asked to stop.
 
 use std::hash::Hash;
 
@@ -135,8 +136,11 @@ pub(crate) fn source<'s, R: Reader>(
                     let allowed = (started.elapsed().as_secs_f64() * rate as f64) as u64;
                     budget = budget.min(allowed.saturating_sub(emitted) as usize);
                 }
-                let mut more = true;
-                if budget > 0 {
+                // A stop request ends the input here; positions stay where they are, so
+                // a restore from the final savepoint reads on from this point.
+                let stopping = ctx.stop_requested();
+                let mut more = !stopping;
+                if budget > 0 && !stopping {
                     let before = positions.clone();
                     more = match reader.read(&mut positions, budget, &mut batch) {
                         Ok(more) => more,

@@ -17,6 +17,9 @@
 //! watermark never exceeds a split's, a record that is not late by its own split always
 //! finds its window still open.
 //!
+//! When the input ends, every worker reports the largest watermark, so every window
+//! fires; when the job stops for a savepoint instead, watermarks stay where they are.
+//!
 //! The largest event time per split is checkpointed; after a restore, watermarks resume
 //! exactly where the checkpoint left them, also at another number of workers.
 //!
@@ -252,6 +255,7 @@ impl<'s, D: timely::ExchangeData> AssignEventTime<'s, D> for Stream<'s, u64, Vec
             .collect();
         let max_ts: HashMap<P, u64> = ctx.restore_keyed::<P, u64>(name)?.into_iter().collect();
         let store = SplitClocks {
+            ctx: ctx.clone(),
             worker,
             owned,
             max_ts,
@@ -286,6 +290,7 @@ impl<'s, D: timely::ExchangeData> AssignEventTime<'s, D> for Stream<'s, u64, Vec
 
 /// The assigner's state on one worker: the largest event time per owned split.
 struct SplitClocks<P, D, FT> {
+    ctx: weir_runtime::JobContext,
     worker: usize,
     owned: Vec<P>,
     max_ts: HashMap<P, u64>,
@@ -335,7 +340,10 @@ where
     }
 
     fn close(&mut self, _epoch: u64, is_final: bool, out: &mut Vec<Emit<D>>) -> bool {
-        let mark = if is_final || self.owned.is_empty() {
+        // At the end of the input every split is complete; when the job is only stopping
+        // (for a savepoint) they are not, and the watermark must stay where it is.
+        let ended = is_final && !self.ctx.is_stopping();
+        let mark = if ended || self.owned.is_empty() {
             Mark {
                 from: self.worker,
                 wm: u64::MAX,

@@ -146,10 +146,10 @@ impl<L: Logic> Store for TimedStore<L> {
         }
     }
 
-    fn close(&mut self, _epoch: u64, is_final: bool, out: &mut Vec<L::Out>) -> bool {
-        let wm = if is_final {
-            u64::MAX
-        } else if self.processing_time {
+    fn close(&mut self, _epoch: u64, _is_final: bool, out: &mut Vec<L::Out>) -> bool {
+        // At the end of the input the senders' final reports carry the largest
+        // watermark; a job that stops for a savepoint sends none, and nothing fires.
+        let wm = if self.processing_time {
             crate::keyed::now_ms()
         } else if self.marks.len() < self.senders {
             0

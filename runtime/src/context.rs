@@ -73,6 +73,8 @@ pub struct Shared {
     pub(crate) clock: EpochClock,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) coordinator: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set once a stop request has been seen (see [`JobContext::stop_requested`]).
+    pub(crate) stop: std::sync::atomic::AtomicBool,
 }
 
 /// A worker's view of the running job.
@@ -136,6 +138,30 @@ impl JobContext {
             self.peers,
         ) == self.worker
     }
+    /// Whether this process has seen a request to stop with a final savepoint
+    /// (`weir stop`). Sources check it and end their input early; it is polled in the
+    /// background, so it is cheap to call often.
+    pub fn stop_requested(&self) -> bool {
+        self.shared.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the job is stopping rather than at the end of its input, asked once the
+    /// input has ended: reads the request from the checkpoint store, so that the answer
+    /// agrees across processes. Operators that would flush on end of input (event-time
+    /// windows) keep their state instead when the job is stopping.
+    pub fn is_stopping(&self) -> bool {
+        if self.stop_requested() {
+            return true;
+        }
+        let Some(store) = self.store() else {
+            return false;
+        };
+        match self.block_on(store.stop_request()) {
+            Ok(request) => request.is_some(),
+            Err(e) => crate::execute::die("reading the stop request", &RuntimeError::from(e)),
+        }
+    }
+
     /// Runs a future to completion on the process's I/O runtime.
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.shared.runtime.block_on(f)

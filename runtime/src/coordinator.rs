@@ -230,10 +230,34 @@ async fn run(
             Err(e) => tracing::warn!(error = %e, "retention failed; old checkpoints are kept"),
         }
     }
-    if let Some((epoch, false)) = last_committed {
-        let e = RuntimeError::Dataflow(format!(
-            "the final checkpoint {epoch} did not complete, so the job's last output is not committed; a restart from the latest checkpoint finishes it"
-        ));
-        crate::execute::die("checkpoint coordinator", &e);
+    match last_committed {
+        Some((epoch, false)) => {
+            let e = RuntimeError::Dataflow(format!(
+                "the final checkpoint {epoch} did not complete, so the job's last output is not committed; a restart from the latest checkpoint finishes it"
+            ));
+            crate::execute::die("checkpoint coordinator", &e);
+        }
+        Some((epoch, true)) => finish_stop(&store, epoch).await,
+        None => {}
     }
+}
+
+/// If the job was asked to stop, copies its final checkpoint `epoch` to the requested
+/// savepoint and clears the request.
+async fn finish_stop(store: &weir_checkpoint::CheckpointStore, epoch: u64) {
+    let fail = |e: weir_checkpoint::CheckpointError| -> ! {
+        crate::execute::die("final savepoint", &RuntimeError::from(e))
+    };
+    let Some(name) = store.stop_request().await.unwrap_or_else(|e| fail(e)) else {
+        return;
+    };
+    match store.create_savepoint(&name, Some(epoch)).await {
+        Ok(_) => tracing::info!(savepoint = %name, epoch, "stopped with a final savepoint"),
+        // Taken by an earlier run that died before clearing the request.
+        Err(weir_checkpoint::CheckpointError::ManifestExists { .. }) => {
+            tracing::warn!(savepoint = %name, "the savepoint exists already; keeping it")
+        }
+        Err(e) => fail(e),
+    }
+    store.clear_stop_request().await.unwrap_or_else(|e| fail(e));
 }

@@ -118,6 +118,10 @@ fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflig
 /// the same graph on every worker. Returns an error for failures found before the
 /// dataflow starts (settings, storage, restore); failures inside the running dataflow
 /// end the process through [`die`].
+///
+/// A request to stop (`weir stop`, see `CheckpointStore::request_stop`) ends every
+/// source's input at the next epoch; the job then completes its last checkpoint, copies
+/// it to the requested savepoint and returns.
 pub fn run<F>(config: JobConfig, build: F) -> Result<()>
 where
     F: for<'s> Fn(&mut Job<'s>) -> Result<()> + Send + Sync + 'static,
@@ -147,7 +151,15 @@ where
         restored: pre.restored,
         runtime: rt.handle().clone(),
         coordinator: Mutex::new(None),
+        stop: std::sync::atomic::AtomicBool::new(false),
     });
+    if let Some(store) = shared.store.clone() {
+        rt.spawn(poll_stop_request(
+            store,
+            Arc::clone(&shared),
+            Duration::from_millis(shared.config.epoch_ms().clamp(100, 1_000)),
+        ));
+    }
     let worker_shared = Arc::clone(&shared);
     let guards = timely::execute(timely_config, move |worker| {
         let shared = Arc::clone(&worker_shared);
@@ -171,4 +183,29 @@ where
             .map_err(|e| RuntimeError::Dataflow(format!("checkpoint coordinator failed: {e}")))?;
     }
     Ok(())
+}
+
+/// Polls the checkpoint store for a stop request until one appears.
+async fn poll_stop_request(
+    store: weir_checkpoint::CheckpointStore,
+    shared: Arc<Shared>,
+    every: Duration,
+) {
+    loop {
+        match store.stop_request().await {
+            Ok(Some(savepoint)) => {
+                tracing::info!(
+                    savepoint,
+                    "stop requested: ending the input and taking a final savepoint"
+                );
+                shared
+                    .stop
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the stop request"),
+        }
+        tokio::time::sleep(every).await;
+    }
 }

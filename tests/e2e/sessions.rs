@@ -301,3 +301,75 @@ fn sessions_checkpointed_at_one_by_two_restore_at_two_by_two_under_kills() {
     assert_eq!(outcome.kills.len(), kills, "{}", outcome.summary());
     check(&expected, &actual(&ws.output));
 }
+
+#[test]
+fn a_job_stopped_with_a_final_savepoint_resumes_from_it_at_three_workers_exactly_once() {
+    let seed = scenario::seed(0x7_0003);
+    let ws = Workspace::new("sessions-stop");
+    let expected = generate(&ws, seed);
+    let first = JobArgs::new(&ws)
+        .interval_ms(scenario::INTERVAL_MS)
+        .workers(2)
+        .rate_limit(rate_for(2, 8.0));
+    let mut cmd = Command::new(bins::sessions());
+    cmd.args(first.args()).env_remove("WEIR_FAILPOINT");
+    let logs = ws.log_paths("first");
+    let running = std::thread::spawn(move || run_to_end(cmd, logs, Duration::from_secs(120)));
+    // Stop once the job has completed a few checkpoints, well before its input ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while crate::harness::checkpoints::complete_checkpoints(&ws.checkpoints, "sessions").len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline && !running.is_finished(),
+            "the job should have completed 3 checkpoints before ending"
+        );
+        std::thread::sleep(crate::harness::process::POLL);
+    }
+    let url = ws.checkpoint_url();
+    let stop = crate::harness::job::run_weir(
+        &ws,
+        "stop",
+        &[
+            "stop",
+            "--checkpoint-dir",
+            &url,
+            "--job",
+            "sessions",
+            "--savepoint",
+            "paused",
+        ],
+    );
+    stop.assert_success();
+    let stopped = running.join().expect("the job thread panicked");
+    stopped.assert_success();
+    let partial = actual(&ws.output);
+    assert!(
+        partial.sessions.len() < expected.sessions.len() / 2,
+        "the job should have stopped early, yet it committed {} of {} sessions",
+        partial.sessions.len(),
+        expected.sessions.len()
+    );
+    // The savepoint name is taken now.
+    let again = crate::harness::job::run_weir(
+        &ws,
+        "stop-again",
+        &[
+            "stop",
+            "--checkpoint-dir",
+            &url,
+            "--job",
+            "sessions",
+            "--savepoint",
+            "paused",
+        ],
+    );
+    again.assert_clean_failure(&["savepoint `paused`", "exists already"]);
+    // Resume from the savepoint with three workers.
+    let resumed = JobArgs::new(&ws)
+        .interval_ms(scenario::INTERVAL_MS)
+        .workers(3)
+        .restore("savepoint:paused");
+    let mut cmd = Command::new(bins::sessions());
+    cmd.args(resumed.args()).env_remove("WEIR_FAILPOINT");
+    run_to_end(cmd, ws.log_paths("resumed"), Duration::from_secs(120)).assert_success();
+    check(&expected, &actual(&ws.output));
+}
