@@ -373,3 +373,23 @@ fn a_job_stopped_with_a_final_savepoint_resumes_from_it_at_three_workers_exactly
     run_to_end(cmd, ws.log_paths("resumed"), Duration::from_secs(120)).assert_success();
     check(&expected, &actual(&ws.output));
 }
+
+#[test]
+fn restoring_a_checkpoint_into_a_job_with_other_operators_is_an_error_naming_them() {
+    let seed = scenario::seed(0x7_0004);
+    let ws = Workspace::new("sessions-graph");
+    generate(&ws, seed);
+    let first = JobArgs::new(&ws).interval_ms(scenario::INTERVAL_MS).job("shared");
+    let mut cmd = Command::new(bins::sessions());
+    cmd.args(first.args()).env_remove("WEIR_FAILPOINT");
+    run_to_end(cmd, ws.log_paths("sessions"), Duration::from_secs(60)).assert_success();
+    // The word count job under the same name cannot take over the sessions' checkpoint.
+    let other = JobArgs::new(&ws)
+        .interval_ms(scenario::INTERVAL_MS)
+        .job("shared")
+        .restore("latest")
+        .set("--output", path_str(&ws.root.join("other-output")));
+    let failed = crate::harness::job::run_standalone(&ws, "wordcount", &other);
+    failed.assert_clean_failure(&["operators changed", "session-windows", "counts"]);
+    assert_eq!(failed.status.code(), Some(2), "a changed job is a permanent failure");
+}
