@@ -13,6 +13,7 @@ mod bad_input;
 mod cli;
 mod failpoints;
 mod kills;
+mod operators;
 mod relaunch;
 mod rescale;
 mod restore;

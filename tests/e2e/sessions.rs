@@ -379,7 +379,9 @@ fn restoring_a_checkpoint_into_a_job_with_other_operators_is_an_error_naming_the
     let seed = scenario::seed(0x7_0004);
     let ws = Workspace::new("sessions-graph");
     generate(&ws, seed);
-    let first = JobArgs::new(&ws).interval_ms(scenario::INTERVAL_MS).job("shared");
+    let first = JobArgs::new(&ws)
+        .interval_ms(scenario::INTERVAL_MS)
+        .job("shared");
     let mut cmd = Command::new(bins::sessions());
     cmd.args(first.args()).env_remove("WEIR_FAILPOINT");
     run_to_end(cmd, ws.log_paths("sessions"), Duration::from_secs(60)).assert_success();
@@ -391,5 +393,9 @@ fn restoring_a_checkpoint_into_a_job_with_other_operators_is_an_error_naming_the
         .set("--output", path_str(&ws.root.join("other-output")));
     let failed = crate::harness::job::run_standalone(&ws, "wordcount", &other);
     failed.assert_clean_failure(&["operators changed", "session-windows", "counts"]);
-    assert_eq!(failed.status.code(), Some(2), "a changed job is a permanent failure");
+    assert_eq!(
+        failed.status.code(),
+        Some(2),
+        "a changed job is a permanent failure"
+    );
 }

@@ -49,3 +49,8 @@ pub fn wordcount() -> PathBuf {
 pub fn sessions() -> PathBuf {
     release_binary("examples/sessions")
 }
+
+/// `target/release/examples/operators`, the tour of stateful operators.
+pub fn operators() -> PathBuf {
+    release_binary("examples/operators")
+}

@@ -1,0 +1,227 @@
+//! A tour of weir's stateful operators, one per run, over events read from JSON lines.
+//!
+//! ```text
+//! operators --operator OP --input DIR --output DIR --checkpoint-dir URL [job flags]
+//! ```
+//!
+//! Input: files `events-NN.jsonl` (NN is the split) of
+//! `{"id": u64, "split": u32, "key": u32, "ts": u64, "value": i64, "side": "L"|"R"}`.
+//! Event time is `ts`, with watermarks per split allowing `--out-of-orderness` (default
+//! 20). Output (`--output`, files `out-*.jsonl`), one JSON array per line, `[tag, [numbers]]`:
+//!
+//! | `--operator` | what it computes | output lines |
+//! | --- | --- | --- |
+//! | `tumbling` | sum of `value` per key in tumbling windows of 100 | `["window", [key, start, end, sum]]`, `["late", [id]]` |
+//! | `sliding` | count per key in windows of 100 sliding by 25 | `["window", [key, start, end, count]]`, `["late", [id]]` |
+//! | `session` | count per key in sessions with a gap of 50 | `["window", [key, start, end, count]]`, `["late", [id]]` |
+//! | `dedup` | first event of each key (window longer than any input) | `["first", [key]]` |
+//! | `interval-join` | left and right events of a key with `0 <= r.ts - l.ts <= 30` | `["pair", [left id, right id]]`, `["late", [id]]` |
+//! | `join` | every left and right event of a key (no event time) | `["pair", [left id, right id]]` |
+//! | `stateful-map` | each event with the running maximum of its key | `["max", [id, max]]` |
+//! | `reduce` | the sum per key, as of every epoch that changed it | `["sum", [key, sum, epoch]]` |
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Concat;
+use weir::prelude::*;
+
+#[derive(Parser, Debug)]
+#[command(about = "Runs one of weir's stateful operators over JSON-lines events")]
+struct Args {
+    /// The operator to run (see the module documentation).
+    #[arg(long)]
+    operator: String,
+    /// Directory of `events-NN.jsonl` files.
+    #[arg(long)]
+    input: PathBuf,
+    /// Directory for the committed output.
+    #[arg(long)]
+    output: PathBuf,
+    /// Allowed out-of-orderness of event time within a split.
+    #[arg(long, default_value_t = 20)]
+    out_of_orderness: u64,
+    /// Lines per second per worker; unlimited by default.
+    #[arg(long)]
+    rate_limit: Option<u64>,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+/// One input event.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Event {
+    id: u64,
+    split: u32,
+    key: u32,
+    ts: u64,
+    value: i64,
+    side: String,
+}
+
+/// One output line: a tag and numbers, written as `["tag", [n, ...]]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Line(String, Vec<i64>);
+
+type Out = Line;
+
+fn main() {
+    weir::cli::main_with(|| {
+        let args = Args::parse();
+        let config = args.job.into_config("operators")?;
+        let splits = splits_of(&args.input)?;
+        let op = args.operator.clone();
+        anyhow::ensure!(
+            [
+                "tumbling",
+                "sliding",
+                "session",
+                "dedup",
+                "interval-join",
+                "join",
+                "stateful-map",
+                "reduce"
+            ]
+            .contains(&op.as_str()),
+            "unknown --operator `{op}`; see `operators --help`"
+        );
+        let (input, output) = (args.input, args.output);
+        let opts = SourceOptions {
+            rate_limit: args.rate_limit,
+        };
+        let bound = args.out_of_orderness;
+        weir::run(config, move |job| {
+            let lines = files::read_lines(job, "events", &input, opts)?;
+            let events = lines.map(|l: String| {
+                serde_json::from_str::<Event>(&l).unwrap_or_else(|e| panic!("bad event {l}: {e}"))
+            });
+            let out = match op.as_str() {
+                "join" => {
+                    let left = events
+                        .clone()
+                        .flat_map(|e| (e.side == "L").then_some((e.key, e.id)));
+                    let right = events.flat_map(|e| (e.side == "R").then_some((e.key, e.id)));
+                    left.join_ttl(job, "join", right, Ttl::Never)?
+                        .map(|(_, l, r)| Line("pair".to_string(), vec![l as i64, r as i64]))
+                }
+                "stateful-map" => events.map(|e| (e.key, e)).stateful_map(
+                    job,
+                    "max",
+                    |_k, max: &mut i64, e: Event| {
+                        *max = (*max).max(e.value);
+                        Some(Line("max".to_string(), vec![e.id as i64, *max as i64]))
+                    },
+                )?,
+                "reduce" => events
+                    .map(|e| (e.key, e.value))
+                    .reduce_by_key(job, "sum", |s: &mut i64, v: i64| *s += v)?
+                    .map(|(k, s, epoch)| {
+                        Line("sum".to_string(), vec![k as i64, s as i64, epoch as i64])
+                    }),
+                _ => event_time(job, &op, events, splits.clone(), bound)?,
+            };
+            files::write_jsonl(job, out, "out", &output)
+        })?;
+        Ok(())
+    })
+}
+
+/// The event-time operators.
+fn event_time<'s>(
+    job: &mut Job<'s>,
+    op: &str,
+    events: timely::dataflow::Stream<'s, u64, Vec<Event>>,
+    splits: Vec<u32>,
+    bound: u64,
+) -> weir::runtime::Result<timely::dataflow::Stream<'s, u64, Vec<Out>>> {
+    let (events, _rejected) = events.assign_event_time(
+        job,
+        "clock",
+        splits,
+        |e: &Event| e.split,
+        |e: &Event| Ok(e.ts),
+        WatermarkStrategy::bounded(bound),
+    )?;
+    let late = |l: Late<Event>| Line("late".to_string(), vec![l.record.data.id as i64]);
+    let fired = |f: weir::operators::Fired<u32, i64>| {
+        Line(
+            "window".to_string(),
+            vec![f.key as i64, f.start as i64, f.end as i64, f.value as i64],
+        )
+    };
+    Ok(match op {
+        "tumbling" | "sliding" | "session" => {
+            let (windows, count): (Windows, bool) = match op {
+                "tumbling" => (Windows::tumbling(100), false),
+                "sliding" => (Windows::sliding(100, 25), true),
+                _ => (Windows::session(50), true),
+            };
+            let (w, l) = events.window(
+                job,
+                "windows",
+                windows,
+                |e: &Event| e.key,
+                move |acc: &mut i64, e: &Event| *acc += if count { 1 } else { e.value },
+                |acc: &mut i64, other: i64| *acc += other,
+            )?;
+            w.map(fired).concat(l.map(late))
+        }
+        "dedup" => {
+            let (first, l) = events.deduplicate(job, "dedup", |e: &Event| e.key, u64::MAX / 4)?;
+            first
+                .records
+                .map(|t| Line("first".to_string(), vec![t.data.key as i64]))
+                .concat(l.map(late))
+        }
+        _ => {
+            let left = EventStream {
+                records: events.records.clone(),
+                watermarks: events.watermarks.clone(),
+                senders: events.senders,
+            }
+            .filter(|e| e.side == "L");
+            let right = events.filter(|e| e.side == "R");
+            let (pairs, l) = left.interval_join(
+                job,
+                "interval-join",
+                right,
+                |e: &Event| e.key,
+                |e: &Event| e.key,
+                0,
+                30,
+            )?;
+            pairs
+                .map(|(_, l, r)| Line("pair".to_string(), vec![l.data.id as i64, r.data.id as i64]))
+                .concat(l.map(|l| {
+                    let id = match l.record.data {
+                        weir::operators::Side::Left(e) | weir::operators::Side::Right(e) => e.id,
+                    };
+                    Line("late".to_string(), vec![id as i64])
+                }))
+        }
+    })
+}
+
+/// The split numbers of the `events-NN.jsonl` files in `dir`.
+fn splits_of(dir: &std::path::Path) -> anyhow::Result<Vec<u32>> {
+    let mut splits = Vec::new();
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("read input directory {}", dir.display()))?
+    {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name
+            .strip_prefix("events-")
+            .and_then(|n| n.strip_suffix(".jsonl"))
+        {
+            splits
+                .push(n.parse().with_context(|| {
+                    format!("input file {name}: expected events-<split>.jsonl")
+                })?);
+        }
+    }
+    splits.sort_unstable();
+    Ok(splits)
+}

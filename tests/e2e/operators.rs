@@ -1,0 +1,389 @@
+//! Property tests of every stateful operator (`examples/operators.rs`): on random input,
+//! a run killed at a random checkpoint, before or after its manifest, and restored at another
+//! number of workers commits the same output as a run without failure, and both equal a
+//! direct oracle computed from the input.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use serde::Deserialize;
+
+use crate::harness::bins;
+use crate::harness::job::JobArgs;
+use crate::harness::process::{run_to_end, tail};
+use crate::harness::workspace::{path_str, Workspace};
+
+/// The example's allowed out-of-orderness, which the generated input respects except
+/// for the events generated late on purpose.
+const BOUND: u64 = 20;
+
+#[derive(Debug, Clone)]
+struct Ev {
+    id: u64,
+    split: u32,
+    key: u32,
+    ts: u64,
+    value: i64,
+    left: bool,
+}
+
+/// Raw draws for one event: (time step, jitter, late?, key, value, left?).
+type Draw = (u64, u64, bool, u32, i64, bool);
+
+fn draws() -> impl Strategy<Value = Vec<Vec<Draw>>> {
+    let event = (
+        0u64..15,
+        0u64..=BOUND,
+        prop::bool::weighted(0.04),
+        0u32..6,
+        -50i64..50,
+        any::<bool>(),
+    );
+    prop::collection::vec(prop::collection::vec(event, 20..150), 1..=4)
+}
+
+/// Events from draws; with `local_keys`, every key belongs to one split only.
+fn events(draws: &[Vec<Draw>], local_keys: bool) -> Vec<Vec<Ev>> {
+    let mut id = 0;
+    draws
+        .iter()
+        .enumerate()
+        .map(|(split, ds)| {
+            let mut t = 1_000u64;
+            ds.iter()
+                .map(|&(dt, jitter, late, key, value, left)| {
+                    t += dt;
+                    id += 1;
+                    Ev {
+                        id,
+                        split: split as u32,
+                        key: if local_keys {
+                            split as u32 * 100 + key
+                        } else {
+                            key
+                        },
+                        ts: if late { t - 400 } else { t - jitter },
+                        value,
+                        left,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn write_input(dir: &Path, splits: &[Vec<Ev>]) {
+    for (n, evs) in splits.iter().enumerate() {
+        let mut text = String::new();
+        for e in evs {
+            text.push_str(
+                &serde_json::json!({
+                    "id": e.id, "split": e.split, "key": e.key, "ts": e.ts, "value": e.value,
+                    "side": if e.left { "L" } else { "R" }
+                })
+                .to_string(),
+            );
+            text.push('\n');
+        }
+        std::fs::write(dir.join(format!("events-{n:02}.jsonl")), text).expect("write input");
+    }
+}
+
+/// Each event with its split's watermark just before it was read.
+fn with_watermarks(splits: &[Vec<Ev>]) -> Vec<(Ev, u64)> {
+    let mut out = Vec::new();
+    for evs in splits {
+        let mut max: Option<u64> = None;
+        for e in evs {
+            out.push((e.clone(), max.map_or(0, |m| m.saturating_sub(BOUND))));
+            max = Some(max.map_or(e.ts, |m| m.max(e.ts)));
+        }
+    }
+    out
+}
+
+type Lines = Vec<(String, Vec<i64>)>;
+
+/// The oracle of each operator, as the example documents it.
+fn oracle(op: &str, splits: &[Vec<Ev>]) -> Lines {
+    let mut out: Lines = Vec::new();
+    let evs = with_watermarks(splits);
+    let all = || splits.iter().flatten();
+    match op {
+        "tumbling" | "sliding" => {
+            let (size, slide) = if op == "tumbling" {
+                (100, 100)
+            } else {
+                (100, 25)
+            };
+            let mut windows: BTreeMap<(u32, u64), i64> = BTreeMap::new();
+            for (e, wm) in &evs {
+                let open: Vec<u64> = (0..=e.ts / slide)
+                    .map(|k| k * slide)
+                    .filter(|s| *s + size > e.ts && *s + size > *wm)
+                    .collect();
+                if open.is_empty() {
+                    out.push(("late".into(), vec![e.id as i64]));
+                }
+                for s in open {
+                    *windows.entry((e.key, s)).or_default() +=
+                        if op == "tumbling" { e.value } else { 1 };
+                }
+            }
+            for ((k, s), v) in windows {
+                out.push((
+                    "window".into(),
+                    vec![k as i64, s as i64, (s + size) as i64, v],
+                ));
+            }
+        }
+        "session" => {
+            let mut per_key: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+            for (e, wm) in &evs {
+                if e.ts <= *wm {
+                    out.push(("late".into(), vec![e.id as i64]));
+                } else {
+                    per_key.entry(e.key).or_default().push(e.ts);
+                }
+            }
+            for (k, mut ts) in per_key {
+                ts.sort_unstable();
+                let (mut start, mut last, mut n) = (ts[0], ts[0], 0);
+                for t in ts {
+                    if t - last > 50 {
+                        out.push((
+                            "window".into(),
+                            vec![k as i64, start as i64, (last + 50) as i64, n],
+                        ));
+                        (start, n) = (t, 0);
+                    }
+                    last = t;
+                    n += 1;
+                }
+                out.push((
+                    "window".into(),
+                    vec![k as i64, start as i64, (last + 50) as i64, n],
+                ));
+            }
+        }
+        "dedup" => {
+            let keys: BTreeSet<u32> = all().map(|e| e.key).collect();
+            out.extend(keys.into_iter().map(|k| ("first".into(), vec![k as i64])));
+        }
+        "interval-join" => {
+            let mut ok = Vec::new();
+            for (e, wm) in &evs {
+                if e.ts < *wm {
+                    out.push(("late".into(), vec![e.id as i64]));
+                } else {
+                    ok.push(e);
+                }
+            }
+            for l in ok.iter().filter(|e| e.left) {
+                for r in ok.iter().filter(|e| !e.left && e.key == l.key) {
+                    if r.ts >= l.ts && r.ts - l.ts <= 30 {
+                        out.push(("pair".into(), vec![l.id as i64, r.id as i64]));
+                    }
+                }
+            }
+        }
+        "join" => {
+            for l in all().filter(|e| e.left) {
+                for r in all().filter(|e| !e.left && e.key == l.key) {
+                    out.push(("pair".into(), vec![l.id as i64, r.id as i64]));
+                }
+            }
+        }
+        "stateful-map" => {
+            let mut max: BTreeMap<u32, i64> = BTreeMap::new();
+            for e in all() {
+                let m = max.entry(e.key).or_insert(0);
+                *m = (*m).max(e.value);
+                out.push(("max".into(), vec![e.id as i64, *m]));
+            }
+        }
+        "reduce" => {
+            let mut sums: BTreeMap<u32, i64> = BTreeMap::new();
+            for e in all() {
+                *sums.entry(e.key).or_default() += e.value;
+            }
+            out.extend(
+                sums.into_iter()
+                    .map(|(k, s)| ("sum".into(), vec![k as i64, s])),
+            );
+        }
+        other => panic!("no oracle for {other}"),
+    }
+    out.sort();
+    out
+}
+
+#[derive(Deserialize)]
+struct Line(String, Vec<i64>);
+
+/// The committed output, sorted; for `reduce`, each key's last sum.
+fn committed(op: &str, dir: &Path) -> Lines {
+    let mut lines: Lines = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("list output")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    for f in files {
+        for l in std::fs::read_to_string(&f).expect("read output").lines() {
+            let Line(tag, nums) = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: not an output line ({e}): {l}", f.display()));
+            lines.push((tag, nums));
+        }
+    }
+    if op == "reduce" {
+        // key -> (epoch, sum); a key changes at most once per epoch.
+        let mut last: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        for (_, n) in &lines {
+            let (k, s, epoch) = (n[0], n[1], n[2]);
+            let e = last.entry(k).or_insert((epoch, s));
+            assert!(
+                e.0 != epoch || e.1 == s,
+                "key {k} has two sums committed for epoch {epoch}"
+            );
+            if epoch >= e.0 {
+                *e = (epoch, s);
+            }
+        }
+        lines = last
+            .into_iter()
+            .map(|(k, (_, s))| ("sum".to_string(), vec![k, s]))
+            .collect();
+    }
+    lines.sort();
+    lines
+}
+
+fn job(ws: &Workspace, op: &str, output: &Path, checkpoints: &Path) -> JobArgs {
+    JobArgs::new(ws)
+        .set("--output", path_str(output))
+        .set("--checkpoint-dir", path_str(checkpoints))
+        .set("--operator", op)
+        .interval_ms(50)
+}
+
+fn run(
+    args: &JobArgs,
+    ws: &Workspace,
+    name: &str,
+    failpoint: Option<&str>,
+) -> crate::harness::process::Finished {
+    let mut cmd = Command::new(bins::operators());
+    cmd.args(args.args());
+    match failpoint {
+        Some(fp) => cmd.env("WEIR_FAILPOINT", fp),
+        None => cmd.env_remove("WEIR_FAILPOINT"),
+    };
+    run_to_end(cmd, ws.log_paths(name), Duration::from_secs(120))
+}
+
+/// One case: the oracle, a run without failure, and a run killed by `failpoint` at
+/// `before` workers and restored at `after` workers must all agree.
+fn check_operator(
+    op: &'static str,
+    draws: &[Vec<Draw>],
+    failpoint: &str,
+    before: usize,
+    after: usize,
+) {
+    let splits = events(draws, op == "stateful-map");
+    let ws = Workspace::new(&format!("prop-{op}"));
+    write_input(&ws.input, &splits);
+    let expected = oracle(op, &splits);
+
+    let (base_out, base_chk) = (ws.root.join("base-out"), ws.root.join("base-chk"));
+    std::fs::create_dir_all(&base_out).expect("create base output");
+    run(
+        &job(&ws, op, &base_out, &base_chk).workers(1),
+        &ws,
+        "base",
+        None,
+    )
+    .assert_success();
+    let base = committed(op, &base_out);
+
+    let lines: usize = splits.iter().map(Vec::len).sum();
+    // Slow enough that the run is still going at the failpoint (~20 checkpoints).
+    let rate = (lines as f64 / before as f64 / 1.0).ceil() as u64;
+    let first = job(&ws, op, &ws.output, &ws.checkpoints)
+        .workers(before)
+        .rate_limit(rate.max(1));
+    let killed = run(&first, &ws, "killed", Some(failpoint));
+    assert_eq!(
+        killed.status.signal(),
+        Some(libc::SIGKILL),
+        "{failpoint} should have killed the run at {before} workers; it ended with {}\n{}",
+        killed.status,
+        tail(&killed.stderr, 20)
+    );
+    let restored = job(&ws, op, &ws.output, &ws.checkpoints)
+        .workers(after)
+        .restore("latest");
+    run(&restored, &ws, "restored", None).assert_success();
+    let chaos = committed(op, &ws.output);
+
+    assert_eq!(
+        base, expected,
+        "{op}: a run without failure differs from the oracle"
+    );
+    assert_eq!(
+        chaos, base,
+        "{op}: killed by {failpoint} at {before} workers and restored at {after}, the output differs from a run without failure"
+    );
+}
+
+fn cases() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("WEIR_PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(3),
+        max_shrink_iters: 8,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn failpoints() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec!["before-manifest", "after-manifest"]),
+        2u32..6,
+    )
+        .prop_map(|(fp, n)| format!("{fp}@{n}"))
+}
+
+/// Worker counts before and after the restore, always different.
+fn parallelism() -> impl Strategy<Value = (usize, usize)> {
+    (1usize..=3, 1usize..=2).prop_map(|(b, d)| (b, (b + d - 1) % 3 + 1))
+}
+
+macro_rules! operator_property {
+    ($name:ident, $op:literal) => {
+        proptest! {
+            #![proptest_config(cases())]
+            #[test]
+            fn $name(d in draws(), fp in failpoints(), (before, after) in parallelism()) {
+                check_operator($op, &d, &fp, before, after);
+            }
+        }
+    };
+}
+
+operator_property!(tumbling_windows_survive_kills_and_rescaling, "tumbling");
+operator_property!(sliding_windows_survive_kills_and_rescaling, "sliding");
+operator_property!(session_windows_survive_kills_and_rescaling, "session");
+operator_property!(deduplicate_survives_kills_and_rescaling, "dedup");
+operator_property!(interval_join_survives_kills_and_rescaling, "interval-join");
+operator_property!(join_with_ttl_survives_kills_and_rescaling, "join");
+operator_property!(stateful_map_survives_kills_and_rescaling, "stateful-map");
+operator_property!(reduce_survives_kills_and_rescaling, "reduce");
