@@ -19,6 +19,7 @@
 //! | `join` | every left and right event of a key (no event time) | `["pair", [left id, right id]]` |
 //! | `stateful-map` | each event with the running maximum of its key | `["max", [id, max]]` |
 //! | `reduce` | the sum per key, as of every epoch that changed it | `["sum", [key, sum, epoch]]` |
+//! | `differential` | differential dataflow on a checkpointed collection of `(key, id, value, side)`: `count` per key, `distinct` keys, `reduce` (largest value per key) and `join` of left and right events by key | changes `["dd-count", [key, n, diff]]`, `["dd-distinct", [key, diff]]`, `["dd-max", [key, max, diff]]`, `["dd-pair", [left id, right id, diff]]` |
 
 use std::path::PathBuf;
 
@@ -83,7 +84,8 @@ fn main() {
                 "interval-join",
                 "join",
                 "stateful-map",
-                "reduce"
+                "reduce",
+                "differential"
             ]
             .contains(&op.as_str()),
             "unknown --operator `{op}`; see `operators --help`"
@@ -112,21 +114,50 @@ fn main() {
                     "max",
                     |_k, max: &mut i64, e: Event| {
                         *max = (*max).max(e.value);
-                        Some(Line("max".to_string(), vec![e.id as i64, *max as i64]))
+                        Some(Line("max".to_string(), vec![e.id as i64, *max]))
                     },
                 )?,
                 "reduce" => events
                     .map(|e| (e.key, e.value))
                     .reduce_by_key(job, "sum", |s: &mut i64, v: i64| *s += v)?
-                    .map(|(k, s, epoch)| {
-                        Line("sum".to_string(), vec![k as i64, s as i64, epoch as i64])
-                    }),
+                    .map(|(k, s, epoch)| Line("sum".to_string(), vec![k as i64, s, epoch as i64])),
+                "differential" => differential(job, events)?,
                 _ => event_time(job, &op, events, splits.clone(), bound)?,
             };
             files::write_jsonl(job, out, "out", &output)
         })?;
         Ok(())
     })
+}
+
+/// Differential dataflow operators on a checkpointed collection.
+fn differential<'s>(
+    job: &mut Job<'s>,
+    events: timely::dataflow::Stream<'s, u64, Vec<Event>>,
+) -> weir::runtime::Result<timely::dataflow::Stream<'s, u64, Vec<Out>>> {
+    use weir::operators::collection::{changes, ToCollection};
+    let all = events
+        .map(|e| ((e.key, e.id, e.value, e.side == "L"), 1isize))
+        .to_collection(job, "events-collection")?;
+    let keys = all.clone().map(|(k, _, _, _)| k);
+    let counts = changes(keys.clone().count(), job)
+        .map(|((k, n), _, d)| Line("dd-count".into(), vec![k as i64, n as i64, d as i64]));
+    let distinct = changes(keys.distinct(), job)
+        .map(|(k, _, d)| Line("dd-distinct".into(), vec![k as i64, d as i64]));
+    let max = all.clone().map(|(k, _, v, _)| (k, v)).reduce(
+        |_k, input: &[(&i64, isize)], output: &mut Vec<(i64, isize)>| {
+            output.push((*input[input.len() - 1].0, 1))
+        },
+    );
+    let max =
+        changes(max, job).map(|((k, m), _, d)| Line("dd-max".into(), vec![k as i64, m, d as i64]));
+    let left = all
+        .clone()
+        .flat_map(|(k, id, _, left)| left.then_some((k, id)));
+    let right = all.flat_map(|(k, id, _, left)| (!left).then_some((k, id)));
+    let pairs = changes(left.join(right), job)
+        .map(|((_, (l, r)), _, d)| Line("dd-pair".into(), vec![l as i64, r as i64, d as i64]));
+    Ok(counts.concat(distinct).concat(max).concat(pairs))
 }
 
 /// The event-time operators.
@@ -149,7 +180,7 @@ fn event_time<'s>(
     let fired = |f: weir::operators::Fired<u32, i64>| {
         Line(
             "window".to_string(),
-            vec![f.key as i64, f.start as i64, f.end as i64, f.value as i64],
+            vec![f.key as i64, f.start as i64, f.end as i64, f.value],
         )
     };
     Ok(match op {

@@ -12,6 +12,10 @@ use weir_runtime::{Job, Result};
 
 use crate::source::{source, Reader, SourceOptions};
 
+/// The number of splits the generator cuts its items into: item `i` is in split
+/// `i % SPLITS` (useful as the split of event-time watermarks).
+pub const SPLITS: u32 = 64;
+
 /// Emits `make(i)` for every `i` in `0..total`, spread over workers.
 ///
 /// # Examples
@@ -40,7 +44,7 @@ where
     D: timely::ExchangeData,
     F: Fn(u64) -> D + 'static,
 {
-    let splits: u32 = 64;
+    let splits = SPLITS;
     let ctx = job.ctx();
     let owned: Vec<u32> = (0..splits).filter(|s| ctx.owns(s)).collect();
     source(

@@ -58,6 +58,11 @@ pub(crate) trait Store: 'static {
     }
     /// Encodes the state as a checkpoint part.
     fn encode(&self, name: &str, key_groups: u32) -> Result<Vec<u8>>;
+    /// Output to emit once, before anything else, at the given epoch (which may be
+    /// earlier than this run's first epoch): a replay of restored state.
+    fn replay(&mut self) -> Option<(u64, Vec<Self::Out>)> {
+        None
+    }
 }
 
 /// Records of one epoch, waiting for earlier epochs to close.
@@ -102,11 +107,20 @@ pub(crate) fn keyed<'s, S: Store>(
         let mut seen: BTreeSet<u64> = BTreeSet::new();
         let mut changed = true;
         let mut out: Vec<S::Out> = Vec::new();
+        let mut replayed = false;
 
         move |frontiers| {
             let frontier = &frontiers[0];
             let oldest = frontier.frontier().iter().min().copied();
             let mut session_out = data_out.activate();
+            if !std::mem::replace(&mut replayed, true) {
+                if let (Some((epoch, replay)), Some(c)) = (store.replay(), data_cap.as_ref()) {
+                    // The data capability is still at its initial time, below any epoch.
+                    session_out
+                        .session(&c.delayed(&epoch))
+                        .give_iterator(replay.into_iter());
+                }
+            }
             // Close every epoch the frontier has passed, in order, before any record of a
             // later epoch is applied.
             let closing: BTreeSet<u64> = buffered

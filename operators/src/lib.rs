@@ -10,8 +10,11 @@
 //!   source split; [`Window`] (tumbling, sliding, session), [`Deduplicate`] and
 //!   [`IntervalJoin`] run on the resulting [`EventStream`].
 //! - [`DeduplicateProcessingTime`] and [`JoinTtl`] work on plain keyed streams.
+//! - [`collection::ToCollection`] runs differential dataflow operators on collections
+//!   whose results survive restore.
 #![deny(missing_docs)]
 
+pub mod collection;
 pub mod count;
 pub mod dedup;
 pub mod event_time;
@@ -25,8 +28,12 @@ pub mod window;
 /// A stream of records, timestamped with epochs.
 pub type Records<'s, D> = timely::dataflow::Stream<'s, u64, Vec<D>>;
 
+pub use collection::ToCollection;
 pub use count::CountByKey;
 pub use dedup::{Deduplicate, DeduplicateProcessingTime};
+/// The differential dataflow crate weir's collections are built on, at the version weir
+/// uses.
+pub use differential_dataflow;
 pub use event_time::{AssignEventTime, EventStream, Mark, Rejected, Timed, WatermarkStrategy};
 pub use join::{IntervalJoin, JoinTtl, Side};
 pub use keyed::Ttl;

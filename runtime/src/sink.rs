@@ -57,6 +57,10 @@ pub trait TwoPhaseSink: 'static {
 }
 
 /// Writes `stream` through a two-phase-commit sink named `name`.
+///
+/// Records at epochs the restored checkpoint covers are dropped: they are what an earlier
+/// run committed, replayed by operators that rebuild their output from restored state
+/// (see `weir_operators::collection`).
 pub fn sink<'scope, D, S>(
     job: &mut Job<'scope>,
     stream: Stream<'scope, u64, Vec<D>>,
@@ -83,6 +87,7 @@ where
     let mut snapshotter = Snapshotter::new(&ctx, name, &address, worker);
     let name = name.to_string();
     let first_epoch = ctx.first_epoch();
+    let restored = ctx.restored().map(|m| m.epoch);
     builder.build(move |mut caps| {
         let mut tracker = EpochTracker::new(caps.pop().expect("one output"), first_epoch);
         let mut open: BTreeSet<u64> = BTreeSet::new();
@@ -92,6 +97,13 @@ where
                 |e: RuntimeError| -> ! { crate::execute::die(&format!("sink `{name}`: {e}"), &e) };
             input.for_each(|cap, data| {
                 let Some(&epoch) = cap.least() else { return };
+                if restored.is_some_and(|r| epoch <= r) {
+                    // Output as of the restored checkpoint or earlier (operators that
+                    // replay restored state emit it there) was committed by an earlier
+                    // run.
+                    data.clear();
+                    return;
+                }
                 tracker.saw(epoch);
                 open.insert(epoch);
                 for record in data.drain(..) {

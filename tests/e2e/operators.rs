@@ -216,6 +216,27 @@ fn oracle(op: &str, splits: &[Vec<Ev>]) -> Lines {
                     .map(|(k, s)| ("sum".into(), vec![k as i64, s])),
             );
         }
+        "differential" => {
+            let mut counts: BTreeMap<u32, i64> = BTreeMap::new();
+            let mut max: BTreeMap<u32, i64> = BTreeMap::new();
+            for e in all() {
+                *counts.entry(e.key).or_default() += 1;
+                let m = max.entry(e.key).or_insert(e.value);
+                *m = (*m).max(e.value);
+            }
+            for (k, n) in &counts {
+                out.push(("dd-count".into(), vec![*k as i64, *n, 1]));
+                out.push(("dd-distinct".into(), vec![*k as i64, 1]));
+            }
+            for (k, m) in max {
+                out.push(("dd-max".into(), vec![k as i64, m, 1]));
+            }
+            for l in all().filter(|e| e.left) {
+                for r in all().filter(|e| !e.left && e.key == l.key) {
+                    out.push(("dd-pair".into(), vec![l.id as i64, r.id as i64, 1]));
+                }
+            }
+        }
         other => panic!("no oracle for {other}"),
     }
     out.sort();
@@ -258,6 +279,22 @@ fn committed(op: &str, dir: &Path) -> Lines {
         lines = last
             .into_iter()
             .map(|(k, (_, s))| ("sum".to_string(), vec![k, s]))
+            .collect();
+    }
+    if op == "differential" {
+        // Changes accumulate to the final collections: (record, net diff).
+        let mut net: BTreeMap<(String, Vec<i64>), i64> = BTreeMap::new();
+        for (tag, mut n) in lines.drain(..) {
+            let diff = n.pop().expect("a change ends with its diff");
+            *net.entry((tag, n)).or_default() += diff;
+        }
+        lines = net
+            .into_iter()
+            .filter(|(_, d)| *d != 0)
+            .map(|((tag, mut n), d)| {
+                n.push(d);
+                (tag, n)
+            })
             .collect();
     }
     lines.sort();
@@ -387,3 +424,7 @@ operator_property!(interval_join_survives_kills_and_rescaling, "interval-join");
 operator_property!(join_with_ttl_survives_kills_and_rescaling, "join");
 operator_property!(stateful_map_survives_kills_and_rescaling, "stateful-map");
 operator_property!(reduce_survives_kills_and_rescaling, "reduce");
+operator_property!(
+    differential_collections_survive_kills_and_rescaling,
+    "differential"
+);

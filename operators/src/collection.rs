@@ -1,0 +1,170 @@
+//! `to_collection`: differential dataflow collections whose results survive restore.
+//!
+//! ## How it works, and what a restore costs
+//!
+//! A stream of updates `(data, diff)` becomes a differential
+//! [`VecCollection`](differential_dataflow::VecCollection) timestamped with epochs, so any
+//! differential operator (`count`, `reduce`, `join`, `distinct`, iteration, ...) can run on
+//! it. The operator keeps the consolidated input collection (every record with a non-zero
+//! accumulated diff) as keyed state and checkpoints it with every epoch.
+//!
+//! On restore from epoch `e`, the consolidated input is replayed into the collection at
+//! time `e`, and the differential operators downstream recompute their results from it.
+//! Those results, at times `<= e`, are what earlier runs already committed; weir's sinks
+//! drop output at epochs before the run's first epoch, and [`changes`] drops it too, so
+//! only the changes after `e` are committed. The output is thus exactly that of a run
+//! without failure.
+//!
+//! The cost: a restore reads the consolidated inputs (proportional to the number of
+//! distinct input records, not to the history) and recomputes every downstream
+//! differential operator over them, about as long as processing that many records once;
+//! arrangements are not snapshotted. `BENCHMARKS.md` measures it.
+
+use std::hash::Hash;
+
+use differential_dataflow::{AsCollection, VecCollection};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::Stream;
+use weir_runtime::{encode_keyed, Job, Result};
+
+use crate::keyed::{keyed, Store};
+
+/// Turns a stream of updates into a differential collection that survives restore.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::{Capture, ToStream};
+/// use timely::dataflow::operators::capture::Extract;
+/// use weir_operators::collection::{changes, ToCollection};
+///
+/// let (send, recv) = std::sync::mpsc::channel();
+/// let send = std::sync::Mutex::new(send);
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-collection"), move |job| {
+///     // Words added (+1) and one retracted (-1).
+///     let updates = vec![("a".to_string(), 1isize), ("b".to_string(), 1), ("a".to_string(), 1), ("b".to_string(), -1)]
+///         .to_stream(job.scope());
+///     let words = updates.to_collection(job, "words")?;
+///     let counts = words.count();
+///     changes(counts, job).capture_into(send.lock().unwrap().clone());
+///     Ok(())
+/// }).unwrap();
+/// let mut out: Vec<((String, isize), isize)> = recv.extract().into_iter().flat_map(|(_, v)| v)
+///     .map(|(d, _epoch, diff)| (d, diff)).collect();
+/// out.sort();
+/// assert_eq!(out, vec![(("a".to_string(), 2), 1)]);
+/// ```
+pub trait ToCollection<'s, D> {
+    /// Accumulates the updates `(data, diff)` into a collection whose consolidated
+    /// contents are checkpointed under `name` (unique in the job) and replayed on restore.
+    fn to_collection(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+    ) -> Result<VecCollection<'s, u64, D, isize>>;
+}
+
+impl<'s, D> ToCollection<'s, D> for Stream<'s, u64, Vec<(D, isize)>>
+where
+    D: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
+{
+    fn to_collection(
+        self,
+        job: &mut Job<'s>,
+        name: &str,
+    ) -> Result<VecCollection<'s, u64, D, isize>> {
+        let ctx = job.ctx().clone();
+        let restored: Vec<(D, isize)> = ctx.restore_keyed(name)?;
+        let replay_at = ctx.restored().map(|m| m.epoch);
+        let store = Inputs {
+            counts: restored.into_iter().collect(),
+            replay_at,
+        };
+        Ok(keyed(self, job, name, store)?.as_collection())
+    }
+}
+
+/// The changes of a collection as `(data, epoch, diff)`, each at its own epoch, without
+/// those at epochs a restored checkpoint already covers (they were committed by an
+/// earlier run).
+///
+/// Differential operators may send an update in a batch stamped with an earlier time
+/// than the update's own; this moves every update to its own epoch, so that sinks commit
+/// it with that epoch.
+pub fn changes<'s, D: timely::ExchangeData + Clone>(
+    collection: VecCollection<'s, u64, D, isize>,
+    job: &Job<'s>,
+) -> Stream<'s, u64, Vec<(D, u64, isize)>> {
+    let committed = job.ctx().restored().map(|m| m.epoch);
+    collection
+        .inner
+        .unary::<CapacityContainerBuilder<Vec<(D, u64, isize)>>, _, _, _>(
+            Pipeline,
+            "changes",
+            move |_, _| {
+                let mut by_time: BTreeMap<u64, Vec<(D, u64, isize)>> = BTreeMap::new();
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        for (d, t, r) in data.drain(..) {
+                            if committed.is_none_or(|c| t > c) {
+                                by_time.entry(t).or_default().push((d, t, r));
+                            }
+                        }
+                        for (t, updates) in std::mem::take(&mut by_time) {
+                            output
+                                .session(&cap.delayed(&t, 0))
+                                .give_iterator(updates.into_iter());
+                        }
+                    });
+                }
+            },
+        )
+}
+
+/// The consolidated input collection on one worker.
+struct Inputs<D> {
+    counts: std::collections::HashMap<D, isize>,
+    replay_at: Option<u64>,
+}
+
+impl<D> Store for Inputs<D>
+where
+    D: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
+{
+    type Key = D;
+    type Value = isize;
+    type Out = (D, u64, isize);
+
+    fn apply(&mut self, epoch: u64, d: D, diff: isize, out: &mut Vec<Self::Out>) {
+        if diff == 0 {
+            return;
+        }
+        let count = self.counts.entry(d.clone()).or_insert(0);
+        *count += diff;
+        if *count == 0 {
+            self.counts.remove(&d);
+        }
+        out.push((d, epoch, diff));
+    }
+
+    fn encode(&self, name: &str, key_groups: u32) -> Result<Vec<u8>> {
+        encode_keyed(name, key_groups, self.counts.iter())
+    }
+
+    fn replay(&mut self) -> Option<(u64, Vec<Self::Out>)> {
+        let epoch = self.replay_at?;
+        let mut all: Vec<Self::Out> = self
+            .counts
+            .iter()
+            .map(|(d, c)| (d.clone(), epoch, *c))
+            .collect();
+        all.sort_unstable();
+        Some((epoch, all))
+    }
+}
