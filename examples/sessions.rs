@@ -19,6 +19,10 @@
 //! - `sessions-*.jsonl`: `{"user", "start", "end", "clicks"}`, one line per session;
 //! - `rejected-*.jsonl`: `{"line", "reason"}` for records without a timestamp;
 //! - `late-*.jsonl`: `{"id", "ts", "reason"}` for records behind the watermark.
+//!
+//! With `--postgres URL`, the sessions also go into a PostgreSQL table
+//! (`--postgres-table`, default `sessions`), by two-phase commit or by upsert
+//! (`--postgres-mode`).
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +58,16 @@ struct Args {
     /// Lines per second per worker (for demos and chaos tests); unlimited by default.
     #[arg(long)]
     rate_limit: Option<u64>,
+    /// Also write the sessions into this PostgreSQL database (URL).
+    #[arg(long)]
+    postgres: Option<String>,
+    /// The table for `--postgres`: columns `user`, `start`, `end`, `clicks`, unique on
+    /// (`user`, `start`).
+    #[arg(long, default_value = "sessions")]
+    postgres_table: String,
+    /// `two-phase` (exactly-once by two-phase commit) or `upsert` (effectively-once).
+    #[arg(long, default_value = "two-phase")]
+    postgres_mode: String,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -138,6 +152,22 @@ fn main() {
         let opts = SourceOptions {
             rate_limit: args.rate_limit,
         };
+        let postgres = match args.postgres {
+            None => None,
+            Some(url) => Some(weir::connectors::postgres::PostgresOptions {
+                url,
+                table: args.postgres_table,
+                mode: match args.postgres_mode.as_str() {
+                    "two-phase" => weir::connectors::postgres::PgMode::TwoPhase,
+                    "upsert" => weir::connectors::postgres::PgMode::Upsert {
+                        key: vec!["user".into(), "start".into()],
+                    },
+                    other => {
+                        anyhow::bail!("--postgres-mode must be two-phase or upsert, not `{other}`")
+                    }
+                },
+            }),
+        };
         weir::run(config, move |job| {
             let lines = files::read_lines(job, "clicks", &input, opts)?;
             let lines = lines.map(parse);
@@ -170,6 +200,14 @@ fn main() {
                 end: f.end,
                 clicks: f.value,
             });
+            if let Some(pg) = postgres.clone() {
+                weir::connectors::postgres::write_postgres(
+                    job,
+                    sessions.clone(),
+                    "sessions-db",
+                    pg,
+                )?;
+            }
             files::write_jsonl(job, sessions, "sessions", &output)?;
             let rejected = rejected.map(|r| RejectedLine {
                 line: r.data.raw,

@@ -5,13 +5,21 @@
 #   scripts/services.sh down   stop what `up` started
 #   scripts/services.sh env    print the environment the tests need (eval it)
 #
-# Servers: SeaweedFS (S3-compatible object storage, for checkpoints on s3://) on
-# 127.0.0.1:18333 with bucket `test`. State lives in $WEIR_SERVICES_DIR
-# (default: target/services).
+# Servers:
+# - SeaweedFS (S3-compatible object storage, for checkpoints on s3://) on
+#   127.0.0.1:18333 with bucket `test`;
+# - PostgreSQL, a cluster of its own on 127.0.0.1:15432 with max_prepared_transactions
+#   (the two-phase-commit sink needs it; a machine's default cluster has it off),
+#   database `weir_test`, user `postgres`, trust authentication; and a second one on
+#   127.0.0.1:15433 with prepared transactions off (the default), to test that the sink
+#   says so.
+# State lives in $WEIR_SERVICES_DIR (default: target/services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${WEIR_SERVICES_DIR:-$PWD/target/services}
 S3_PORT=18333
+PG_PORT=15432
+PG_NO_2PC_PORT=15433
 mkdir -p "$DIR"
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -42,19 +50,62 @@ s3_up() {
   exit 1
 }
 
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+
+# pg_up NAME PORT MAX_PREPARED: a cluster of our own in $DIR/NAME.
+pg_up() {
+  local name=$1 port=$2 prepared=$3
+  if listening "$port"; then
+    echo "services: PostgreSQL ($name) already listening on 127.0.0.1:$port"
+    return
+  fi
+  local bin
+  bin=$(pg_bin)
+  if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+    echo "services: installing PostgreSQL (apt-get install postgresql)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null
+    bin=$(pg_bin)
+  fi
+  local pg="$DIR/$name"
+  # The server refuses to run as root: the cluster belongs to `postgres`.
+  install -d -o postgres -g postgres "$pg"
+  if [ ! -f "$pg/data/PG_VERSION" ]; then
+    runuser -u postgres -- "$bin/initdb" -D "$pg/data" -U postgres -A trust -E UTF8 --no-sync >"$pg/initdb.log"
+    printf "listen_addresses='127.0.0.1'\nport=%s\nunix_socket_directories='%s'\nmax_prepared_transactions=%s\nfsync=off\n" \
+      "$port" "$pg" "$prepared" >>"$pg/data/postgresql.conf"
+  fi
+  runuser -u postgres -- "$bin/pg_ctl" -D "$pg/data" -l "$pg/server.log" -w -t 30 start >/dev/null
+  runuser -u postgres -- "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -qtAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'weir_test'" | grep -q 1 ||
+    runuser -u postgres -- "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -qc "CREATE DATABASE weir_test"
+  echo "services: PostgreSQL ($name) ready on 127.0.0.1:$port (max_prepared_transactions=$prepared)"
+}
+
+pg_down() {
+  local bin pg="$DIR/$1"
+  bin=$(pg_bin)
+  if [ -n "$bin" ] && [ -f "$pg/data/postmaster.pid" ]; then
+    runuser -u postgres -- "$bin/pg_ctl" -D "$pg/data" -m fast -w stop >/dev/null || true
+  fi
+}
+
 case "${1:-}" in
-  up) s3_up ;;
+  up) s3_up; pg_up postgres "$PG_PORT" 64; pg_up postgres-no-2pc "$PG_NO_2PC_PORT" 0 ;;
   down)
     if [ -f "$DIR/seaweedfs.pid" ]; then
       kill "$(cat "$DIR/seaweedfs.pid")" 2>/dev/null || true
       rm -f "$DIR/seaweedfs.pid"
     fi
+    pg_down postgres
+    pg_down postgres-no-2pc
     ;;
   env)
     echo "export WEIR_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT"
     echo "export WEIR_TEST_S3_BUCKET=test"
     echo "export WEIR_TEST_S3_ACCESS_KEY_ID=weir"
     echo "export WEIR_TEST_S3_SECRET_ACCESS_KEY=weir-secret"
+    echo "export WEIR_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$PG_PORT/weir_test"
+    echo "export WEIR_TEST_POSTGRES_NO_2PC_URL=postgres://postgres@127.0.0.1:$PG_NO_2PC_PORT/weir_test"
     ;;
   *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
 esac

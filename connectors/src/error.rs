@@ -8,8 +8,9 @@ use weir_runtime::RuntimeError;
 pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
 
 /// What can go wrong in a source or sink. Every variant names the connector and the
-/// file at fault; all of them are permanent for the job (restarting does not fix a
-/// missing directory or a deleted output), so they stop `weir launch` from retrying.
+/// file or server at fault. They are permanent for the job (restarting does not fix a
+/// missing directory or table, or a deleted output), so they stop `weir launch` from
+/// retrying, except for a server that cannot be reached, which a restart may cure.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     /// A file or directory operation failed.
@@ -60,11 +61,32 @@ pub enum ConnectorError {
         /// Where it should be committed.
         committed: PathBuf,
     },
+    /// A PostgreSQL operation failed.
+    #[error("{connector}: PostgreSQL {server}: cannot {action}: {detail}{hint}")]
+    Postgres {
+        /// The sink name.
+        connector: String,
+        /// `user@host:port/database` (never the password).
+        server: String,
+        /// What was attempted.
+        action: &'static str,
+        /// The server's message and SQLSTATE, or the connection error.
+        detail: String,
+        /// How to fix it ("" otherwise).
+        hint: String,
+        /// A connection failure a restart may cure.
+        transient: bool,
+    },
 }
 
 impl From<ConnectorError> for RuntimeError {
     fn from(e: ConnectorError) -> Self {
-        RuntimeError::Connector(Box::new(e))
+        match e {
+            ConnectorError::Postgres {
+                transient: true, ..
+            } => RuntimeError::Unavailable(Box::new(e)),
+            e => RuntimeError::Connector(Box::new(e)),
+        }
     }
 }
 

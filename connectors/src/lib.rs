@@ -3,12 +3,14 @@
 //! Every connector states its delivery contract in its module documentation: what a
 //! restore replays, what a crash can leave behind, and how that is cleaned up. The
 //! embedded defaults are [`files`] (a replayable line source and a transactional
-//! JSON-lines sink) and [`generator`] (a deterministic source for tests and benchmarks).
+//! JSON-lines sink) and [`generator`] (a deterministic source for tests and benchmarks);
+//! [`postgres`] writes into PostgreSQL exactly once.
 #![deny(missing_docs)]
 
 pub mod error;
 pub mod files;
 pub mod generator;
+pub mod postgres;
 mod source;
 
 pub use error::ConnectorError;

@@ -55,9 +55,14 @@ pub enum RuntimeError {
         /// The newer generation seen.
         newer: u64,
     },
-    /// A source or sink failed (the connector's own error, with its context).
+    /// A source or sink failed on its settings or data (the connector's own error, with
+    /// its context); restarting does not help.
     #[error(transparent)]
     Connector(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// An external system a source or sink talks to failed in a way a restart may cure
+    /// (connection refused or lost, a server restarting).
+    #[error(transparent)]
+    Unavailable(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// The timely cluster could not start or a worker failed.
     #[error("dataflow failed: {0}")]
     Dataflow(String),

@@ -14,6 +14,7 @@ mod cli;
 mod failpoints;
 mod kills;
 mod operators;
+mod postgres;
 mod relaunch;
 mod rescale;
 mod restore;

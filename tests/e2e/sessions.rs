@@ -33,9 +33,9 @@ struct Click {
 
 /// What the job must commit, computed from the input files alone.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Expected {
+pub(crate) struct Expected {
     /// (user, start, end, clicks), sorted.
-    sessions: Vec<(u32, u64, u64, u64)>,
+    pub(crate) sessions: Vec<(u32, u64, u64, u64)>,
     /// Ids of late clicks, sorted.
     late: Vec<u64>,
     /// Rejected lines, sorted.
@@ -200,7 +200,7 @@ fn check(expected: &Expected, actual: &Expected) {
 }
 
 /// Writes the input with the example's own generator and returns the oracle.
-fn generate(ws: &Workspace, seed: u64) -> Expected {
+pub(crate) fn generate(ws: &Workspace, seed: u64) -> Expected {
     let mut cmd = Command::new(bins::sessions());
     cmd.args(["generate", "--input", &path_str(&ws.input)])
         .args(["--splits", &SPLITS.to_string()])
@@ -219,7 +219,7 @@ fn generate(ws: &Workspace, seed: u64) -> Expected {
 }
 
 /// Lines per second per worker so that `workers` read the input in about `secs`.
-fn rate_for(workers: usize, secs: f64) -> u64 {
+pub(crate) fn rate_for(workers: usize, secs: f64) -> u64 {
     let lines = (u64::from(SPLITS) * EVENTS_PER_SPLIT) as f64 * 1.03;
     ((lines / workers as f64 / secs).ceil() as u64).max(1)
 }

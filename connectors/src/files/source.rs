@@ -1,7 +1,8 @@
 //! The file source: every file of a directory, line by line, replayable from
 //! `(file, byte offset)` positions stored in the checkpoint.
 //!
-//! Delivery contract: files are spread over workers by the key group of their name.
+//! Delivery contract: files are spread over workers by the key group of their name; a
+//! worker reads up to 16 of its files at once, a run of lines from each in turn.
 //! With exactly-once and at-least-once delivery, a restore resumes every file right
 //! after the last line covered by the restored checkpoint. With at-most-once, it
 //! resumes after the last line ever read (a ledger written before lines are emitted).
@@ -62,8 +63,9 @@ pub fn read_lines<'s>(
     let reader = LineReader {
         name: name.to_string(),
         files: owned,
-        index: 0,
-        current: None,
+        open: Vec::new(),
+        turn: 0,
+        in_turn: 0,
         line: String::new(),
     };
     source(job, name, reader, opts)
@@ -103,11 +105,22 @@ fn list_files(
     Ok(files)
 }
 
+/// Files read at once, a run of lines from each in turn, so that event time advances
+/// in all of them together (watermarks are held back by the file that lags most).
+const OPEN_AT_ONCE: usize = 16;
+/// Lines read from one file before turning to the next.
+const RUN: usize = 64;
+
 struct LineReader {
     name: String,
+    /// Files not finished yet, in name order.
     files: Vec<(String, PathBuf)>,
-    index: usize,
-    current: Option<BufReader<std::fs::File>>,
+    /// Readers of the first `OPEN_AT_ONCE` files, opened on first use.
+    open: Vec<Option<BufReader<std::fs::File>>>,
+    /// The file (among the open ones) to read from next.
+    turn: usize,
+    /// Lines read from it in this turn (turns span calls).
+    in_turn: usize,
     line: String,
 }
 
@@ -123,32 +136,47 @@ impl Reader for LineReader {
     ) -> Result<bool> {
         let mut n = 0;
         while n < max {
-            let Some((file_name, path)) = self.files.get(self.index) else {
+            let active = self.files.len().min(OPEN_AT_ONCE);
+            if active == 0 {
                 return Ok(false);
-            };
-            let offset = *positions.get(file_name).unwrap_or(&0);
-            let io = |source: std::io::Error| ConnectorError::Read {
-                connector: self.name.clone(),
-                path: path.clone(),
-                offset,
-                source,
-            };
-            if self.current.is_none() {
-                let mut file = std::fs::File::open(path).map_err(io)?;
-                file.seek(SeekFrom::Start(offset)).map_err(io)?;
-                self.current = Some(BufReader::with_capacity(1 << 16, file));
             }
-            let reader = self.current.as_mut().expect("opened");
-            self.line.clear();
-            let read = reader.read_line(&mut self.line).map_err(io)?;
-            if read == 0 {
-                self.index += 1;
-                self.current = None;
-                continue;
+            self.open.resize_with(active, || None);
+            let i = self.turn % active;
+            let (file_name, path) = &self.files[i];
+            let mut finished = false;
+            while self.in_turn < RUN && n < max {
+                let offset = *positions.get(file_name).unwrap_or(&0);
+                let io = |source: std::io::Error| ConnectorError::Read {
+                    connector: self.name.clone(),
+                    path: path.clone(),
+                    offset,
+                    source,
+                };
+                if self.open[i].is_none() {
+                    let mut file = std::fs::File::open(path).map_err(io)?;
+                    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+                    self.open[i] = Some(BufReader::with_capacity(1 << 16, file));
+                }
+                let reader = self.open[i].as_mut().expect("opened");
+                self.line.clear();
+                let read = reader.read_line(&mut self.line).map_err(io)?;
+                if read == 0 {
+                    finished = true;
+                    break;
+                }
+                positions.insert(file_name.clone(), offset + read as u64);
+                out.push(self.line.trim_end_matches(['\n', '\r']).to_string());
+                n += 1;
+                self.in_turn += 1;
             }
-            positions.insert(file_name.clone(), offset + read as u64);
-            out.push(self.line.trim_end_matches(['\n', '\r']).to_string());
-            n += 1;
+            if finished {
+                self.files.remove(i);
+                self.open.remove(i);
+                self.in_turn = 0;
+            } else if self.in_turn == RUN {
+                self.turn = i + 1;
+                self.in_turn = 0;
+            }
         }
         Ok(true)
     }
