@@ -67,10 +67,96 @@ pub fn frame(kind: PayloadKind, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The CRC-32s of one object, computed in a single pass over its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checksums {
+    /// CRC-32 of the whole object, header included: what manifests record.
+    pub object: u32,
+    /// CRC-32 of the bytes after the header, what the header records; `None` when the
+    /// object is shorter than a header.
+    pub payload: Option<u32>,
+}
+
+/// Both CRC-32s of an object in one pass: the payload's is computed over the bytes after
+/// the header, and the whole object's is derived from it and the header's bytes
+/// (`crc32(header ++ payload)` from `crc32(header)`, `crc32(payload)` and the payload's
+/// length), so that it equals [`crc32`] of the whole object bit for bit.
+pub fn checksums(bytes: &[u8]) -> Checksums {
+    if bytes.len() < HEADER_LEN {
+        return Checksums {
+            object: crc32(bytes),
+            payload: None,
+        };
+    }
+    let (header, payload) = bytes.split_at(HEADER_LEN);
+    let payload_crc = crc32fast::hash(payload);
+    Checksums {
+        object: append_crc(header, payload_crc, payload.len()),
+        payload: Some(payload_crc),
+    }
+}
+
+/// The CRC-32 of `head ++ tail` from `head`'s bytes and `tail`'s CRC and length.
+fn append_crc(head: &[u8], tail_crc: u32, tail_len: usize) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(head);
+    hasher.combine(&crc32fast::Hasher::new_with_initial_len(
+        tail_crc,
+        tail_len as u64,
+    ));
+    hasher.finalize()
+}
+
+/// The CRC-32 of a whole object as written, for its manifest entry.
+///
+/// For an object made by [`frame`] (or [`encode`], [`encode_json`]) it is derived from
+/// the header, which already holds the payload's CRC, without reading the payload
+/// again; for other bytes it is [`crc32`]. Either way it equals [`crc32`] of the bytes
+/// whenever the header's CRC is the payload's, which [`frame`] guarantees; an object
+/// whose header does not match its payload fails verification when it is read.
+pub fn object_crc32(bytes: &[u8]) -> u32 {
+    match parse_header(bytes) {
+        Some(header) if bytes.len() - HEADER_LEN == header.len as usize => {
+            append_crc(&bytes[..HEADER_LEN], header.crc, bytes.len() - HEADER_LEN)
+        }
+        _ => crc32(bytes),
+    }
+}
+
+/// The header's fields, if `bytes` are long enough and start with the magic bytes.
+struct Header {
+    version: u16,
+    kind: u16,
+    len: u64,
+    crc: u32,
+}
+
+fn parse_header(bytes: &[u8]) -> Option<Header> {
+    if bytes.len() < HEADER_LEN || bytes[0..4] != MAGIC {
+        return None;
+    }
+    Some(Header {
+        version: u16::from_le_bytes([bytes[4], bytes[5]]),
+        kind: u16::from_le_bytes([bytes[6], bytes[7]]),
+        len: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
+        crc: u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")),
+    })
+}
+
 /// Checks an object's header and checksum and returns its payload.
 ///
 /// `path` names the object in errors.
 pub fn unframe<'a>(path: &str, bytes: &'a [u8]) -> Result<(PayloadKind, &'a [u8])> {
+    unframe_with(path, bytes, None)
+}
+
+/// [`unframe`], with the payload's CRC already computed by [`checksums`] over the same
+/// bytes (`None`: compute it here).
+pub(crate) fn unframe_with<'a>(
+    path: &str,
+    bytes: &'a [u8],
+    payload_crc: Option<u32>,
+) -> Result<(PayloadKind, &'a [u8])> {
     let corrupt = |reason: String| CheckpointError::Corrupt {
         path: path.to_string(),
         reason,
@@ -81,24 +167,21 @@ pub fn unframe<'a>(path: &str, bytes: &'a [u8]) -> Result<(PayloadKind, &'a [u8]
             bytes.len()
         )));
     }
-    if bytes[0..4] != MAGIC {
+    let Some(header) = parse_header(bytes) else {
         return Err(corrupt(
             "missing WEIR magic bytes: not a weir checkpoint object".into(),
         ));
-    }
-    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != FORMAT_VERSION {
+    };
+    if header.version != FORMAT_VERSION {
         return Err(CheckpointError::VersionMismatch {
             path: path.to_string(),
-            found: version,
+            found: header.version,
             supported: FORMAT_VERSION,
         });
     }
-    let kind = u16::from_le_bytes([bytes[6], bytes[7]]);
-    let kind = PayloadKind::from_u16(kind)
-        .ok_or_else(|| corrupt(format!("unknown payload kind {kind}")))?;
-    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    let kind = PayloadKind::from_u16(header.kind)
+        .ok_or_else(|| corrupt(format!("unknown payload kind {}", header.kind)))?;
+    let (len, crc) = (header.len, header.crc);
     let payload = &bytes[HEADER_LEN..];
     if payload.len() as u64 != len {
         return Err(corrupt(format!(
@@ -106,7 +189,7 @@ pub fn unframe<'a>(path: &str, bytes: &'a [u8]) -> Result<(PayloadKind, &'a [u8]
             payload.len()
         )));
     }
-    let actual = crc32fast::hash(payload);
+    let actual = payload_crc.unwrap_or_else(|| crc32fast::hash(payload));
     if actual != crc {
         return Err(corrupt(format!(
             "checksum mismatch: header {crc:08x}, payload {actual:08x}"
@@ -127,6 +210,15 @@ pub fn encode<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<Vec<u8>> {
 /// Decodes a framed bincode object written by [`encode`].
 pub fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T> {
     let (kind, payload) = unframe(path, bytes)?;
+    decode_payload(path, kind, payload)
+}
+
+/// Decodes the payload of an object whose header and checksum were checked already.
+pub(crate) fn decode_payload<T: DeserializeOwned>(
+    path: &str,
+    kind: PayloadKind,
+    payload: &[u8],
+) -> Result<T> {
     if kind != PayloadKind::Bincode {
         return Err(CheckpointError::Corrupt {
             path: path.to_string(),
@@ -226,7 +318,47 @@ mod tests {
         assert!(err.to_string().contains("magic"), "{err}");
     }
 
+    #[test]
+    fn unframe_with_a_precomputed_crc_agrees_with_unframe() {
+        let bytes = encode("test", &vec![3u32; 50]).unwrap();
+        let sums = checksums(&bytes);
+        assert_eq!(
+            unframe_with("obj", &bytes, sums.payload).unwrap(),
+            unframe("obj", &bytes).unwrap()
+        );
+        let mut bad = bytes.clone();
+        bad[HEADER_LEN + 3] ^= 1;
+        let sums = checksums(&bad);
+        let err = unframe_with("job/chk-1/op/w0", &bad, sums.payload).unwrap_err();
+        assert!(
+            err.to_string().contains("job/chk-1/op/w0") && err.to_string().contains("checksum"),
+            "{err}"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn checksums_equal_the_plain_crcs(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let sums = checksums(&data);
+            prop_assert_eq!(sums.object, crc32(&data));
+            prop_assert_eq!(sums.payload, data.get(HEADER_LEN..).map(crc32));
+            let framed = encode("p", &data).unwrap();
+            let sums = checksums(&framed);
+            prop_assert_eq!(sums.object, crc32(&framed));
+            prop_assert_eq!(sums.payload, Some(crc32(&framed[HEADER_LEN..])));
+        }
+
+        #[test]
+        fn the_object_crc_of_a_framed_object_is_its_crc(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let framed = encode("p", &data).unwrap();
+            prop_assert_eq!(object_crc32(&framed), crc32(&framed));
+            let json = encode_json("p", &data).unwrap();
+            prop_assert_eq!(object_crc32(&json), crc32(&json));
+            // Bytes that are not a whole framed object are hashed as they are.
+            prop_assert_eq!(object_crc32(&data), crc32(&data));
+            prop_assert_eq!(object_crc32(&framed[..framed.len() - 1]), crc32(&framed[..framed.len() - 1]));
+        }
+
         #[test]
         fn any_single_byte_corruption_is_detected(data in proptest::collection::vec(any::<u8>(), 1..200), pos in any::<prop::sample::Index>(), flip in 1u8..=255) {
             let bytes = encode("p", &data).unwrap();

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -105,13 +105,72 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
     Ok(Arc::new(fs))
 }
 
-/// A checkpoint part once read back and verified.
+/// A checkpoint part once read back and verified: its size and whole-object CRC match
+/// its manifest entry, and its header and payload CRC are sound.
 #[derive(Debug, Clone)]
 pub struct VerifiedPart {
+    entry: PartEntry,
+    bytes: bytes::Bytes,
+    kind: codec::PayloadKind,
+}
+
+impl VerifiedPart {
+    /// Checks `bytes`, read from `entry.path`, against `entry` and against their own
+    /// header, computing each CRC once (see [`codec::checksums`]).
+    pub fn verify(entry: &PartEntry, bytes: bytes::Bytes) -> Result<Self> {
+        let sums = codec::checksums(&bytes);
+        if bytes.len() as u64 != entry.size || sums.object != entry.crc32 {
+            return Err(CheckpointError::Corrupt {
+                path: entry.path.clone(),
+                reason: format!(
+                    "object has {} bytes with crc {:08x}; the manifest recorded {} bytes with crc {:08x}",
+                    bytes.len(),
+                    sums.object,
+                    entry.size,
+                    entry.crc32
+                ),
+            });
+        }
+        let (kind, _) = codec::unframe_with(&entry.path, &bytes, sums.payload)?;
+        Ok(VerifiedPart {
+            entry: entry.clone(),
+            bytes,
+            kind,
+        })
+    }
+
     /// The entry from the manifest.
-    pub entry: PartEntry,
-    /// The payload bytes as written (header included), checksum verified.
-    pub bytes: bytes::Bytes,
+    pub fn entry(&self) -> &PartEntry {
+        &self.entry
+    }
+
+    /// The object's bytes as written (header included).
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.bytes
+    }
+
+    /// The payload after the header.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[codec::HEADER_LEN..]
+    }
+
+    /// Decodes the bincode payload (as [`codec::decode`] does, without checking the
+    /// checksum a second time).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        codec::decode_payload(&self.entry.path, self.kind, self.payload())
+    }
+}
+
+/// How many parts a verification reads at once.
+const VERIFY_CONCURRENCY: usize = 4;
+
+/// A checkpoint chosen for a restore, with the verified parts the caller asked to keep.
+#[derive(Debug, Clone)]
+pub struct RestorePoint {
+    /// The checkpoint's manifest.
+    pub manifest: Manifest,
+    /// The parts kept, in manifest order, read and verified once.
+    pub parts: Vec<VerifiedPart>,
 }
 
 impl CheckpointStore {
@@ -197,7 +256,7 @@ impl CheckpointStore {
             key_group_end: key_groups.1,
             path: path.to_string(),
             size: bytes.len() as u64,
-            crc32: crc32fast::hash(&bytes),
+            crc32: codec::object_crc32(&bytes),
         };
         self.store
             .put(&path, PutPayload::from(bytes))
@@ -210,23 +269,33 @@ impl CheckpointStore {
     pub async fn get_part(&self, entry: &PartEntry) -> Result<VerifiedPart> {
         let path = Path::from(entry.path.as_str());
         let bytes = self.get(&path).await?;
-        if bytes.len() as u64 != entry.size || crc32fast::hash(&bytes) != entry.crc32 {
-            return Err(CheckpointError::Corrupt {
-                path: entry.path.clone(),
-                reason: format!(
-                    "object has {} bytes with crc {:08x}; the manifest recorded {} bytes with crc {:08x}",
-                    bytes.len(),
-                    crc32fast::hash(&bytes),
-                    entry.size,
-                    entry.crc32
-                ),
-            });
+        VerifiedPart::verify(entry, bytes)
+    }
+
+    /// Reads and verifies every part of `manifest`, a few at once; returns the verified
+    /// parts for which `keep` is true, in manifest order, and drops the others once
+    /// checked. The error is the first failing part's in manifest order.
+    async fn verify_parts(
+        &self,
+        manifest: &Manifest,
+        keep: &(dyn Fn(&PartEntry) -> bool + Sync),
+    ) -> Result<Vec<VerifiedPart>> {
+        let mut waiting = manifest.parts.iter();
+        let mut reads = futures::stream::FuturesOrdered::new();
+        let mut kept = Vec::new();
+        loop {
+            while reads.len() < VERIFY_CONCURRENCY {
+                let Some(part) = waiting.next() else { break };
+                reads.push_back(self.get_part(part));
+            }
+            let Some(part) = reads.next().await else {
+                return Ok(kept);
+            };
+            let part = part?;
+            if keep(part.entry()) {
+                kept.push(part);
+            }
         }
-        codec::unframe(&entry.path, &bytes)?;
-        Ok(VerifiedPart {
-            entry: entry.clone(),
-            bytes,
-        })
     }
 
     async fn get(&self, path: &Path) -> Result<bytes::Bytes> {
@@ -362,8 +431,22 @@ impl CheckpointStore {
     /// error lists every checkpoint tried when none verifies. A job name mismatch is
     /// never skipped.
     pub async fn resolve_restore(&self, target: &RestoreTarget) -> Result<Manifest> {
+        Ok(self
+            .resolve_restore_keeping(target, &|_| false)
+            .await?
+            .manifest)
+    }
+
+    /// [`Self::resolve_restore`], also returning the verified bytes of the chosen
+    /// checkpoint's parts for which `keep` is true, so that a restore need not read them
+    /// again. Every part is read and verified exactly once.
+    pub async fn resolve_restore_keeping(
+        &self,
+        target: &RestoreTarget,
+        keep: &(dyn Fn(&PartEntry) -> bool + Sync),
+    ) -> Result<RestorePoint> {
         if let RestoreTarget::Savepoint(name) = target {
-            return self.read_savepoint(name).await;
+            return self.read_savepoint_keeping(name, keep).await;
         }
         let (complete, _) = self.list().await?;
         let candidates = protocol::restore_candidates(target, &complete);
@@ -382,12 +465,12 @@ impl CheckpointStore {
         }
         let mut tried = Vec::new();
         for epoch in candidates {
-            match self.verify(epoch).await {
-                Ok(m) => {
+            match self.verify_keeping(epoch, keep).await {
+                Ok(point) => {
                     if !tried.is_empty() {
                         tracing::warn!(epoch, skipped = ?tried, "restoring from an older checkpoint because newer ones failed verification");
                     }
-                    return Ok(m);
+                    return Ok(point);
                 }
                 Err(e @ CheckpointError::JobMismatch { .. }) => return Err(e),
                 Err(e @ CheckpointError::Storage { .. }) if e.is_retryable() => return Err(e),
@@ -405,11 +488,18 @@ impl CheckpointStore {
 
     /// Reads checkpoint `epoch`'s manifest and checks every part's size and checksum.
     pub async fn verify(&self, epoch: u64) -> Result<Manifest> {
+        Ok(self.verify_keeping(epoch, &|_| false).await?.manifest)
+    }
+
+    /// [`Self::verify`], keeping the verified parts for which `keep` is true.
+    async fn verify_keeping(
+        &self,
+        epoch: u64,
+        keep: &(dyn Fn(&PartEntry) -> bool + Sync),
+    ) -> Result<RestorePoint> {
         let manifest = self.read_manifest(epoch).await?;
-        for part in &manifest.parts {
-            self.get_part(part).await?;
-        }
-        Ok(manifest)
+        let parts = self.verify_parts(&manifest, keep).await?;
+        Ok(RestorePoint { manifest, parts })
     }
 
     /// Deletes every object of checkpoint `epoch`.
@@ -567,6 +657,18 @@ impl CheckpointStore {
 
     /// Reads and verifies savepoint `name`.
     pub async fn read_savepoint(&self, name: &str) -> Result<Manifest> {
+        Ok(self
+            .read_savepoint_keeping(name, &|_| false)
+            .await?
+            .manifest)
+    }
+
+    /// [`Self::read_savepoint`], keeping the verified parts for which `keep` is true.
+    async fn read_savepoint_keeping(
+        &self,
+        name: &str,
+        keep: &(dyn Fn(&PartEntry) -> bool + Sync),
+    ) -> Result<RestorePoint> {
         let manifest = self
             .read_manifest_at(&self.layout.savepoint_manifest(name))
             .await?
@@ -574,10 +676,8 @@ impl CheckpointStore {
                 job: self.layout.job().to_string(),
                 name: name.to_string(),
             })?;
-        for part in &manifest.parts {
-            self.get_part(part).await?;
-        }
-        Ok(manifest)
+        let parts = self.verify_parts(&manifest, keep).await?;
+        Ok(RestorePoint { manifest, parts })
     }
 
     /// The names of the job's savepoints, sorted.
@@ -782,6 +882,93 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn restore_keeps_the_verified_parts_of_the_checkpoint_it_chose() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        let m1 = checkpoint(&store, 1).await;
+        let m2 = checkpoint(&store, 2).await;
+        let file = dir.path().join(&m2.parts[0].path);
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[codec::HEADER_LEN] ^= 4;
+        std::fs::write(&file, bytes).unwrap();
+        let point = store
+            .resolve_restore_keeping(&RestoreTarget::Latest, &|_| true)
+            .await
+            .unwrap();
+        assert_eq!(point.manifest, m1);
+        assert_eq!(point.parts.len(), 1);
+        assert_eq!(point.parts[0].entry(), &m1.parts[0]);
+        assert_eq!(point.parts[0].decode::<Vec<u64>>().unwrap(), vec![1u64; 10]);
+        let none = store
+            .resolve_restore_keeping(&RestoreTarget::Epoch(1), &|_| false)
+            .await
+            .unwrap();
+        assert!(none.parts.is_empty());
+    }
+
+    fn part_entry(bytes: &[u8]) -> PartEntry {
+        PartEntry {
+            operator: "op".into(),
+            worker: 0,
+            key_group_start: 0,
+            key_group_end: 128,
+            path: "job/chk-00000000000000000001/op/w0".into(),
+            size: bytes.len() as u64,
+            crc32: codec::crc32(bytes),
+        }
+    }
+
+    #[test]
+    fn a_verified_part_decodes_without_a_second_check() {
+        let bytes = codec::encode("t", &vec![5u16; 40]).unwrap();
+        let entry = part_entry(&bytes);
+        let part = VerifiedPart::verify(&entry, bytes.into()).unwrap();
+        assert_eq!(part.decode::<Vec<u16>>().unwrap(), vec![5u16; 40]);
+        let json = codec::encode_json("t", &1u8).unwrap();
+        let part = VerifiedPart::verify(&part_entry(&json), json.into()).unwrap();
+        let err = part.decode::<u8>().unwrap_err().to_string();
+        assert!(err.contains("expected a bincode payload"), "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_single_byte_corruption_of_a_part_is_rejected_and_named(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..200),
+            pos in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let bytes = codec::encode("p", &data).unwrap();
+            let entry = part_entry(&bytes);
+            proptest::prop_assert!(VerifiedPart::verify(&entry, bytes.clone().into()).is_ok());
+            let mut bad = bytes.clone();
+            bad[pos.index(bytes.len())] ^= flip;
+            let err = VerifiedPart::verify(&entry, bad.into()).unwrap_err().to_string();
+            proptest::prop_assert!(err.contains(&entry.path), "{}", err);
+            // The header and its CRC are checked even when the manifest's entry was
+            // computed over the corrupted bytes.
+            let mut bad = bytes.clone();
+            bad[pos.index(bytes.len())] ^= flip;
+            let entry = part_entry(&bad);
+            proptest::prop_assert!(VerifiedPart::verify(&entry, bad.into()).is_err());
+        }
+
+        #[test]
+        fn a_truncated_part_is_rejected(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..200),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let bytes = codec::encode("p", &data).unwrap();
+            let entry = part_entry(&bytes);
+            let short = bytes[..cut.index(bytes.len())].to_vec();
+            let err = VerifiedPart::verify(&entry, short.clone().into()).unwrap_err().to_string();
+            proptest::prop_assert!(err.contains(&entry.path), "{}", err);
+            let entry = part_entry(&short);
+            let err = VerifiedPart::verify(&entry, short.into()).unwrap_err().to_string();
+            proptest::prop_assert!(err.contains("truncated"), "{}", err);
+        }
+    }
+
+    #[tokio::test]
     async fn a_truncated_manifest_is_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
@@ -842,6 +1029,30 @@ mod tests {
         let (complete, all) = store.list().await.unwrap();
         assert_eq!(complete, vec![3, 4]);
         assert_eq!(all, vec![3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_a_restored_part_that_a_later_checkpoint_reports_again() {
+        let store = CheckpointStore::open("memory://", "job").unwrap();
+        let restored = checkpoint(&store, 1).await;
+        for e in 2..=3 {
+            checkpoint(&store, e).await;
+        }
+        // The job restores checkpoint 1 (abandoning 2 and 3); its operator's state is
+        // unchanged, so checkpoints 4 and 5 report checkpoint 1's part again.
+        store.abandon_newer_than(1).await.unwrap();
+        for e in 4..=5 {
+            store
+                .put_manifest(&manifest("job", e, restored.parts.clone()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.apply_retention(1).await.unwrap(), vec![2, 3, 4]);
+        // Checkpoint 1 is no longer restorable, but its part is still readable.
+        assert_eq!(store.list().await.unwrap().0, vec![5]);
+        let m = store.resolve_restore(&RestoreTarget::Latest).await.unwrap();
+        assert_eq!(m.epoch, 5);
+        assert!(store.get_part(&m.parts[0]).await.is_ok());
     }
 
     #[tokio::test]

@@ -94,6 +94,9 @@ pub(crate) fn keyed<'s, S: Store>(
     let mut report_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<Report>>>::from(report_out);
     let mut snapshotter = Snapshotter::new(&ctx, name, &address, job.scope().worker());
+    // The store holds exactly the restored state: while it is unchanged, snapshots report
+    // the restored part again instead of uploading the same state anew.
+    let restored_unchanged = checkpointing && snapshotter.reuse_restored(range);
     let name = name.to_string();
 
     builder.build(move |mut caps| {
@@ -105,7 +108,7 @@ pub(crate) fn keyed<'s, S: Store>(
         let mut buffered: BTreeMap<u64, Batch<S>> = BTreeMap::new();
         // Epochs that saw records and have not ended yet.
         let mut seen: BTreeSet<u64> = BTreeSet::new();
-        let mut changed = true;
+        let mut changed = !restored_unchanged;
         let mut out: Vec<S::Out> = Vec::new();
         let mut replayed = false;
 

@@ -1,8 +1,9 @@
 //! What a job's operators see of the runtime: the per-process shared state, the
 //! per-worker [`JobContext`], and the [`Job`] under construction.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use timely::dataflow::operators::Concatenate;
 use timely::dataflow::{Scope, Stream};
-use weir_checkpoint::{codec, CheckpointStore, Manifest, Report};
+use weir_checkpoint::store::VerifiedPart;
+use weir_checkpoint::{codec, CheckpointStore, Manifest, PartEntry, Report};
 
 use crate::config::JobConfig;
 use crate::error::{Result, RuntimeError};
@@ -64,12 +66,113 @@ impl EpochClock {
     }
 }
 
+/// The restored checkpoint's parts that this process's workers read, as verified when
+/// the run chose its checkpoint, so that each is read and checked only once.
+///
+/// A part is handed to every local worker whose key groups it covers and dropped once the
+/// last of them has taken it; whatever is left (parts no operator asked for) is dropped
+/// when every local worker has built its dataflow. A worker that finds no kept part (it
+/// asks for a part twice, or after the release) reads it from the store again.
+pub(crate) struct RestoredParts {
+    /// Verified parts by path, with the number of local workers yet to take each.
+    parts: Mutex<HashMap<String, (VerifiedPart, usize)>>,
+    /// Local workers that have not finished building their dataflow yet.
+    building: AtomicUsize,
+}
+
+impl RestoredParts {
+    /// No parts: a fresh start, or a run without checkpoints.
+    pub(crate) fn none() -> Self {
+        RestoredParts {
+            parts: Mutex::new(HashMap::new()),
+            building: AtomicUsize::new(0),
+        }
+    }
+
+    /// Keeps `parts` for the local workers `local` of `peers` workers over `key_groups`.
+    pub(crate) fn new(
+        parts: Vec<VerifiedPart>,
+        local: std::ops::Range<usize>,
+        key_groups: u32,
+        peers: usize,
+    ) -> Self {
+        let building = local.len();
+        let parts = parts
+            .into_iter()
+            .filter_map(|part| {
+                let takers = local
+                    .clone()
+                    .filter(|w| overlaps(part.entry(), keygroup::range(*w, key_groups, peers)))
+                    .count();
+                (takers > 0).then(|| (part.entry().path.clone(), (part, takers)))
+            })
+            .collect();
+        RestoredParts {
+            parts: Mutex::new(parts),
+            building: AtomicUsize::new(building),
+        }
+    }
+
+    /// Whether `entry`'s part needs reading, by one of the local workers `local`.
+    pub(crate) fn wanted(
+        entry: &PartEntry,
+        local: std::ops::Range<usize>,
+        key_groups: u32,
+        peers: usize,
+    ) -> bool {
+        local
+            .into_iter()
+            .any(|w| overlaps(entry, keygroup::range(w, key_groups, peers)))
+    }
+
+    /// Takes the kept part for `entry`, if there is one; it is dropped once every local
+    /// worker that needs it has taken it.
+    fn take(&self, entry: &PartEntry) -> Option<VerifiedPart> {
+        let mut parts = self.parts.lock().expect("poisoned");
+        let (part, takers) = parts.get_mut(&entry.path)?;
+        if part.entry() != entry {
+            return None;
+        }
+        *takers -= 1;
+        if *takers == 0 {
+            parts.remove(&entry.path).map(|(part, _)| part)
+        } else {
+            Some(part.clone())
+        }
+    }
+
+    /// Notes that a local worker has built its dataflow; the last one drops every part
+    /// still kept.
+    pub(crate) fn built(&self) {
+        let before = self
+            .building
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if before == Ok(1) {
+            self.parts.lock().expect("poisoned").clear();
+        }
+    }
+
+    /// Bytes still kept (for tests).
+    #[cfg(test)]
+    fn kept_bytes(&self) -> usize {
+        let parts = self.parts.lock().expect("poisoned");
+        parts.values().map(|(p, _)| p.bytes().len()).sum()
+    }
+}
+
+/// Whether a part covers any of the key groups `[lo, hi)`.
+fn overlaps(entry: &PartEntry, (lo, hi): (u32, u32)) -> bool {
+    entry.key_group_end > lo && entry.key_group_start < hi
+}
+
 /// State shared by every worker of a process.
 pub struct Shared {
     pub(crate) config: JobConfig,
     pub(crate) generation: u64,
     pub(crate) store: Option<CheckpointStore>,
     pub(crate) restored: Option<Manifest>,
+    /// The restored checkpoint's verified parts, until the workers have read them.
+    pub(crate) restored_parts: RestoredParts,
     pub(crate) clock: EpochClock,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) coordinator: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -180,11 +283,12 @@ impl JobContext {
         K: DeserializeOwned,
         S: DeserializeOwned,
     {
-        Ok(self
-            .restore_groups::<Vec<(K, S)>>(name)?
-            .into_iter()
-            .flat_map(|(_, entries)| entries)
-            .collect())
+        let groups = self.restore_groups::<Vec<(K, S)>>(name)?;
+        let mut out = Vec::with_capacity(groups.iter().map(|(_, e)| e.len()).sum());
+        for (_, entries) in groups {
+            out.extend(entries);
+        }
+        Ok(out)
     }
 
     /// Reads the key groups this worker owns of operator `name` from the restored
@@ -198,11 +302,16 @@ impl JobContext {
         let (lo, hi) = self.key_group_range();
         let mut out = Vec::new();
         for entry in manifest.parts_of(name) {
-            if entry.key_group_end <= lo || entry.key_group_start >= hi {
+            if !overlaps(entry, (lo, hi)) {
                 continue;
             }
-            let part = self.block_on(store.get_part(entry))?;
-            let groups: Vec<(u32, T)> = codec::decode(&entry.path, &part.bytes)?;
+            // Verified when the run chose the checkpoint; read again only if not kept.
+            let part = match self.shared.restored_parts.take(entry) {
+                Some(part) => part,
+                None => self.block_on(store.get_part(entry))?,
+            };
+            let groups: Vec<(u32, T)> = part.decode()?;
+            drop(part);
             out.extend(groups.into_iter().filter(|(g, _)| *g >= lo && *g < hi));
         }
         Ok(out)
@@ -383,7 +492,8 @@ pub struct Snapshotter {
 struct LastPart {
     entry: weir_checkpoint::PartEntry,
     bytes: bytes::Bytes,
-    ticket: u64,
+    /// The part's upload; `None` for the restored part (durable and verified already).
+    ticket: Option<u64>,
 }
 
 struct Pending {
@@ -411,6 +521,43 @@ impl Snapshotter {
             failed: BTreeSet::new(),
             seq: 0,
         }
+    }
+
+    /// Starts from this worker's part of the restored checkpoint, so that while the
+    /// operator's state is still the restored one, its snapshots report that part again
+    /// instead of uploading the same state anew. Returns whether it did; the operator may
+    /// then pass `None` to [`Self::snapshot`] until its state changes.
+    ///
+    /// Call it while building the operator, right after restoring its state from
+    /// [`JobContext::restore_groups`] (or [`JobContext::restore_keyed`]) and only if that
+    /// state is exactly what was restored. It succeeds only when the restored checkpoint
+    /// was written by as many workers, this operator's only restored part that covers
+    /// any of `key_groups` was written by this worker for exactly `key_groups` (so the
+    /// restored state is that whole part), and the part lives in a checkpoint directory:
+    /// retention keeps a directory as long as a retained manifest references one of its
+    /// parts, whereas a savepoint can be deleted by hand at any time, so a part restored
+    /// from a savepoint is never reused.
+    pub fn reuse_restored(&mut self, key_groups: (u32, u32)) -> bool {
+        let (Some(manifest), Some(store)) = (self.ctx.restored(), self.ctx.store()) else {
+            return false;
+        };
+        let Some(entry) = reusable_part(
+            manifest,
+            store.layout().job(),
+            &self.name,
+            self.ctx.worker,
+            self.ctx.peers,
+            key_groups,
+        ) else {
+            return false;
+        };
+        tracing::debug!(operator = %self.name, worker = self.ctx.worker, path = %entry.path, "reusing the restored part until the state changes");
+        self.last = Some(LastPart {
+            entry: entry.clone(),
+            bytes: bytes::Bytes::new(),
+            ticket: None,
+        });
+        true
     }
 
     /// Takes a snapshot for `cap`'s epoch.
@@ -441,9 +588,9 @@ impl Snapshotter {
         let reupload = self
             .last
             .as_ref()
-            .filter(|l| self.failed.contains(&l.ticket))
+            .filter(|l| l.ticket.is_some_and(|t| self.failed.contains(&t)))
             .map(|l| l.bytes.clone());
-        let mut ticket = self.last.as_ref().map(|l| l.ticket);
+        let mut ticket = self.last.as_ref().and_then(|l| l.ticket);
         if let (Some(bytes), Some(store)) =
             (state.map(bytes::Bytes::from).or(reupload), self.ctx.store())
         {
@@ -486,7 +633,7 @@ impl Snapshotter {
             self.last = Some(LastPart {
                 entry,
                 bytes,
-                ticket: seq,
+                ticket: Some(seq),
             });
         }
         report
@@ -530,7 +677,7 @@ impl Snapshotter {
             emit(&cap, report);
         }
         // Forget results nobody waits for anymore (the newest part's stays for reuse).
-        let keep = self.last.as_ref().map(|l| l.ticket);
+        let keep = self.last.as_ref().and_then(|l| l.ticket);
         let waiting: BTreeSet<u64> = self
             .queue
             .iter()
@@ -551,8 +698,43 @@ impl Snapshotter {
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
-    // The same CRC as the checkpoint crate uses for whole objects.
-    weir_checkpoint::codec::crc32(bytes)
+    // The same CRC as the checkpoint crate records for whole objects; for a framed part
+    // it comes from the header, without another pass over the state.
+    weir_checkpoint::codec::object_crc32(bytes)
+}
+
+/// The restored part that a [`Snapshotter`] of operator `name` on `worker` of `peers` may
+/// report again while the state over `key_groups` is unchanged (see
+/// [`Snapshotter::reuse_restored`]).
+fn reusable_part<'m>(
+    manifest: &'m Manifest,
+    job: &str,
+    name: &str,
+    worker: usize,
+    peers: usize,
+    key_groups: (u32, u32),
+) -> Option<&'m PartEntry> {
+    if manifest.workers != peers {
+        return None;
+    }
+    let mut covering = manifest
+        .parts
+        .iter()
+        .filter(|p| p.operator == name && overlaps(p, key_groups));
+    let entry = covering.next()?;
+    if covering.next().is_some()
+        || entry.worker != worker
+        || (entry.key_group_start, entry.key_group_end) != key_groups
+    {
+        return None;
+    }
+    let mut segments = entry.path.split('/');
+    let in_checkpoint = segments.next() == Some(job)
+        && segments
+            .next()
+            .and_then(weir_checkpoint::layout::parse_checkpoint_dir)
+            .is_some();
+    in_checkpoint.then_some(entry)
 }
 
 /// Tracks which epochs an operator's input frontier has closed, and hands out the
@@ -629,5 +811,125 @@ impl EpochTracker {
     /// Whether the input has ended and the final snapshot was handed out.
     pub fn is_done(&self) -> bool {
         self.cap.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(op: &str, worker: usize, range: (u32, u32), path: &str) -> PartEntry {
+        PartEntry {
+            operator: op.into(),
+            worker,
+            key_group_start: range.0,
+            key_group_end: range.1,
+            path: path.into(),
+            size: 0,
+            crc32: 0,
+        }
+    }
+
+    fn manifest(workers: usize, parts: Vec<PartEntry>) -> Manifest {
+        Manifest {
+            job: "job".into(),
+            epoch: 7,
+            generation: 0,
+            workers,
+            key_groups: 128,
+            created_ms: 0,
+            operators: vec!["op".into()],
+            parts,
+            sinks: vec![],
+        }
+    }
+
+    #[test]
+    fn the_restored_part_is_reused_only_at_the_same_ranges_from_a_checkpoint_directory() {
+        let chk = |w: usize| format!("job/chk-00000000000000000007/op/w{w}-g0");
+        let m = manifest(
+            2,
+            vec![
+                part("op", 0, (0, 64), &chk(0)),
+                part("op", 1, (64, 128), &chk(1)),
+                part("src", 0, (0, 64), "job/chk-00000000000000000007/src/w0-g0"),
+            ],
+        );
+        let reused = reusable_part(&m, "job", "op", 1, 2, (64, 128));
+        assert_eq!(reused.map(|p| p.path.as_str()), Some(chk(1).as_str()));
+        // Another number of workers, another range, another operator.
+        assert!(reusable_part(&m, "job", "op", 0, 4, (0, 32)).is_none());
+        assert!(reusable_part(&m, "job", "op", 0, 1, (0, 128)).is_none());
+        assert!(reusable_part(&m, "job", "other", 0, 2, (0, 64)).is_none());
+        // Written by as many workers, but not with this worker's range.
+        let skewed = manifest(
+            2,
+            vec![
+                part("op", 0, (0, 60), &chk(0)),
+                part("op", 1, (60, 128), &chk(1)),
+            ],
+        );
+        assert!(reusable_part(&skewed, "job", "op", 1, 2, (64, 128)).is_none());
+        // A part reused from an older checkpoint directory is still in one.
+        let older = manifest(
+            2,
+            vec![part(
+                "op",
+                0,
+                (0, 64),
+                "job/chk-00000000000000000003/op/w0-g0",
+            )],
+        );
+        assert!(reusable_part(&older, "job", "op", 0, 2, (0, 64)).is_some());
+        // A savepoint can be deleted by hand: its parts are never reused.
+        let savepoint = manifest(
+            2,
+            vec![part("op", 0, (0, 64), "job/savepoints/sp/op/w0-w0-g0")],
+        );
+        assert!(reusable_part(&savepoint, "job", "op", 0, 2, (0, 64)).is_none());
+    }
+
+    fn verified(op: &str, range: (u32, u32), path: &str, value: u64) -> VerifiedPart {
+        let bytes = codec::encode("t", &vec![(range.0, value)]).unwrap();
+        let mut entry = part(op, 0, range, path);
+        entry.size = bytes.len() as u64;
+        entry.crc32 = codec::crc32(&bytes);
+        VerifiedPart::verify(&entry, bytes.into()).unwrap()
+    }
+
+    #[test]
+    fn restored_parts_go_once_every_local_worker_that_needs_them_took_them() {
+        // Restoring 2 workers' parts on 4 workers, of which this process runs 0 and 1.
+        let a = verified("op", (0, 64), "job/chk-1/op/a", 1);
+        let b = verified("op", (64, 128), "job/chk-1/op/b", 2);
+        let (ea, eb) = (a.entry().clone(), b.entry().clone());
+        let parts = RestoredParts::new(vec![a, b], 0..2, 128, 4);
+        // Part b is for workers 2 and 3, in another process: not kept.
+        assert!(parts.take(&eb).is_none());
+        let size = ea.size as usize;
+        assert_eq!(parts.kept_bytes(), size);
+        // Part a is for workers 0 and 1: it stays until both have taken it.
+        let first = parts.take(&ea).unwrap();
+        assert_eq!(first.decode::<Vec<(u32, u64)>>().unwrap(), vec![(0, 1)]);
+        assert_eq!(parts.kept_bytes(), size);
+        assert!(parts.take(&ea).is_some());
+        assert_eq!(parts.kept_bytes(), 0);
+        assert!(parts.take(&ea).is_none());
+    }
+
+    #[test]
+    fn restored_parts_nobody_took_go_when_every_local_worker_has_built() {
+        let a = verified("op", (0, 128), "job/chk-1/op/a", 1);
+        let ea = a.entry().clone();
+        let parts = RestoredParts::new(vec![a], 0..2, 128, 2);
+        parts.built();
+        assert_eq!(parts.kept_bytes(), ea.size as usize);
+        parts.built();
+        assert_eq!(parts.kept_bytes(), 0);
+        parts.built();
+        // A part with the same path but another entry is not handed out.
+        let other = verified("op", (0, 128), "job/chk-1/op/a", 2);
+        let parts = RestoredParts::new(vec![other], 0..1, 128, 1);
+        assert!(parts.take(&ea).is_none());
     }
 }

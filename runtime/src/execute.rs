@@ -4,10 +4,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir_checkpoint::{CheckpointError, CheckpointStore, Manifest, RestoreTarget};
+use weir_checkpoint::store::VerifiedPart;
+use weir_checkpoint::{CheckpointError, CheckpointStore, Manifest, PartEntry, RestoreTarget};
 
 use crate::config::JobConfig;
-use crate::context::{EpochClock, Job, Shared};
+use crate::context::{EpochClock, Job, RestoredParts, Shared};
 use crate::error::{Result, RuntimeError, EXIT_PERMANENT, EXIT_RETRY};
 
 /// Stops the process after a failure inside a running dataflow.
@@ -29,6 +30,8 @@ pub fn die(context: &str, error: &RuntimeError) -> ! {
 struct Preflight {
     store: Option<CheckpointStore>,
     restored: Option<Manifest>,
+    /// The restored checkpoint's parts this process's workers read, verified.
+    parts: Vec<VerifiedPart>,
     generation: u64,
     first_epoch: u64,
 }
@@ -38,6 +41,7 @@ fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflig
         return Ok(Preflight {
             store: None,
             restored: None,
+            parts: Vec::new(),
             generation: config.generation.unwrap_or(0),
             first_epoch: 1,
         });
@@ -64,6 +68,13 @@ fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflig
             },
         };
         let (complete, all) = store.list().await?;
+        // Every part of the chosen checkpoint is read and verified here, so that every
+        // process agrees on it (and `latest` falls back past a damaged one); the parts
+        // this process's workers restore from are kept, so that they are read only once.
+        let (local, peers) = local_workers(config);
+        let wanted =
+            |e: &PartEntry| RestoredParts::wanted(e, local.clone(), config.key_groups, peers);
+        let mut parts = Vec::new();
         let restored = match &config.restore {
             None if !complete.is_empty() => {
                 return Err(RuntimeError::config(
@@ -77,8 +88,11 @@ fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflig
                 ));
             }
             None => None,
-            Some(target) => match store.resolve_restore(target).await {
-                Ok(m) => Some(m),
+            Some(target) => match store.resolve_restore_keeping(target, &wanted).await {
+                Ok(point) => {
+                    parts = point.parts;
+                    Some(point.manifest)
+                }
                 // A restarted generation whose predecessor died before its first
                 // checkpoint starts from the beginning; leftovers are aborted.
                 Err(CheckpointError::NoCheckpoint { .. }) if config.generation.is_some_and(|g| g > 0) && *target == RestoreTarget::Latest && complete.is_empty() => {
@@ -107,8 +121,18 @@ fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflig
         // New epochs start after every epoch any earlier run used, so that nothing of a
         // crashed run can be mistaken for this run's.
         let first_epoch = all.iter().copied().chain(restored.as_ref().map(|m| m.epoch)).max().map_or(1, |e| e + 1);
-        Ok(Preflight { store: Some(store), restored, generation, first_epoch })
+        Ok(Preflight { store: Some(store), restored, parts, generation, first_epoch })
     })
+}
+
+/// The global indexes of this process's workers, and the number of workers in the
+/// cluster (timely numbers the workers of process `p` from `p * workers`).
+fn local_workers(config: &JobConfig) -> (std::ops::Range<usize>, usize) {
+    let first = config.process * config.workers;
+    (
+        first..first + config.workers,
+        config.processes * config.workers,
+    )
 }
 
 /// Runs a job on this process's workers until its input is exhausted and its last
@@ -136,6 +160,12 @@ where
     let pre = preflight(&config, &rt)?;
     crate::failpoint::set_generation(pre.generation);
     let timely_config = config.timely()?;
+    let (local, peers) = local_workers(&config);
+    let restored_parts = if pre.parts.is_empty() {
+        RestoredParts::none()
+    } else {
+        RestoredParts::new(pre.parts, local, config.key_groups, peers)
+    };
     let shared = Arc::new(Shared {
         clock: EpochClock::new(
             pre.first_epoch,
@@ -149,6 +179,7 @@ where
         generation: pre.generation,
         store: pre.store,
         restored: pre.restored,
+        restored_parts,
         runtime: rt.handle().clone(),
         coordinator: Mutex::new(None),
         stop: std::sync::atomic::AtomicBool::new(false),
@@ -164,13 +195,16 @@ where
     let guards = timely::execute(timely_config, move |worker| {
         let shared = Arc::clone(&worker_shared);
         let built = worker.dataflow::<u64, _, _>(|scope| {
-            let mut job = Job::new(scope, shared);
+            let mut job = Job::new(scope, Arc::clone(&shared));
             build(&mut job)?;
             job.finish()
         });
         if let Err(e) = built {
             die("building the job", &e);
         }
+        // Every operator of this worker has restored its state: the last worker to get
+        // here releases the restored parts nobody took.
+        shared.restored_parts.built();
         while worker.step_or_park(Some(Duration::from_millis(100))) {}
     })
     .map_err(RuntimeError::Dataflow)?;
