@@ -2,9 +2,9 @@
 //! idempotent upsert.
 //!
 //! Records are serialized with serde to JSON objects whose fields name the table's
-//! columns, and written in one statement per epoch and worker
+//! columns, and written in batches of up to 50 000 rows per statement
 //! (`INSERT ... SELECT ... FROM jsonb_populate_recordset(...)`), never one statement per
-//! record. The table must exist; weir creates only its own ledger table,
+//! record. In upsert mode, a key written several times in one epoch keeps its last row. The table must exist; weir creates only its own ledger table,
 //! `weir_committed`.
 //!
 //! ## Delivery contract
@@ -19,8 +19,8 @@
 //!   others rolled back. Committing a transaction that is no longer prepared succeeds if
 //!   its `weir_committed` row is there (it was committed before) and is an error
 //!   otherwise: output the checkpoint promised has been lost. A fresh start (no
-//!   checkpoint to restore) forgets the ledger rows of earlier runs of the same job and
-//!   sink. The server must allow
+//!   checkpoint to restore) rolls back the prepared transactions and forgets the ledger
+//!   rows of earlier runs of the same job and sink. The server must allow
 //!   prepared transactions (`max_prepared_transactions > 0`); the sink checks at start.
 //! - [`PgMode::Upsert`] (at-least-once made effectively-once): each epoch's rows are
 //!   upserted on the key columns (`INSERT ... ON CONFLICT (key) DO UPDATE`) and committed
@@ -97,12 +97,26 @@ pub fn write_postgres<'s, D: Serialize + timely::ExchangeData>(
     if ctx.restored().is_none() && ctx.worker() == 0 && target.mode == PgMode::TwoPhase {
         // A fresh start: ledger rows of an earlier run of this job (whose checkpoints are
         // gone) would collide with this run's transaction ids.
+        // Its prepared transactions, which no checkpoint covers, are rolled back.
         let prefix = format!("weir:{}:{}:%", ctx.config().job, target.sink);
-        run(
-            &ctx,
-            client.execute("DELETE FROM weir_committed WHERE gid LIKE $1", &[&prefix]),
-        )
-        .map_err(|e| target.error("clear the ledger of an earlier run", &e, ""))?;
+        run(&ctx, async {
+            let left = client
+                .query(
+                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE $1",
+                    &[&prefix],
+                )
+                .await?;
+            for row in left {
+                let gid: String = row.get(0);
+                client
+                    .batch_execute(&format!("ROLLBACK PREPARED {}", literal(&gid)))
+                    .await?;
+            }
+            client
+                .execute("DELETE FROM weir_committed WHERE gid LIKE $1", &[&prefix])
+                .await
+        })
+        .map_err(|e| target.error("clear what an earlier run of the job left", &e, ""))?;
     }
     let committer = Arc::new(PgCommitter {
         target: target.clone(),
@@ -398,12 +412,20 @@ impl<D: Serialize + 'static> TwoPhaseSink for PgSink<D> {
         let Some(rows) = self.pending.remove(&epoch) else {
             return Ok(None);
         };
-        let rows = serde_json::Value::Array(rows);
         let t = &self.target;
         match &t.mode {
-            PgMode::Upsert { .. } => {
-                run(&self.ctx, self.client.execute(&self.insert, &[&rows]))
-                    .map_err(|e| t.error("upsert an epoch's rows", &e, ""))?;
+            PgMode::Upsert { key } => {
+                // One statement cannot update a row twice: keep each key's last row.
+                let rows = last_per_key(rows, key);
+                let client = &self.client;
+                let insert = &self.insert;
+                run(&self.ctx, async {
+                    for chunk in chunks(rows) {
+                        client.execute(insert.as_str(), &[&chunk]).await?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| t.error("upsert an epoch's rows", &e, ""))?;
                 Ok(None)
             }
             PgMode::TwoPhase => {
@@ -412,7 +434,9 @@ impl<D: Serialize + 'static> TwoPhaseSink for PgSink<D> {
                 let insert = &self.insert;
                 run(&self.ctx, async {
                     client.batch_execute("BEGIN").await?;
-                    client.execute(insert.as_str(), &[&rows]).await?;
+                    for chunk in chunks(rows) {
+                        client.execute(insert.as_str(), &[&chunk]).await?;
+                    }
                     client
                         .execute("INSERT INTO weir_committed (gid) VALUES ($1)", &[&gid])
                         .await?;
@@ -435,6 +459,41 @@ impl<D: Serialize + 'static> TwoPhaseSink for PgSink<D> {
             }
         }
     }
+}
+
+/// Rows per statement: keeps each statement's JSON array well under PostgreSQL's limit
+/// for one `jsonb` value (256 MiB).
+const ROWS_PER_STATEMENT: usize = 50_000;
+
+/// An epoch's rows as JSON arrays of at most [`ROWS_PER_STATEMENT`] rows.
+fn chunks(rows: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        out.push(serde_json::Value::Array(
+            rows.by_ref().take(ROWS_PER_STATEMENT).collect(),
+        ));
+    }
+    out
+}
+
+/// The last row of each key, in the order of their last occurrence.
+fn last_per_key(rows: Vec<serde_json::Value>, key: &[String]) -> Vec<serde_json::Value> {
+    let key_of = |row: &serde_json::Value| -> String {
+        key.iter()
+            .map(|k| row.get(k).map_or("null".to_string(), |v| v.to_string()))
+            .collect::<Vec<_>>()
+            .join("\u{1f}")
+    };
+    let mut last: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        last.insert(key_of(row), i);
+    }
+    rows.into_iter()
+        .enumerate()
+        .filter(|(i, row)| last.get(&key_of(row)) == Some(i))
+        .map(|(_, row)| row)
+        .collect()
 }
 
 /// Commits and rolls back prepared transactions for the coordinator.
@@ -585,5 +644,30 @@ mod tests {
         let err = t.insert_sql(&["other".into()]).unwrap_err().to_string();
         assert!(err.contains("key column `id`"), "{err}");
         assert_eq!(literal("a'b"), "'a''b'");
+    }
+
+    #[test]
+    fn upserts_keep_each_keys_last_row_and_statements_stay_small() {
+        let rows = vec![
+            serde_json::json!({"id": 1, "v": "a"}),
+            serde_json::json!({"id": 2, "v": "b"}),
+            serde_json::json!({"id": 1, "v": "c"}),
+        ];
+        let kept = last_per_key(rows, &["id".to_string()]);
+        assert_eq!(
+            kept,
+            vec![
+                serde_json::json!({"id": 2, "v": "b"}),
+                serde_json::json!({"id": 1, "v": "c"})
+            ]
+        );
+        let many: Vec<serde_json::Value> = (0..ROWS_PER_STATEMENT * 2 + 1)
+            .map(|i| serde_json::json!({ "id": i }))
+            .collect();
+        let sizes: Vec<usize> = chunks(many)
+            .iter()
+            .map(|c| c.as_array().map_or(0, Vec::len))
+            .collect();
+        assert_eq!(sizes, vec![ROWS_PER_STATEMENT, ROWS_PER_STATEMENT, 1]);
     }
 }
