@@ -3,12 +3,9 @@
 //! effectively-once by upsert under kills, and clear errors for a server that refuses.
 
 use std::process::Command;
-use std::time::Duration;
 
-use crate::harness::bins;
 use crate::harness::job::JobArgs;
-use crate::harness::launch::{launch, ChaosPlan, LaunchSpec};
-use crate::harness::process::{run_to_end, Finished};
+use crate::harness::process::Finished;
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
 
@@ -87,25 +84,7 @@ fn under_kills(
     create_table(&table);
     let job = sessions_job(&ws, &table, &table, mode)
         .rate_limit(crate::sessions::rate_for(processes * workers, 5.0));
-    let spec = LaunchSpec {
-        processes,
-        workers,
-        max_restarts: kills as u32 + 3,
-        restart_delay_ms: scenario::RESTART_DELAY_MS,
-        failpoint: None,
-        job,
-        binary: Some(bins::sessions()),
-    };
-    let plan = ChaosPlan {
-        kills,
-        first_generation: 0,
-        min_delay: Duration::from_millis(300),
-        max_delay: Duration::from_millis(1_000),
-        seed,
-    };
-    let outcome = launch(&ws, &spec, Some(plan));
-    outcome.assert_success();
-    assert_eq!(outcome.kills.len(), kills, "{}", outcome.summary());
+    crate::sessions::launch_under_kills(&ws, job, processes, workers, kills, seed);
     assert_eq!(
         rows(&table),
         expected.sessions,
@@ -139,13 +118,7 @@ fn prepared_transactions_left_by_a_kill_after_the_manifest_are_committed_on_rest
         .workers(2)
         .rate_limit(crate::sessions::rate_for(2, 3.0));
     let run = |failpoint: Option<&str>, args: &JobArgs, name: &str| -> Finished {
-        let mut cmd = Command::new(bins::sessions());
-        cmd.args(args.args());
-        match failpoint {
-            Some(fp) => cmd.env("WEIR_FAILPOINT", fp),
-            None => cmd.env_remove("WEIR_FAILPOINT"),
-        };
-        run_to_end(cmd, ws.log_paths(name), Duration::from_secs(120))
+        crate::sessions::run_sessions(&ws, args, failpoint, name)
     };
     let killed = run(Some("after-manifest@15"), &args, "killed");
     assert!(
@@ -171,9 +144,7 @@ fn a_missing_table_and_an_unreachable_server_are_clear_errors() {
     let ws = Workspace::new("pg-errors");
     crate::sessions::generate(&ws, scenario::seed(0x8_0004));
     let run = |args: &JobArgs, name: &str| -> Finished {
-        let mut cmd = Command::new(bins::sessions());
-        cmd.args(args.args()).env_remove("WEIR_FAILPOINT");
-        run_to_end(cmd, ws.log_paths(name), Duration::from_secs(60))
+        crate::sessions::run_sessions(&ws, args, None, name)
     };
     let missing = run(
         &sessions_job(&ws, "pg-missing", "no_such_table", "two-phase"),
@@ -214,9 +185,7 @@ fn a_server_without_prepared_transactions_is_refused_at_start_with_the_fix() {
     let ws = Workspace::new("pg-no-2pc");
     crate::sessions::generate(&ws, scenario::seed(0x8_0005));
     let args = sessions_job(&ws, "pg-no-2pc", "sessions", "two-phase").set("--postgres", &no_2pc);
-    let mut cmd = Command::new(bins::sessions());
-    cmd.args(args.args()).env_remove("WEIR_FAILPOINT");
-    let failed = run_to_end(cmd, ws.log_paths("no-2pc"), Duration::from_secs(60));
+    let failed = crate::sessions::run_sessions(&ws, &args, None, "no-2pc");
     failed.assert_clean_failure(&["max_prepared_transactions = 0", "postgresql.conf", "upsert"]);
     assert_eq!(failed.status.code(), Some(2));
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::harness::bins;
 use crate::harness::job::JobArgs;
 use crate::harness::launch::{launch, ChaosPlan, LaunchSpec};
-use crate::harness::process::{run_to_end, tail};
+use crate::harness::process::{run_to_end, tail, Finished};
 use crate::harness::scenario;
 use crate::harness::workspace::{path_str, Workspace};
 
@@ -224,6 +224,41 @@ pub(crate) fn rate_for(workers: usize, secs: f64) -> u64 {
     ((lines / workers as f64 / secs).ceil() as u64).max(1)
 }
 
+/// Runs the sessions binary with `args` to its end, with `failpoint` if given.
+pub(crate) fn run_sessions(
+    ws: &Workspace,
+    args: &JobArgs,
+    failpoint: Option<&str>,
+    name: &str,
+) -> Finished {
+    let mut cmd = Command::new(bins::sessions());
+    cmd.args(args.args());
+    match failpoint {
+        Some(fp) => cmd.env("WEIR_FAILPOINT", fp),
+        None => cmd.env_remove("WEIR_FAILPOINT"),
+    };
+    run_to_end(cmd, ws.log_paths(name), Duration::from_secs(120))
+}
+
+/// Runs the sessions job under `weir launch` with `kills` random SIGKILLs, and checks
+/// that it finished and every kill was delivered.
+pub(crate) fn launch_under_kills(
+    ws: &Workspace,
+    job: JobArgs,
+    processes: usize,
+    workers: usize,
+    kills: usize,
+    seed: u64,
+) {
+    let outcome = launch(
+        ws,
+        &launch_spec(job, processes, workers, kills),
+        Some(chaos(kills, seed)),
+    );
+    outcome.assert_success();
+    assert_eq!(outcome.kills.len(), kills, "{}", outcome.summary());
+}
+
 fn launch_spec(job: JobArgs, processes: usize, workers: usize, kills: usize) -> LaunchSpec {
     LaunchSpec {
         processes,
@@ -254,14 +289,7 @@ fn sessions_under_kills_at_one_process_of_two_workers_equal_the_oracle() {
     let job = JobArgs::new(&ws)
         .interval_ms(scenario::INTERVAL_MS)
         .rate_limit(rate_for(2, 5.0));
-    let kills = 3;
-    let outcome = launch(
-        &ws,
-        &launch_spec(job, 1, 2, kills),
-        Some(chaos(kills, seed)),
-    );
-    outcome.assert_success();
-    assert_eq!(outcome.kills.len(), kills, "{}", outcome.summary());
+    launch_under_kills(&ws, job, 1, 2, 3, seed);
     check(&expected, &actual(&ws.output));
 }
 
@@ -275,10 +303,7 @@ fn sessions_checkpointed_at_one_by_two_restore_at_two_by_two_under_kills() {
         .interval_ms(scenario::INTERVAL_MS)
         .workers(2)
         .rate_limit(rate_for(2, 4.0));
-    let mut cmd = Command::new(bins::sessions());
-    cmd.args(first.args())
-        .env("WEIR_FAILPOINT", "after-manifest@5");
-    let killed = run_to_end(cmd, ws.log_paths("first"), Duration::from_secs(120));
+    let killed = run_sessions(&ws, &first, Some("after-manifest@5"), "first");
     assert_eq!(
         killed.status.signal(),
         Some(libc::SIGKILL),
@@ -291,14 +316,7 @@ fn sessions_checkpointed_at_one_by_two_restore_at_two_by_two_under_kills() {
         .interval_ms(scenario::INTERVAL_MS)
         .restore("latest")
         .rate_limit(rate_for(4, 3.0));
-    let kills = 2;
-    let outcome = launch(
-        &ws,
-        &launch_spec(job, 2, 2, kills),
-        Some(chaos(kills, seed)),
-    );
-    outcome.assert_success();
-    assert_eq!(outcome.kills.len(), kills, "{}", outcome.summary());
+    launch_under_kills(&ws, job, 2, 2, 2, seed);
     check(&expected, &actual(&ws.output));
 }
 
@@ -368,9 +386,7 @@ fn a_job_stopped_with_a_final_savepoint_resumes_from_it_at_three_workers_exactly
         .interval_ms(scenario::INTERVAL_MS)
         .workers(3)
         .restore("savepoint:paused");
-    let mut cmd = Command::new(bins::sessions());
-    cmd.args(resumed.args()).env_remove("WEIR_FAILPOINT");
-    run_to_end(cmd, ws.log_paths("resumed"), Duration::from_secs(120)).assert_success();
+    run_sessions(&ws, &resumed, None, "resumed").assert_success();
     check(&expected, &actual(&ws.output));
 }
 
@@ -382,9 +398,7 @@ fn restoring_a_checkpoint_into_a_job_with_other_operators_is_an_error_naming_the
     let first = JobArgs::new(&ws)
         .interval_ms(scenario::INTERVAL_MS)
         .job("shared");
-    let mut cmd = Command::new(bins::sessions());
-    cmd.args(first.args()).env_remove("WEIR_FAILPOINT");
-    run_to_end(cmd, ws.log_paths("sessions"), Duration::from_secs(60)).assert_success();
+    run_sessions(&ws, &first, None, "sessions").assert_success();
     // The word count job under the same name cannot take over the sessions' checkpoint.
     let other = JobArgs::new(&ws)
         .interval_ms(scenario::INTERVAL_MS)
