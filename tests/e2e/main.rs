@@ -13,6 +13,7 @@ mod bad_input;
 mod cli;
 mod failpoints;
 mod kills;
+mod nats;
 mod operators;
 mod postgres;
 mod relaunch;

@@ -54,3 +54,8 @@ pub fn sessions() -> PathBuf {
 pub fn operators() -> PathBuf {
     release_binary("examples/operators")
 }
+
+/// `target/release/examples/nats_pipe`, the NATS JetStream pipeline.
+pub fn nats_pipe() -> PathBuf {
+    release_binary("examples/nats_pipe")
+}
