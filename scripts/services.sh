@@ -12,7 +12,11 @@
 #   (the two-phase-commit sink needs it; a machine's default cluster has it off),
 #   database `weir_test`, user `postgres`, trust authentication; and a second one on
 #   127.0.0.1:15433 with prepared transactions off (the default), to test that the sink
-#   says so.
+#   says so;
+# - tansu (an Apache-Kafka-compatible broker) on 127.0.0.1:19092 with its in-memory
+#   engine, installed with `cargo install tansu` into $WEIR_CACHE_DIR/tansu (about 16
+#   minutes the first time, then reused);
+# - NATS with JetStream, a server of its own on 127.0.0.1:14222.
 # State lives in $WEIR_SERVICES_DIR (default: target/services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +24,10 @@ DIR=${WEIR_SERVICES_DIR:-$PWD/target/services}
 S3_PORT=18333
 PG_PORT=15432
 PG_NO_2PC_PORT=15433
+KAFKA_PORT=19092
+NATS_PORT=14222
+TANSU_VERSION=0.6.0
+CACHE=${WEIR_CACHE_DIR:-$HOME/.cache/weir}
 mkdir -p "$DIR"
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -89,9 +97,79 @@ pg_down() {
   fi
 }
 
+# wait_port NAME PORT LOG: wait up to 30 s for a server to listen.
+wait_port() {
+  for _ in $(seq 1 150); do
+    if listening "$2"; then
+      echo "services: $1 ready on 127.0.0.1:$2"
+      return
+    fi
+    sleep 0.2
+  done
+  echo "services: $1 did not start; its log:" >&2
+  tail -30 "$3" >&2
+  exit 1
+}
+
+tansu_install() {
+  local bin="$CACHE/tansu/bin/tansu"
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    return
+  fi
+  echo "services: installing tansu $TANSU_VERSION into $CACHE/tansu (cargo install, about 16 minutes)"
+  mkdir -p "$CACHE/tansu"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
+    --root "$CACHE/tansu" --target-dir "$CACHE/tansu-build" --quiet
+  rm -rf "$CACHE/tansu-build"
+}
+
+kafka_up() {
+  if listening "$KAFKA_PORT"; then
+    echo "services: Kafka (tansu) already listening on 127.0.0.1:$KAFKA_PORT"
+    return
+  fi
+  tansu_install
+  nohup "$CACHE/tansu/bin/tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine memory://tansu/ >"$DIR/tansu.log" 2>&1 &
+  echo $! >"$DIR/tansu.pid"
+  wait_port "Kafka (tansu)" "$KAFKA_PORT" "$DIR/tansu.log"
+}
+
+nats_up() {
+  if listening "$NATS_PORT"; then
+    echo "services: NATS already listening on 127.0.0.1:$NATS_PORT"
+    return
+  fi
+  if ! command -v nats-server >/dev/null 2>&1; then
+    echo "services: installing nats-server (apt-get install nats-server)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null
+  fi
+  mkdir -p "$DIR/nats"
+  nohup nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$DIR/nats" >"$DIR/nats.log" 2>&1 &
+  echo $! >"$DIR/nats.pid"
+  wait_port "NATS JetStream" "$NATS_PORT" "$DIR/nats.log"
+}
+
+stop_pid() {
+  if [ -f "$DIR/$1.pid" ]; then
+    kill "$(cat "$DIR/$1.pid")" 2>/dev/null || true
+    rm -f "$DIR/$1.pid"
+  fi
+}
+
 case "${1:-}" in
-  up) s3_up; pg_up postgres "$PG_PORT" 64; pg_up postgres-no-2pc "$PG_NO_2PC_PORT" 0 ;;
+  up)
+    s3_up
+    pg_up postgres "$PG_PORT" 64
+    pg_up postgres-no-2pc "$PG_NO_2PC_PORT" 0
+    kafka_up
+    nats_up
+    ;;
+  install-kafka) tansu_install ;;
   down)
+    stop_pid tansu
+    stop_pid nats
     if [ -f "$DIR/seaweedfs.pid" ]; then
       kill "$(cat "$DIR/seaweedfs.pid")" 2>/dev/null || true
       rm -f "$DIR/seaweedfs.pid"
@@ -106,6 +184,9 @@ case "${1:-}" in
     echo "export WEIR_TEST_S3_SECRET_ACCESS_KEY=weir-secret"
     echo "export WEIR_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$PG_PORT/weir_test"
     echo "export WEIR_TEST_POSTGRES_NO_2PC_URL=postgres://postgres@127.0.0.1:$PG_NO_2PC_PORT/weir_test"
+    echo "export WEIR_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
+    echo "export WEIR_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT"
+    echo "export WEIR_TEST_TANSU_BIN=$CACHE/tansu/bin/tansu"
     ;;
-  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|env|install-kafka" >&2; exit 2 ;;
 esac

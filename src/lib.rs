@@ -38,7 +38,7 @@ pub mod cli;
 
 /// What most jobs import.
 pub mod prelude {
-    pub use weir_connectors::{files, generator, SourceOptions};
+    pub use weir_connectors::{files, generator, kafka, postgres, SourceOptions};
     pub use weir_operators::{
         AssignEventTime, CountByKey, Deduplicate, DeduplicateProcessingTime, EventStream,
         IntervalJoin, JoinTtl, Late, ReduceByKey, StatefulMap, Timed, Ttl, WatermarkStrategy,

@@ -77,12 +77,100 @@ pub enum ConnectorError {
         /// A connection failure a restart may cure.
         transient: bool,
     },
+    /// A Kafka operation failed.
+    #[error("{connector}: Kafka {brokers}: cannot {action}: {detail}{hint}")]
+    Kafka {
+        /// The source or sink name.
+        connector: String,
+        /// The bootstrap servers.
+        brokers: String,
+        /// What was attempted.
+        action: &'static str,
+        /// The client's message, with the topic, partition or offset concerned.
+        detail: String,
+        /// How to fix it ("" otherwise).
+        hint: String,
+        /// A broker failure a restart may cure.
+        transient: bool,
+    },
+    /// A NATS operation failed.
+    #[error("{connector}: NATS {server}: cannot {action}: {detail}{hint}")]
+    Nats {
+        /// The source or sink name.
+        connector: String,
+        /// The server address (never credentials).
+        server: String,
+        /// What was attempted.
+        action: &'static str,
+        /// The client's message, with the stream or subject concerned.
+        detail: String,
+        /// How to fix it ("" otherwise).
+        hint: String,
+        /// A server failure a restart may cure.
+        transient: bool,
+    },
+    /// A sink's write-ahead output is missing or unreadable.
+    #[error("{connector}: write-ahead output {object} of epoch {epoch}: {detail}")]
+    WriteAhead {
+        /// The sink name.
+        connector: String,
+        /// The object in checkpoint storage.
+        object: String,
+        /// The epoch it holds.
+        epoch: u64,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// An object-store operation of a sink failed.
+    #[error("{connector}: cannot {action} {object}: {detail}{hint}")]
+    ObjectStore {
+        /// The sink name.
+        connector: String,
+        /// What was attempted ("put staged output", "commit (rename the staged object to)", ...).
+        action: &'static str,
+        /// The object's URL (`s3://bucket/prefix/name`; never credentials).
+        object: String,
+        /// The store's message, with credentials removed.
+        detail: String,
+        /// How to fix it ("" otherwise).
+        hint: &'static str,
+        /// A failure a restart may cure (the server could not be reached, a timeout).
+        transient: bool,
+    },
+    /// Object output that a checkpoint covers has vanished before it was committed.
+    #[error("{connector}: output of epoch {epoch} is neither staged at {staged} nor committed at {committed}: it was deleted by hand, by a lifecycle rule, or the output URL changed")]
+    LostObject {
+        /// The sink name.
+        connector: String,
+        /// The epoch of the output.
+        epoch: u64,
+        /// The URL of the staged object.
+        staged: String,
+        /// The URL it should be committed at.
+        committed: String,
+    },
+    /// A record does not fit a sink's Parquet schema, or the schema is unusable.
+    #[error("{connector}: Parquet output{at}: {detail}; make the record's fields match the declared ParquetSchema (names, types, nullability)")]
+    Parquet {
+        /// The sink name.
+        connector: String,
+        /// The epoch and object concerned (" of epoch 7, object `x`"), or "".
+        at: String,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl From<ConnectorError> for RuntimeError {
     fn from(e: ConnectorError) -> Self {
         match e {
             ConnectorError::Postgres {
+                transient: true, ..
+            }
+            | ConnectorError::Kafka {
+                transient: true, ..
+            }
+            | ConnectorError::Nats {
                 transient: true, ..
             } => RuntimeError::Unavailable(Box::new(e)),
             e => RuntimeError::Connector(Box::new(e)),

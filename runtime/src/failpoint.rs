@@ -10,6 +10,7 @@
 //! | `before-manifest` | every part of a checkpoint is durable, the manifest is not written |
 //! | `after-manifest` | the manifest is written, sink output is not committed |
 //! | `mid-commit` | some but not all sink outputs of a checkpoint are committed |
+//! | `kafka-publish` | an exactly-once Kafka sink has published (and flushed) another 64 records of an epoch, not all of them |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -33,6 +34,12 @@ fn armed() -> Option<&'static (String, u64)> {
 /// Tells the failpoints which generation this process belongs to.
 pub fn set_generation(generation: u64) {
     GENERATION.store(generation, Ordering::SeqCst);
+}
+
+/// Whether the failpoint `name` is armed in this process (tests use it to make a kill
+/// land at a well-defined point, e.g. after a flush).
+pub fn armed_for(name: &str) -> bool {
+    armed().is_some_and(|(n, _)| n == name) && GENERATION.load(Ordering::SeqCst) == 0
 }
 
 /// Kills the process if the failpoint `name` is armed and due.

@@ -12,6 +12,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod failpoints;
+mod kafka;
 mod kills;
 mod nats;
 mod operators;

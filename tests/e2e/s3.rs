@@ -6,7 +6,7 @@ use crate::harness::scenario::{self, Scenario};
 
 /// Points the AWS variables that weir reads at the test server, and returns a fresh
 /// `s3://` prefix. Fails, never skips, when the server is not configured.
-fn s3_prefix(name: &str) -> String {
+pub(crate) fn s3_prefix(name: &str) -> String {
     let var = |k: &str| {
         std::env::var(k).unwrap_or_else(|_| {
             panic!("{k} is not set: start the test servers with `scripts/services.sh up` and `eval \"$(scripts/services.sh env)\"` (scripts/test.sh does both)")

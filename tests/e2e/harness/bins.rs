@@ -55,6 +55,11 @@ pub fn operators() -> PathBuf {
     release_binary("examples/operators")
 }
 
+/// `target/release/examples/bank_transfers`, the flagship Kafka-to-PostgreSQL job.
+pub fn bank_transfers() -> PathBuf {
+    release_binary("examples/bank_transfers")
+}
+
 /// `target/release/examples/nats_pipe`, the NATS JetStream pipeline.
 pub fn nats_pipe() -> PathBuf {
     release_binary("examples/nats_pipe")

@@ -54,6 +54,17 @@ impl JobArgs {
         }
     }
 
+    /// A job with a subcommand (`run`) and only `--checkpoint-dir` of the workspace.
+    pub fn subcommand(name: &str, ws: &Workspace) -> Self {
+        JobArgs {
+            args: vec![
+                name.to_string(),
+                "--checkpoint-dir".into(),
+                ws.checkpoint_url(),
+            ],
+        }
+    }
+
     /// Replaces (or adds) `flag value`.
     pub fn set(mut self, flag: &str, value: impl ToString) -> Self {
         if let Some(i) = self.args.iter().position(|a| a == flag) {

@@ -1,0 +1,388 @@
+//! Write-ahead output for sinks whose destination has no transactions (Kafka without
+//! broker transactions, NATS JetStream).
+//!
+//! At pre-commit, a worker's output of an epoch is written to checkpoint storage under
+//! `<job>/sinks/<sink>/pending/<handle>`, and the handle goes into the checkpoint. Only
+//! once the checkpoint's manifest exists does the coordinator publish it (through a
+//! [`Publisher`]), record that it did in a per-worker marker
+//! (`<job>/sinks/<sink>/committed/w<worker>`, holding the newest `(generation, epoch)`
+//! published), and delete the pending object. A commit repeated after a crash finds the
+//! marker and does nothing, or finds the pending object and publishes it again; the
+//! publisher makes that second publication idempotent (Kafka reads back what already
+//! arrived, JetStream drops repeated message ids). An abort deletes the pending object:
+//! nothing of it was published, since publication waits for the manifest.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use weir_runtime::checkpoint::{codec, CheckpointStore, SinkEntry};
+use weir_runtime::{Committer, JobContext, PreCommitted, Result, RuntimeError, TwoPhaseSink};
+
+use crate::error::ConnectorError;
+
+/// Runs a future on the job's I/O runtime, from a worker thread or from inside it (the
+/// coordinator commits from a task on that runtime).
+pub(crate) fn run<F: std::future::Future>(rt: &tokio::runtime::Handle, f: F) -> F::Output {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::task::block_in_place(|| rt.block_on(f))
+    } else {
+        rt.block_on(f)
+    }
+}
+
+/// A sink's write-ahead objects in checkpoint storage.
+#[derive(Clone)]
+pub(crate) struct Wal {
+    store: CheckpointStore,
+    sink: String,
+    root: Path,
+}
+
+impl Wal {
+    /// The write-ahead area of sink `sink` in `store`.
+    pub(crate) fn new(store: &CheckpointStore, sink: &str) -> Self {
+        let root = store.layout().job_root().join("sinks").join(sink);
+        Wal {
+            store: store.clone(),
+            sink: sink.to_string(),
+            root,
+        }
+    }
+
+    /// The handle of a worker's output of an epoch in a generation.
+    pub(crate) fn handle(epoch: u64, generation: u64, worker: usize) -> String {
+        format!("e{epoch:020}-g{generation}-w{worker}")
+    }
+
+    /// The entry a handle names, if it is one of this sink's handles.
+    pub(crate) fn parse(&self, handle: &str) -> Option<SinkEntry> {
+        let rest = handle.strip_prefix('e')?;
+        let (epoch, rest) = rest.split_once("-g")?;
+        let (generation, worker) = rest.split_once("-w")?;
+        Some(SinkEntry {
+            sink: self.sink.clone(),
+            worker: worker.parse().ok()?,
+            epoch: epoch.parse().ok()?,
+            generation: generation.parse().ok()?,
+            handle: handle.to_string(),
+        })
+    }
+
+    fn pending(&self) -> Path {
+        self.root.clone().join("pending")
+    }
+
+    fn marker(&self, kind: &str, worker: usize) -> Path {
+        self.root.clone().join(kind).join(format!("w{worker}"))
+    }
+
+    fn object(&self) -> &Arc<dyn ObjectStore> {
+        self.store.object_store()
+    }
+
+    fn error(&self, entry: &SinkEntry, object: &Path, detail: String) -> RuntimeError {
+        ConnectorError::WriteAhead {
+            connector: self.sink.clone(),
+            object: format!("{}/{object}", self.store.url().trim_end_matches('/')),
+            epoch: entry.epoch,
+            detail,
+        }
+        .into()
+    }
+
+    /// Writes an epoch's output durably.
+    pub(crate) async fn write<T: Serialize>(&self, handle: &str, records: &[T]) -> Result<()> {
+        let bytes = codec::encode("write-ahead output", records)?;
+        self.store
+            .put_object(&self.pending().join(handle), bytes)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads an epoch's output back; `None` if it is not (or no longer) pending.
+    pub(crate) async fn read<T: DeserializeOwned>(&self, entry: &SinkEntry) -> Result<Option<T>> {
+        let path = self.pending().join(entry.handle.as_str());
+        match self.object().get(&path).await {
+            Ok(got) => {
+                let bytes = got
+                    .bytes()
+                    .await
+                    .map_err(|e| self.error(entry, &path, format!("cannot read it: {e}")))?;
+                codec::decode(path.as_ref(), &bytes).map(Some).map_err(|e| {
+                    self.error(entry, &path, format!("it is corrupt ({e}); its output cannot be published, restore an earlier checkpoint"))
+                })
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(entry, &path, format!("cannot read it: {e}"))),
+        }
+    }
+
+    /// Deletes an epoch's pending output (published or aborted).
+    pub(crate) async fn delete(&self, entry: &SinkEntry) -> Result<()> {
+        let path = self.pending().join(entry.handle.as_str());
+        match self.object().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(entry, &path, format!("cannot delete it: {e}"))),
+        }
+    }
+
+    /// Every pending output.
+    pub(crate) async fn list(&self) -> Result<Vec<SinkEntry>> {
+        use futures::TryStreamExt;
+        let objects: Vec<_> = self
+            .object()
+            .list(Some(&self.pending()))
+            .try_collect()
+            .await
+            .map_err(|e| {
+                RuntimeError::from(ConnectorError::WriteAhead {
+                    connector: self.sink.clone(),
+                    object: format!("{}/{}", self.store.url(), self.pending()),
+                    epoch: 0,
+                    detail: format!("cannot list pending output: {e}"),
+                })
+            })?;
+        Ok(objects
+            .iter()
+            .filter_map(|o| o.location.filename().and_then(|f| self.parse(f)))
+            .collect())
+    }
+
+    /// Reads a per-worker marker.
+    pub(crate) async fn marker_of<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        entry: &SinkEntry,
+    ) -> Result<Option<T>> {
+        let path = self.marker(kind, entry.worker);
+        match self.object().get(&path).await {
+            Ok(got) => {
+                let bytes = got
+                    .bytes()
+                    .await
+                    .map_err(|e| self.error(entry, &path, format!("cannot read it: {e}")))?;
+                Ok(Some(codec::decode(path.as_ref(), &bytes)?))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(entry, &path, format!("cannot read it: {e}"))),
+        }
+    }
+
+    /// Writes a per-worker marker.
+    pub(crate) async fn set_marker<T: Serialize>(
+        &self,
+        kind: &str,
+        entry: &SinkEntry,
+        value: &T,
+    ) -> Result<()> {
+        let bytes = codec::encode("sink marker", value)?;
+        self.store
+            .put_object(&self.marker(kind, entry.worker), bytes)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Publishes an epoch's output to the destination, idempotently.
+pub(crate) trait Publisher: Send + Sync + 'static {
+    /// What the sink writes.
+    type Record: Serialize + DeserializeOwned + Send + 'static;
+    /// Publishes `records`, the output of `entry`. May be called again for the same entry
+    /// after a crash, possibly after part of it arrived: it must not publish a record
+    /// twice.
+    fn publish(&self, wal: &Wal, entry: &SinkEntry, records: Vec<Self::Record>) -> Result<()>;
+}
+
+/// `(generation, epoch)` of the newest output of a worker that was published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Published {
+    generation: u64,
+    epoch: u64,
+}
+
+/// Whether output `entry` was published, given the worker's marker. Commits of one
+/// worker's outputs happen in `(generation, epoch)` order: the coordinator commits a
+/// generation's outputs in epoch order, and a new generation commits its restored
+/// checkpoint's outputs before any output of its own.
+fn already_published(marker: Option<Published>, entry: &SinkEntry) -> bool {
+    marker.is_some_and(|m| {
+        m >= Published {
+            generation: entry.generation,
+            epoch: entry.epoch,
+        }
+    })
+}
+
+/// The committing side of a write-ahead sink.
+pub(crate) struct WalCommitter<P: Publisher> {
+    wal: Wal,
+    rt: tokio::runtime::Handle,
+    publisher: P,
+}
+
+impl<P: Publisher> WalCommitter<P> {
+    pub(crate) fn new(wal: Wal, rt: tokio::runtime::Handle, publisher: P) -> Self {
+        WalCommitter { wal, rt, publisher }
+    }
+}
+
+impl<P: Publisher> Committer for WalCommitter<P> {
+    fn staged(&self) -> Result<Vec<SinkEntry>> {
+        run(&self.rt, self.wal.list())
+    }
+
+    fn commit(&self, entry: &SinkEntry) -> Result<()> {
+        let marker: Option<Published> = run(&self.rt, self.wal.marker_of("committed", entry))?;
+        if already_published(marker, entry) {
+            return run(&self.rt, self.wal.delete(entry));
+        }
+        let Some(records) = run(&self.rt, self.wal.read::<Vec<P::Record>>(entry))? else {
+            return Err(ConnectorError::WriteAhead {
+                connector: entry.sink.clone(),
+                object: format!("{}/pending/{}", self.wal.root, entry.handle),
+                epoch: entry.epoch,
+                detail: "it is neither pending nor published (the sink's published marker is older): it was deleted from checkpoint storage by hand; restore an earlier checkpoint".into(),
+            }
+            .into());
+        };
+        self.publisher.publish(&self.wal, entry, records)?;
+        run(&self.rt, async {
+            self.wal
+                .set_marker(
+                    "committed",
+                    entry,
+                    &Published {
+                        generation: entry.generation,
+                        epoch: entry.epoch,
+                    },
+                )
+                .await?;
+            self.wal.delete(entry).await
+        })
+    }
+
+    fn abort(&self, entry: &SinkEntry) -> Result<()> {
+        run(&self.rt, self.wal.delete(entry))
+    }
+}
+
+/// The writing side of a write-ahead sink: buffers each epoch's records and writes them
+/// to checkpoint storage at pre-commit.
+pub(crate) struct WalSink<T> {
+    wal: Wal,
+    ctx: JobContext,
+    open: std::collections::BTreeMap<u64, Vec<T>>,
+    _marker: PhantomData<T>,
+}
+
+impl<T> WalSink<T> {
+    pub(crate) fn new(wal: Wal, ctx: JobContext) -> Self {
+        WalSink {
+            wal,
+            ctx,
+            open: Default::default(),
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + 'static> TwoPhaseSink for WalSink<T> {
+    type Record = T;
+
+    fn write(&mut self, epoch: u64, record: T) -> Result<()> {
+        self.open.entry(epoch).or_default().push(record);
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+        let Some(records) = self.open.remove(&epoch) else {
+            return Ok(None);
+        };
+        let handle = Wal::handle(epoch, self.ctx.generation(), self.ctx.worker());
+        run(self.ctx.runtime(), self.wal.write(&handle, &records))?;
+        Ok(Some(PreCommitted(SinkEntry {
+            sink: self.wal.sink.clone(),
+            worker: self.ctx.worker(),
+            epoch,
+            generation: self.ctx.generation(),
+            handle,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(generation: u64, epoch: u64) -> SinkEntry {
+        SinkEntry {
+            sink: "out".into(),
+            worker: 0,
+            epoch,
+            generation,
+            handle: Wal::handle(epoch, generation, 0),
+        }
+    }
+
+    #[test]
+    fn published_is_decided_by_generation_then_epoch() {
+        let m = |generation, epoch| Some(Published { generation, epoch });
+        assert!(!already_published(None, &entry(0, 1)));
+        assert!(already_published(m(0, 5), &entry(0, 5)));
+        assert!(already_published(m(0, 5), &entry(0, 4)));
+        assert!(!already_published(m(0, 5), &entry(0, 6)));
+        // A restored older checkpoint: the new generation's epochs are new output even
+        // where an abandoned generation had published higher epochs.
+        assert!(!already_published(m(1, 9), &entry(2, 3)));
+        // A newer generation committed its own output only after the restored one's.
+        assert!(already_published(m(2, 3), &entry(1, 9)));
+    }
+
+    #[test]
+    fn handles_round_trip() {
+        let store = CheckpointStore::open("memory://", "job").unwrap();
+        let wal = Wal::new(&store, "out");
+        let h = Wal::handle(42, 3, 7);
+        let e = wal.parse(&h).unwrap();
+        assert_eq!((e.epoch, e.generation, e.worker), (42, 3, 7));
+        assert_eq!(e.handle, h);
+        assert!(wal.parse("garbage").is_none());
+    }
+
+    struct Collect(std::sync::Mutex<Vec<u32>>);
+
+    impl Publisher for Arc<Collect> {
+        type Record = u32;
+        fn publish(&self, _wal: &Wal, _entry: &SinkEntry, records: Vec<u32>) -> Result<()> {
+            self.0.lock().unwrap().extend(records);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn commit_publishes_once_and_abort_discards() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store = CheckpointStore::open("memory://", "job").unwrap();
+        let wal = Wal::new(&store, "out");
+        let published = Arc::new(Collect(Default::default()));
+        let committer = WalCommitter::new(wal.clone(), rt.handle().clone(), Arc::clone(&published));
+        let (a, b) = (entry(0, 1), entry(0, 2));
+        rt.block_on(wal.write(&a.handle, &[1u32, 2])).unwrap();
+        rt.block_on(wal.write(&b.handle, &[3u32])).unwrap();
+        let mut staged = committer.staged().unwrap();
+        staged.sort_by_key(|e| e.epoch);
+        assert_eq!(staged, vec![a.clone(), b.clone()]);
+        committer.commit(&a).unwrap();
+        committer.commit(&a).unwrap();
+        committer.abort(&b).unwrap();
+        assert_eq!(*published.0.lock().unwrap(), vec![1, 2]);
+        assert!(committer.staged().unwrap().is_empty());
+        // Output that is neither pending nor published is a loss, and says so.
+        let err = committer.commit(&entry(0, 3)).unwrap_err().to_string();
+        assert!(err.contains("neither pending nor published"), "{err}");
+    }
+}
