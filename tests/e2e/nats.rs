@@ -73,7 +73,7 @@ struct Enriched {
 }
 
 /// Every message of the output stream: (message id, record).
-fn output(ws: &Workspace, stream: &str) -> Vec<(String, Enriched)> {
+fn dump_output(ws: &Workspace, stream: &str) -> Vec<(String, Enriched)> {
     let mut cmd = Command::new(bins::nats_pipe());
     cmd.args(["dump", "--nats", &url(), "--stream", stream]);
     let done = run_to_end(cmd, ws.log_paths("dump"), Duration::from_secs(30));
@@ -173,7 +173,7 @@ fn pipe_under_kills(
         outcome.summary()
     );
     assert_eq!(outcome.kills.len(), kills, "{}", outcome.summary());
-    check_exactly_once(&output(&ws, &output));
+    check_exactly_once(&dump_output(&ws, &output));
 }
 
 #[test]
