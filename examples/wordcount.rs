@@ -3,18 +3,26 @@
 //! ```text
 //! wordcount --input DIR --output DIR --checkpoint-dir URL [--checkpoint-interval-ms N]
 //!           [--delivery MODE] [--workers W] [--restore latest] [--rate-limit LINES_PER_S]
+//!           [--output-url URL [--output-format jsonl|parquet]]
 //! ```
 //!
 //! Reads every file in DIR (lines of whitespace-separated words), keeps a running
 //! count per word, and for every epoch commits one JSON line per word whose count
 //! changed in it: `{"word": "...", "count": N, "epoch": E}`. Exits 0 when all input is
 //! processed and committed.
+//!
+//! With `--output-url` (`s3://bucket/prefix`, `file:///dir`), the same records also go
+//! through the object-store sink `objects`, as JSON lines or as Parquet files with the
+//! columns `word` (utf8), `count` and `epoch` (int64).
 
 use std::path::PathBuf;
 
 use clap::Parser;
 use serde::Serialize;
 use timely::dataflow::operators::vec::Map;
+use weir::connectors::objects::{
+    write_objects, ObjectFormat, ObjectSinkOptions, ParquetSchema, ParquetType,
+};
 use weir::prelude::*;
 
 #[derive(Parser, Debug)]
@@ -29,8 +37,21 @@ struct Args {
     /// Lines per second per worker (for demos and chaos tests); unlimited by default.
     #[arg(long)]
     rate_limit: Option<u64>,
+    /// Also write the counts as objects under this URL (`s3://bucket/prefix`,
+    /// `file:///dir`), exactly once.
+    #[arg(long)]
+    output_url: Option<String>,
+    /// The format of the objects under `--output-url`.
+    #[arg(long, value_enum, default_value = "jsonl", requires = "output_url")]
+    output_format: Format,
     #[command(flatten)]
     job: JobArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Format {
+    Jsonl,
+    Parquet,
 }
 
 #[derive(Serialize, serde::Deserialize, Clone, Debug)]
@@ -45,6 +66,17 @@ fn main() {
         let args = Args::parse();
         let config = args.job.into_config("wordcount")?;
         let (input, output) = (args.input, args.output);
+        let objects = args.output_url.map(|url| ObjectSinkOptions {
+            url,
+            format: match args.output_format {
+                Format::Jsonl => ObjectFormat::JsonLines,
+                Format::Parquet => ObjectFormat::Parquet(ParquetSchema::new(&[
+                    ("word", ParquetType::Utf8),
+                    ("count", ParquetType::Int64),
+                    ("epoch", ParquetType::Int64),
+                ])),
+            },
+        });
         let opts = SourceOptions {
             rate_limit: args.rate_limit,
         };
@@ -58,6 +90,9 @@ fn main() {
             let counts =
                 words.reduce_by_key(job, "counts", |count: &mut u64, n: u64| *count += n)?;
             let records = counts.map(|(word, count, epoch)| Count { word, count, epoch });
+            if let Some(opts) = objects.clone() {
+                write_objects(job, records.clone(), "objects", opts)?;
+            }
             files::write_jsonl(job, records, "output", &output)
         })?;
         Ok(())

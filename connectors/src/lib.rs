@@ -15,6 +15,7 @@ pub mod files;
 pub mod generator;
 pub mod kafka;
 pub mod nats;
+pub mod objects;
 pub mod postgres;
 mod source;
 mod wal;

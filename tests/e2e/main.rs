@@ -15,6 +15,7 @@ mod failpoints;
 mod kafka;
 mod kills;
 mod nats;
+mod objects;
 mod operators;
 mod postgres;
 mod relaunch;

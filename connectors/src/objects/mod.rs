@@ -1,0 +1,295 @@
+//! The object-store sink: JSON lines or Parquet in S3-compatible storage (or a local
+//! directory, or memory), each epoch visible only once committed, exactly once.
+//!
+//! ## Delivery contract
+//!
+//! Each worker writes each epoch's records into one object in memory (JSON lines, or a
+//! Parquet file encoded a row group at a time). When the epoch ends, pre-commit puts it
+//! under a staging name, `<prefix>/_staging/<sink>-e<epoch>-g<generation>-w<worker>.<ext>`
+//! (a multipart upload for large objects; on a local directory the file and its
+//! directory are fsynced). The staged name is the handle that goes into the checkpoint.
+//! Once the checkpoint covering the epoch is complete, the coordinator commits it:
+//! the staged object is renamed to `<prefix>/<sink>-e<epoch>-w<worker>.<ext>` (on S3 a
+//! server-side copy followed by a delete; on a local directory an atomic rename). The
+//! committed object appears whole or not at all, so a reader that lists `<prefix>/`
+//! and skips names starting with `_` (as Hive, Spark, DuckDB and most engines do) sees
+//! whole epochs or nothing. Epochs are zero-padded to 20 digits, so names sort in epoch
+//! order.
+//!
+//! - Commit is idempotent: if the staged object is gone and the committed one exists,
+//!   it was committed before (a crash can come between the copy and the delete; the
+//!   next commit copies again and deletes). If neither exists, the output the
+//!   checkpoint promised is lost, and commit fails with [`ConnectorError::LostObject`]
+//!   rather than go on silently.
+//! - Abort deletes the staged object (a missing one is fine).
+//! - After a crash, the restored checkpoint's handles are committed again, and every
+//!   other staged object of this sink from an earlier generation is aborted (found by
+//!   listing `<prefix>/_staging/`). A fresh start (nothing restored) deletes every staged
+//!   object of the sink that an earlier run of the job left.
+//! - The committed name has no generation: an epoch that is replayed after a crash
+//!   (at-least-once delivery, or a restore of a checkpoint older than the newest)
+//!   replaces the object of the same epoch and worker instead of adding a second one.
+//!   Objects of epochs committed by a run that is abandoned (a restore of an older
+//!   checkpoint at another number of workers) are not deleted.
+//! - With at-least-once and at-most-once delivery each epoch is committed as soon as it
+//!   ends.
+//!
+//! An epoch's output of one worker is held in memory until the epoch ends (Parquet
+//! keeps at most one row group of values, 65 536 rows, unencoded). Epochs without
+//! records write no object.
+//!
+//! ## Stores and credentials
+//!
+//! The URL is `s3://bucket/prefix` (credentials, region and endpoint from the usual
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
+//! `AWS_ENDPOINT` variables), `file:///dir` (or a plain path), or `memory://name/prefix`
+//! (a store that lives as long as the process and is shared by every sink and
+//! [`read_committed`] call of the process that names it). Credentials never appear in
+//! messages: the values of the credential variables are removed from every error, and
+//! a URL with `user:password@` is refused. A store that cannot be reached makes the
+//! process exit with code 1 (so `weir launch` restarts it); refused credentials, a
+//! record that does not fit the Parquet schema, or lost output stop the job (code 2).
+
+mod parquet;
+mod sink;
+mod store;
+
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+use timely::dataflow::Stream;
+use weir_runtime::{Job, Result, RuntimeError};
+
+pub use self::parquet::{ParquetColumn, ParquetSchema, ParquetType};
+use self::store::{store_error, Location, Names};
+#[cfg(doc)]
+use crate::error::ConnectorError;
+
+/// How an object sink encodes its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectFormat {
+    /// One JSON object per line (`.jsonl`), serialized with serde.
+    JsonLines,
+    /// A Parquet file (`.parquet`, Snappy-compressed) of the declared flat schema; each
+    /// record is serialized with serde to a JSON object whose fields are the columns.
+    Parquet(ParquetSchema),
+}
+
+impl ObjectFormat {
+    /// The file extension of the format's objects.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use weir_connectors::objects::{ObjectFormat, ParquetSchema, ParquetType};
+    /// assert_eq!(ObjectFormat::JsonLines.extension(), "jsonl");
+    /// let schema = ParquetSchema::new(&[("n", ParquetType::Int64)]);
+    /// assert_eq!(ObjectFormat::Parquet(schema).extension(), "parquet");
+    /// ```
+    pub fn extension(&self) -> &'static str {
+        match self {
+            ObjectFormat::JsonLines => "jsonl",
+            ObjectFormat::Parquet(_) => "parquet",
+        }
+    }
+}
+
+/// Where and how an object sink writes.
+#[derive(Debug, Clone)]
+pub struct ObjectSinkOptions {
+    /// `s3://bucket/prefix`, `file:///dir` (or a path), or `memory://name/prefix`.
+    pub url: String,
+    /// JSON lines or Parquet.
+    pub format: ObjectFormat,
+}
+
+/// Writes `stream` as objects under `opts.url` through the two-phase-commit sink `name`
+/// (see the [module documentation](self) for the delivery contract).
+///
+/// The sink name becomes the first part of every object name; it must be non-empty and
+/// free of `/`.
+///
+/// # Examples
+///
+/// JSON lines into a local directory:
+///
+/// ```
+/// use timely::dataflow::operators::ToStream;
+/// use weir_connectors::objects::{read_committed, write_objects, ObjectFormat, ObjectSinkOptions};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let url = format!("file://{}", dir.path().display());
+/// let opts = ObjectSinkOptions { url: url.clone(), format: ObjectFormat::JsonLines };
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-objects"), move |job| {
+///     let records = vec![1u64, 2, 3].to_stream(job.scope());
+///     write_objects(job, records, "numbers", opts.clone())
+/// }).unwrap();
+/// let objects = read_committed(&url, "numbers").unwrap();
+/// let mut values: Vec<u64> = objects.iter()
+///     .flat_map(|o| o.rows.iter().map(|r| r.as_u64().unwrap()))
+///     .collect();
+/// values.sort();
+/// assert_eq!(values, vec![1, 2, 3]);
+/// assert!(objects.iter().all(|o| o.name.starts_with("numbers-e") && o.name.ends_with(".jsonl")));
+/// ```
+///
+/// Parquet in memory, read back with the `parquet` crate's own reader:
+///
+/// ```
+/// use parquet::file::reader::{FileReader, SerializedFileReader};
+/// use parquet::record::RowAccessor;
+/// use timely::dataflow::operators::ToStream;
+/// use weir_connectors::objects::*;
+///
+/// #[derive(serde::Serialize, serde::Deserialize, Clone)]
+/// struct Count { word: String, count: u64 }
+///
+/// let schema = ParquetSchema::new(&[("word", ParquetType::Utf8), ("count", ParquetType::Int64)]);
+/// let opts = ObjectSinkOptions { url: "memory://doc-parquet/out".into(), format: ObjectFormat::Parquet(schema) };
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-parquet"), move |job| {
+///     let counts = vec![
+///         Count { word: "weir".into(), count: 2 },
+///         Count { word: "river".into(), count: 5 },
+///     ].to_stream(job.scope());
+///     write_objects(job, counts, "counts", opts.clone())
+/// }).unwrap();
+/// let objects = read_committed("memory://doc-parquet/out", "counts").unwrap();
+/// assert_eq!(objects.len(), 1);
+/// let reader = SerializedFileReader::new(objects[0].bytes.clone()).unwrap();
+/// assert_eq!(reader.metadata().file_metadata().num_rows(), 2);
+/// let mut rows: Vec<(String, i64)> = reader.get_row_iter(None).unwrap()
+///     .map(|r| { let r = r.unwrap(); (r.get_string(0).unwrap().clone(), r.get_long(1).unwrap()) })
+///     .collect();
+/// rows.sort();
+/// assert_eq!(rows, vec![("river".to_string(), 5), ("weir".to_string(), 2)]);
+/// ```
+pub fn write_objects<'s, D: Serialize + timely::ExchangeData>(
+    job: &mut Job<'s>,
+    stream: Stream<'s, u64, Vec<D>>,
+    name: &str,
+    opts: ObjectSinkOptions,
+) -> Result<()> {
+    sink::install(job, stream, name, opts)
+}
+
+/// A committed object of a sink, decoded.
+#[derive(Debug, Clone)]
+pub struct CommittedObject {
+    /// The object's name under the prefix (`<sink>-e<epoch>-w<worker>.<ext>`).
+    pub name: String,
+    /// The epoch whose output it holds.
+    pub epoch: u64,
+    /// The worker that wrote it.
+    pub worker: usize,
+    /// The object's bytes as stored.
+    pub bytes: bytes::Bytes,
+    /// Its records: one JSON value per line, or one JSON object per Parquet row
+    /// (columns by name).
+    pub rows: Vec<serde_json::Value>,
+}
+
+/// Reads every committed object of sink `name` under `url`, in name order (epoch, then
+/// worker), the way a reader of the output sees it: staged objects are never read.
+///
+/// It runs its own I/O runtime on a helper thread, so it can be called from anywhere.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::ToStream;
+/// use weir_connectors::objects::{read_committed, write_objects, ObjectFormat, ObjectSinkOptions};
+///
+/// let opts = ObjectSinkOptions { url: "memory://doc-read/p".into(), format: ObjectFormat::JsonLines };
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-read"), move |job| {
+///     let letters = vec!["a".to_string(), "b".to_string()].to_stream(job.scope());
+///     write_objects(job, letters, "letters", opts.clone())
+/// }).unwrap();
+/// let objects = read_committed("memory://doc-read/p", "letters").unwrap();
+/// let rows: Vec<_> = objects.iter().flat_map(|o| o.rows.clone()).collect();
+/// assert_eq!(rows.len(), 2);
+/// assert!(rows.contains(&serde_json::json!("a")) && rows.contains(&serde_json::json!("b")));
+/// assert!(read_committed("memory://doc-read/p", "other").unwrap().is_empty());
+/// ```
+pub fn read_committed(url: &str, name: &str) -> Result<Vec<CommittedObject>> {
+    let loc = Location::open(name, url)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| RuntimeError::Io {
+                    operator: name.to_string(),
+                    reason: format!("cannot start an I/O runtime: {e}"),
+                })?;
+            rt.block_on(read_all(&loc, name))
+        })
+        .join()
+        .expect("the reader thread does not panic")
+    })
+}
+
+async fn read_all(loc: &Location, sink: &str) -> Result<Vec<CommittedObject>> {
+    let root = loc.root();
+    let shown_root = root.clone().unwrap_or_default();
+    let listing = loc
+        .store
+        .list_with_delimiter(root.as_ref())
+        .await
+        .map_err(|e| store_error(sink, loc, "list", &shown_root, &e))?;
+    let formats = [("jsonl", false), ("parquet", true)];
+    let mut found = Vec::new();
+    for meta in listing.objects {
+        let Some(file) = meta.location.filename() else {
+            continue;
+        };
+        for (ext, is_parquet) in formats {
+            let names = Names {
+                sink: sink.to_string(),
+                ext,
+            };
+            if let Some((epoch, worker)) = names.parse_committed(file) {
+                found.push((
+                    file.to_string(),
+                    epoch,
+                    worker,
+                    is_parquet,
+                    meta.location.clone(),
+                ));
+            }
+        }
+    }
+    found.sort();
+    let mut out = Vec::new();
+    for (name, epoch, worker, is_parquet, path) in found {
+        let bytes = async { loc.store.get(&path).await?.bytes().await }
+            .await
+            .map_err(|e| store_error(sink, loc, "read", &path, &e))?;
+        let bad = |detail: String| -> RuntimeError {
+            RuntimeError::Io {
+                operator: sink.to_string(),
+                reason: format!("committed object `{path}` in {}: {detail}", loc.shown),
+            }
+        };
+        let rows = if is_parquet {
+            self::parquet::decode(bytes.clone())
+                .map_err(|e| bad(format!("is not a readable Parquet file: {e}")))?
+        } else {
+            let text =
+                std::str::from_utf8(&bytes).map_err(|e| bad(format!("is not UTF-8: {e}")))?;
+            if !text.is_empty() && !text.ends_with('\n') {
+                return Err(bad("ends in a partial line".into()));
+            }
+            text.lines()
+                .map(serde_json::from_str)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("holds a line that is not JSON: {e}")))?
+        };
+        out.push(CommittedObject {
+            name,
+            epoch,
+            worker,
+            bytes,
+            rows,
+        });
+    }
+    Ok(out)
+}
