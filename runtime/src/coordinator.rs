@@ -10,9 +10,13 @@
 //! complete checkpoint. Manifest writes, commits and retention run in order on one
 //! background task, so that record processing never waits for storage. Before writing a
 //! manifest, the task checks that no newer generation has started (fencing).
+//! Each of the task's storage steps runs within the checkpoint timeout: a store that
+//! does not answer fails that checkpoint (counted against
+//! `tolerable-failed-checkpoints`) instead of stalling every later one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -114,19 +118,8 @@ async fn run(
 ) {
     let store = ctx.store().expect("checkpointing is on").clone();
     let config = ctx.config().clone();
-    let failed = std::sync::atomic::AtomicU32::new(0);
-    let fail = |reason: String| {
-        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(failed = failed.load(std::sync::atomic::Ordering::Relaxed), reason = %reason, "checkpoint failed");
-        if failed.load(std::sync::atomic::Ordering::Relaxed) > config.tolerable_failed_checkpoints {
-            let e = RuntimeError::TooManyFailedCheckpoints {
-                failed: failed.load(std::sync::atomic::Ordering::Relaxed),
-                tolerated: config.tolerable_failed_checkpoints,
-                last: reason,
-            };
-            crate::execute::die("checkpoint coordinator", &e);
-        }
-    };
+    let timeout = Duration::from_millis(config.checkpoint_timeout_ms.max(1));
+    let mut failures = FailedCheckpoints::new(config.tolerable_failed_checkpoints);
     // Whether the newest epoch closed so far ended committed; at the end of the input it
     // must, or the job's last output would never become visible.
     let mut last_committed: Option<(u64, bool)> = None;
@@ -148,11 +141,11 @@ async fn run(
             }
             Closed::Failed { epoch, errors } => {
                 last_committed = Some((epoch, false));
-                fail(format!("checkpoint {epoch}: {}", errors.join("; ")));
+                failures.fail(format!("checkpoint {epoch}: {}", errors.join("; ")));
                 continue;
             }
         };
-        match store.generations().await {
+        match within(timeout, store.generations()).await {
             Ok(gens) if protocol::is_fenced(ctx.generation(), &gens) => {
                 let newer = gens.iter().copied().max().unwrap_or_default();
                 crate::execute::die(
@@ -165,7 +158,8 @@ async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                fail(format!(
+                last_committed = Some((epoch, false));
+                failures.fail(format!(
                     "checkpoint {epoch}: cannot read generation markers: {e}"
                 ));
                 continue;
@@ -186,12 +180,16 @@ async fn run(
             parts,
             sinks,
         };
-        if let Err(e) = store.put_manifest(&manifest).await {
+        // A manifest write that times out may still have reached the store: the checkpoint
+        // then exists although it counts as failed here. That is safe: its sink outputs
+        // stay owed and are committed with the next complete checkpoint, and a restore
+        // from it commits them too (commits are idempotent).
+        if let Err(e) = within(timeout, store.put_manifest(&manifest)).await {
             last_committed = Some((epoch, false));
-            fail(format!("checkpoint {epoch}: {e}"));
+            failures.fail(format!("checkpoint {epoch}: {e}"));
             continue;
         }
-        failed.store(0, std::sync::atomic::Ordering::Relaxed);
+        failures.succeeded();
         tracing::info!(
             epoch,
             parts = manifest.parts.len(),
@@ -222,7 +220,7 @@ async fn run(
             }
         }
         last_committed = Some((epoch, true));
-        match store.apply_retention(config.retain).await {
+        match within(timeout, store.apply_retention(config.retain)).await {
             Ok(deleted) if !deleted.is_empty() => {
                 tracing::debug!(?deleted, "retention deleted old checkpoints")
             }
@@ -239,6 +237,70 @@ async fn run(
         }
         Some((epoch, true)) => finish_stop(&store, epoch).await,
         None => {}
+    }
+}
+
+/// Counts consecutive failed checkpoints against `tolerable-failed-checkpoints`.
+///
+/// A complete checkpoint resets the count; an epoch that is not a checkpoint (some
+/// operator skipped it) leaves it as it is.
+#[derive(Debug)]
+struct FailedCheckpoints {
+    failed: u32,
+    tolerated: u32,
+}
+
+impl FailedCheckpoints {
+    fn new(tolerated: u32) -> Self {
+        FailedCheckpoints {
+            failed: 0,
+            tolerated,
+        }
+    }
+
+    /// Counts one more failed checkpoint: how many failed in a row, or the error that
+    /// fails the job once more than the tolerated number have.
+    fn count(&mut self, reason: String) -> Result<u32> {
+        self.failed = self.failed.saturating_add(1);
+        if self.failed > self.tolerated {
+            return Err(RuntimeError::TooManyFailedCheckpoints {
+                failed: self.failed,
+                tolerated: self.tolerated,
+                last: reason,
+            });
+        }
+        Ok(self.failed)
+    }
+
+    /// Logs a failed checkpoint, and ends the process (retryable) once too many failed
+    /// in a row.
+    fn fail(&mut self, reason: String) {
+        tracing::warn!(failed = self.failed + 1, tolerated = self.tolerated, reason = %reason, "checkpoint failed");
+        if let Err(e) = self.count(reason) {
+            crate::execute::die("checkpoint coordinator", &e);
+        }
+    }
+
+    /// A checkpoint completed.
+    fn succeeded(&mut self) {
+        self.failed = 0;
+    }
+}
+
+/// Runs one storage step of a checkpoint within the checkpoint timeout. A store that
+/// does not answer (against a server that is down, the S3 client retries for minutes)
+/// then fails this checkpoint instead of holding up every later one and the count of
+/// failed checkpoints.
+async fn within<T>(
+    timeout: Duration,
+    step: impl std::future::Future<Output = weir_checkpoint::Result<T>>,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(timeout, step).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the checkpoint store did not answer within {timeout:?} (checkpoint-timeout-ms)"
+        )),
     }
 }
 
@@ -260,4 +322,58 @@ async fn finish_stop(store: &weir_checkpoint::CheckpointStore, epoch: u64) {
         Err(e) => fail(e),
     }
     store.clear_stop_request().await.unwrap_or_else(|e| fail(e));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_fails_only_after_more_consecutive_failed_checkpoints_than_tolerated() {
+        let mut f = FailedCheckpoints::new(2);
+        assert_eq!(f.count("a".into()).unwrap(), 1);
+        assert_eq!(f.count("b".into()).unwrap(), 2);
+        match f.count("c".into()) {
+            Err(RuntimeError::TooManyFailedCheckpoints {
+                failed: 3,
+                tolerated: 2,
+                last,
+            }) => assert_eq!(last, "c"),
+            other => panic!("expected TooManyFailedCheckpoints, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_complete_checkpoint_resets_the_count_of_failed_ones() {
+        let mut f = FailedCheckpoints::new(1);
+        assert!(f.count("a".into()).is_ok());
+        f.succeeded();
+        assert!(f.count("b".into()).is_ok());
+        assert!(f.count("c".into()).is_err());
+        // Zero tolerated: the first failure fails the job.
+        assert!(FailedCheckpoints::new(0).count("d".into()).is_err());
+    }
+
+    #[test]
+    fn too_many_failed_checkpoints_is_retryable_and_names_the_counts() {
+        let e = FailedCheckpoints::new(0)
+            .count("checkpoint 9: down".into())
+            .unwrap_err();
+        assert!(!e.is_permanent());
+        assert_eq!(
+            e.to_string(),
+            "1 consecutive checkpoints failed (tolerated: 0); last error: checkpoint 9: down"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_storage_step_that_does_not_answer_fails_within_the_timeout() {
+        let never = std::future::pending::<weir_checkpoint::Result<()>>();
+        let err = within(Duration::from_millis(10), never).await.unwrap_err();
+        assert!(err.contains("checkpoint-timeout-ms"), "{err}");
+        assert_eq!(
+            within(Duration::from_millis(10), async { Ok(7) }).await,
+            Ok(7)
+        );
+    }
 }

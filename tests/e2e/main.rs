@@ -22,6 +22,7 @@ mod relaunch;
 mod rescale;
 mod restore;
 mod s3;
+mod s3_faults;
 mod savepoints;
 mod sessions;
 mod standalone;
