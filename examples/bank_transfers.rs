@@ -14,7 +14,11 @@
 //!   to `bank_rejected`. Incoming transfers are credited to the receiver's balance but
 //!   clear only at the end of the run, so they do not count as funds to send in it;
 //! - writes every applied transfer to `bank_ledger` and every account's resulting
-//!   balance to `bank_balances`, through PostgreSQL two-phase commit;
+//!   balance after each movement to `bank_balances` (`bank_current_balances` is a view
+//!   of the latest), through PostgreSQL two-phase commit. Balances are appended with a
+//!   version per account rather than updated in place: a prepared transaction holds
+//!   its row locks until the checkpoint commits it, so updating the same row in the
+//!   next epoch would wait for that commit;
 //! - publishes a summary of every applied transfer to a Kafka topic through the
 //!   exactly-once Kafka sink.
 //!
@@ -22,10 +26,10 @@
 //! scripts/services.sh up && eval "$(scripts/services.sh env)"
 //! cargo build --release --bins --examples
 //! target/release/examples/bank_transfers generate --brokers $WEIR_TEST_KAFKA_BROKERS \
-//!     --postgres $WEIR_TEST_POSTGRES_URL --transfers 20000 --accounts 100
+//!     --postgres $WEIR_TEST_POSTGRES_URL --one-record-per-batch --transfers 20000 --accounts 100
 //! target/release/weir launch --processes 2 --workers 2 --checkpoint-dir s3://test/bank \
 //!     -- target/release/examples/bank_transfers run --brokers $WEIR_TEST_KAFKA_BROKERS \
-//!     --postgres $WEIR_TEST_POSTGRES_URL
+//!     --postgres $WEIR_TEST_POSTGRES_URL --one-record-per-batch
 //! ```
 
 use std::time::Duration;
@@ -109,6 +113,25 @@ struct Io {
     /// Prefix of the tables (`<prefix>_ledger`, `_balances`, `_rejected`, `_dead_letters`).
     #[arg(long, default_value = "bank")]
     tables: String,
+    /// Produce every Kafka record in a batch of its own (`batch.num.messages=1`). The
+    /// tansu broker (0.6) serves a fetch only from the first offset of a record batch,
+    /// so resuming in the middle of a batch would wait forever there.
+    #[arg(long)]
+    one_record_per_batch: bool,
+}
+
+impl Io {
+    /// Producer settings the broker needs.
+    fn producer_settings(&self) -> Vec<(String, String)> {
+        if self.one_record_per_batch {
+            vec![
+                ("batch.num.messages".into(), "1".into()),
+                ("linger.ms".into(), "0".into()),
+            ]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// A transfer as it arrives.
@@ -129,11 +152,21 @@ struct LedgerRow {
     amount: i64,
 }
 
-/// A row of the balances table.
+/// A row of the balances table: an account's balance after its `version`-th movement.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct BalanceRow {
     account: i32,
+    version: i64,
     balance: i64,
+}
+
+/// An account's keyed state in the balances operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+struct Account {
+    /// Money in minus money out.
+    change: i64,
+    /// Movements applied.
+    movements: i64,
 }
 
 /// A row of the rejected-transfers table.
@@ -238,11 +271,13 @@ fn run(
             .stateful_map(
                 job,
                 "balance-state",
-                |account, change: &mut i64, delta: i64| {
-                    *change += delta;
+                |account, state: &mut Account, delta: i64| {
+                    state.change += delta;
+                    state.movements += 1;
                     Some(BalanceRow {
                         account: *account as i32,
-                        balance: OPENING + *change,
+                        version: state.movements,
+                        balance: OPENING + state.change,
                     })
                 },
             )?;
@@ -259,17 +294,7 @@ fn run(
             amount: t.amount,
         });
         write_postgres(job, ledger, "ledger", pg("ledger", PgMode::TwoPhase))?;
-        write_postgres(
-            job,
-            balances,
-            "balances",
-            pg(
-                "balances",
-                PgMode::TwoPhaseUpsert {
-                    key: vec!["account".into()],
-                },
-            ),
-        )?;
+        write_postgres(job, balances, "balances", pg("balances", PgMode::TwoPhase))?;
         write_postgres(job, rejected, "rejected", pg("rejected", PgMode::TwoPhase))?;
         let dead = dead.map(|d: DeadLetter| DeadLetterRow {
             source: d.source,
@@ -294,6 +319,7 @@ fn run(
         });
         let mut sink = KafkaSinkOptions::new(&io.brokers, &io.summary_topic);
         sink.delivery_timeout = broker_timeout;
+        sink.properties = io.producer_settings();
         write_kafka(job, summaries, "summaries", sink)?;
         Ok(())
     })?;
@@ -337,13 +363,16 @@ fn generate(
     rt.block_on(create_tables(&io.postgres, &io.tables))?;
     create_topics(io, partitions)?;
 
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
+    let mut config = rdkafka::ClientConfig::new();
+    config
         .set("bootstrap.servers", &io.brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .context("creating a Kafka producer")?;
+        .set("message.timeout.ms", "30000");
+    for (k, v) in io.producer_settings() {
+        config.set(k, v);
+    }
+    let producer: BaseProducer = config.create().context("creating a Kafka producer")?;
     let mut rng = Rng(seed);
     let mut sent = 0u64;
     let mut send = |key: &str, payload: &str| -> anyhow::Result<()> {
@@ -437,7 +466,8 @@ async fn create_tables(url: &str, prefix: &str) -> anyhow::Result<()> {
     client
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {prefix}_ledger (id bigint PRIMARY KEY, from_acct int NOT NULL, to_acct int NOT NULL, amount bigint NOT NULL);
-             CREATE TABLE IF NOT EXISTS {prefix}_balances (account int PRIMARY KEY, balance bigint NOT NULL);
+             CREATE TABLE IF NOT EXISTS {prefix}_balances (account int NOT NULL, version bigint NOT NULL, balance bigint NOT NULL, PRIMARY KEY (account, version));
+             CREATE OR REPLACE VIEW {prefix}_current_balances AS SELECT DISTINCT ON (account) account, balance FROM {prefix}_balances ORDER BY account, version DESC;
              CREATE TABLE IF NOT EXISTS {prefix}_rejected (id bigint PRIMARY KEY, from_acct int NOT NULL, to_acct int NOT NULL, amount bigint NOT NULL, reason text NOT NULL);
              CREATE TABLE IF NOT EXISTS {prefix}_dead_letters (source text NOT NULL, topic text NOT NULL, kafka_partition int NOT NULL, kafka_offset bigint NOT NULL, error text NOT NULL, payload text NOT NULL, PRIMARY KEY (topic, kafka_partition, kafka_offset));"
         ))

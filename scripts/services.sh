@@ -8,7 +8,7 @@
 # Servers:
 # - SeaweedFS (S3-compatible object storage, for checkpoints on s3://) on
 #   127.0.0.1:18333 with bucket `test`;
-# - PostgreSQL, a cluster of its own on 127.0.0.1:15432 with max_prepared_transactions
+# - PostgreSQL, a cluster of its own on 127.0.0.1:15432 with max_prepared_transactions=1000
 #   (the two-phase-commit sink needs it; a machine's default cluster has it off),
 #   database `weir_test`, user `postgres`, trust authentication; and a second one on
 #   127.0.0.1:15433 with prepared transactions off (the default), to test that the sink
@@ -82,6 +82,8 @@ pg_up() {
     printf "listen_addresses='127.0.0.1'\nport=%s\nunix_socket_directories='%s'\nmax_prepared_transactions=%s\nfsync=off\n" \
       "$port" "$pg" "$prepared" >>"$pg/data/postgresql.conf"
   fi
+  # A cluster made by an earlier version of this script may have another setting.
+  printf "max_prepared_transactions=%s\n" "$prepared" >"$pg/data/postgresql.auto.conf"
   runuser -u postgres -- "$bin/pg_ctl" -D "$pg/data" -l "$pg/server.log" -w -t 30 start >/dev/null
   runuser -u postgres -- "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -qtAc \
     "SELECT 1 FROM pg_database WHERE datname = 'weir_test'" | grep -q 1 ||
@@ -161,10 +163,10 @@ stop_pid() {
 case "${1:-}" in
   up)
     s3_up
-    pg_up postgres "$PG_PORT" 64
+    pg_up postgres "$PG_PORT" 1000
     pg_up postgres-no-2pc "$PG_NO_2PC_PORT" 0
-    kafka_up
     nats_up
+    kafka_up
     ;;
   install-kafka) tansu_install ;;
   down)

@@ -520,7 +520,7 @@ impl Publisher for KafkaPublisher {
         let skip = match started {
             Some(s) if s.generation == entry.generation && s.epoch == entry.epoch => {
                 let arrived = self.arrived(entry, &s.ends)?;
-                tracing::info!(sink = %t.sink, epoch = entry.epoch, worker = entry.worker, arrived = arrived.len(), of = records.len(), "resuming an interrupted publication");
+                tracing::warn!(sink = %t.sink, epoch = entry.epoch, worker = entry.worker, arrived = arrived.len(), of = records.len(), "resuming an interrupted publication");
                 arrived
             }
             _ => {

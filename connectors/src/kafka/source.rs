@@ -167,6 +167,7 @@ pub fn read_kafka<'s>(
         consumer,
         assigned: false,
         open: Default::default(),
+        resumed_at: BTreeMap::new(),
         last_check: Instant::now(),
         idle: false,
     };
@@ -232,6 +233,8 @@ struct KafkaReader {
     assigned: bool,
     /// Bounded: the partitions that have not reached their end yet.
     open: std::collections::BTreeSet<i32>,
+    /// The offset each partition resumed at, until its first record arrives.
+    resumed_at: BTreeMap<i32, u64>,
     last_check: Instant,
     idle: bool,
 }
@@ -293,6 +296,7 @@ impl KafkaReader {
             };
             tracing::debug!(source = %self.name, topic = %topic, partition = p, low, high, at, "kafka: assigning partition");
             self.open.insert(p);
+            self.resumed_at.insert(p, at);
             list.add_partition_offset(&topic, p, Offset::Offset(at as i64))
                 .map_err(|e| self.error("assign a partition", e.to_string(), false))?;
         }
@@ -367,6 +371,11 @@ impl Reader for KafkaReader {
                         continue;
                     }
                     let offset = m.offset();
+                    if let Some(at) = self.resumed_at.remove(&p) {
+                        if offset as u64 > at {
+                            tracing::warn!(source = %self.name, topic = %topic, partition = p, resumed_at = at, first = offset, "kafka: the first record served is past the offset resumed at (a compacted or transactional topic, or a broker that serves fetches only from record-batch boundaries)");
+                        }
+                    }
                     out.push(KafkaMessage {
                         partition: p,
                         offset,

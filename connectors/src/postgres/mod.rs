@@ -27,9 +27,6 @@
 //!   at once. A replay after a crash writes the same rows again, so the table ends the
 //!   same, but readers may see a row's value go back to an earlier epoch's and forward
 //!   again while the job catches up.
-//! - [`PgMode::TwoPhaseUpsert`] (exactly-once): as `TwoPhase`, with the rows upserted on
-//!   a key inside the prepared transaction, for tables that hold one current row per
-//!   key. Each key must be written by one worker only (the output of a keyed operator).
 
 use std::sync::{Arc, Mutex};
 
@@ -52,29 +49,6 @@ pub enum PgMode {
         /// The columns of the table's primary key or a unique constraint.
         key: Vec<String>,
     },
-    /// Two-phase commit of upserts on these key columns: tables where each key has one
-    /// current row (balances, latest values). A key's rows must always come from the
-    /// same worker, as a keyed operator's output does; otherwise two workers' prepared
-    /// transactions would wait on each other's row locks.
-    TwoPhaseUpsert {
-        /// The columns of the table's primary key or a unique constraint.
-        key: Vec<String>,
-    },
-}
-
-impl PgMode {
-    /// Whether writes go through prepared transactions.
-    fn two_phase(&self) -> bool {
-        matches!(self, PgMode::TwoPhase | PgMode::TwoPhaseUpsert { .. })
-    }
-
-    /// The upsert key, if rows are upserted.
-    fn upsert_key(&self) -> Option<&Vec<String>> {
-        match self {
-            PgMode::Upsert { key } | PgMode::TwoPhaseUpsert { key } => Some(key),
-            PgMode::TwoPhase => None,
-        }
-    }
 }
 
 /// Where and how the sink writes.
@@ -120,7 +94,7 @@ pub fn write_postgres<'s, D: Serialize + timely::ExchangeData>(
     let client = target.connect(&ctx)?;
     let columns = ctx.block_on(target.prepare(&client))?;
     let insert = target.insert_sql(&columns)?;
-    if ctx.restored().is_none() && ctx.worker() == 0 && target.mode.two_phase() {
+    if ctx.restored().is_none() && ctx.worker() == 0 && target.mode == PgMode::TwoPhase {
         // A fresh start: ledger rows of an earlier run of this job (whose checkpoints are
         // gone) would collide with this run's transaction ids.
         // Its prepared transactions, which no checkpoint covers, are rolled back.
@@ -220,7 +194,7 @@ impl Target {
                 format!("sink `{sink}`: no table given"),
             ));
         }
-        if let Some(key) = opts.mode.upsert_key() {
+        if let PgMode::Upsert { key } = &opts.mode {
             if key.is_empty() {
                 return Err(RuntimeError::config(
                     "postgres upsert key",
@@ -284,7 +258,7 @@ impl Target {
     /// Checks the server and the table, creates the ledger table, and returns the
     /// table's columns.
     async fn prepare(&self, client: &Client) -> Result<Vec<String>> {
-        if self.mode.two_phase() {
+        if self.mode == PgMode::TwoPhase {
             let row = client
                 .query_one("SHOW max_prepared_transactions", &[])
                 .await
@@ -349,7 +323,7 @@ impl Target {
         let mut sql = format!(
             "INSERT INTO {table} ({cols}) SELECT {cols} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb)"
         );
-        if let Some(key) = self.mode.upsert_key() {
+        if let PgMode::Upsert { key } = &self.mode {
             if let Some(missing) = key.iter().find(|k| !columns.contains(k)) {
                 return Err(RuntimeError::config(
                     "postgres upsert key",
@@ -454,11 +428,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for PgSink<D> {
                 .map_err(|e| t.error("upsert an epoch's rows", &e, ""))?;
                 Ok(None)
             }
-            PgMode::TwoPhase | PgMode::TwoPhaseUpsert { .. } => {
-                let rows = match t.mode.upsert_key() {
-                    Some(key) => last_per_key(rows, key),
-                    None => rows,
-                };
+            PgMode::TwoPhase => {
                 let gid = t.gid(&self.job, epoch, self.ctx.generation(), self.ctx.worker());
                 let client = &self.client;
                 let insert = &self.insert;

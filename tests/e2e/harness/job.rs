@@ -76,6 +76,12 @@ impl JobArgs {
         self
     }
 
+    /// Adds a flag without a value.
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.to_string());
+        self
+    }
+
     /// `--checkpoint-interval-ms`
     pub fn interval_ms(self, ms: u64) -> Self {
         self.set("--checkpoint-interval-ms", ms)
