@@ -92,7 +92,7 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         broker_timeout_secs: u64,
         #[command(flatten)]
-        job: JobArgs,
+        job: Box<JobArgs>,
     },
 }
 
@@ -220,7 +220,7 @@ fn run(
     bounded: bool,
     rate_limit: Option<u64>,
     broker_timeout: Duration,
-    job: JobArgs,
+    job: Box<JobArgs>,
 ) -> anyhow::Result<()> {
     let config = job.into_config("bank-transfers")?;
     weir::run(config, move |job| {

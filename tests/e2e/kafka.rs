@@ -76,7 +76,12 @@ impl Drop for Names {
         for gid in String::from_utf8_lossy(&out.stdout).lines() {
             if !gid.is_empty() {
                 let _ = Command::new("psql")
-                    .args([&pg_url(), "-qtAX", "-c", &format!("ROLLBACK PREPARED '{gid}'")])
+                    .args([
+                        &pg_url(),
+                        "-qtAX",
+                        "-c",
+                        &format!("ROLLBACK PREPARED '{gid}'"),
+                    ])
                     .output();
             }
         }
@@ -298,14 +303,16 @@ fn check(names: &Names) {
     assert_eq!(dead, o.dead, "dead letters differ");
 
     // Every balance equals the oracle's, and money is conserved.
-    let balances: BTreeMap<u32, i64> = psql(&format!("SELECT account, balance FROM {t}_current_balances"))
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (a, b) = l.split_once('|').unwrap();
-            (a.parse().unwrap(), b.parse().unwrap())
-        })
-        .collect();
+    let balances: BTreeMap<u32, i64> = psql(&format!(
+        "SELECT account, balance FROM {t}_current_balances"
+    ))
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(|l| {
+        let (a, b) = l.split_once('|').unwrap();
+        (a.parse().unwrap(), b.parse().unwrap())
+    })
+    .collect();
     assert_eq!(balances, o.balances, "balances differ from the oracle");
     let total: i64 = balances.values().sum();
     assert_eq!(
