@@ -312,6 +312,7 @@ impl JobContext {
             };
             let groups: Vec<(u32, T)> = part.decode()?;
             drop(part);
+            crate::failpoint::hit("restore");
             out.extend(groups.into_iter().filter(|(g, _)| *g >= lo && *g < hi));
         }
         Ok(out)

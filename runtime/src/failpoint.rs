@@ -1,8 +1,9 @@
 //! Failpoints: named places where a test can make a process kill itself with SIGKILL.
 //!
-//! `WEIR_FAILPOINT=<name>[@N]` kills the process the N-th time (default: the first) it
-//! reaches `<name>`, in generation 0 only, so that the restarted job runs through. The
-//! kill is a real `SIGKILL`: no destructor, flush or unwinding runs. Names in use:
+//! `WEIR_FAILPOINT=<name>[@N][:gG]` kills the process the N-th time (default: the first)
+//! it reaches `<name>`, in generation G only (default 0), so that the restarted job runs
+//! through; several failpoints are separated by commas. The kill is a real `SIGKILL`: no
+//! destructor, flush or unwinding runs. Names in use:
 //!
 //! | name | where |
 //! | --- | --- |
@@ -10,25 +11,53 @@
 //! | `before-manifest` | every part of a checkpoint is durable, the manifest is not written |
 //! | `after-manifest` | the manifest is written, sink output is not committed |
 //! | `mid-commit` | some but not all sink outputs of a checkpoint are committed |
+//! | `restore` | a worker has read and decoded a part of the restored checkpoint's state |
 //! | `kafka-publish` | an exactly-once Kafka sink has published (and flushed) another 64 records of an epoch, not all of them |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 static GENERATION: AtomicU64 = AtomicU64::new(u64::MAX);
-static HITS: AtomicU64 = AtomicU64::new(0);
 
-fn armed() -> Option<&'static (String, u64)> {
-    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+/// One armed failpoint: its name, the hit that kills, the generation it fires in, and
+/// the hits so far.
+struct Armed {
+    name: String,
+    nth: u64,
+    generation: u64,
+    hits: AtomicU64,
+}
+
+/// Parses `name[@N][:gG]`, comma-separated.
+fn parse(spec: &str) -> Vec<Armed> {
+    spec.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|one| {
+            let (rest, generation) = match one.split_once(":g") {
+                Some((rest, g)) => (rest, g.parse().unwrap_or(0)),
+                None => (one, 0),
+            };
+            let (name, nth) = match rest.split_once('@') {
+                Some((name, n)) => (name, n.parse().unwrap_or(1)),
+                None => (rest, 1),
+            };
+            Armed {
+                name: name.to_string(),
+                nth: nth.max(1),
+                generation,
+                hits: AtomicU64::new(0),
+            }
+        })
+        .collect()
+}
+
+fn armed() -> &'static [Armed] {
+    static SPEC: OnceLock<Vec<Armed>> = OnceLock::new();
     SPEC.get_or_init(|| {
-        let spec = std::env::var("WEIR_FAILPOINT").ok()?;
-        let (name, n) = match spec.split_once('@') {
-            Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
-            None => (spec, 1),
-        };
-        Some((name, n.max(1)))
+        std::env::var("WEIR_FAILPOINT")
+            .map(|s| parse(&s))
+            .unwrap_or_default()
     })
-    .as_ref()
 }
 
 /// Tells the failpoints which generation this process belongs to.
@@ -36,21 +65,25 @@ pub fn set_generation(generation: u64) {
     GENERATION.store(generation, Ordering::SeqCst);
 }
 
+fn find(name: &str) -> Option<&'static Armed> {
+    let generation = GENERATION.load(Ordering::SeqCst);
+    armed()
+        .iter()
+        .find(|a| a.name == name && a.generation == generation)
+}
+
 /// Whether the failpoint `name` is armed in this process (tests use it to make a kill
 /// land at a well-defined point, e.g. after a flush).
 pub fn armed_for(name: &str) -> bool {
-    armed().is_some_and(|(n, _)| n == name) && GENERATION.load(Ordering::SeqCst) == 0
+    find(name).is_some()
 }
 
 /// Kills the process if the failpoint `name` is armed and due.
 pub fn hit(name: &str) {
-    let Some((armed_name, n)) = armed() else {
+    let Some(a) = find(name) else {
         return;
     };
-    if armed_name != name || GENERATION.load(Ordering::SeqCst) != 0 {
-        return;
-    }
-    if HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+    if a.hits.fetch_add(1, Ordering::SeqCst) + 1 == a.nth {
         eprintln!(
             "weir: failpoint `{name}` reached: killing process {} with SIGKILL",
             std::process::id()
@@ -59,5 +92,27 @@ pub fn hit(name: &str) {
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_name_the_hit_and_the_generation() {
+        let a = parse("after-manifest@3,restore:g1,upload");
+        let got: Vec<(&str, u64, u64)> = a
+            .iter()
+            .map(|a| (a.name.as_str(), a.nth, a.generation))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("after-manifest", 3, 0),
+                ("restore", 1, 1),
+                ("upload", 1, 0)
+            ]
+        );
     }
 }

@@ -406,7 +406,8 @@ fn bank_transfers_at_two_by_two_with_s3_checkpoints_survive_random_kills() {
 }
 
 #[test]
-fn bank_transfers_killed_between_manifest_and_publication_publish_each_summary_once() {
+fn bank_transfers_killed_between_manifest_and_publication_and_during_restore_publish_each_summary_once(
+) {
     let seed = scenario::seed(0xB_0002);
     let ws = Workspace::new("bank-after-manifest");
     let names = Names::new("bank-am");
@@ -416,19 +417,23 @@ fn bank_transfers_killed_between_manifest_and_publication_publish_each_summary_o
         .job_args(&ws)
         .interval_ms(300)
         .set("--rate-limit", 300);
+    // Generation 0 dies between a manifest and the publication of its output; generation
+    // 1 dies while its workers read the restored state; then one random kill.
     let outcome = launch(
         &ws,
-        &spec(job, 1, 3, Some("after-manifest@2"), 1),
-        chaos(1, 1, seed),
+        &spec(job, 1, 3, Some("after-manifest@2,restore@3:g1"), 1),
+        chaos(1, 2, seed),
     );
     launched(&outcome, 1);
-    assert!(
-        outcome
-            .stderr
-            .contains("failpoint `after-manifest` reached"),
-        "{}",
-        outcome.summary()
-    );
+    for failpoint in ["after-manifest", "restore"] {
+        assert!(
+            outcome
+                .stderr
+                .contains(&format!("failpoint `{failpoint}` reached")),
+            "{}",
+            outcome.summary()
+        );
+    }
     check(&names);
 }
 
