@@ -150,7 +150,12 @@ fn run(input: &str, output: &str, delivery: Delivery) -> Duration {
                 .unwrap();
             KafkaRecord::json(None, &serde_json::json!({"n": n, "read_ms": now_ms()}))
         });
-        write_kafka(job, records, "out", KafkaSinkOptions::new(&brokers(), &output))
+        write_kafka(
+            job,
+            records,
+            "out",
+            KafkaSinkOptions::new(&brokers(), &output),
+        )
     })
     .unwrap();
     started.elapsed()
@@ -194,7 +199,10 @@ fn main() {
             let missing = seen.iter().filter(|c| **c == 0).count();
             let twice = seen.iter().filter(|c| **c > 1).count();
             match delivery {
-                Delivery::ExactlyOnce => assert!(missing == 0 && twice == 0, "{name}: {missing} missing, {twice} twice"),
+                Delivery::ExactlyOnce => assert!(
+                    missing == 0 && twice == 0,
+                    "{name}: {missing} missing, {twice} twice"
+                ),
                 Delivery::AtLeastOnce => assert_eq!(missing, 0, "{name}: records missing"),
                 Delivery::AtMostOnce => assert_eq!(twice, 0, "{name}: records twice"),
             }
