@@ -19,6 +19,7 @@ use crate::harness::launch::{launch, ChaosPlan, LaunchOutcome, LaunchSpec};
 use crate::harness::process::{run_to_end, Finished};
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
+use crate::postgres::{psql, url as pg_url};
 
 /// The opening balance of every account (as in the example).
 const OPENING: i64 = 1_000_000_000;
@@ -31,23 +32,6 @@ fn env(k: &str) -> String {
 
 fn brokers() -> String {
     env("WEIR_TEST_KAFKA_BROKERS")
-}
-
-fn pg_url() -> String {
-    env("WEIR_TEST_POSTGRES_URL")
-}
-
-fn psql(sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([&pg_url(), "-qtAX", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql `{sql}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Names unique to one test run: topics, tables and job.

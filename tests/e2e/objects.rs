@@ -15,30 +15,7 @@ use crate::harness::process::run_to_end;
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
 
-/// Points the AWS variables that weir reads at the test server, and returns a fresh
-/// `s3://` prefix. Fails, never skips, when the server is not configured.
-fn s3_prefix(name: &str) -> String {
-    let var = |k: &str| {
-        std::env::var(k).unwrap_or_else(|_| {
-            panic!("{k} is not set: start the test servers with `scripts/services.sh up` and `eval \"$(scripts/services.sh env)\"` (scripts/test.sh does both)")
-        })
-    };
-    let endpoint = var("WEIR_TEST_S3_ENDPOINT");
-    let bucket = var("WEIR_TEST_S3_BUCKET");
-    // Each test runs in its own process under nextest, so this touches no other test.
-    std::env::set_var("AWS_ENDPOINT", &endpoint);
-    std::env::set_var("AWS_ACCESS_KEY_ID", var("WEIR_TEST_S3_ACCESS_KEY_ID"));
-    std::env::set_var(
-        "AWS_SECRET_ACCESS_KEY",
-        var("WEIR_TEST_S3_SECRET_ACCESS_KEY"),
-    );
-    std::env::set_var("AWS_REGION", "us-east-1");
-    let unique = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("s3://{bucket}/e2e/{name}-{}-{unique}", std::process::id())
-}
+use crate::s3::s3_prefix;
 
 /// Runs wordcount under `weir launch` with `kills` SIGKILLs, its counts going to S3 in
 /// `format` as well as to the local output, and checks the objects: exactly once

@@ -10,7 +10,7 @@ use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
 
 /// The test server's URL; the tests fail, never skip, without it.
-fn url() -> String {
+pub(crate) fn url() -> String {
     std::env::var("WEIR_TEST_POSTGRES_URL").unwrap_or_else(|_| {
         panic!(
             "WEIR_TEST_POSTGRES_URL is not set: start the test servers with `scripts/services.sh up` and `eval \"$(scripts/services.sh env)\"` (scripts/test.sh does both)"
@@ -18,7 +18,7 @@ fn url() -> String {
     })
 }
 
-fn psql(sql: &str) -> String {
+pub(crate) fn psql(sql: &str) -> String {
     let out = Command::new("psql")
         .args([&url(), "-qtAX", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()

@@ -303,14 +303,7 @@ impl Names {
     }
 }
 
-/// Runs a future on the job's I/O runtime, from a worker thread or from inside it.
-pub(crate) fn run<F: std::future::Future>(rt: &tokio::runtime::Handle, f: F) -> F::Output {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        tokio::task::block_in_place(|| rt.block_on(f))
-    } else {
-        rt.block_on(f)
-    }
-}
+pub(crate) use crate::wal::run;
 
 #[cfg(test)]
 mod tests {
