@@ -27,6 +27,7 @@ use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use timely::dataflow::operators::vec::Map;
+use weir::connectors::kafka::rdkafka;
 use weir::connectors::kafka::{
     read_kafka, write_kafka, KafkaRecord, KafkaSinkOptions, KafkaSourceOptions,
 };

@@ -42,9 +42,11 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::vec::Map;
+use weir::connectors::kafka::rdkafka;
 use weir::connectors::kafka::{
     read_kafka_json, write_kafka, DeadLetter, KafkaRecord, KafkaSinkOptions, KafkaSourceOptions,
 };
+use weir::connectors::postgres::tokio_postgres;
 use weir::connectors::postgres::{write_postgres, PgMode, PostgresOptions};
 use weir::prelude::*;
 

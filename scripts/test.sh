@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs weir's whole test suite on a fresh machine: installs and starts the servers the
-# tests need (scripts/services.sh), builds the binaries the end-to-end tests drive, then
-# runs unit, end-to-end and documentation tests.
+# tests need (scripts/services.sh), checks that the default build compiles no heavy
+# connector dependency, builds the binaries the end-to-end tests drive with every
+# connector feature, then runs unit, end-to-end and documentation tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! cargo nextest --version >/dev/null 2>&1; then
@@ -9,6 +10,14 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 scripts/services.sh up
 eval "$(scripts/services.sh env)"
-cargo build --release --bins --examples
-cargo nextest run --release --workspace --no-fail-fast
-cargo test --release --workspace --doc
+# The default build must stay light: no client library of an external system.
+heavy=$(cargo tree --locked -p weir -e normal --prefix none | grep -E '^(rdkafka-sys|aws-lc-sys|parquet|tokio-postgres|async-nats) ' || true)
+if [ -n "$heavy" ]; then
+  echo "the default build of weir compiles heavy connector dependencies:" >&2
+  echo "$heavy" >&2
+  exit 1
+fi
+# The tests use every connector.
+cargo build --release --all-features --bins --examples
+cargo nextest run --release --workspace --all-features --no-fail-fast
+cargo test --release --workspace --all-features --doc

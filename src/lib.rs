@@ -11,6 +11,11 @@
 //! This crate is the facade: it re-exports the parts a job needs, and holds the `weir`
 //! command-line tool.
 //!
+//! Connectors to external systems are cargo features, so that the default build compiles
+//! no client library a job does not use: `kafka`, `postgres`, `nats`, `parquet` (Parquet
+//! output of the object-store sink), `s3` (`s3://` checkpoints and object output), and
+//! `full` for all of them.
+//!
 //! ```no_run
 //! use weir::prelude::*;
 //! use timely::dataflow::operators::vec::Map;
@@ -32,13 +37,21 @@ pub use weir_checkpoint as checkpoint;
 pub use weir_connectors as connectors;
 pub use weir_operators as operators;
 pub use weir_runtime as runtime;
-pub use weir_runtime::{run, Delivery, Job, JobArgs, JobConfig, RestoreTarget, RuntimeError};
+pub use weir_runtime::{
+    run, Delivery, Job, JobArgs, JobConfig, RestoreTarget, Retry, RuntimeError,
+};
 
 pub mod cli;
 
 /// What most jobs import.
 pub mod prelude {
-    pub use weir_connectors::{files, generator, kafka, postgres, SourceOptions};
+    #[cfg(feature = "kafka")]
+    pub use weir_connectors::kafka;
+    #[cfg(feature = "nats")]
+    pub use weir_connectors::nats;
+    #[cfg(feature = "postgres")]
+    pub use weir_connectors::postgres;
+    pub use weir_connectors::{files, generator, objects, SourceOptions};
     pub use weir_operators::{
         AssignEventTime, CountByKey, Deduplicate, DeduplicateProcessingTime, EventStream,
         IntervalJoin, JoinTtl, Late, ReduceByKey, StatefulMap, Timed, Ttl, WatermarkStrategy,

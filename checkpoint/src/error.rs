@@ -5,8 +5,8 @@ pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
 
 /// Everything that can go wrong while reading or writing checkpoints.
 ///
-/// Every variant names the object or setting at fault; [`CheckpointError::is_retryable`]
-/// says whether trying again can help.
+/// Every variant names the object or setting at fault; [`CheckpointError::retry`] says
+/// whether trying again can help.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// The checkpoint URL could not be understood.
@@ -104,13 +104,41 @@ pub enum CheckpointError {
     },
 }
 
+/// Whether trying again can cure a failure: the one retry classification that every
+/// error of weir's crates carries (`CheckpointError::retry`, `RuntimeError::retry`,
+/// `ConnectorError::retry`).
+///
+/// Only a binary turns it into an exit code: a [`Retry::Transient`] failure exits 1,
+/// which a supervisor (`weir launch`, Kubernetes) answers with a restart from the latest
+/// checkpoint; a [`Retry::Permanent`] one exits 2 and is not restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Retry {
+    /// The same step may succeed later: a server that is down or restarting, a lost
+    /// connection, a timeout, a storage request that failed in transit.
+    Transient,
+    /// Trying again cannot help: settings, input, or stored data that do not fit the job.
+    Permanent,
+}
+
+impl Retry {
+    /// `Transient` if `transient`, `Permanent` otherwise.
+    pub fn transient_if(transient: bool) -> Self {
+        if transient {
+            Retry::Transient
+        } else {
+            Retry::Permanent
+        }
+    }
+}
+
 impl CheckpointError {
-    /// Whether retrying the same operation later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, CheckpointError::Storage { source, .. }
+    /// Whether retrying the same operation later may succeed: only a storage request
+    /// that failed for another reason than the object's existence is transient.
+    pub fn retry(&self) -> Retry {
+        Retry::transient_if(matches!(self, CheckpointError::Storage { source, .. }
             if !matches!(source, object_store::Error::NotFound { .. }
                 | object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }))
+                | object_store::Error::Precondition { .. })))
     }
 
     pub(crate) fn storage(

@@ -18,7 +18,7 @@ pub mod manifest;
 pub mod protocol;
 pub mod store;
 
-pub use error::{CheckpointError, Result};
+pub use error::{CheckpointError, Result, Retry};
 pub use layout::Layout;
 pub use manifest::{Manifest, PartEntry, SinkEntry};
 pub use protocol::{Assembler, Closed, Report, RestoreTarget, SinkAction};

@@ -18,7 +18,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::codec;
-use crate::error::{CheckpointError, Result};
+use crate::error::{CheckpointError, Result, Retry};
 use crate::layout::{self, Layout};
 use crate::manifest::{Manifest, PartEntry};
 use crate::protocol::{self, RestoreTarget};
@@ -68,29 +68,7 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
         if bucket.is_empty() {
             return Err(invalid("no bucket name after s3://".into()));
         }
-        let mut b = object_store::aws::AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
-        if let Ok(endpoint) =
-            std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-        {
-            b = b
-                .with_endpoint(&endpoint)
-                .with_allow_http(endpoint.starts_with("http://"))
-                .with_virtual_hosted_style_request(false);
-        }
-        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
-            b = b.with_region("us-east-1");
-        }
-        let s3 = b.build().map_err(|e| invalid(e.to_string()))?;
-        return Ok(if prefix.is_empty() {
-            Arc::new(s3)
-        } else {
-            Arc::new(object_store::prefix::PrefixStore::new(
-                s3,
-                prefix.trim_end_matches('/'),
-            ))
-        });
+        return open_s3(bucket, prefix).map_err(invalid);
     }
     let path = if let Some(p) = url.strip_prefix("file://") {
         std::path::PathBuf::from(p)
@@ -103,6 +81,40 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
         .map_err(|e| invalid(format!("cannot create directory {}: {e}", path.display())))?;
     let fs = LocalFileSystem::new_with_prefix(&path).map_err(|e| invalid(e.to_string()))?;
     Ok(Arc::new(fs))
+}
+
+/// An S3 (or S3-compatible) store of `bucket`, under `prefix` if not empty.
+#[cfg(feature = "s3")]
+fn open_s3(bucket: &str, prefix: &str) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+    let mut b = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+    if let Ok(endpoint) =
+        std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+    {
+        b = b
+            .with_endpoint(&endpoint)
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+    }
+    if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+        b = b.with_region("us-east-1");
+    }
+    let s3 = b.build().map_err(|e| e.to_string())?;
+    Ok(if prefix.is_empty() {
+        Arc::new(s3)
+    } else {
+        Arc::new(object_store::prefix::PrefixStore::new(
+            s3,
+            prefix.trim_end_matches('/'),
+        ))
+    })
+}
+
+/// Without the `s3` feature, an `s3://` URL is refused with how to get support for it.
+#[cfg(not(feature = "s3"))]
+fn open_s3(_bucket: &str, _prefix: &str) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+    Err("this build of weir has no S3 support: enable the `s3` feature of `weir` (or `weir-checkpoint`)".into())
 }
 
 /// A checkpoint part once read back and verified: its size and whole-object CRC match
@@ -473,7 +485,9 @@ impl CheckpointStore {
                     return Ok(point);
                 }
                 Err(e @ CheckpointError::JobMismatch { .. }) => return Err(e),
-                Err(e @ CheckpointError::Storage { .. }) if e.is_retryable() => return Err(e),
+                Err(e @ CheckpointError::Storage { .. }) if e.retry() == Retry::Transient => {
+                    return Err(e)
+                }
                 Err(e) => {
                     tracing::error!(epoch, error = %e, "checkpoint failed verification");
                     tried.push((epoch, e.to_string()));

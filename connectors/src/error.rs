@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use weir_runtime::RuntimeError;
+use weir_runtime::{Retry, RuntimeError};
 
 /// Result alias for connector operations.
 pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
@@ -163,22 +163,33 @@ pub enum ConnectorError {
 
 impl From<ConnectorError> for RuntimeError {
     fn from(e: ConnectorError) -> Self {
-        match e {
-            ConnectorError::Postgres {
-                transient: true, ..
-            }
-            | ConnectorError::Kafka {
-                transient: true, ..
-            }
-            | ConnectorError::Nats {
-                transient: true, ..
-            } => RuntimeError::Unavailable(Box::new(e)),
-            e => RuntimeError::Connector(Box::new(e)),
+        match e.retry() {
+            Retry::Transient => RuntimeError::Unavailable(Box::new(e)),
+            Retry::Permanent => RuntimeError::Connector(Box::new(e)),
         }
     }
 }
 
 impl ConnectorError {
+    /// Whether restarting the job can cure the failure: a server that cannot be reached
+    /// or a lost connection is [`Retry::Transient`]; settings, input, missing streams,
+    /// topics or tables, refused credentials and lost output are [`Retry::Permanent`].
+    pub fn retry(&self) -> Retry {
+        match self {
+            ConnectorError::Postgres { transient, .. }
+            | ConnectorError::Kafka { transient, .. }
+            | ConnectorError::Nats { transient, .. }
+            | ConnectorError::ObjectStore { transient, .. } => Retry::transient_if(*transient),
+            ConnectorError::File { .. }
+            | ConnectorError::Read { .. }
+            | ConnectorError::NotAFile { .. }
+            | ConnectorError::LostOutput { .. }
+            | ConnectorError::WriteAhead { .. }
+            | ConnectorError::LostObject { .. }
+            | ConnectorError::Parquet { .. } => Retry::Permanent,
+        }
+    }
+
     pub(crate) fn file(
         connector: &str,
         action: &'static str,

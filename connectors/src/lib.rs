@@ -8,16 +8,35 @@
 //! Parquet objects into S3-compatible storage (or `file://`, `memory://`) exactly once;
 //! [`nats`] reads and writes NATS JetStream streams, exactly once by message-id
 //! deduplication.
+//!
+//! ## Features
+//!
+//! The default build has the files, generator and object-store (local directory and
+//! memory) connectors, which need no client library. The others are cargo features, so
+//! that a job compiles only the clients it uses:
+//!
+//! | feature | adds |
+//! | --- | --- |
+//! | `kafka` | [`kafka`] (librdkafka, built from C) |
+//! | `postgres` | [`postgres`] (tokio-postgres) |
+//! | `nats` | [`nats`] (async-nats) |
+//! | `parquet` | Parquet output of the [`objects`] sink |
+//! | `s3` | `s3://` URLs for checkpoints and the [`objects`] sink (object_store's AWS client) |
 #![deny(missing_docs)]
 
+mod bridge;
 pub mod error;
 pub mod files;
 pub mod generator;
+#[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "nats")]
 pub mod nats;
 pub mod objects;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 mod source;
+#[cfg(any(feature = "kafka", feature = "nats"))]
 mod wal;
 
 pub use error::ConnectorError;

@@ -93,6 +93,7 @@ pub(crate) fn source<'s, R: Reader>(
     let range = ctx.key_group_range();
     let first_epoch = ctx.first_epoch();
     let key_groups = ctx.key_groups();
+    let source = format!("source `{name}`");
     builder.build(move |mut caps| {
         let mut report_cap: Option<Capability<u64>> = caps.pop();
         let mut data_cap: Option<Capability<u64>> = caps.pop();
@@ -107,27 +108,32 @@ pub(crate) fn source<'s, R: Reader>(
                              positions: &std::collections::BTreeMap<R::Split, u64>,
                              cap: Capability<u64>,
                              changed: &mut bool,
-                             is_final: bool| {
+                             is_final: bool|
+              -> Result<()> {
             if !checkpointing {
-                return;
+                return Ok(());
             }
             let bytes = if std::mem::take(changed) {
-                match encode_keyed(&name, key_groups, positions.iter()) {
-                    Ok(b) => Some(b),
-                    Err(e) => weir_runtime::execute::die("source snapshot", &e),
-                }
+                Some(encode_keyed(&name, key_groups, positions.iter())?)
             } else {
                 None
             };
             snapshotter.snapshot(cap, range, bytes, Vec::new(), is_final);
+            Ok(())
         };
         move |_frontiers| {
+            if ctx.failed() {
+                return;
+            }
             if let (Some(dc), Some(rc)) = (data_cap.as_mut(), report_cap.as_mut()) {
                 // Barrier injection: close every epoch the clock has passed.
                 let now = ctx.clock().current();
                 if now > *dc.time() {
                     let due = rc.delayed(&(now - 1));
-                    snapshot(&mut snapshotter, &positions, due, &mut changed, false);
+                    if let Err(e) = snapshot(&mut snapshotter, &positions, due, &mut changed, false)
+                    {
+                        return ctx.fail(&format!("{source}: snapshot"), e);
+                    }
                     dc.downgrade(&now);
                     rc.downgrade(&now);
                 }
@@ -144,7 +150,7 @@ pub(crate) fn source<'s, R: Reader>(
                     let before = positions.clone();
                     more = match reader.read(&mut positions, budget, &mut batch) {
                         Ok(more) => more,
-                        Err(e) => weir_runtime::execute::die("source", &e),
+                        Err(e) => return ctx.fail(&source, e),
                     };
                     if positions != before {
                         changed = true;
@@ -161,7 +167,7 @@ pub(crate) fn source<'s, R: Reader>(
                                     .map_err(RuntimeError::from)
                             });
                         if let Err(e) = written {
-                            weir_runtime::execute::die("at-most-once ledger", &e);
+                            return ctx.fail(&format!("{source}: at-most-once ledger"), e);
                         }
                     }
                     emitted += batch.len() as u64;
@@ -175,7 +181,10 @@ pub(crate) fn source<'s, R: Reader>(
                 if !more {
                     let epoch = *dc.time();
                     let due = rc.delayed(&epoch);
-                    snapshot(&mut snapshotter, &positions, due, &mut changed, true);
+                    if let Err(e) = snapshot(&mut snapshotter, &positions, due, &mut changed, true)
+                    {
+                        return ctx.fail(&format!("{source}: snapshot"), e);
+                    }
                     data_cap = None;
                     report_cap = None;
                 } else if budget == 0 {

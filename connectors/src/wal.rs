@@ -24,15 +24,7 @@ use weir_runtime::{Committer, JobContext, PreCommitted, Result, RuntimeError, Tw
 
 use crate::error::ConnectorError;
 
-/// Runs a future on the job's I/O runtime, from a worker thread or from inside it (the
-/// coordinator commits from a task on that runtime).
-pub(crate) fn run<F: std::future::Future>(rt: &tokio::runtime::Handle, f: F) -> F::Output {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        tokio::task::block_in_place(|| rt.block_on(f))
-    } else {
-        rt.block_on(f)
-    }
-}
+pub(crate) use crate::bridge::run;
 
 /// A sink's write-ahead objects in checkpoint storage.
 #[derive(Clone)]

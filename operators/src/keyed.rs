@@ -113,6 +113,9 @@ pub(crate) fn keyed<'s, S: Store>(
         let mut replayed = false;
 
         move |frontiers| {
+            if ctx.failed() {
+                return;
+            }
             let frontier = &frontiers[0];
             let oldest = frontier.frontier().iter().min().copied();
             let mut session_out = data_out.activate();
@@ -164,9 +167,7 @@ pub(crate) fn keyed<'s, S: Store>(
                     let bytes = if std::mem::take(&mut changed) {
                         match store.encode(&name, n) {
                             Ok(b) => Some(b),
-                            Err(e) => {
-                                weir_runtime::execute::die(&format!("snapshot of `{name}`"), &e)
-                            }
+                            Err(e) => return ctx.fail(&format!("snapshot of `{name}`"), e),
                         }
                     } else {
                         None

@@ -178,6 +178,8 @@ pub struct Shared {
     pub(crate) coordinator: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Set once a stop request has been seen (see [`JobContext::stop_requested`]).
     pub(crate) stop: std::sync::atomic::AtomicBool,
+    /// The run's first fatal failure (see [`JobContext::fail`]).
+    pub(crate) failure: crate::failure::FailureSlot,
 }
 
 /// A worker's view of the running job.
@@ -261,8 +263,29 @@ impl JobContext {
         };
         match self.block_on(store.stop_request()) {
             Ok(request) => request.is_some(),
-            Err(e) => crate::execute::die("reading the stop request", &RuntimeError::from(e)),
+            Err(e) => {
+                // Neither answer is safe to act on: the run fails, and nothing it does
+                // after this is committed.
+                self.fail("reading the stop request", e.into());
+                true
+            }
         }
+    }
+
+    /// Records a failure that ends the run, with where it happened (`sink `out``,
+    /// `snapshot of `count``). The first failure of the process is kept; every worker
+    /// then stops its dataflow, and [`crate::run`] returns it.
+    ///
+    /// An operator that calls this must stop working: emit nothing more, report no
+    /// snapshot. The coordinator writes no manifest and commits nothing after a failure.
+    pub fn fail(&self, context: &str, error: RuntimeError) {
+        self.shared.failure.record(context, error);
+    }
+
+    /// Whether the run has failed (on any worker of this process): operators stop
+    /// working once it has.
+    pub fn failed(&self) -> bool {
+        self.shared.failure.is_failed()
     }
 
     /// Runs a future to completion on the process's I/O runtime.

@@ -71,13 +71,16 @@ pub(crate) fn install(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Closed>();
     let completed = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     if is_coordinator {
-        let task = ctx.runtime().spawn(run(
-            ctx.clone(),
-            names.into_iter().collect(),
-            committers,
-            rx,
-            Arc::clone(&completed),
-        ));
+        let task = ctx.runtime().spawn({
+            let ctx = ctx.clone();
+            let completed = Arc::clone(&completed);
+            async move {
+                let operators = names.into_iter().collect();
+                if let Err(e) = run(ctx.clone(), operators, committers, rx, completed).await {
+                    ctx.fail("checkpoint coordinator", e);
+                }
+            }
+        });
         *ctx.shared.coordinator.lock().expect("poisoned") = Some(task);
     }
     let mut tx = Some(tx);
@@ -115,7 +118,7 @@ async fn run(
     committers: BTreeMap<String, Arc<dyn Committer>>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Closed>,
     completed: Arc<std::sync::Mutex<Vec<u64>>>,
-) {
+) -> Result<()> {
     let store = ctx.store().expect("checkpointing is on").clone();
     let config = ctx.config().clone();
     let timeout = Duration::from_millis(config.checkpoint_timeout_ms.max(1));
@@ -124,6 +127,11 @@ async fn run(
     // must, or the job's last output would never become visible.
     let mut last_committed: Option<(u64, bool)> = None;
     while let Some(closed) = rx.recv().await {
+        if ctx.failed() {
+            // A failed run completes no checkpoint: what it did after the failure is
+            // not known to be whole.
+            return Ok(());
+        }
         let (epoch, parts, sinks) = match closed {
             Closed::Complete {
                 epoch,
@@ -141,31 +149,31 @@ async fn run(
             }
             Closed::Failed { epoch, errors } => {
                 last_committed = Some((epoch, false));
-                failures.fail(format!("checkpoint {epoch}: {}", errors.join("; ")));
+                failures.fail(format!("checkpoint {epoch}: {}", errors.join("; ")))?;
                 continue;
             }
         };
         match within(timeout, store.generations()).await {
             Ok(gens) if protocol::is_fenced(ctx.generation(), &gens) => {
                 let newer = gens.iter().copied().max().unwrap_or_default();
-                crate::execute::die(
-                    "checkpoint coordinator",
-                    &RuntimeError::Fenced {
-                        generation: ctx.generation(),
-                        newer,
-                    },
-                );
+                return Err(RuntimeError::Fenced {
+                    generation: ctx.generation(),
+                    newer,
+                });
             }
             Ok(_) => {}
             Err(e) => {
                 last_committed = Some((epoch, false));
                 failures.fail(format!(
                     "checkpoint {epoch}: cannot read generation markers: {e}"
-                ));
+                ))?;
                 continue;
             }
         }
         crate::failpoint::hit("before-manifest");
+        if ctx.failed() {
+            return Ok(());
+        }
         let manifest = Manifest {
             job: config.job.clone(),
             epoch,
@@ -186,7 +194,7 @@ async fn run(
         // from it commits them too (commits are idempotent).
         if let Err(e) = within(timeout, store.put_manifest(&manifest)).await {
             last_committed = Some((epoch, false));
-            failures.fail(format!("checkpoint {epoch}: {e}"));
+            failures.fail(format!("checkpoint {epoch}: {e}"))?;
             continue;
         }
         failures.succeeded();
@@ -203,21 +211,22 @@ async fn run(
             if i == 1 {
                 crate::failpoint::hit("mid-commit");
             }
-            let Some(committer) = committers.get(&entry.sink) else {
-                crate::execute::die(
-                    "checkpoint coordinator",
-                    &RuntimeError::config(
-                        "sink",
-                        format!("no committer for sink `{}`", entry.sink),
-                    ),
-                );
-            };
-            if let Err(e) = committer.commit(entry) {
-                crate::execute::die(
-                    &format!("commit of sink `{}` epoch {}", entry.sink, entry.epoch),
-                    &e,
-                );
+            if ctx.failed() {
+                // The rest is committed by the restart's recovery, from this manifest.
+                return Ok(());
             }
+            let Some(committer) = committers.get(&entry.sink) else {
+                return Err(RuntimeError::config(
+                    "sink",
+                    format!("no committer for sink `{}`", entry.sink),
+                ));
+            };
+            committer.commit(entry).map_err(|e| {
+                e.context(format!(
+                    "commit of sink `{}` epoch {}",
+                    entry.sink, entry.epoch
+                ))
+            })?;
         }
         last_committed = Some((epoch, true));
         match within(timeout, store.apply_retention(config.retain)).await {
@@ -228,15 +237,16 @@ async fn run(
             Err(e) => tracing::warn!(error = %e, "retention failed; old checkpoints are kept"),
         }
     }
+    if ctx.failed() {
+        // The input ended because the dataflow was dropped, not because it was done.
+        return Ok(());
+    }
     match last_committed {
-        Some((epoch, false)) => {
-            let e = RuntimeError::Dataflow(format!(
-                "the final checkpoint {epoch} did not complete, so the job's last output is not committed; a restart from the latest checkpoint finishes it"
-            ));
-            crate::execute::die("checkpoint coordinator", &e);
-        }
+        Some((epoch, false)) => Err(RuntimeError::Dataflow(format!(
+            "the final checkpoint {epoch} did not complete, so the job's last output is not committed; a restart from the latest checkpoint finishes it"
+        ))),
         Some((epoch, true)) => finish_stop(&store, epoch).await,
-        None => {}
+        None => Ok(()),
     }
 }
 
@@ -272,13 +282,10 @@ impl FailedCheckpoints {
         Ok(self.failed)
     }
 
-    /// Logs a failed checkpoint, and ends the process (retryable) once too many failed
-    /// in a row.
-    fn fail(&mut self, reason: String) {
+    /// Logs a failed checkpoint; an error (retryable) once too many failed in a row.
+    fn fail(&mut self, reason: String) -> Result<()> {
         tracing::warn!(failed = self.failed + 1, tolerated = self.tolerated, reason = %reason, "checkpoint failed");
-        if let Err(e) = self.count(reason) {
-            crate::execute::die("checkpoint coordinator", &e);
-        }
+        self.count(reason).map(|_| ())
     }
 
     /// A checkpoint completed.
@@ -306,12 +313,11 @@ async fn within<T>(
 
 /// If the job was asked to stop, copies its final checkpoint `epoch` to the requested
 /// savepoint and clears the request.
-async fn finish_stop(store: &weir_checkpoint::CheckpointStore, epoch: u64) {
-    let fail = |e: weir_checkpoint::CheckpointError| -> ! {
-        crate::execute::die("final savepoint", &RuntimeError::from(e))
-    };
-    let Some(name) = store.stop_request().await.unwrap_or_else(|e| fail(e)) else {
-        return;
+async fn finish_stop(store: &weir_checkpoint::CheckpointStore, epoch: u64) -> Result<()> {
+    let fail =
+        |e: weir_checkpoint::CheckpointError| RuntimeError::from(e).context("final savepoint");
+    let Some(name) = store.stop_request().await.map_err(fail)? else {
+        return Ok(());
     };
     match store.create_savepoint(&name, Some(epoch)).await {
         Ok(_) => tracing::info!(savepoint = %name, epoch, "stopped with a final savepoint"),
@@ -319,9 +325,9 @@ async fn finish_stop(store: &weir_checkpoint::CheckpointStore, epoch: u64) {
         Err(weir_checkpoint::CheckpointError::ManifestExists { .. }) => {
             tracing::warn!(savepoint = %name, "the savepoint exists already; keeping it")
         }
-        Err(e) => fail(e),
+        Err(e) => return Err(fail(e)),
     }
-    store.clear_stop_request().await.unwrap_or_else(|e| fail(e));
+    store.clear_stop_request().await.map_err(fail)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The error type of the runtime.
 
 use weir_checkpoint::CheckpointError;
+pub use weir_checkpoint::Retry;
 
 /// Result alias for runtime operations.
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -66,17 +67,46 @@ pub enum RuntimeError {
     /// The timely cluster could not start or a worker failed.
     #[error("dataflow failed: {0}")]
     Dataflow(String),
+    /// A failure with where it happened (`sink `counts``, `snapshot of `count``, ...).
+    #[error("{context}: {error}")]
+    Context {
+        /// The operator, step or object the failure happened in.
+        context: String,
+        /// The failure.
+        error: Box<RuntimeError>,
+    },
 }
 
 impl RuntimeError {
-    /// Whether the error is in the job's configuration or input, so that restarting
-    /// the job cannot help (the supervisor then stops instead of restarting).
-    pub fn is_permanent(&self) -> bool {
+    /// Whether restarting the job can cure the failure.
+    ///
+    /// Settings, input, a checkpoint that does not fit the job and a connector's
+    /// permanent errors are [`Retry::Permanent`]; storage and servers that may come back,
+    /// failed checkpoints, fencing and a failed dataflow are [`Retry::Transient`].
+    pub fn retry(&self) -> Retry {
         match self {
-            RuntimeError::Config { .. } | RuntimeError::Mismatch { .. } => true,
-            RuntimeError::Checkpoint(e) => !e.is_retryable(),
-            RuntimeError::Io { .. } | RuntimeError::Connector(_) => true,
-            _ => false,
+            RuntimeError::Config { .. } | RuntimeError::Mismatch { .. } => Retry::Permanent,
+            RuntimeError::Checkpoint(e) => e.retry(),
+            RuntimeError::Io { .. } | RuntimeError::Connector(_) => Retry::Permanent,
+            RuntimeError::Context { error, .. } => error.retry(),
+            RuntimeError::TooManyFailedCheckpoints { .. }
+            | RuntimeError::Fenced { .. }
+            | RuntimeError::Unavailable(_)
+            | RuntimeError::Dataflow(_) => Retry::Transient,
+        }
+    }
+
+    /// Whether restarting the job cannot help (`self.retry() == Retry::Permanent`): the
+    /// supervisor then stops instead of restarting.
+    pub fn is_permanent(&self) -> bool {
+        self.retry() == Retry::Permanent
+    }
+
+    /// The error with where it happened in front of it; its [`Retry`] stays the same.
+    pub fn context(self, context: impl Into<String>) -> Self {
+        RuntimeError::Context {
+            context: context.into(),
+            error: Box::new(self),
         }
     }
 
@@ -90,6 +120,8 @@ impl RuntimeError {
 }
 
 /// The process exit code for a permanent failure: `weir launch` does not restart it.
+///
+/// Library code never exits; binaries map [`Retry::Permanent`] to this code.
 pub const EXIT_PERMANENT: i32 = 2;
-/// The process exit code for a failure that a restart may cure.
+/// The process exit code for a failure that a restart may cure ([`Retry::Transient`]).
 pub const EXIT_RETRY: i32 = 1;

@@ -9,22 +9,7 @@ use weir_checkpoint::{CheckpointError, CheckpointStore, Manifest, PartEntry, Res
 
 use crate::config::JobConfig;
 use crate::context::{EpochClock, Job, RestoredParts, Shared};
-use crate::error::{Result, RuntimeError, EXIT_PERMANENT, EXIT_RETRY};
-
-/// Stops the process after a failure inside a running dataflow.
-///
-/// A timely cluster cannot lose a worker and go on, so a failure that one worker cannot
-/// handle ends the whole process, with exit code [`EXIT_PERMANENT`] when a restart cannot
-/// help and [`EXIT_RETRY`] otherwise; `weir launch` then restarts the job from its last
-/// checkpoint (or gives up).
-pub fn die(context: &str, error: &RuntimeError) -> ! {
-    eprintln!("error: {context}: {error}");
-    std::process::exit(if error.is_permanent() {
-        EXIT_PERMANENT
-    } else {
-        EXIT_RETRY
-    })
-}
+use crate::error::{Result, RuntimeError};
 
 /// What a run found out before starting the dataflow.
 struct Preflight {
@@ -139,9 +124,15 @@ fn local_workers(config: &JobConfig) -> (std::ops::Range<usize>, usize) {
 /// checkpoint is committed.
 ///
 /// `build` is called once on every worker to construct the dataflow; it must build
-/// the same graph on every worker. Returns an error for failures found before the
-/// dataflow starts (settings, storage, restore); failures inside the running dataflow
-/// end the process through [`die`].
+/// the same graph on every worker.
+///
+/// Returns an error for failures found before the dataflow starts (settings, storage,
+/// restore) and for the first failure inside the running dataflow (a sink, a source, a
+/// snapshot, the coordinator): every worker of the process then stops its dataflow and
+/// the error comes back here with where it happened. Nothing is committed after a
+/// failure; a later run with `--restore latest` resumes from the last complete
+/// checkpoint. [`RuntimeError::retry`] tells whether that can help. Library code never
+/// exits the process: binaries choose exit codes (see `weir::cli::main_with`).
 ///
 /// A request to stop (`weir stop`, see `CheckpointStore::request_stop`) ends every
 /// source's input at the next epoch; the job then completes its last checkpoint, copies
@@ -161,6 +152,8 @@ where
     crate::failpoint::set_generation(pre.generation);
     let timely_config = config.timely()?;
     let (local, peers) = local_workers(&config);
+    let local_count = local.len();
+    let multi_process = config.processes > 1;
     let restored_parts = if pre.parts.is_empty() {
         RestoredParts::none()
     } else {
@@ -183,6 +176,7 @@ where
         runtime: rt.handle().clone(),
         coordinator: Mutex::new(None),
         stop: std::sync::atomic::AtomicBool::new(false),
+        failure: Default::default(),
     });
     if let Some(store) = shared.store.clone() {
         rt.spawn(poll_stop_request(
@@ -191,32 +185,107 @@ where
             Duration::from_millis(shared.config.epoch_ms().clamp(100, 1_000)),
         ));
     }
+    let stopped = Arc::new(Stopped::default());
     let worker_shared = Arc::clone(&shared);
+    let worker_stopped = Arc::clone(&stopped);
     let guards = timely::execute(timely_config, move |worker| {
         let shared = Arc::clone(&worker_shared);
+        // Counts this worker as stopped however it leaves, also by a panic.
+        let _stopped = worker_stopped.guard(Arc::clone(&shared));
         let built = worker.dataflow::<u64, _, _>(|scope| {
             let mut job = Job::new(scope, Arc::clone(&shared));
             build(&mut job)?;
             job.finish()
         });
         if let Err(e) = built {
-            die("building the job", &e);
+            shared.failure.record("building the job", e);
         }
         // Every operator of this worker has restored its state: the last worker to get
         // here releases the restored parts nobody took.
         shared.restored_parts.built();
-        while worker.step_or_park(Some(Duration::from_millis(100))) {}
+        while !shared.failure.is_failed() && worker.step_or_park(Some(Duration::from_millis(100))) {
+        }
+        if shared.failure.is_failed() {
+            for dataflow in worker.installed_dataflows() {
+                worker.drop_dataflow(dataflow);
+            }
+            if multi_process {
+                // A worker that returns closes its connections to the other processes
+                // cleanly, and they would wait for its progress forever. Parked, it
+                // keeps them open until this process exits; the other processes then
+                // see the connections break and fail too.
+                drop(_stopped);
+                loop {
+                    std::thread::park();
+                }
+            }
+        }
     })
     .map_err(RuntimeError::Dataflow)?;
-    for result in guards.join() {
-        result.map_err(RuntimeError::Dataflow)?;
+    stopped.wait_for(local_count);
+    if shared.failure.is_failed() && multi_process {
+        // The parked workers and timely's network threads end with the process.
+        std::mem::forget(guards);
+    } else {
+        for result in guards.join() {
+            if let Err(panic) = result {
+                shared.failure.record("", RuntimeError::Dataflow(panic));
+            }
+        }
     }
     let task = shared.coordinator.lock().expect("poisoned").take();
     if let Some(task) = task {
-        rt.block_on(task)
-            .map_err(|e| RuntimeError::Dataflow(format!("checkpoint coordinator failed: {e}")))?;
+        if let Err(e) = rt.block_on(task) {
+            shared.failure.record(
+                "",
+                RuntimeError::Dataflow(format!("checkpoint coordinator failed: {e}")),
+            );
+        }
     }
-    Ok(())
+    match shared.failure.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Counts the workers of this process that have left their step loop.
+#[derive(Default)]
+struct Stopped {
+    count: Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl Stopped {
+    fn guard(self: &Arc<Self>, shared: Arc<Shared>) -> StoppedGuard {
+        StoppedGuard(Arc::clone(self), shared)
+    }
+
+    fn wait_for(&self, workers: usize) {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while *count < workers {
+            count = self.changed.wait(count).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Counts one worker as stopped when dropped; a worker that panicked fails the run, so
+/// that the other workers stop too.
+struct StoppedGuard(Arc<Stopped>, Arc<Shared>);
+
+impl Drop for StoppedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.1.failure.record(
+                "",
+                RuntimeError::Dataflow(format!(
+                    "worker thread `{}` panicked (its message is printed above)",
+                    std::thread::current().name().unwrap_or("?")
+                )),
+            );
+        }
+        *self.0.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.changed.notify_all();
+    }
 }
 
 /// Polls the checkpoint store for a stop request until one appears.

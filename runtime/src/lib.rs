@@ -16,15 +16,17 @@ pub mod coordinator;
 pub mod error;
 pub mod execute;
 pub mod failpoint;
+mod failure;
 pub mod keygroup;
 pub mod launch;
 pub mod sink;
+pub mod testing;
 
 pub use config::{Delivery, JobArgs, JobConfig};
 pub use context::{
     encode_groups, encode_keyed, EpochClock, EpochTracker, Job, JobContext, Snapshotter,
 };
-pub use error::{Result, RuntimeError};
+pub use error::{Result, Retry, RuntimeError};
 pub use execute::run;
 pub use sink::{Committer, PreCommitted, TwoPhaseSink};
 /// The checkpoint crate, re-exported for operators and connectors.

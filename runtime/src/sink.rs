@@ -93,11 +93,14 @@ where
         let mut open: BTreeSet<u64> = BTreeSet::new();
         let mut owed: Vec<SinkEntry> = Vec::new();
         move |frontiers| {
-            let fail =
-                |e: RuntimeError| -> ! { crate::execute::die(&format!("sink `{name}`: {e}"), &e) };
+            if ctx.failed() {
+                return;
+            }
+            let fail = |e: RuntimeError| ctx.fail(&format!("sink `{name}`"), e);
+            let mut failure = None;
             input.for_each(|cap, data| {
                 let Some(&epoch) = cap.least() else { return };
-                if restored.is_some_and(|r| epoch <= r) {
+                if failure.is_some() || restored.is_some_and(|r| epoch <= r) {
                     // Output as of the restored checkpoint or earlier (operators that
                     // replay restored state emit it there) was committed by an earlier
                     // run.
@@ -108,10 +111,14 @@ where
                 open.insert(epoch);
                 for record in data.drain(..) {
                     if let Err(e) = sink.write(epoch, record) {
-                        fail(e);
+                        failure = Some(e);
+                        break;
                     }
                 }
             });
+            if let Some(e) = failure {
+                return fail(e);
+            }
             let frontier = &frontiers[0];
             let closed: Vec<u64> = open
                 .iter()
@@ -125,11 +132,11 @@ where
                         if exactly_once {
                             owed.push(entry);
                         } else if let Err(e) = committer.commit(&entry) {
-                            fail(e);
+                            return fail(e);
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => fail(e),
+                    Err(e) => return fail(e),
                 }
             }
             if let Some(due) = tracker.advance(frontier) {

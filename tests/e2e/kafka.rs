@@ -12,6 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
+use weir::connectors::kafka::rdkafka;
 
 use crate::harness::bins;
 use crate::harness::job::JobArgs;

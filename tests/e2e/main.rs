@@ -12,6 +12,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod failpoints;
+mod inprocess;
 mod kafka;
 mod kills;
 mod nats;

@@ -58,6 +58,10 @@ mod client;
 mod sink;
 mod source;
 
+/// The Kafka client library the connectors use, for jobs and tests that talk to the
+/// brokers themselves (creating topics, producing input, reading output back).
+pub use rdkafka;
+
 pub use sink::{write_kafka, KafkaRecord, KafkaSinkOptions, HEADERS};
 pub use source::{
     read_kafka, read_kafka_json, DeadLetter, KafkaMessage, KafkaSourceOptions, StartOffset,

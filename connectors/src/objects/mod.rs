@@ -50,7 +50,9 @@
 //! process exit with code 1 (so `weir launch` restarts it); refused credentials, a
 //! record that does not fit the Parquet schema, or lost output stop the job (code 2).
 
+#[cfg(feature = "parquet")]
 mod parquet;
+mod schema;
 mod sink;
 mod store;
 
@@ -59,7 +61,7 @@ use serde::Serialize;
 use timely::dataflow::Stream;
 use weir_runtime::{Job, Result, RuntimeError};
 
-pub use self::parquet::{ParquetColumn, ParquetSchema, ParquetType};
+pub use self::schema::{ParquetColumn, ParquetSchema, ParquetType};
 use self::store::{store_error, Location, Names};
 #[cfg(doc)]
 use crate::error::ConnectorError;
@@ -132,36 +134,7 @@ pub struct ObjectSinkOptions {
 /// assert!(objects.iter().all(|o| o.name.starts_with("numbers-e") && o.name.ends_with(".jsonl")));
 /// ```
 ///
-/// Parquet in memory, read back with the `parquet` crate's own reader:
-///
-/// ```
-/// use parquet::file::reader::{FileReader, SerializedFileReader};
-/// use parquet::record::RowAccessor;
-/// use timely::dataflow::operators::ToStream;
-/// use weir_connectors::objects::*;
-///
-/// #[derive(serde::Serialize, serde::Deserialize, Clone)]
-/// struct Count { word: String, count: u64 }
-///
-/// let schema = ParquetSchema::new(&[("word", ParquetType::Utf8), ("count", ParquetType::Int64)]);
-/// let opts = ObjectSinkOptions { url: "memory://doc-parquet/out".into(), format: ObjectFormat::Parquet(schema) };
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-parquet"), move |job| {
-///     let counts = vec![
-///         Count { word: "weir".into(), count: 2 },
-///         Count { word: "river".into(), count: 5 },
-///     ].to_stream(job.scope());
-///     write_objects(job, counts, "counts", opts.clone())
-/// }).unwrap();
-/// let objects = read_committed("memory://doc-parquet/out", "counts").unwrap();
-/// assert_eq!(objects.len(), 1);
-/// let reader = SerializedFileReader::new(objects[0].bytes.clone()).unwrap();
-/// assert_eq!(reader.metadata().file_metadata().num_rows(), 2);
-/// let mut rows: Vec<(String, i64)> = reader.get_row_iter(None).unwrap()
-///     .map(|r| { let r = r.unwrap(); (r.get_string(0).unwrap().clone(), r.get_long(1).unwrap()) })
-///     .collect();
-/// rows.sort();
-/// assert_eq!(rows, vec![("river".to_string(), 5), ("weir".to_string(), 2)]);
-/// ```
+/// Parquet output needs the `parquet` feature; its module documents an example.
 pub fn write_objects<'s, D: Serialize + timely::ExchangeData>(
     job: &mut Job<'s>,
     stream: Stream<'s, u64, Vec<D>>,
@@ -270,8 +243,15 @@ async fn read_all(loc: &Location, sink: &str) -> Result<Vec<CommittedObject>> {
             }
         };
         let rows = if is_parquet {
-            self::parquet::decode(bytes.clone())
-                .map_err(|e| bad(format!("is not a readable Parquet file: {e}")))?
+            #[cfg(feature = "parquet")]
+            {
+                self::parquet::decode(bytes.clone())
+                    .map_err(|e| bad(format!("is not a readable Parquet file: {e}")))?
+            }
+            #[cfg(not(feature = "parquet"))]
+            return Err(bad(
+                "is a Parquet file, and this build of weir has no Parquet support: enable the `parquet` feature".into(),
+            ));
         } else {
             let text =
                 std::str::from_utf8(&bytes).map_err(|e| bad(format!("is not UTF-8: {e}")))?;

@@ -1,5 +1,36 @@
 //! Parquet encoding of a sink's rows: a declared schema of flat, typed columns, rows
 //! checked against it as they arrive, and one file per epoch and worker.
+//!
+//! Parquet in memory, read back with the `parquet` crate's own reader:
+//!
+//! ```
+//! use parquet::file::reader::{FileReader, SerializedFileReader};
+//! use parquet::record::RowAccessor;
+//! use timely::dataflow::operators::ToStream;
+//! use weir_connectors::objects::*;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, Clone)]
+//! struct Count { word: String, count: u64 }
+//!
+//! let schema = ParquetSchema::new(&[("word", ParquetType::Utf8), ("count", ParquetType::Int64)]);
+//! let opts = ObjectSinkOptions { url: "memory://doc-parquet/out".into(), format: ObjectFormat::Parquet(schema) };
+//! weir_runtime::run(weir_runtime::JobConfig::thread("doc-parquet"), move |job| {
+//!     let counts = vec![
+//!         Count { word: "weir".into(), count: 2 },
+//!         Count { word: "river".into(), count: 5 },
+//!     ].to_stream(job.scope());
+//!     write_objects(job, counts, "counts", opts.clone())
+//! }).unwrap();
+//! let objects = read_committed("memory://doc-parquet/out", "counts").unwrap();
+//! assert_eq!(objects.len(), 1);
+//! let reader = SerializedFileReader::new(objects[0].bytes.clone()).unwrap();
+//! assert_eq!(reader.metadata().file_metadata().num_rows(), 2);
+//! let mut rows: Vec<(String, i64)> = reader.get_row_iter(None).unwrap()
+//!     .map(|r| { let r = r.unwrap(); (r.get_string(0).unwrap().clone(), r.get_long(1).unwrap()) })
+//!     .collect();
+//! rows.sort();
+//! assert_eq!(rows, vec![("river".to_string(), 5), ("weir".to_string(), 2)]);
+//! ```
 
 use std::sync::Arc;
 
@@ -11,86 +42,9 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::record::Field;
 use parquet::schema::types::Type;
 
-/// The type of a Parquet column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParquetType {
-    /// 64-bit signed integers (`INT64`); JSON integers in range.
-    Int64,
-    /// 64-bit floating point numbers (`DOUBLE`); any JSON number.
-    Float64,
-    /// UTF-8 strings (`BYTE_ARRAY` annotated `UTF8`); JSON strings.
-    Utf8,
-    /// Booleans (`BOOLEAN`); JSON `true` and `false`.
-    Bool,
-}
-
-/// One column of a [`ParquetSchema`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParquetColumn {
-    /// The column name, which is also the record's field name.
-    pub name: String,
-    /// The column's type.
-    pub kind: ParquetType,
-    /// Whether the column accepts nulls (a missing field or a JSON `null`).
-    pub nullable: bool,
-}
-
-/// The flat schema of a Parquet sink's files.
-///
-/// Records are serialized with serde to JSON objects; each field must be a column of
-/// the schema with a value of the column's type. A field that is not a column, a value
-/// of another type, or a missing field in a column that is not nullable is an error
-/// (the sink stops rather than drop data).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParquetSchema {
-    /// The columns, in file order.
-    pub columns: Vec<ParquetColumn>,
-}
+use super::schema::{ParquetColumn, ParquetSchema, ParquetType};
 
 impl ParquetSchema {
-    /// A schema of required (non-nullable) columns. Make a column nullable by setting
-    /// its `nullable` field.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use weir_connectors::objects::{ParquetSchema, ParquetType};
-    /// let mut schema = ParquetSchema::new(&[("word", ParquetType::Utf8), ("count", ParquetType::Int64)]);
-    /// schema.columns[1].nullable = true;
-    /// assert_eq!(schema.columns[0].name, "word");
-    /// assert!(!schema.columns[0].nullable);
-    /// assert!(schema.columns[1].nullable);
-    /// ```
-    pub fn new(columns: &[(&str, ParquetType)]) -> Self {
-        ParquetSchema {
-            columns: columns
-                .iter()
-                .map(|(name, kind)| ParquetColumn {
-                    name: name.to_string(),
-                    kind: *kind,
-                    nullable: false,
-                })
-                .collect(),
-        }
-    }
-
-    /// Checks the schema: at least one column, unique non-empty names.
-    pub(crate) fn check(&self) -> Result<(), String> {
-        if self.columns.is_empty() {
-            return Err("the schema has no columns".into());
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for c in &self.columns {
-            if c.name.is_empty() {
-                return Err("a column has an empty name".into());
-            }
-            if !seen.insert(c.name.as_str()) {
-                return Err(format!("column `{}` is declared twice", c.name));
-            }
-        }
-        Ok(())
-    }
-
     fn parquet_type(&self) -> parquet::errors::Result<Arc<Type>> {
         let fields = self
             .columns

@@ -12,6 +12,7 @@ use timely::dataflow::Stream;
 use weir_runtime::checkpoint::SinkEntry;
 use weir_runtime::{Committer, Job, PreCommitted, Result, RuntimeError, TwoPhaseSink};
 
+#[cfg(feature = "parquet")]
 use super::parquet::ParquetFile;
 use super::store::{run, store_error, Location, Names, STAGING};
 use super::{ObjectFormat, ObjectSinkOptions};
@@ -42,6 +43,12 @@ pub(super) fn install<'s, D: Serialize + timely::ExchangeData>(
                 detail,
             })
         })?;
+        if !cfg!(feature = "parquet") {
+            return Err(RuntimeError::config(
+                "object sink format",
+                format!("sink `{name}` writes Parquet, and this build of weir has no Parquet support: enable the `parquet` feature of `weir` (or `weir-connectors`)"),
+            ));
+        }
     }
     let ctx = job.ctx().clone();
     let committer = Arc::new(ObjectCommitter::new(name, &opts, ctx.runtime().clone())?);
@@ -222,6 +229,7 @@ impl Committer for ObjectCommitter {
 /// One epoch's output of one worker, until pre-commit.
 enum Pending {
     Json(Vec<u8>),
+    #[cfg(feature = "parquet")]
     Parquet(Box<ParquetFile>),
 }
 
@@ -261,10 +269,18 @@ impl<D: Serialize + 'static> TwoPhaseSink for ObjectSink<D> {
         if !self.open.contains_key(&epoch) {
             let pending = match &self.format {
                 ObjectFormat::JsonLines => Pending::Json(Vec::new()),
+                #[cfg(feature = "parquet")]
                 ObjectFormat::Parquet(schema) => Pending::Parquet(Box::new(
                     ParquetFile::new(schema)
                         .map_err(|e| self.parquet_error(epoch, e.to_string()))?,
                 )),
+                // `install` refuses Parquet output without the feature already.
+                #[cfg(not(feature = "parquet"))]
+                ObjectFormat::Parquet(_) => {
+                    return Err(
+                        self.parquet_error(epoch, "this build has no Parquet support".into())
+                    )
+                }
             };
             self.open.insert(epoch, pending);
         }
@@ -272,6 +288,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for ObjectSink<D> {
             Pending::Json(buf) => serde_json::to_writer(&mut *buf, &record)
                 .map(|()| buf.push(b'\n'))
                 .map_err(|e| e.to_string()),
+            #[cfg(feature = "parquet")]
             Pending::Parquet(file) => serde_json::to_value(&record)
                 .map_err(|e| format!("cannot serialize a record: {e}"))
                 .and_then(|row| file.push(&row))
@@ -296,8 +313,11 @@ impl<D: Serialize + 'static> TwoPhaseSink for ObjectSink<D> {
         let Some(pending) = self.open.remove(&epoch) else {
             return Ok(None);
         };
+        // Without the `parquet` feature, JSON lines are the only kind of pending output.
+        #[allow(clippy::infallible_destructuring_match)]
         let bytes = match pending {
             Pending::Json(buf) => buf,
+            #[cfg(feature = "parquet")]
             Pending::Parquet(file) => file
                 .finish()
                 .map_err(|e| self.parquet_error(epoch, e.to_string()))?,
@@ -329,7 +349,9 @@ impl<D: Serialize + 'static> TwoPhaseSink for ObjectSink<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::{read_committed, ParquetSchema, ParquetType};
+    use crate::objects::read_committed;
+    #[cfg(feature = "parquet")]
+    use crate::objects::{ParquetSchema, ParquetType};
     use weir_runtime::checkpoint::protocol::{recover_sink, SinkAction};
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -501,6 +523,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "parquet")]
     #[test]
     fn parquet_epochs_round_trip_and_bad_records_name_the_epoch_and_object() {
         let rt = runtime();

@@ -203,8 +203,8 @@ fn is_transient(e: &object_store::Error) -> bool {
     }
 }
 
-/// A store failure of sink `sink` as a runtime error: transient ones make the process
-/// exit so that `weir launch` restarts it, the others stop the job.
+/// A store failure of sink `sink` as a runtime error, transient or permanent (see
+/// [`ConnectorError::retry`]).
 pub(crate) fn store_error(
     sink: &str,
     loc: &Location,
@@ -238,11 +238,7 @@ pub(crate) fn store_error(
         hint,
         transient,
     };
-    if transient {
-        RuntimeError::Unavailable(Box::new(err))
-    } else {
-        RuntimeError::from(err)
-    }
+    RuntimeError::from(err)
 }
 
 /// The names of one sink's objects.
@@ -303,7 +299,7 @@ impl Names {
     }
 }
 
-pub(crate) use crate::wal::run;
+pub(crate) use crate::bridge::run;
 
 #[cfg(test)]
 mod tests {

@@ -39,6 +39,10 @@ use weir_runtime::{Job, JobContext, Result, RuntimeError};
 
 use crate::error::ConnectorError;
 
+/// The PostgreSQL client library the sink uses, for jobs and tests that query the
+/// server themselves.
+pub use tokio_postgres;
+
 /// How the sink makes its writes exactly-once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PgMode {

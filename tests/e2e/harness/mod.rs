@@ -6,6 +6,7 @@ pub mod checkpoints;
 pub mod checks;
 pub mod input;
 pub mod job;
+pub mod keyed;
 pub mod launch;
 pub mod output;
 pub mod process;

@@ -1,0 +1,257 @@
+//! Running jobs in-process and reading what they committed: the helpers of doc examples
+//! and in-process tests.
+//!
+//! [`collect`] writes a stream through an exactly-once sink whose "external system" is a
+//! [`Committed`] value in memory. It follows the two-phase protocol like any other sink:
+//! each worker's epoch output is staged, and becomes visible only when the coordinator
+//! commits it after the checkpoint's manifest (or at once with at-least-once and
+//! at-most-once delivery). A [`Committed`] outlives a run, so a second [`crate::run`] in
+//! the same process recovers its leftovers like a restarted job recovers a real sink's.
+//!
+//! ## Design
+//!
+//! Invariants:
+//! - a record is visible in [`Committed::records`] only once its epoch's output was
+//!   committed, and at most once per (worker, epoch, generation) output;
+//! - commit is idempotent and abort of an output that is gone succeeds;
+//! - committing an output that was neither staged nor committed is an error (it would be
+//!   a silent loss).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use timely::dataflow::Stream;
+use weir_checkpoint::SinkEntry;
+
+use crate::config::JobConfig;
+use crate::context::Job;
+use crate::error::{Result, RuntimeError};
+use crate::sink::{Committer, PreCommitted, TwoPhaseSink};
+
+/// One output of a [`collect`] sink: which worker staged which epoch in which generation.
+type OutputId = (usize, u64, u64);
+
+struct State<D> {
+    staged: BTreeMap<(String, OutputId), Vec<D>>,
+    committed: BTreeMap<(String, OutputId), Vec<D>>,
+}
+
+/// What [`collect`] sinks committed, shared by every worker and kept across runs.
+pub struct Committed<D> {
+    state: Arc<Mutex<State<D>>>,
+}
+
+impl<D> Clone for Committed<D> {
+    fn clone(&self) -> Self {
+        Committed {
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<D> Default for Committed<D> {
+    fn default() -> Self {
+        Committed {
+            state: Arc::new(Mutex::new(State {
+                staged: BTreeMap::new(),
+                committed: BTreeMap::new(),
+            })),
+        }
+    }
+}
+
+impl<D: Clone> Committed<D> {
+    /// An empty output.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<D>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every committed record, by epoch, then worker, then arrival.
+    pub fn records(&self) -> Vec<D> {
+        let state = self.lock();
+        let mut outputs: Vec<_> = state.committed.iter().collect();
+        outputs.sort_by_key(|((_, (worker, epoch, _)), _)| (*epoch, *worker));
+        outputs
+            .into_iter()
+            .flat_map(|(_, records)| records.iter().cloned())
+            .collect()
+    }
+
+    /// How many outputs are staged and neither committed nor aborted yet.
+    pub fn staged(&self) -> usize {
+        self.lock().staged.len()
+    }
+}
+
+/// Writes `stream` into `into` through an exactly-once two-phase sink named `name`.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::ToStream;
+/// use weir_runtime::testing::{collect, Committed};
+///
+/// let out = Committed::new();
+/// let sink = out.clone();
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-collect"), move |job| {
+///     let numbers = (1..=3u64).to_stream(job.scope());
+///     collect(job, numbers, "out", &sink)
+/// })
+/// .unwrap();
+/// assert_eq!(out.records(), vec![1, 2, 3]);
+/// assert_eq!(out.staged(), 0);
+/// ```
+pub fn collect<'s, D>(
+    job: &mut Job<'s>,
+    stream: Stream<'s, u64, Vec<D>>,
+    name: &str,
+    into: &Committed<D>,
+) -> Result<()>
+where
+    D: timely::ExchangeData + Clone + Send,
+{
+    let committer = Arc::new(MemoryCommitter {
+        name: name.to_string(),
+        out: into.clone(),
+    });
+    let sink = MemorySink {
+        name: name.to_string(),
+        worker: job.ctx().worker(),
+        generation: job.ctx().generation(),
+        out: into.clone(),
+        pending: BTreeMap::new(),
+    };
+    crate::sink::sink(job, stream, name, sink, committer)
+}
+
+/// Runs `build` in-process on `workers` worker threads with `config`, and returns what
+/// the stream it returns committed, through [`collect`].
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::{ToStream, vec::Map};
+/// use weir_runtime::{testing, JobConfig};
+///
+/// for workers in [1, 3] {
+///     let mut doubled: Vec<u64> = testing::run_collect(JobConfig::thread("doc-run"), workers, |job| {
+///         Ok((0..10u64).to_stream(job.scope()).map(|x| 2 * x))
+///     })
+///     .unwrap();
+///     doubled.sort();
+///     // `to_stream` emits on every worker.
+///     assert_eq!(doubled.len(), 10 * workers);
+/// }
+/// ```
+pub fn run_collect<D, F>(mut config: JobConfig, workers: usize, build: F) -> Result<Vec<D>>
+where
+    D: timely::ExchangeData + Clone + Send,
+    F: for<'s> Fn(&mut Job<'s>) -> Result<Stream<'s, u64, Vec<D>>> + Send + Sync + 'static,
+{
+    config.workers = workers;
+    config.processes = 1;
+    config.process = 0;
+    let out = Committed::new();
+    let sink = out.clone();
+    crate::run(config, move |job| {
+        let stream = build(job)?;
+        collect(job, stream, "collected", &sink)
+    })?;
+    Ok(out.records())
+}
+
+struct MemorySink<D> {
+    name: String,
+    worker: usize,
+    generation: u64,
+    out: Committed<D>,
+    pending: BTreeMap<u64, Vec<D>>,
+}
+
+impl<D: Clone + 'static> TwoPhaseSink for MemorySink<D> {
+    type Record = D;
+
+    fn write(&mut self, epoch: u64, record: D) -> Result<()> {
+        self.pending.entry(epoch).or_default().push(record);
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+        let Some(records) = self.pending.remove(&epoch) else {
+            return Ok(None);
+        };
+        let id = (self.worker, epoch, self.generation);
+        self.out
+            .lock()
+            .staged
+            .insert((self.name.clone(), id), records);
+        Ok(Some(PreCommitted(SinkEntry {
+            sink: self.name.clone(),
+            worker: self.worker,
+            epoch,
+            generation: self.generation,
+            handle: format!("w{}-e{epoch}-g{}", self.worker, self.generation),
+        })))
+    }
+}
+
+struct MemoryCommitter<D> {
+    name: String,
+    out: Committed<D>,
+}
+
+impl<D> MemoryCommitter<D> {
+    fn key(&self, entry: &SinkEntry) -> (String, OutputId) {
+        (
+            self.name.clone(),
+            (entry.worker, entry.epoch, entry.generation),
+        )
+    }
+}
+
+impl<D: Clone + Send + 'static> Committer for MemoryCommitter<D> {
+    fn staged(&self) -> Result<Vec<SinkEntry>> {
+        let state = self.out.lock();
+        Ok(state
+            .staged
+            .keys()
+            .filter(|(sink, _)| *sink == self.name)
+            .map(|(_, (worker, epoch, generation))| SinkEntry {
+                sink: self.name.clone(),
+                worker: *worker,
+                epoch: *epoch,
+                generation: *generation,
+                handle: format!("w{worker}-e{epoch}-g{generation}"),
+            })
+            .collect())
+    }
+
+    fn commit(&self, entry: &SinkEntry) -> Result<()> {
+        let key = self.key(entry);
+        let mut state = self.out.lock();
+        if let Some(records) = state.staged.remove(&key) {
+            state.committed.insert(key, records);
+            return Ok(());
+        }
+        if state.committed.contains_key(&key) {
+            return Ok(());
+        }
+        Err(RuntimeError::Io {
+            operator: self.name.clone(),
+            reason: format!(
+                "output {} of epoch {} is neither staged nor committed",
+                entry.handle, entry.epoch
+            ),
+        })
+    }
+
+    fn abort(&self, entry: &SinkEntry) -> Result<()> {
+        let key = self.key(entry);
+        self.out.lock().staged.remove(&key);
+        Ok(())
+    }
+}
