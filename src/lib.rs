@@ -31,6 +31,13 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! ## Design
+//!
+//! The crate adds no behaviour of its own to a running job: it re-exports the lower
+//! crates (`checkpoint` <- `runtime` <- `operators`, `connectors`), holds the prelude, and
+//! [`cli`], the only place besides the `weir` binary that turns a failure into an exit
+//! code.
 #![deny(missing_docs)]
 
 pub use weir_checkpoint as checkpoint;

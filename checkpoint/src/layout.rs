@@ -5,9 +5,16 @@
 //! <root>/<job>/chk-<epoch:020>/_MANIFEST           written last; its existence completes the checkpoint
 //! <root>/<job>/_STOP                                a request to stop with a final savepoint
 //! <root>/<job>/savepoints/<name>/...                named copies of a checkpoint, kept until deleted by hand
+//! <root>/<job>/chk-<epoch:020>/_ABANDONED_MANIFEST a checkpoint newer than a restored one, set aside
 //! <root>/<job>/generations/<generation:010>         fencing markers, one per started generation
-//! <root>/<job>/ledger/<source>/<split>             at-most-once read positions
+//! <root>/<job>/ledger/<source>/w<worker>-g<gen>    at-most-once read positions
+//! <root>/<job>/sinks/<sink>/pending/<handle>        a write-ahead sink's output until published
+//! <root>/<job>/sinks/<sink>/<marker>/w<worker>      a write-ahead sink's progress markers
+//! <root>/<job>/_probe-<tag>                         written and deleted at start to test access
 //! ```
+//!
+//! Parts are named `w<worker>-g<generation>` by the worker and generation that wrote them
+//! ([`part_name`]); a savepoint's copy of a part is `w<worker>-<original name>`.
 //!
 //! Epochs are zero-padded so that a lexical listing is also an epoch order.
 
@@ -15,6 +22,8 @@ use object_store::path::Path;
 
 /// Name of the manifest object inside a checkpoint directory.
 pub const MANIFEST: &str = "_MANIFEST";
+/// Name a set-aside manifest gets (see [`Layout::abandoned_manifest`]).
+pub const ABANDONED_MANIFEST: &str = "_ABANDONED_MANIFEST";
 
 /// Builds the object paths of one job under a root prefix.
 #[derive(Debug, Clone)]
@@ -66,6 +75,41 @@ impl Layout {
         ))
     }
 
+    /// Where the manifest of checkpoint `epoch` goes when a restore of an older checkpoint
+    /// abandons it: kept for inspection, no longer a complete checkpoint.
+    pub fn abandoned_manifest(&self, epoch: u64) -> Path {
+        Path::from(format!(
+            "{}/{}/{ABANDONED_MANIFEST}",
+            self.job,
+            checkpoint_dir_name(epoch)
+        ))
+    }
+
+    /// A probe object, written and deleted to check that the store can be written.
+    pub fn probe(&self, tag: &str) -> Path {
+        Path::from(format!("{}/_probe-{tag}", self.job))
+    }
+
+    /// The prefix of a write-ahead sink's objects.
+    pub fn sink_root(&self, sink: &str) -> Path {
+        Path::from(format!("{}/sinks/{sink}", self.job))
+    }
+
+    /// The prefix of a write-ahead sink's pending (not yet published) outputs.
+    pub fn sink_pending(&self, sink: &str) -> Path {
+        Path::from(format!("{}/sinks/{sink}/pending", self.job))
+    }
+
+    /// A write-ahead sink's marker of kind `kind` (`committed`, ...) for one worker.
+    pub fn sink_marker(&self, sink: &str, kind: &str, worker: usize) -> Path {
+        Path::from(format!("{}/sinks/{sink}/{kind}/w{worker}", self.job))
+    }
+
+    /// The at-most-once ledger entry of a source, written by one worker of a generation.
+    pub fn ledger_entry(&self, source: &str, worker: usize, generation: u64) -> Path {
+        self.ledger(source, &part_name(worker, generation))
+    }
+
     /// The object a stop request is written to (see `CheckpointStore::request_stop`).
     pub fn stop_request(&self) -> Path {
         Path::from(format!("{}/_STOP", self.job))
@@ -110,6 +154,16 @@ impl Layout {
     pub fn ledger_root(&self, source: &str) -> Path {
         Path::from(format!("{}/ledger/{source}", self.job))
     }
+}
+
+/// The name of a part written by `worker` in `generation`: `w<worker>-g<generation>`.
+pub fn part_name(worker: usize, generation: u64) -> String {
+    format!("w{worker}-g{generation}")
+}
+
+/// The name of a savepoint's copy of a part named `file` written by `worker`.
+pub fn savepoint_part_name(worker: usize, file: &str) -> String {
+    format!("w{worker}-{file}")
 }
 
 /// Checks that a savepoint name is usable as one path segment.
@@ -171,5 +225,18 @@ mod tests {
             "wc/chk-00000000000000000003/count/w1"
         );
         assert_eq!(parse_checkpoint_dir("_MANIFEST"), None);
+        assert_eq!(
+            l.abandoned_manifest(3).as_ref(),
+            "wc/chk-00000000000000000003/_ABANDONED_MANIFEST"
+        );
+        assert_eq!(l.ledger_entry("in", 2, 5).as_ref(), "wc/ledger/in/w2-g5");
+        assert_eq!(
+            l.sink_marker("out", "committed", 1).as_ref(),
+            "wc/sinks/out/committed/w1"
+        );
+        assert_eq!(l.sink_pending("out").as_ref(), "wc/sinks/out/pending");
+        assert_eq!(l.probe("7").as_ref(), "wc/_probe-7");
+        assert_eq!(part_name(1, 4), "w1-g4");
+        assert_eq!(savepoint_part_name(1, "w1-g4"), "w1-w1-g4");
     }
 }

@@ -16,6 +16,15 @@
 //!   is aborted.
 //! * A checkpoint directory is deleted only when a newer checkpoint is complete, it is
 //!   not among the newest `retain` complete ones, and no retained manifest references it.
+//! * **Invariant 5: a process of an older generation can neither complete a checkpoint
+//!   nor commit.** A run announces its generation in storage before it recovers any sink
+//!   output. Before every manifest, the coordinator reads the markers and stops if
+//!   [`is_fenced`]; it commits only the outputs of a manifest it has just written, so a
+//!   fenced coordinator commits nothing new. Whatever an older generation pre-committed
+//!   and no restored manifest lists is aborted by the newer generation's
+//!   [`recover_sink`], so it can never become visible later. The check is not atomic with
+//!   the manifest write: it keeps out a process that its supervisor has killed and waited
+//!   for, not an unsupervised one paused between the check and the write.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -427,6 +436,42 @@ mod tests {
         let mut current = sink(1, 7);
         current.generation = 3;
         assert!(recover_sink(&[], &[current], 3).is_empty());
+    }
+
+    #[test]
+    fn invariant_5_an_older_generation_can_neither_complete_a_checkpoint_nor_commit() {
+        // Generation 1 restored checkpoint 4 and pre-committed epochs 5 and 6; it was
+        // paused, and generation 2 started, restored checkpoint 4 and announced itself.
+        let markers = [0, 1, 2];
+        let restored = vec![sink(0, 4)];
+        let mut zombie_staged = Vec::new();
+        for e in [5, 6] {
+            let mut s = sink(0, e);
+            s.generation = 1;
+            zombie_staged.push(s);
+        }
+        // The zombie resumes: before writing the manifest of epoch 6 it finds itself
+        // fenced, so it writes none and commits nothing.
+        assert!(is_fenced(1, &markers));
+        // The new generation is not fenced, and its recovery commits exactly the restored
+        // output and aborts everything the zombie pre-committed.
+        assert!(!is_fenced(2, &markers));
+        let actions = recover_sink(&restored, &zombie_staged, 2);
+        assert_eq!(
+            actions,
+            vec![
+                SinkAction::Commit(sink(0, 4)),
+                SinkAction::Abort(zombie_staged[0].clone()),
+                SinkAction::Abort(zombie_staged[1].clone()),
+            ]
+        );
+        // The zombie's own recovery, had it run after generation 2's, would not abort
+        // generation 2's output: outputs of newer generations are never its to touch.
+        let mut newer = sink(0, 5);
+        newer.generation = 2;
+        assert!(recover_sink(&restored, &[newer], 1)
+            .iter()
+            .all(|a| matches!(a, SinkAction::Commit(_))));
     }
 
     #[test]

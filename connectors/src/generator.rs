@@ -4,6 +4,11 @@
 //! spread over workers by key group and their next index is checkpointed, so a restore
 //! (at any number of workers) emits every item exactly once across the job's committed
 //! output, in the same per-split order.
+//!
+//! ## Design
+//!
+//! The next index per split is the only state; item `i` is a pure function of `i`, so a
+//! replay emits the same items.
 
 use std::collections::BTreeMap;
 

@@ -22,6 +22,18 @@
 //! | `nats` | [`nats`] (async-nats) |
 //! | `parquet` | Parquet output of the [`objects`] sink |
 //! | `s3` | `s3://` URLs for checkpoints and the [`objects`] sink (object_store's AWS client) |
+//!
+//! ## Design
+//!
+//! Sources share one skeleton (positions per split, checkpointed per key group, replayed
+//! on restore, a ledger for at-most-once); sinks implement the runtime's two-phase
+//! contract ([`weir_runtime::TwoPhaseSink`], [`weir_runtime::Committer`]). Invariants:
+//! - a source resumes exactly after the positions of the restored checkpoint (or, with
+//!   at-most-once, after everything it ever read), and a position it can no longer read
+//!   stops the job rather than skip data;
+//! - a sink's output of an epoch becomes visible only through its committer, whose commit
+//!   is idempotent and whose lost output is an error, never a silent gap;
+//! - credentials never appear in messages.
 #![deny(missing_docs)]
 
 mod bridge;

@@ -1,6 +1,17 @@
 //! The skeleton every replayable source shares: epoch barriers from the job's clock,
 //! positions checkpointed per key group, a final report when the input ends or the job
 //! is asked to stop.
+//!
+//! ## Design
+//!
+//! A `Reader` reads items from splits and advances a position per split; this skeleton
+//! does everything else. Invariants:
+//! - at every epoch boundary the positions as of the end of the closing epoch are
+//!   snapshotted before any item of the next epoch is emitted;
+//! - a restore resumes every split exactly at its restored position (with at-most-once,
+//!   at the newest position of the ledger, written before the items are emitted), at any
+//!   number of workers: splits follow their key group;
+//! - a read error fails the run (see `JobContext::fail`); nothing is skipped.
 
 use std::hash::Hash;
 
@@ -88,7 +99,7 @@ pub(crate) fn source<'s, R: Reader>(
     let name = name.to_string();
     let ledger_path = ctx.store().map(|s| {
         s.layout()
-            .ledger(&name, &format!("w{}-g{}", ctx.worker(), ctx.generation()))
+            .ledger_entry(&name, ctx.worker(), ctx.generation())
     });
     let range = ctx.key_group_range();
     let first_epoch = ctx.first_epoch();

@@ -11,6 +11,13 @@
 //! publisher makes that second publication idempotent (Kafka reads back what already
 //! arrived, JetStream drops repeated message ids). An abort deletes the pending object:
 //! nothing of it was published, since publication waits for the manifest.
+//!
+//! ## Design
+//!
+//! Invariants: an output is published only after the manifest of a checkpoint that lists
+//! it exists; each output is published completely at most once per marker, and a
+//! publication interrupted by a crash is finished by the next commit; an output missing
+//! from both the pending area and the markers is an error, not a silent gap.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -31,17 +38,14 @@ pub(crate) use crate::bridge::run;
 pub(crate) struct Wal {
     store: CheckpointStore,
     sink: String,
-    root: Path,
 }
 
 impl Wal {
     /// The write-ahead area of sink `sink` in `store`.
     pub(crate) fn new(store: &CheckpointStore, sink: &str) -> Self {
-        let root = store.layout().job_root().join("sinks").join(sink);
         Wal {
             store: store.clone(),
             sink: sink.to_string(),
-            root,
         }
     }
 
@@ -65,11 +69,11 @@ impl Wal {
     }
 
     fn pending(&self) -> Path {
-        self.root.clone().join("pending")
+        self.store.layout().sink_pending(&self.sink)
     }
 
     fn marker(&self, kind: &str, worker: usize) -> Path {
-        self.root.clone().join(kind).join(format!("w{worker}"))
+        self.store.layout().sink_marker(&self.sink, kind, worker)
     }
 
     fn object(&self) -> &Arc<dyn ObjectStore> {
@@ -235,7 +239,7 @@ impl<P: Publisher> Committer for WalCommitter<P> {
         let Some(records) = run(&self.rt, self.wal.read::<Vec<P::Record>>(entry))? else {
             return Err(ConnectorError::WriteAhead {
                 connector: entry.sink.clone(),
-                object: format!("{}/pending/{}", self.wal.root, entry.handle),
+                object: format!("{}/{}", self.wal.pending(), entry.handle),
                 epoch: entry.epoch,
                 detail: "it is neither pending nor published (the sink's published marker is older): it was deleted from checkpoint storage by hand; restore an earlier checkpoint".into(),
             }

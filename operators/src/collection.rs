@@ -3,7 +3,7 @@
 //! ## How it works, and what a restore costs
 //!
 //! A stream of updates `(data, diff)` becomes a differential
-//! [`VecCollection`](differential_dataflow::VecCollection) timestamped with epochs, so any
+//! [`VecCollection`] timestamped with epochs, so any
 //! differential operator (`count`, `reduce`, `join`, `distinct`, iteration, ...) can run on
 //! it. The operator keeps the consolidated input collection (every record with a non-zero
 //! accumulated diff) as keyed state and checkpoints it with every epoch.
@@ -19,6 +19,11 @@
 //! distinct input records, not to the history) and recomputes every downstream
 //! differential operator over them, about as long as processing that many records once;
 //! arrangements are not snapshotted. `BENCHMARKS.md` measures it.
+//!
+//! ## Design
+//!
+//! Invariants: the checkpointed state is the consolidated input as of exactly the closed
+//! epochs; output at epochs the restored checkpoint covers is never committed again.
 
 use std::hash::Hash;
 

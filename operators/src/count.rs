@@ -1,4 +1,10 @@
 //! `count_by_key`: how many times each key has been seen, reported once per epoch.
+//!
+//! ## Design
+//!
+//! A [`crate::ReduceByKey`] with addition: the count per key is keyed state, checkpointed
+//! per key group, and each key whose count changed in an epoch is reported once, as of
+//! the end of that epoch.
 
 use std::hash::Hash;
 

@@ -25,6 +25,13 @@
 //! slots are forgotten as it passes; that is not reproducible across restores, but the
 //! remembered keys are checkpointed, so a restore still drops repeats of keys seen
 //! before the checkpoint.
+//!
+//! ## Design
+//!
+//! Invariants: a key is forwarded at most once while it is remembered; the remembered
+//! hashes and their slots are checkpointed per key group, so a restore (at any number of
+//! workers) still drops repeats of keys seen before the checkpoint; memory is bounded by
+//! the keys of one window plus one slot.
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;

@@ -29,6 +29,12 @@
 //! record from a split that was idle may find its window already fired; it then goes to
 //! the late output with that reason. Without an idle timeout, a split that never produces
 //! holds the watermark at zero until the input ends.
+//!
+//! ## Design
+//!
+//! Invariants: a split's watermark never goes back, also across restores and rescaling
+//! (the largest event time per split is keyed state); the job's watermark moves only at
+//! epoch boundaries; a record's lateness is decided once, from the watermark it carries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -42,6 +48,7 @@ use timely::dataflow::Stream;
 use weir_runtime::{encode_keyed, keygroup, Job, Result};
 
 use crate::keyed::{keyed, Store};
+pub use crate::timed::Mark;
 
 /// A record with its event time.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -52,17 +59,6 @@ pub struct Timed<D> {
     pub split_wm: u64,
     /// The record.
     pub data: D,
-}
-
-/// A watermark report: sender `from` has reached event time `wm`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mark {
-    /// The reporting instance (a worker of an event-time assigner).
-    pub from: usize,
-    /// Its watermark.
-    pub wm: u64,
-    /// It has only idle splits and is left out of the job's watermark.
-    pub idle: bool,
 }
 
 /// A record that could not be given an event time, and why.

@@ -16,6 +16,14 @@
 //! `left.join_ttl(right, ...)` keeps every record of both sides per key and emits each
 //! matching pair once, when the second arrives. A key's records are dropped once the
 //! [`Ttl`] has passed since the key was last updated, which bounds the state.
+//!
+//! ## Design
+//!
+//! Both sides' buffered records are keyed state in one `keyed` store per join,
+//! checkpointed together. Invariants: each matching pair is emitted exactly once in the
+//! committed output (when the second record of the pair is applied, in epoch order); a
+//! record is dropped from the state only when no later partner can match it (the
+//! watermark passed its interval, or its key's TTL expired).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;

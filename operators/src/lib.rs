@@ -12,6 +12,19 @@
 //! - [`DeduplicateProcessingTime`] and [`JoinTtl`] work on plain keyed streams.
 //! - [`collection::ToCollection`] runs differential dataflow operators on collections
 //!   whose results survive restore.
+//!
+//! ## Design
+//!
+//! Every operator is a `keyed`-engine store: records are routed by key group, applied in
+//! epoch order (later epochs wait), and the state is snapshotted as of exactly the closed
+//! epochs before any record of a later epoch is applied. Invariants:
+//! - restored state equals the state after exactly the records of epochs `<= e`, whatever
+//!   the number of workers that wrote or reads it;
+//! - an operator's output for an epoch depends only on its input up to that epoch, never
+//!   on timing, kills or restores (event-time lateness is judged against the record's own
+//!   split's watermark when it was read);
+//! - a late or unparsable record goes to a side output with a reason, never silently
+//!   away.
 #![deny(missing_docs)]
 
 pub mod collection;

@@ -1,5 +1,13 @@
 //! `reduce_by_key`: a running per-key aggregate that reports every key it changed, once
 //! per epoch.
+//!
+//! ## Design
+//!
+//! The aggregate per key is keyed state in the `keyed` engine. Invariants: each
+//! key changed in an epoch is reported exactly once for that epoch, with its aggregate
+//! after every record of epochs `<= e`; a restore resumes from the aggregates of the
+//! restored checkpoint, so the reports after it continue exactly where the committed
+//! ones stopped.
 
 use std::hash::Hash;
 

@@ -1,4 +1,12 @@
 //! `stateful_map`: a per-key state machine that may emit a record for every input record.
+//!
+//! ## Design
+//!
+//! The state per key is keyed state in the `keyed` engine, applied in epoch order
+//! and in arrival order within an epoch. Invariants: the state after epoch `e` is the
+//! fold of exactly the records of epochs `<= e`; with a [`crate::Ttl`] a key's state is
+//! dropped once it expired, which is part of the checkpointed state (a restore does not
+//! revive expired keys).
 
 use std::hash::Hash;
 

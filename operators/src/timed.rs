@@ -18,8 +18,18 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use weir_runtime::{encode_groups, JobContext, Result};
 
-use crate::event_time::Mark;
 use crate::keyed::Store;
+
+/// A watermark report: sender `from` has reached event time `wm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// The reporting instance (a worker of an event-time assigner).
+    pub from: usize,
+    /// Its watermark.
+    pub wm: u64,
+    /// It has only idle splits and is left out of the job's watermark.
+    pub idle: bool,
+}
 
 /// Where a message of an event-time operator goes: to the owner of a key, or to a worker.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,6 +15,13 @@
 //! watermark` for session windows (a session can grow, so the record's own time is what
 //! counts). Late records go to the late output with a reason, never silently dropped. A
 //! record that is late for some of its sliding windows only is added to the others.
+//!
+//! ## Design
+//!
+//! Open windows and their aggregates are keyed state per key group. Invariants: a window
+//! fires exactly once in the committed output, and is removed from the state in the same
+//! epoch as it fires; a record is either added to a window, or sent to the late output
+//! with a reason.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;

@@ -26,7 +26,7 @@ use weir_checkpoint::{Assembler, Closed, Manifest, Report};
 
 use crate::context::JobContext;
 use crate::error::{Result, RuntimeError};
-use crate::sink::Committer;
+use crate::twophase::Committer;
 
 /// Commits the restored checkpoint's sink output and aborts every other leftover.
 pub(crate) fn recover_sinks(

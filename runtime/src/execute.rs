@@ -1,124 +1,16 @@
-//! Running a job: pre-flight checks, restore, the timely cluster, and the wait for the
-//! last checkpoint to be committed.
+//! Running a job: start-up, the timely cluster, stopping every worker on the first
+//! failure, and the wait for the last checkpoint to be committed.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir_checkpoint::store::VerifiedPart;
-use weir_checkpoint::{CheckpointError, CheckpointStore, Manifest, PartEntry, RestoreTarget};
-
+use crate::clock::EpochClock;
 use crate::config::JobConfig;
-use crate::context::{EpochClock, Job, RestoredParts, Shared};
+use crate::context::Shared;
 use crate::error::{Result, RuntimeError};
-
-/// What a run found out before starting the dataflow.
-struct Preflight {
-    store: Option<CheckpointStore>,
-    restored: Option<Manifest>,
-    /// The restored checkpoint's parts this process's workers read, verified.
-    parts: Vec<VerifiedPart>,
-    generation: u64,
-    first_epoch: u64,
-}
-
-fn preflight(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Preflight> {
-    if !config.checkpointing() {
-        return Ok(Preflight {
-            store: None,
-            restored: None,
-            parts: Vec::new(),
-            generation: config.generation.unwrap_or(0),
-            first_epoch: 1,
-        });
-    }
-    let store = CheckpointStore::open(&config.checkpoint_url, &config.job)?;
-    rt.block_on(async {
-        store.probe().await?;
-        // Generations only grow: a run never reuses the number of an earlier run of the
-        // job, even when a new `weir launch` starts counting at 0 again. Every process
-        // reads the same markers (the new generation is announced only once the cluster
-        // is connected), so they all agree.
-        let markers = store.generations().await?;
-        let generation = match config.generation {
-            None if config.processes > 1 => {
-                return Err(RuntimeError::config("generation", "a multi-process job needs --generation (weir launch sets it)"));
-            }
-            None => markers.last().map_or(0, |g| g + 1),
-            Some(g) => match markers.last() {
-                Some(newest) if *newest >= g => {
-                    tracing::info!(requested = g, generation = newest + 1, "generation {g} already ran: continuing the numbering");
-                    newest + 1
-                }
-                _ => g,
-            },
-        };
-        let (complete, all) = store.list().await?;
-        // Every part of the chosen checkpoint is read and verified here, so that every
-        // process agrees on it (and `latest` falls back past a damaged one); the parts
-        // this process's workers restore from are kept, so that they are read only once.
-        let (local, peers) = local_workers(config);
-        let wanted =
-            |e: &PartEntry| RestoredParts::wanted(e, local.clone(), config.key_groups, peers);
-        let mut parts = Vec::new();
-        let restored = match &config.restore {
-            None if !complete.is_empty() => {
-                return Err(RuntimeError::config(
-                    "restore",
-                    format!(
-                        "job `{}` already has {} complete checkpoint(s) under `{}`: pass --restore latest to resume, or delete them with `weir checkpoints delete --all`",
-                        config.job,
-                        complete.len(),
-                        config.checkpoint_url
-                    ),
-                ));
-            }
-            None => None,
-            Some(target) => match store.resolve_restore_keeping(target, &wanted).await {
-                Ok(point) => {
-                    parts = point.parts;
-                    Some(point.manifest)
-                }
-                // A restarted generation whose predecessor died before its first
-                // checkpoint starts from the beginning; leftovers are aborted.
-                Err(CheckpointError::NoCheckpoint { .. }) if config.generation.is_some_and(|g| g > 0) && *target == RestoreTarget::Latest && complete.is_empty() => {
-                    tracing::warn!(generation, "no checkpoint yet: the restarted job starts from the beginning");
-                    None
-                }
-                Err(e) => return Err(e.into()),
-            },
-        };
-        if let Some(m) = &restored {
-            if m.key_groups != config.key_groups {
-                return Err(RuntimeError::Mismatch {
-                    epoch: m.epoch,
-                    reason: format!("it was written with {} key groups and the job is configured with {}; key groups are fixed at the first start (set --key-groups {})", m.key_groups, config.key_groups, m.key_groups),
-                });
-            }
-            let workers = config.workers * config.processes;
-            if workers as u32 > m.key_groups {
-                return Err(RuntimeError::Mismatch {
-                    epoch: m.epoch,
-                    reason: format!("{workers} workers exceed its {} key groups (the maximum parallelism)", m.key_groups),
-                });
-            }
-            tracing::info!(epoch = m.epoch, written_by = m.workers, workers, generation, "restoring");
-        }
-        // New epochs start after every epoch any earlier run used, so that nothing of a
-        // crashed run can be mistaken for this run's.
-        let first_epoch = all.iter().copied().chain(restored.as_ref().map(|m| m.epoch)).max().map_or(1, |e| e + 1);
-        Ok(Preflight { store: Some(store), restored, parts, generation, first_epoch })
-    })
-}
-
-/// The global indexes of this process's workers, and the number of workers in the
-/// cluster (timely numbers the workers of process `p` from `p * workers`).
-fn local_workers(config: &JobConfig) -> (std::ops::Range<usize>, usize) {
-    let first = config.process * config.workers;
-    (
-        first..first + config.workers,
-        config.processes * config.workers,
-    )
-}
+use crate::job::Job;
+use crate::restore::RestoredParts;
+use crate::startup::{local_workers, read_start};
 
 /// Runs a job on this process's workers until its input is exhausted and its last
 /// checkpoint is committed.
@@ -148,7 +40,7 @@ where
         .enable_all()
         .build()
         .map_err(|e| RuntimeError::Dataflow(format!("cannot start the I/O runtime: {e}")))?;
-    let pre = preflight(&config, &rt)?;
+    let pre = read_start(&config, &rt)?;
     crate::failpoint::set_generation(pre.generation);
     let timely_config = config.timely()?;
     let (local, peers) = local_workers(&config);
@@ -161,7 +53,7 @@ where
     };
     let shared = Arc::new(Shared {
         clock: EpochClock::new(
-            pre.first_epoch,
+            pre.epochs.first_epoch,
             if config.checkpointing() {
                 config.epoch_ms()
             } else {

@@ -1,4 +1,5 @@
-//! The two-phase commit protocol between sinks and the checkpoint coordinator.
+//! The sink operator: runs a [`TwoPhaseSink`] on every worker under the two-phase commit
+//! protocol (see [`crate::twophase`]).
 //!
 //! A sink writes each epoch's records into a pending output ([`TwoPhaseSink::write`]);
 //! when the sink's input frontier passes the epoch it makes that output durable but
@@ -21,40 +22,11 @@ use timely::dataflow::Stream;
 use weir_checkpoint::{Report, SinkEntry};
 
 use crate::config::Delivery;
-use crate::context::{EpochTracker, Job, Snapshotter};
 use crate::error::{Result, RuntimeError};
-
-/// Output made durable but not yet visible. Only a commit or an abort consumes it.
-#[must_use = "pre-committed output must be committed or handed to the checkpoint"]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreCommitted(pub SinkEntry);
-
-/// Makes pre-committed output visible, or discards it. Runs on the coordinator.
-///
-/// Contract: `commit` is idempotent (committing twice, or committing output that a
-/// previous generation already committed, succeeds and changes nothing); `abort` of
-/// output that no longer exists succeeds. Committing output that was neither committed
-/// nor is still pre-committed is an error: it would be a silent loss.
-pub trait Committer: Send + Sync + 'static {
-    /// Every output of this sink that is pre-committed and not yet committed or aborted.
-    fn staged(&self) -> Result<Vec<SinkEntry>>;
-    /// Makes an output visible.
-    fn commit(&self, entry: &SinkEntry) -> Result<()>;
-    /// Discards an output.
-    fn abort(&self, entry: &SinkEntry) -> Result<()>;
-}
-
-/// The writing side of a two-phase-commit sink, on one worker.
-pub trait TwoPhaseSink: 'static {
-    /// What the sink writes.
-    type Record;
-    /// Adds a record to `epoch`'s pending output.
-    fn write(&mut self, epoch: u64, record: Self::Record) -> Result<()>;
-    /// Makes `epoch`'s output durable and invisible; `None` if the epoch had no output.
-    ///
-    /// It is an error to write to an epoch after pre-committing it.
-    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>>;
-}
+use crate::job::Job;
+use crate::snapshot::Snapshotter;
+use crate::tracker::EpochTracker;
+pub use crate::twophase::{Committer, PreCommitted, TwoPhaseSink};
 
 /// Writes `stream` through a two-phase-commit sink named `name`.
 ///

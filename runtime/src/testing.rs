@@ -24,9 +24,9 @@ use timely::dataflow::Stream;
 use weir_checkpoint::SinkEntry;
 
 use crate::config::JobConfig;
-use crate::context::Job;
 use crate::error::{Result, RuntimeError};
-use crate::sink::{Committer, PreCommitted, TwoPhaseSink};
+use crate::job::Job;
+use crate::twophase::{Committer, PreCommitted, TwoPhaseSink};
 
 /// One output of a [`collect`] sink: which worker staged which epoch in which generation.
 type OutputId = (usize, u64, u64);

@@ -15,6 +15,7 @@ mod failpoints;
 mod inprocess;
 mod kafka;
 mod kills;
+mod layering;
 mod nats;
 mod objects;
 mod operators;

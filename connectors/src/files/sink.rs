@@ -8,6 +8,13 @@
 //! epoch is complete; restore commits staged files of the restored checkpoint and
 //! deletes every other staged file of an earlier generation. With at-least-once and
 //! at-most-once delivery each epoch is committed as soon as it ends.
+//!
+//! ## Design
+//!
+//! Invariants: a file under `DIR/` is always a whole epoch of one worker (renames are
+//! atomic and the directory is fsynced); commit is idempotent (a file already renamed is
+//! committed); a staged file that is neither staged nor committed when its commit comes
+//! is [`crate::ConnectorError::LostOutput`].
 
 use std::collections::BTreeMap;
 use std::fs::File;

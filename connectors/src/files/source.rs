@@ -7,6 +7,11 @@
 //! after the last line covered by the restored checkpoint. With at-most-once, it
 //! resumes after the last line ever read (a ledger written before lines are emitted).
 //! Files must not change while the job runs: appending is not detected.
+//!
+//! ## Design
+//!
+//! Positions are `(file, byte offset)` after the last whole line emitted; a restore seeks
+//! there, so a line is emitted in exactly one epoch of the committed history.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};

@@ -1,0 +1,86 @@
+//! The job's control objects: the stop request (`weir stop`) and the generation markers
+//! that fence older generations.
+
+use object_store::{ObjectStoreExt, PutPayload};
+
+use super::CheckpointStore;
+use crate::codec;
+use crate::error::{CheckpointError, Result};
+use crate::layout;
+
+impl CheckpointStore {
+    /// Asks the running job to stop with a final savepoint `name`: its sources stop
+    /// reading, its last checkpoint completes and is copied to the savepoint, and the job
+    /// exits. Overwrites an earlier request.
+    pub async fn request_stop(&self, savepoint: &str) -> Result<()> {
+        layout::check_savepoint_name(savepoint).map_err(|reason| CheckpointError::InvalidUrl {
+            url: self.url.clone(),
+            reason,
+        })?;
+        let bytes = codec::encode_json(
+            "stop request",
+            &StopRequest {
+                savepoint: savepoint.to_string(),
+            },
+        )?;
+        self.put_object(&self.layout.stop_request(), bytes).await
+    }
+
+    /// The savepoint name of a pending stop request, if there is one.
+    pub async fn stop_request(&self) -> Result<Option<String>> {
+        let path = self.layout.stop_request();
+        match self.store.get(&path).await {
+            Ok(r) => {
+                let bytes = r
+                    .bytes()
+                    .await
+                    .map_err(|e| CheckpointError::storage("read", &path, e))?;
+                let req: StopRequest = codec::decode_json(path.as_ref(), &bytes)?;
+                Ok(Some(req.savepoint))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(CheckpointError::storage("get", &path, e)),
+        }
+    }
+
+    /// Removes a stop request once it has been carried out.
+    pub async fn clear_stop_request(&self) -> Result<()> {
+        let path = self.layout.stop_request();
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(CheckpointError::storage("delete", &path, e)),
+        }
+    }
+
+    /// Announces a generation, returning every generation announced so far (this one included).
+    pub async fn announce_generation(&self, generation: u64) -> Result<Vec<u64>> {
+        let path = self.layout.generation_marker(generation);
+        self.store
+            .put(&path, PutPayload::from_static(b""))
+            .await
+            .map_err(|e| CheckpointError::storage("put", &path, e))?;
+        self.generations().await
+    }
+
+    /// Every generation announced so far.
+    pub async fn generations(&self) -> Result<Vec<u64>> {
+        let root = self.layout.generations();
+        let objects = self.list_objects(&root).await?;
+        let mut gens: Vec<u64> = objects
+            .iter()
+            .filter_map(|o| {
+                o.location
+                    .filename()
+                    .and_then(layout::parse_generation_marker)
+            })
+            .collect();
+        gens.sort_unstable();
+        Ok(gens)
+    }
+}
+
+/// A request to stop a running job with a final savepoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StopRequest {
+    savepoint: String,
+}

@@ -1,0 +1,200 @@
+//! Manifests: written last with a create-if-absent put (a checkpoint is complete iff its
+//! manifest exists), listed, and resolved into the checkpoint a restore reads.
+
+use object_store::path::Path;
+use object_store::{PutMode, PutOptions, PutPayload};
+
+use super::{CheckpointStore, RestorePoint};
+use crate::codec;
+use crate::error::{CheckpointError, Result, Retry};
+use crate::layout;
+use crate::manifest::{Manifest, PartEntry};
+use crate::protocol::{self, RestoreTarget};
+
+impl CheckpointStore {
+    /// Writes a manifest, failing if one already exists for its epoch.
+    ///
+    /// This is the commit point of a checkpoint: it is complete once this returns `Ok`.
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
+        self.create_manifest_at(&self.layout.manifest(manifest.epoch), manifest)
+            .await
+    }
+
+    /// Writes a manifest at `path` unless one exists there (atomic create-if-absent).
+    pub(super) async fn create_manifest_at(&self, path: &Path, manifest: &Manifest) -> Result<()> {
+        let bytes = codec::encode_json("manifest", manifest)?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(path, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                Err(CheckpointError::ManifestExists {
+                    path: path.to_string(),
+                })
+            }
+            Err(e) => Err(CheckpointError::storage("put", path, e)),
+        }
+    }
+
+    /// Reads the manifest at `path` and checks that it belongs to this job; `None` if
+    /// there is none.
+    pub(super) async fn read_manifest_at(&self, path: &Path) -> Result<Option<Manifest>> {
+        let bytes = match self.get(path).await {
+            Err(CheckpointError::Storage {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => return Ok(None),
+            other => other?,
+        };
+        let manifest: Manifest = codec::decode_json(path.as_ref(), &bytes)?;
+        if manifest.job != self.layout.job() {
+            return Err(CheckpointError::JobMismatch {
+                path: path.to_string(),
+                expected: self.layout.job().to_string(),
+                found: manifest.job,
+            });
+        }
+        Ok(Some(manifest))
+    }
+
+    /// Reads and verifies the manifest of `epoch`.
+    pub async fn read_manifest(&self, epoch: u64) -> Result<Manifest> {
+        let path = self.layout.manifest(epoch);
+        let manifest = self.read_manifest_at(&path).await?.ok_or_else(|| {
+            CheckpointError::CheckpointNotFound {
+                job: self.layout.job().to_string(),
+                epoch,
+            }
+        })?;
+        if manifest.epoch != epoch {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_string(),
+                reason: format!(
+                    "manifest says epoch {}, its directory says {epoch}",
+                    manifest.epoch
+                ),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Lists the job's checkpoint directories: `(complete, all)` epochs, ascending.
+    pub async fn list(&self) -> Result<(Vec<u64>, Vec<u64>)> {
+        let root = self.layout.job_root();
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&root))
+            .await
+            .map_err(|e| CheckpointError::storage("list", &root, e))?;
+        let mut dirs: Vec<u64> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(layout::parse_checkpoint_dir))
+            .collect();
+        dirs.sort_unstable();
+        let mut all = Vec::new();
+        let mut complete = Vec::new();
+        for epoch in dirs {
+            let dir = self.layout.checkpoint_dir(epoch);
+            let objects = self.list_objects(&dir).await?;
+            // Some stores (local directories, filer-backed S3 servers) keep empty
+            // directories after their objects are deleted: they are not checkpoints.
+            if objects.is_empty() {
+                continue;
+            }
+            all.push(epoch);
+            let manifest = self.layout.manifest(epoch);
+            if objects.iter().any(|o| o.location == manifest) {
+                complete.push(epoch);
+            }
+        }
+        Ok((complete, all))
+    }
+
+    /// Finds and verifies the checkpoint to restore from.
+    ///
+    /// With [`RestoreTarget::Latest`], a checkpoint whose manifest or parts fail
+    /// verification is logged and skipped in favour of the previous complete one; the
+    /// error lists every checkpoint tried when none verifies. A job name mismatch is
+    /// never skipped.
+    pub async fn resolve_restore(&self, target: &RestoreTarget) -> Result<Manifest> {
+        Ok(self
+            .resolve_restore_keeping(target, &|_| false)
+            .await?
+            .manifest)
+    }
+
+    /// [`Self::resolve_restore`], also returning the verified bytes of the chosen
+    /// checkpoint's parts for which `keep` is true, so that a restore need not read them
+    /// again. Every part is read and verified exactly once.
+    pub async fn resolve_restore_keeping(
+        &self,
+        target: &RestoreTarget,
+        keep: &(dyn Fn(&PartEntry) -> bool + Sync),
+    ) -> Result<RestorePoint> {
+        if let RestoreTarget::Savepoint(name) = target {
+            return self.read_savepoint_keeping(name, keep).await;
+        }
+        let (complete, _) = self.list().await?;
+        let candidates = protocol::restore_candidates(target, &complete);
+        if candidates.is_empty() {
+            return Err(match target {
+                RestoreTarget::Latest => CheckpointError::NoCheckpoint {
+                    job: self.layout.job().to_string(),
+                    url: self.url.clone(),
+                },
+                RestoreTarget::Savepoint(_) => unreachable!("handled above"),
+                RestoreTarget::Epoch(epoch) => CheckpointError::CheckpointNotFound {
+                    job: self.layout.job().to_string(),
+                    epoch: *epoch,
+                },
+            });
+        }
+        let mut tried = Vec::new();
+        for epoch in candidates {
+            match self.verify_keeping(epoch, keep).await {
+                Ok(point) => {
+                    if !tried.is_empty() {
+                        tracing::warn!(epoch, skipped = ?tried, "restoring from an older checkpoint because newer ones failed verification");
+                    }
+                    return Ok(point);
+                }
+                Err(e @ CheckpointError::JobMismatch { .. }) => return Err(e),
+                Err(e @ CheckpointError::Storage { .. }) if e.retry() == Retry::Transient => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    tracing::error!(epoch, error = %e, "checkpoint failed verification");
+                    tried.push((epoch, e.to_string()));
+                }
+            }
+        }
+        Err(CheckpointError::NoReadableCheckpoint {
+            job: self.layout.job().to_string(),
+            tried,
+        })
+    }
+
+    /// Reads checkpoint `epoch`'s manifest and checks every part's size and checksum.
+    pub async fn verify(&self, epoch: u64) -> Result<Manifest> {
+        Ok(self.verify_keeping(epoch, &|_| false).await?.manifest)
+    }
+
+    /// [`Self::verify`], keeping the verified parts for which `keep` is true.
+    pub(super) async fn verify_keeping(
+        &self,
+        epoch: u64,
+        keep: &(dyn Fn(&PartEntry) -> bool + Sync),
+    ) -> Result<RestorePoint> {
+        let manifest = self.read_manifest(epoch).await?;
+        let parts = self.verify_parts(&manifest, keep).await?;
+        Ok(RestorePoint { manifest, parts })
+    }
+}

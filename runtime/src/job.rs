@@ -1,0 +1,143 @@
+//! The job under construction on one worker: unique operator names, the report streams
+//! of checkpointed operators, the sinks' committers, and the last steps before the
+//! dataflow runs (checking a restored graph, announcing the generation, recovering the
+//! sinks, installing the coordinator).
+//!
+//! ## Design
+//!
+//! Invariants:
+//! - every checkpointed operator, source and sink has a name unique in the job; its state
+//!   is stored under that name, and a restore into a job whose names differ fails;
+//! - the generation is announced, newer checkpoints than the restored one are abandoned
+//!   and sinks are recovered on worker 0 before any record flows, so that nothing of an
+//!   earlier run is mistaken for this run's.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use timely::dataflow::operators::Concatenate;
+use timely::dataflow::{Scope, Stream};
+use weir_checkpoint::{Manifest, Report};
+
+use crate::context::{JobContext, Shared};
+use crate::error::{Result, RuntimeError};
+use crate::twophase::Committer;
+
+/// A job under construction on one worker: its scope, its context, and the report
+/// streams and committers its checkpointed operators register.
+pub struct Job<'scope> {
+    scope: Scope<'scope, u64>,
+    ctx: JobContext,
+    names: BTreeSet<String>,
+    reports: Vec<Stream<'scope, u64, Vec<Report>>>,
+    committers: BTreeMap<String, Arc<dyn Committer>>,
+}
+
+impl<'scope> Job<'scope> {
+    pub(crate) fn new(scope: Scope<'scope, u64>, shared: Arc<Shared>) -> Self {
+        let ctx = JobContext::new(shared, scope.index(), scope.peers());
+        Job {
+            scope,
+            ctx,
+            names: BTreeSet::new(),
+            reports: Vec::new(),
+            committers: BTreeMap::new(),
+        }
+    }
+
+    /// The dataflow scope; timestamps are epochs.
+    pub fn scope(&self) -> Scope<'scope, u64> {
+        self.scope
+    }
+
+    /// The worker's context.
+    pub fn ctx(&self) -> &JobContext {
+        &self.ctx
+    }
+
+    /// Claims a unique operator name; checkpointed state is stored under it.
+    pub fn claim_name(&mut self, name: &str) -> Result<()> {
+        if name.is_empty() || name.contains('/') || name.starts_with('_') {
+            return Err(RuntimeError::config(
+                "operator name",
+                format!("`{name}` must be non-empty, contain no `/` and not start with `_`"),
+            ));
+        }
+        if !self.names.insert(name.to_string()) {
+            return Err(RuntimeError::config(
+                "operator name",
+                format!("`{name}` is used twice in the job; names must be unique"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registers the report stream of a checkpointed operator (see [`crate::Snapshotter`]).
+    ///
+    /// Every registered operator must report for an epoch (or have reported a final
+    /// part) before that epoch's checkpoint can complete.
+    pub fn register_reports(&mut self, reports: Stream<'scope, u64, Vec<Report>>) {
+        self.reports.push(reports);
+    }
+
+    /// Registers how the coordinator commits and aborts a sink's pre-committed output.
+    pub fn register_committer(&mut self, name: &str, committer: Arc<dyn Committer>) {
+        self.committers.insert(name.to_string(), committer);
+    }
+
+    /// Finishes construction: recovers sinks and installs the checkpoint coordinator.
+    pub(crate) fn finish(self) -> Result<()> {
+        let Job {
+            scope,
+            ctx,
+            names,
+            reports,
+            committers,
+        } = self;
+        if ctx.worker() == 0 {
+            if let Some(m) = ctx.restored() {
+                check_graph(m, &names)?;
+            }
+            if let Some(store) = ctx.store() {
+                // Every process has read the markers and chosen its checkpoint by now: the
+                // cluster is connected. Announce this generation, so that older ones are
+                // fenced, and abandon checkpoints newer than the restored one, whose
+                // uncommitted output recovery is about to abort.
+                ctx.block_on(store.announce_generation(ctx.generation()))?;
+                let restored = ctx.restored().map_or(0, |m| m.epoch);
+                let (complete, _) = ctx.block_on(store.list())?;
+                let abandon = crate::startup::abandoned(&complete, restored);
+                for epoch in &abandon {
+                    tracing::warn!(
+                        epoch,
+                        restored,
+                        "checkpoint {epoch} is newer than the restored one and is abandoned"
+                    );
+                }
+                ctx.block_on(store.abandon(&abandon))?;
+            }
+            crate::coordinator::recover_sinks(&ctx, &committers)?;
+        }
+        if !ctx.checkpointing() || reports.is_empty() {
+            return Ok(());
+        }
+        let reports = scope.concatenate(reports);
+        crate::coordinator::install(reports, ctx, names, committers);
+        Ok(())
+    }
+}
+
+fn check_graph(manifest: &Manifest, names: &BTreeSet<String>) -> Result<()> {
+    let recorded: BTreeSet<String> = manifest.operators.iter().cloned().collect();
+    if recorded != *names {
+        let missing: Vec<_> = recorded.difference(names).collect();
+        let added: Vec<_> = names.difference(&recorded).collect();
+        return Err(RuntimeError::Mismatch {
+            epoch: manifest.epoch,
+            reason: format!(
+                "the job's checkpointed operators changed: in the checkpoint but not in the job: {missing:?}; in the job but not in the checkpoint: {added:?}"
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! Snapshots: encoding keyed state into checkpoint parts, and uploading them in the
+//! background while records keep flowing.
+//!
+//! ## Design
+//!
+//! Invariants (DESIGN's 1 and 4):
+//! - a snapshot is encoded synchronously as of exactly the closed epochs, and uploaded on
+//!   the I/O runtime; processing waits only for the copy;
+//! - an operator's report for epoch `e` leaves only once its part is durable, in epoch
+//!   order, under a report capability at `e`: the coordinator cannot see `e` complete
+//!   before every part of `e` is in storage;
+//! - a failed upload fails every checkpoint that would reference the part, and the part is
+//!   uploaded again for the next one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use weir_checkpoint::{codec, Manifest, PartEntry, Report};
+
+use crate::context::JobContext;
+use crate::error::Result;
+use crate::keygroup;
+use crate::restore::overlaps;
+
+/// Encodes keyed state as a checkpoint part: entries grouped by key group.
+pub fn encode_keyed<'a, K, S, I>(name: &str, key_groups: u32, entries: I) -> Result<Vec<u8>>
+where
+    K: Serialize + Hash + 'a,
+    S: Serialize + 'a,
+    I: IntoIterator<Item = (&'a K, &'a S)>,
+{
+    let mut groups: BTreeMap<u32, Vec<(&K, &S)>> = BTreeMap::new();
+    for (k, s) in entries {
+        groups
+            .entry(keygroup::key_group(k, key_groups))
+            .or_default()
+            .push((k, s));
+    }
+    encode_groups(name, groups)
+}
+
+/// Encodes a checkpoint part made of one value per key group, for operators whose state
+/// is not a plain map from key to value; [`JobContext::restore_groups`] reads it back.
+pub fn encode_groups<T: Serialize>(
+    name: &str,
+    groups: impl IntoIterator<Item = (u32, T)>,
+) -> Result<Vec<u8>> {
+    let groups: Vec<(u32, T)> = groups.into_iter().collect();
+    Ok(codec::encode(name, &groups)?)
+}
+
+/// Uploads an operator's snapshots in the background and reports them, in epoch order,
+/// once they are durable.
+///
+/// ## Design
+///
+/// The operator hands over the encoded bytes (the synchronous copy) together with a
+/// capability for the report output at the snapshot's epoch; the upload runs on the
+/// process's I/O runtime and wakes the operator when done. Reports leave strictly in
+/// epoch order, so a report that reuses an earlier part (state unchanged) never
+/// overtakes the upload of that part. Holding the report capability is what keeps the
+/// coordinator's frontier from passing the epoch before the part is durable.
+pub struct Snapshotter {
+    ctx: JobContext,
+    name: String,
+    activator: timely::scheduling::SyncActivator,
+    queue: std::collections::VecDeque<Pending>,
+    done: Arc<Mutex<BTreeMap<u64, std::result::Result<(), String>>>>,
+    /// The newest part, its bytes (to upload again if its upload fails) and its upload.
+    last: Option<LastPart>,
+    /// Uploads known to have failed, by ticket.
+    failed: BTreeSet<u64>,
+    seq: u64,
+}
+
+struct LastPart {
+    entry: weir_checkpoint::PartEntry,
+    bytes: bytes::Bytes,
+    /// The part's upload; `None` for the restored part (durable and verified already).
+    ticket: Option<u64>,
+}
+
+struct Pending {
+    cap: timely::dataflow::operators::Capability<u64>,
+    report: Report,
+    /// The upload this report's part depends on (its own, or the one it reuses).
+    ticket: Option<u64>,
+}
+
+impl Snapshotter {
+    /// A snapshotter for operator `name`, waking the operator at `address`.
+    pub fn new(
+        ctx: &JobContext,
+        name: &str,
+        address: &[usize],
+        worker: &timely::worker::Worker,
+    ) -> Self {
+        Snapshotter {
+            ctx: ctx.clone(),
+            name: name.to_string(),
+            activator: worker.sync_activator_for(address.to_vec()),
+            queue: Default::default(),
+            done: Default::default(),
+            last: None,
+            failed: BTreeSet::new(),
+            seq: 0,
+        }
+    }
+
+    /// Starts from this worker's part of the restored checkpoint, so that while the
+    /// operator's state is still the restored one, its snapshots report that part again
+    /// instead of uploading the same state anew. Returns whether it did; the operator may
+    /// then pass `None` to [`Self::snapshot`] until its state changes.
+    ///
+    /// Call it while building the operator, right after restoring its state from
+    /// [`JobContext::restore_groups`] (or [`JobContext::restore_keyed`]) and only if that
+    /// state is exactly what was restored. It succeeds only when the restored checkpoint
+    /// was written by as many workers, this operator's only restored part that covers
+    /// any of `key_groups` was written by this worker for exactly `key_groups` (so the
+    /// restored state is that whole part), and the part lives in a checkpoint directory:
+    /// retention keeps a directory as long as a retained manifest references one of its
+    /// parts, whereas a savepoint can be deleted by hand at any time, so a part restored
+    /// from a savepoint is never reused.
+    pub fn reuse_restored(&mut self, key_groups: (u32, u32)) -> bool {
+        let (Some(manifest), Some(store)) = (self.ctx.restored(), self.ctx.store()) else {
+            return false;
+        };
+        let Some(entry) = reusable_part(
+            manifest,
+            store.layout().job(),
+            &self.name,
+            self.ctx.worker(),
+            self.ctx.peers(),
+            key_groups,
+        ) else {
+            return false;
+        };
+        tracing::debug!(operator = %self.name, worker = self.ctx.worker(), path = %entry.path, "reusing the restored part until the state changes");
+        self.last = Some(LastPart {
+            entry: entry.clone(),
+            bytes: bytes::Bytes::new(),
+            ticket: None,
+        });
+        true
+    }
+
+    /// Takes a snapshot for `cap`'s epoch.
+    ///
+    /// `state`: `Some(bytes)` to upload a new part covering `key_groups`, `None` if the
+    /// operator keeps no state or its state is unchanged since the last snapshot (the last
+    /// part is then reported again, or uploaded again under this epoch if its upload
+    /// failed). `sinks`: outputs pre-committed since the last report. `is_final`: the
+    /// operator's input has ended.
+    pub fn snapshot(
+        &mut self,
+        cap: timely::dataflow::operators::Capability<u64>,
+        key_groups: (u32, u32),
+        state: Option<Vec<u8>>,
+        sinks: Vec<weir_checkpoint::SinkEntry>,
+        is_final: bool,
+    ) {
+        let epoch = *cap.time();
+        let mut report = Report {
+            epoch,
+            operator: self.name.clone(),
+            worker: self.ctx.worker(),
+            parts: Vec::new(),
+            sinks,
+            is_final,
+            error: None,
+        };
+        let reupload = self
+            .last
+            .as_ref()
+            .filter(|l| l.ticket.is_some_and(|t| self.failed.contains(&t)))
+            .map(|l| l.bytes.clone());
+        let mut ticket = self.last.as_ref().and_then(|l| l.ticket);
+        if let (Some(bytes), Some(store)) =
+            (state.map(bytes::Bytes::from).or(reupload), self.ctx.store())
+        {
+            let path = store.layout().part(
+                epoch,
+                &self.name,
+                &weir_checkpoint::layout::part_name(self.ctx.worker(), self.ctx.generation()),
+            );
+            let entry = weir_checkpoint::PartEntry {
+                operator: self.name.clone(),
+                worker: self.ctx.worker(),
+                key_group_start: key_groups.0,
+                key_group_end: key_groups.1,
+                path: path.to_string(),
+                size: bytes.len() as u64,
+                crc32: crc32(&bytes),
+            };
+            self.seq += 1;
+            let seq = self.seq;
+            ticket = Some(seq);
+            let store = store.clone();
+            let done = Arc::clone(&self.done);
+            let activator = self.activator.clone();
+            let timeout = Duration::from_millis(self.ctx.config().checkpoint_timeout_ms.max(1));
+            let (name, worker) = (self.name.clone(), self.ctx.worker());
+            let upload = bytes.clone();
+            self.ctx.runtime().spawn(async move {
+                crate::failpoint::hit("upload");
+                let put = store.put_part(path.clone(), &name, worker, key_groups, upload);
+                let result = match tokio::time::timeout(timeout, put).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!(
+                        "upload of `{path}` timed out after {timeout:?} (checkpoint-timeout-ms)"
+                    )),
+                };
+                done.lock().expect("poisoned").insert(seq, result);
+                let _ = activator.activate();
+            });
+            self.last = Some(LastPart {
+                entry,
+                bytes,
+                ticket: Some(seq),
+            });
+        }
+        report
+            .parts
+            .extend(self.last.as_ref().map(|l| l.entry.clone()));
+        self.queue.push_back(Pending {
+            cap,
+            report,
+            ticket,
+        });
+    }
+
+    /// Emits every report whose parts are durable, in order. Call on every activation.
+    ///
+    /// A report whose part failed to upload (its own, or the earlier one it reuses)
+    /// carries the error, so that its checkpoint fails instead of referencing a missing
+    /// object; the next snapshot then uploads the state again.
+    pub fn poll<F: FnMut(&timely::dataflow::operators::Capability<u64>, Report)>(
+        &mut self,
+        mut emit: F,
+    ) {
+        while let Some(front) = self.queue.front_mut() {
+            if let Some(ticket) = front.ticket {
+                if !self.failed.contains(&ticket) {
+                    match self.done.lock().expect("poisoned").get(&ticket) {
+                        None => return,
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(operator = %self.name, epoch = front.report.epoch, error = %e, "snapshot upload failed");
+                            self.failed.insert(ticket);
+                            front.report.error = Some(e.clone());
+                        }
+                    }
+                } else {
+                    front.report.error = Some(format!(
+                        "it reuses a part whose upload failed (ticket {ticket})"
+                    ));
+                }
+            }
+            let Pending { cap, report, .. } = self.queue.pop_front().expect("front exists");
+            emit(&cap, report);
+        }
+        // Forget results nobody waits for anymore (the newest part's stays for reuse).
+        let keep = self.last.as_ref().and_then(|l| l.ticket);
+        let waiting: BTreeSet<u64> = self
+            .queue
+            .iter()
+            .filter_map(|p| p.ticket)
+            .chain(keep)
+            .collect();
+        self.done
+            .lock()
+            .expect("poisoned")
+            .retain(|t, _| waiting.contains(t));
+        self.failed.retain(|t| waiting.contains(t));
+    }
+
+    /// Whether every snapshot has been reported.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    // The same CRC as the checkpoint crate records for whole objects; for a framed part
+    // it comes from the header, without another pass over the state.
+    weir_checkpoint::codec::object_crc32(bytes)
+}
+
+/// The restored part that a [`Snapshotter`] of operator `name` on `worker` of `peers` may
+/// report again while the state over `key_groups` is unchanged (see
+/// [`Snapshotter::reuse_restored`]).
+fn reusable_part<'m>(
+    manifest: &'m Manifest,
+    job: &str,
+    name: &str,
+    worker: usize,
+    peers: usize,
+    key_groups: (u32, u32),
+) -> Option<&'m PartEntry> {
+    if manifest.workers != peers {
+        return None;
+    }
+    let mut covering = manifest
+        .parts
+        .iter()
+        .filter(|p| p.operator == name && overlaps(p, key_groups));
+    let entry = covering.next()?;
+    if covering.next().is_some()
+        || entry.worker != worker
+        || (entry.key_group_start, entry.key_group_end) != key_groups
+    {
+        return None;
+    }
+    let mut segments = entry.path.split('/');
+    let in_checkpoint = segments.next() == Some(job)
+        && segments
+            .next()
+            .and_then(weir_checkpoint::layout::parse_checkpoint_dir)
+            .is_some();
+    in_checkpoint.then_some(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(op: &str, worker: usize, range: (u32, u32), path: &str) -> PartEntry {
+        PartEntry {
+            operator: op.into(),
+            worker,
+            key_group_start: range.0,
+            key_group_end: range.1,
+            path: path.into(),
+            size: 0,
+            crc32: 0,
+        }
+    }
+
+    fn manifest(workers: usize, parts: Vec<PartEntry>) -> Manifest {
+        Manifest {
+            job: "job".into(),
+            epoch: 7,
+            generation: 0,
+            workers,
+            key_groups: 128,
+            created_ms: 0,
+            operators: vec!["op".into()],
+            parts,
+            sinks: vec![],
+        }
+    }
+
+    #[test]
+    fn the_restored_part_is_reused_only_at_the_same_ranges_from_a_checkpoint_directory() {
+        let chk = |w: usize| format!("job/chk-00000000000000000007/op/w{w}-g0");
+        let m = manifest(
+            2,
+            vec![
+                part("op", 0, (0, 64), &chk(0)),
+                part("op", 1, (64, 128), &chk(1)),
+                part("src", 0, (0, 64), "job/chk-00000000000000000007/src/w0-g0"),
+            ],
+        );
+        let reused = reusable_part(&m, "job", "op", 1, 2, (64, 128));
+        assert_eq!(reused.map(|p| p.path.as_str()), Some(chk(1).as_str()));
+        // Another number of workers, another range, another operator.
+        assert!(reusable_part(&m, "job", "op", 0, 4, (0, 32)).is_none());
+        assert!(reusable_part(&m, "job", "op", 0, 1, (0, 128)).is_none());
+        assert!(reusable_part(&m, "job", "other", 0, 2, (0, 64)).is_none());
+        // Written by as many workers, but not with this worker's range.
+        let skewed = manifest(
+            2,
+            vec![
+                part("op", 0, (0, 60), &chk(0)),
+                part("op", 1, (60, 128), &chk(1)),
+            ],
+        );
+        assert!(reusable_part(&skewed, "job", "op", 1, 2, (64, 128)).is_none());
+        // A part reused from an older checkpoint directory is still in one.
+        let older = manifest(
+            2,
+            vec![part(
+                "op",
+                0,
+                (0, 64),
+                "job/chk-00000000000000000003/op/w0-g0",
+            )],
+        );
+        assert!(reusable_part(&older, "job", "op", 0, 2, (0, 64)).is_some());
+        // A savepoint can be deleted by hand: its parts are never reused.
+        let savepoint = manifest(
+            2,
+            vec![part("op", 0, (0, 64), "job/savepoints/sp/op/w0-w0-g0")],
+        );
+        assert!(reusable_part(&savepoint, "job", "op", 0, 2, (0, 64)).is_none());
+    }
+}

@@ -1,0 +1,452 @@
+//! Start-up: what a run reads from the checkpoint store before its dataflow starts, and
+//! the pure decisions it makes from that.
+//!
+//! ## Design
+//!
+//! `read_start` does the I/O: it probes the store, reads the generation markers and the
+//! list of checkpoints, and (only when a restore is asked for) reads and verifies the
+//! chosen checkpoint. Every decision is a pure function of what was read, tested without
+//! any I/O:
+//! - [`plan_start`]: this run's generation and what to restore;
+//! - [`plan_epochs`]: whether the restored checkpoint fits the job, and the run's first
+//!   epoch;
+//! - [`abandoned`]: which newer checkpoints to abandon once the cluster is connected.
+//!
+//! Invariants:
+//! - generations only grow: a run never reuses the number of an earlier run of the job,
+//!   even when a supervisor starts counting at 0 again;
+//! - a job that has complete checkpoints does not silently start from the beginning: it
+//!   needs `--restore`, or the checkpoints deleted by hand;
+//! - a run's epochs start after every epoch any earlier run used, so nothing of a
+//!   crashed run is mistaken for this run's;
+//! - complete checkpoints newer than the restored one are abandoned (their uncommitted
+//!   output is about to be aborted), so a later `--restore latest` cannot pick them.
+
+use weir_checkpoint::store::VerifiedPart;
+use weir_checkpoint::{CheckpointError, CheckpointStore, Manifest, PartEntry, RestoreTarget};
+
+use crate::config::JobConfig;
+use crate::error::{Result, RuntimeError};
+use crate::restore::RestoredParts;
+
+/// What a run knows before deciding how to start: its settings and what the store holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFacts {
+    /// The job's name.
+    pub job: String,
+    /// The checkpoint URL, for messages.
+    pub url: String,
+    /// The generation a supervisor passed (`--generation`), if any.
+    pub requested_generation: Option<u64>,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// Generations whose markers the store holds.
+    pub markers: Vec<u64>,
+    /// Epochs of the complete checkpoints (those with a manifest), ascending.
+    pub complete: Vec<u64>,
+    /// Epochs of every checkpoint directory, complete or not.
+    pub all: Vec<u64>,
+    /// What the run is asked to restore.
+    pub restore: Option<RestoreTarget>,
+}
+
+/// How a run starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartPlan {
+    /// This run's generation.
+    pub generation: u64,
+    /// What to restore.
+    pub restore: RestoreStep,
+}
+
+/// What a run restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreStep {
+    /// Nothing: the job starts from the beginning.
+    Fresh,
+    /// The checkpoint `target` resolves to. With `fresh_if_none`, a store without any
+    /// complete checkpoint means a fresh start: a restarted generation whose predecessor
+    /// died before its first checkpoint.
+    Resolve {
+        /// The requested checkpoint or savepoint.
+        target: RestoreTarget,
+        /// Whether finding no checkpoint at all starts the job from the beginning.
+        fresh_if_none: bool,
+    },
+}
+
+/// Decides the run's generation and what it restores.
+///
+/// The generation is the requested one, or one past the newest marker if that is not
+/// larger (a second supervisor over the same store continues the numbering); without a
+/// request, a single process continues after the newest marker, and a cluster refuses to
+/// start (its processes must agree on one number).
+pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
+    let newest = facts.markers.iter().copied().max();
+    let generation = match facts.requested_generation {
+        None if facts.processes > 1 => {
+            return Err(RuntimeError::config(
+                "generation",
+                "a multi-process job needs --generation (weir launch sets it)",
+            ));
+        }
+        None => newest.map_or(0, |g| g + 1),
+        Some(g) => match newest {
+            Some(n) if n >= g => {
+                tracing::info!(
+                    requested = g,
+                    generation = n + 1,
+                    "generation {g} already ran: continuing the numbering"
+                );
+                n + 1
+            }
+            _ => g,
+        },
+    };
+    let restore = match &facts.restore {
+        None if !facts.complete.is_empty() => {
+            return Err(RuntimeError::config(
+                "restore",
+                format!(
+                    "job `{}` already has {} complete checkpoint(s) under `{}`: pass --restore latest to resume, or delete them with `weir checkpoints delete --all`",
+                    facts.job,
+                    facts.complete.len(),
+                    facts.url
+                ),
+            ));
+        }
+        None => RestoreStep::Fresh,
+        Some(target) => RestoreStep::Resolve {
+            target: target.clone(),
+            fresh_if_none: facts.requested_generation.is_some_and(|g| g > 0)
+                && *target == RestoreTarget::Latest
+                && facts.complete.is_empty(),
+        },
+    };
+    Ok(StartPlan {
+        generation,
+        restore,
+    })
+}
+
+/// The checkpoint a run restores, as far as the epoch plan needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoredCheckpoint {
+    /// Its epoch.
+    pub epoch: u64,
+    /// The key groups it was written with.
+    pub key_groups: u32,
+}
+
+/// Where a run's epochs start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochPlan {
+    /// The run's first epoch.
+    pub first_epoch: u64,
+}
+
+/// The complete checkpoints a run abandons: every one newer than the checkpoint it
+/// restored (`restored`, 0 on a fresh start). Their uncommitted output is about to be
+/// aborted, so a later `--restore latest` must not pick them. The list is taken again
+/// once the cluster is connected and this run's generation is announced, so that it also
+/// covers a checkpoint an older generation completed in between.
+pub fn abandoned(complete: &[u64], restored: u64) -> Vec<u64> {
+    complete.iter().copied().filter(|e| *e > restored).collect()
+}
+
+/// Checks the restored checkpoint against the job (`key_groups` configured, `workers` in
+/// the cluster) and plans the run's epochs.
+pub fn plan_epochs(
+    facts: &StartFacts,
+    restored: Option<RestoredCheckpoint>,
+    key_groups: u32,
+    workers: usize,
+) -> Result<EpochPlan> {
+    if let Some(r) = restored {
+        if r.key_groups != key_groups {
+            return Err(RuntimeError::Mismatch {
+                epoch: r.epoch,
+                reason: format!("it was written with {} key groups and the job is configured with {key_groups}; key groups are fixed at the first start (set --key-groups {})", r.key_groups, r.key_groups),
+            });
+        }
+        if workers as u32 > r.key_groups {
+            return Err(RuntimeError::Mismatch {
+                epoch: r.epoch,
+                reason: format!(
+                    "{workers} workers exceed its {} key groups (the maximum parallelism)",
+                    r.key_groups
+                ),
+            });
+        }
+    }
+    let first_epoch = facts
+        .all
+        .iter()
+        .copied()
+        .chain(restored.map(|r| r.epoch))
+        .max()
+        .map_or(1, |e| e + 1);
+    Ok(EpochPlan { first_epoch })
+}
+
+/// What a run found out before starting the dataflow.
+pub(crate) struct Start {
+    pub(crate) store: Option<CheckpointStore>,
+    pub(crate) restored: Option<Manifest>,
+    /// The restored checkpoint's parts this process's workers read, verified.
+    pub(crate) parts: Vec<VerifiedPart>,
+    pub(crate) generation: u64,
+    pub(crate) epochs: EpochPlan,
+}
+
+/// Reads what the store holds and plans the run (see the module's documentation).
+pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Result<Start> {
+    if !config.checkpointing() {
+        return Ok(Start {
+            store: None,
+            restored: None,
+            parts: Vec::new(),
+            generation: config.generation.unwrap_or(0),
+            epochs: EpochPlan { first_epoch: 1 },
+        });
+    }
+    let store = CheckpointStore::open(&config.checkpoint_url, &config.job)?;
+    rt.block_on(async {
+        store.probe().await?;
+        // Every process reads the same markers (the new generation is announced only once
+        // the cluster is connected), so they all agree on the generation.
+        let markers = store.generations().await?;
+        let (complete, all) = store.list().await?;
+        let facts = StartFacts {
+            job: config.job.clone(),
+            url: config.checkpoint_url.clone(),
+            requested_generation: config.generation,
+            processes: config.processes,
+            markers,
+            complete,
+            all,
+            restore: config.restore.clone(),
+        };
+        let plan = plan_start(&facts)?;
+        // Every part of the chosen checkpoint is read and verified here, so that every
+        // process agrees on it (and `latest` falls back past a damaged one); the parts
+        // this process's workers restore from are kept, so that they are read only once.
+        let (local, peers) = local_workers(config);
+        let wanted =
+            |e: &PartEntry| RestoredParts::wanted(e, local.clone(), config.key_groups, peers);
+        let (restored, parts) = match plan.restore {
+            RestoreStep::Fresh => (None, Vec::new()),
+            RestoreStep::Resolve {
+                target,
+                fresh_if_none,
+            } => match store.resolve_restore_keeping(&target, &wanted).await {
+                Ok(point) => (Some(point.manifest), point.parts),
+                Err(CheckpointError::NoCheckpoint { .. }) if fresh_if_none => {
+                    tracing::warn!(
+                        generation = plan.generation,
+                        "no checkpoint yet: the restarted job starts from the beginning"
+                    );
+                    (None, Vec::new())
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let workers = config.workers * config.processes;
+        let epochs = plan_epochs(
+            &facts,
+            restored.as_ref().map(|m| RestoredCheckpoint {
+                epoch: m.epoch,
+                key_groups: m.key_groups,
+            }),
+            config.key_groups,
+            workers,
+        )?;
+        if let Some(m) = &restored {
+            tracing::info!(
+                epoch = m.epoch,
+                written_by = m.workers,
+                workers,
+                generation = plan.generation,
+                "restoring"
+            );
+        }
+        Ok(Start {
+            store: Some(store),
+            restored,
+            parts,
+            generation: plan.generation,
+            epochs,
+        })
+    })
+}
+
+/// The global indexes of this process's workers, and the number of workers in the
+/// cluster (timely numbers the workers of process `p` from `p * workers`).
+pub(crate) fn local_workers(config: &JobConfig) -> (std::ops::Range<usize>, usize) {
+    let first = config.process * config.workers;
+    (
+        first..first + config.workers,
+        config.processes * config.workers,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> StartFacts {
+        StartFacts {
+            job: "wc".into(),
+            url: "/chk".into(),
+            requested_generation: None,
+            processes: 1,
+            markers: vec![],
+            complete: vec![],
+            all: vec![],
+            restore: None,
+        }
+    }
+
+    #[test]
+    fn a_first_start_is_generation_0_and_fresh_from_epoch_1() {
+        let f = facts();
+        let plan = plan_start(&f).unwrap();
+        assert_eq!(plan.generation, 0);
+        assert_eq!(plan.restore, RestoreStep::Fresh);
+        let epochs = plan_epochs(&f, None, 128, 1).unwrap();
+        assert_eq!(epochs, EpochPlan { first_epoch: 1 });
+    }
+
+    #[test]
+    fn generations_only_grow_past_every_marker() {
+        let f = StartFacts {
+            markers: vec![0, 1, 4],
+            ..facts()
+        };
+        assert_eq!(plan_start(&f).unwrap().generation, 5);
+        // A supervisor that starts counting at 0 again continues the numbering.
+        let f = StartFacts {
+            requested_generation: Some(2),
+            processes: 2,
+            ..f
+        };
+        assert_eq!(plan_start(&f).unwrap().generation, 5);
+        let f = StartFacts {
+            requested_generation: Some(9),
+            ..f
+        };
+        assert_eq!(plan_start(&f).unwrap().generation, 9);
+    }
+
+    #[test]
+    fn a_cluster_without_a_generation_is_refused() {
+        let f = StartFacts {
+            processes: 2,
+            ..facts()
+        };
+        let e = plan_start(&f).unwrap_err();
+        assert!(e.to_string().contains("--generation"), "{e}");
+        assert!(e.is_permanent());
+    }
+
+    #[test]
+    fn complete_checkpoints_without_restore_are_refused_with_the_fix() {
+        let f = StartFacts {
+            complete: vec![3],
+            all: vec![3, 4],
+            ..facts()
+        };
+        let e = plan_start(&f).unwrap_err().to_string();
+        assert!(
+            e.contains("--restore latest") && e.contains("weir checkpoints delete"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_a_restarted_generation_may_find_no_checkpoint_and_start_fresh() {
+        let restore = Some(RestoreTarget::Latest);
+        let first = StartFacts {
+            restore: restore.clone(),
+            ..facts()
+        };
+        assert_eq!(
+            plan_start(&first).unwrap().restore,
+            RestoreStep::Resolve {
+                target: RestoreTarget::Latest,
+                fresh_if_none: false
+            }
+        );
+        let restarted = StartFacts {
+            requested_generation: Some(1),
+            markers: vec![0],
+            ..first.clone()
+        };
+        assert_eq!(
+            plan_start(&restarted).unwrap().restore,
+            RestoreStep::Resolve {
+                target: RestoreTarget::Latest,
+                fresh_if_none: true
+            }
+        );
+        // An explicit epoch never falls back to a fresh start.
+        let epoch = StartFacts {
+            restore: Some(RestoreTarget::Epoch(3)),
+            ..restarted
+        };
+        assert_eq!(
+            plan_start(&epoch).unwrap().restore,
+            RestoreStep::Resolve {
+                target: RestoreTarget::Epoch(3),
+                fresh_if_none: false
+            }
+        );
+    }
+
+    #[test]
+    fn newer_checkpoints_are_abandoned_and_epochs_start_after_every_used_one() {
+        let f = StartFacts {
+            complete: vec![2, 5, 8],
+            all: vec![2, 5, 8, 9],
+            restore: Some(RestoreTarget::Epoch(5)),
+            ..facts()
+        };
+        let plan = plan_epochs(
+            &f,
+            Some(RestoredCheckpoint {
+                epoch: 5,
+                key_groups: 128,
+            }),
+            128,
+            4,
+        )
+        .unwrap();
+        assert_eq!(plan, EpochPlan { first_epoch: 10 });
+        assert_eq!(abandoned(&f.complete, 5), vec![8]);
+        // A savepoint older than every checkpoint abandons them all.
+        assert_eq!(abandoned(&f.complete, 1), vec![2, 5, 8]);
+        assert_eq!(abandoned(&f.complete, 8), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_restore_at_other_key_groups_or_more_workers_than_key_groups_is_a_mismatch() {
+        let f = StartFacts {
+            complete: vec![3],
+            all: vec![3],
+            restore: Some(RestoreTarget::Latest),
+            ..facts()
+        };
+        let r = Some(RestoredCheckpoint {
+            epoch: 3,
+            key_groups: 64,
+        });
+        let e = plan_epochs(&f, r, 128, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("64 key groups") && e.contains("--key-groups 64"),
+            "{e}"
+        );
+        let e = plan_epochs(&f, r, 64, 65).unwrap_err().to_string();
+        assert!(e.contains("65 workers exceed its 64 key groups"), "{e}");
+        assert!(plan_epochs(&f, r, 64, 64).is_ok());
+    }
+}

@@ -1,0 +1,52 @@
+//! The two-phase commit contract between sinks and the checkpoint coordinator.
+//!
+//! ## Design
+//!
+//! A sink's worker side ([`TwoPhaseSink`]) writes each epoch's records into a pending
+//! output and, when its input frontier passes the epoch, makes it durable and invisible
+//! (pre-commit). The handle goes into the checkpoint; the coordinator makes it visible
+//! through the sink's [`Committer`] once the checkpoint's manifest exists. Invariants
+//! (DESIGN's 3 and 5):
+//! - output of epoch `e` is visible only after checkpoint `e` (or a later one that carries
+//!   it) is complete, and then exactly once: commit is idempotent;
+//! - after a crash the restored checkpoint's handles are committed again and every other
+//!   leftover of an earlier generation is aborted
+//!   ([`weir_checkpoint::protocol::recover_sink`]);
+//! - a process of an older generation commits nothing once a newer one has started (the
+//!   coordinator checks the generation markers before each manifest).
+
+use weir_checkpoint::SinkEntry;
+
+use crate::error::Result;
+
+/// Output made durable but not yet visible. Only a commit or an abort consumes it.
+#[must_use = "pre-committed output must be committed or handed to the checkpoint"]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreCommitted(pub SinkEntry);
+
+/// Makes pre-committed output visible, or discards it. Runs on the coordinator.
+///
+/// Contract: `commit` is idempotent (committing twice, or committing output that a
+/// previous generation already committed, succeeds and changes nothing); `abort` of
+/// output that no longer exists succeeds. Committing output that was neither committed
+/// nor is still pre-committed is an error: it would be a silent loss.
+pub trait Committer: Send + Sync + 'static {
+    /// Every output of this sink that is pre-committed and not yet committed or aborted.
+    fn staged(&self) -> Result<Vec<SinkEntry>>;
+    /// Makes an output visible.
+    fn commit(&self, entry: &SinkEntry) -> Result<()>;
+    /// Discards an output.
+    fn abort(&self, entry: &SinkEntry) -> Result<()>;
+}
+
+/// The writing side of a two-phase-commit sink, on one worker.
+pub trait TwoPhaseSink: 'static {
+    /// What the sink writes.
+    type Record;
+    /// Adds a record to `epoch`'s pending output.
+    fn write(&mut self, epoch: u64, record: Self::Record) -> Result<()>;
+    /// Makes `epoch`'s output durable and invisible; `None` if the epoch had no output.
+    ///
+    /// It is an error to write to an epoch after pre-committing it.
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>>;
+}
