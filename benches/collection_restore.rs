@@ -124,7 +124,7 @@ fn run_job(records: u64, chk: &Path, out: &Path, restore: bool, interval_ms: u64
             .unwrap()
             .built
             .push(start.elapsed().as_secs_f64());
-        let past = job.ctx().restored().map(|m| m.epoch);
+        let past = job.ctx().restored().map(|m| m.epoch.0);
         let counts = input.clone().map(|(k, _)| k).count();
         let max = input.reduce(
             |_k, values: &[(&u64, isize)], output: &mut Vec<(u64, isize)>| {
@@ -205,7 +205,7 @@ fn latest(chk: &Path) -> (u64, u64) {
         .block_on(store.read_manifest(*complete.last().unwrap()))
         .unwrap();
     let bytes = manifest.parts_of(INPUT).map(|p| p.size).sum();
-    (manifest.epoch, bytes)
+    (manifest.epoch.0, bytes)
 }
 
 /// The median of `v`.

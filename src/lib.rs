@@ -45,7 +45,8 @@ pub use weir_connectors as connectors;
 pub use weir_operators as operators;
 pub use weir_runtime as runtime;
 pub use weir_runtime::{
-    run, Delivery, Job, JobArgs, JobConfig, RestoreTarget, Retry, RuntimeError,
+    run, Delivery, Epoch, Generation, Job, JobArgs, JobConfig, RestoreTarget, Retry, RuntimeError,
+    WorkerIndex,
 };
 
 pub mod cli;

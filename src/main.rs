@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use weir_checkpoint::CheckpointStore;
+use weir_checkpoint::{CheckpointStore, Epoch};
 use weir_runtime::launch::{launch, LaunchOptions, Outcome};
 
 #[derive(Parser, Debug)]
@@ -162,21 +162,21 @@ fn checkpoints(cmd: Checkpoints) -> anyhow::Result<()> {
             }
             Checkpoints::Show { target, epoch } => {
                 let store = CheckpointStore::open(&target.url, &target.job)?;
-                let m = store.read_manifest(epoch).await?;
+                let m = store.read_manifest(Epoch(epoch)).await?;
                 println!("{}", serde_json::to_string_pretty(&m)?);
             }
             Checkpoints::Delete { target, epoch, savepoint, all } => {
                 let store = CheckpointStore::open(&target.url, &target.job)?;
                 match (epoch, savepoint, all) {
                     (_, _, true) => store.delete_job().await?,
-                    (Some(e), None, false) => store.delete_checkpoint(e).await?,
+                    (Some(e), None, false) => store.delete_checkpoint(Epoch(e)).await?,
                     (None, Some(name), false) => store.delete_savepoint(&name).await?,
                     _ => anyhow::bail!("name a checkpoint epoch or a --savepoint to delete, or pass --all"),
                 }
             }
             Checkpoints::Savepoint { target, name, epoch } => {
                 let store = CheckpointStore::open(&target.url, &target.job)?;
-                let m = store.create_savepoint(&name, epoch).await?;
+                let m = store.create_savepoint(&name, epoch.map(Epoch)).await?;
                 println!("savepoint {name}: copy of checkpoint {} ({} parts, {} bytes)", m.epoch, m.parts.len(), m.total_bytes());
             }
         }

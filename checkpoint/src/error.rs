@@ -74,7 +74,7 @@ pub enum CheckpointError {
         /// The job name.
         job: String,
         /// The epoch asked for.
-        epoch: u64,
+        epoch: crate::Epoch,
     },
     /// The requested savepoint does not exist.
     #[error("savepoint `{name}` of job `{job}` does not exist; `weir checkpoints list` shows the savepoints")]
@@ -90,7 +90,7 @@ pub enum CheckpointError {
         /// The job name.
         job: String,
         /// Each epoch tried, with why it was rejected.
-        tried: Vec<(u64, String)>,
+        tried: Vec<(crate::Epoch, String)>,
     },
     /// A manifest belongs to another job.
     #[error("manifest `{path}` belongs to job `{found}`, not `{expected}`: check --job and --checkpoint-dir")]

@@ -20,6 +20,8 @@
 
 use object_store::path::Path;
 
+use crate::ids::{Epoch, Generation, WorkerIndex};
+
 /// Name of the manifest object inside a checkpoint directory.
 pub const MANIFEST: &str = "_MANIFEST";
 /// Name a set-aside manifest gets (see [`Layout::abandoned_manifest`]).
@@ -50,12 +52,12 @@ impl Layout {
     }
 
     /// The directory of checkpoint `epoch`.
-    pub fn checkpoint_dir(&self, epoch: u64) -> Path {
+    pub fn checkpoint_dir(&self, epoch: Epoch) -> Path {
         Path::from(format!("{}/{}", self.job, checkpoint_dir_name(epoch)))
     }
 
     /// A state or position part of checkpoint `epoch`.
-    pub fn part(&self, epoch: u64, operator: &str, part: &str) -> Path {
+    pub fn part(&self, epoch: Epoch, operator: &str, part: &str) -> Path {
         Path::from(format!(
             "{}/{}/{}/{}",
             self.job,
@@ -66,7 +68,7 @@ impl Layout {
     }
 
     /// The manifest of checkpoint `epoch`.
-    pub fn manifest(&self, epoch: u64) -> Path {
+    pub fn manifest(&self, epoch: Epoch) -> Path {
         Path::from(format!(
             "{}/{}/{}",
             self.job,
@@ -77,7 +79,7 @@ impl Layout {
 
     /// Where the manifest of checkpoint `epoch` goes when a restore of an older checkpoint
     /// abandons it: kept for inspection, no longer a complete checkpoint.
-    pub fn abandoned_manifest(&self, epoch: u64) -> Path {
+    pub fn abandoned_manifest(&self, epoch: Epoch) -> Path {
         Path::from(format!(
             "{}/{}/{ABANDONED_MANIFEST}",
             self.job,
@@ -101,12 +103,12 @@ impl Layout {
     }
 
     /// A write-ahead sink's marker of kind `kind` (`committed`, ...) for one worker.
-    pub fn sink_marker(&self, sink: &str, kind: &str, worker: usize) -> Path {
+    pub fn sink_marker(&self, sink: &str, kind: &str, worker: WorkerIndex) -> Path {
         Path::from(format!("{}/sinks/{sink}/{kind}/w{worker}", self.job))
     }
 
     /// The at-most-once ledger entry of a source, written by one worker of a generation.
-    pub fn ledger_entry(&self, source: &str, worker: usize, generation: u64) -> Path {
+    pub fn ledger_entry(&self, source: &str, worker: WorkerIndex, generation: Generation) -> Path {
         self.ledger(source, &part_name(worker, generation))
     }
 
@@ -121,8 +123,8 @@ impl Layout {
     }
 
     /// The marker object of `generation`.
-    pub fn generation_marker(&self, generation: u64) -> Path {
-        Path::from(format!("{}/generations/{generation:010}", self.job))
+    pub fn generation_marker(&self, generation: Generation) -> Path {
+        Path::from(format!("{}/generations/{:010}", self.job, generation.0))
     }
 
     /// The prefix holding every savepoint.
@@ -157,12 +159,12 @@ impl Layout {
 }
 
 /// The name of a part written by `worker` in `generation`: `w<worker>-g<generation>`.
-pub fn part_name(worker: usize, generation: u64) -> String {
+pub fn part_name(worker: WorkerIndex, generation: Generation) -> String {
     format!("w{worker}-g{generation}")
 }
 
 /// The name of a savepoint's copy of a part named `file` written by `worker`.
-pub fn savepoint_part_name(worker: usize, file: &str) -> String {
+pub fn savepoint_part_name(worker: WorkerIndex, file: &str) -> String {
     format!("w{worker}-{file}")
 }
 
@@ -181,17 +183,17 @@ pub fn check_savepoint_name(name: &str) -> Result<(), String> {
 }
 
 /// `chk-<epoch>`, zero-padded to 20 digits.
-pub fn checkpoint_dir_name(epoch: u64) -> String {
-    format!("chk-{epoch:020}")
+pub fn checkpoint_dir_name(epoch: Epoch) -> String {
+    format!("chk-{:020}", epoch.0)
 }
 
 /// The epoch of a `chk-<epoch>` directory name, if it is one.
-pub fn parse_checkpoint_dir(name: &str) -> Option<u64> {
+pub fn parse_checkpoint_dir(name: &str) -> Option<Epoch> {
     name.strip_prefix("chk-").and_then(|d| d.parse().ok())
 }
 
 /// The generation of a generation marker's file name, if it is one.
-pub fn parse_generation_marker(name: &str) -> Option<u64> {
+pub fn parse_generation_marker(name: &str) -> Option<Generation> {
     name.parse().ok()
 }
 
@@ -203,40 +205,43 @@ mod tests {
     fn checkpoint_names_sort_by_epoch() {
         let mut names: Vec<String> = [10u64, 9, 100, 1]
             .iter()
-            .map(|e| checkpoint_dir_name(*e))
+            .map(|e| checkpoint_dir_name(Epoch(*e)))
             .collect();
         names.sort();
-        let epochs: Vec<u64> = names
+        let epochs: Vec<Epoch> = names
             .iter()
             .map(|n| parse_checkpoint_dir(n).unwrap())
             .collect();
-        assert_eq!(epochs, vec![1, 9, 10, 100]);
+        assert_eq!(epochs, [1, 9, 10, 100].map(Epoch));
     }
 
     #[test]
     fn paths_nest_under_the_job() {
         let l = Layout::new("wc");
         assert_eq!(
-            l.manifest(3).as_ref(),
+            l.manifest(Epoch(3)).as_ref(),
             "wc/chk-00000000000000000003/_MANIFEST"
         );
         assert_eq!(
-            l.part(3, "count", "w1").as_ref(),
+            l.part(Epoch(3), "count", "w1").as_ref(),
             "wc/chk-00000000000000000003/count/w1"
         );
         assert_eq!(parse_checkpoint_dir("_MANIFEST"), None);
         assert_eq!(
-            l.abandoned_manifest(3).as_ref(),
+            l.abandoned_manifest(Epoch(3)).as_ref(),
             "wc/chk-00000000000000000003/_ABANDONED_MANIFEST"
         );
-        assert_eq!(l.ledger_entry("in", 2, 5).as_ref(), "wc/ledger/in/w2-g5");
         assert_eq!(
-            l.sink_marker("out", "committed", 1).as_ref(),
+            l.ledger_entry("in", WorkerIndex(2), Generation(5)).as_ref(),
+            "wc/ledger/in/w2-g5"
+        );
+        assert_eq!(
+            l.sink_marker("out", "committed", WorkerIndex(1)).as_ref(),
             "wc/sinks/out/committed/w1"
         );
         assert_eq!(l.sink_pending("out").as_ref(), "wc/sinks/out/pending");
         assert_eq!(l.probe("7").as_ref(), "wc/_probe-7");
-        assert_eq!(part_name(1, 4), "w1-g4");
-        assert_eq!(savepoint_part_name(1, "w1-g4"), "w1-w1-g4");
+        assert_eq!(part_name(WorkerIndex(1), Generation(4)), "w1-g4");
+        assert_eq!(savepoint_part_name(WorkerIndex(1), "w1-g4"), "w1-w1-g4");
     }
 }

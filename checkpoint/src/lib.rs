@@ -26,12 +26,14 @@
 
 pub mod codec;
 pub mod error;
+pub mod ids;
 pub mod layout;
 pub mod manifest;
 pub mod protocol;
 pub mod store;
 
 pub use error::{CheckpointError, Result, Retry};
+pub use ids::{Epoch, Generation, WorkerIndex};
 pub use layout::Layout;
 pub use manifest::{Manifest, PartEntry, SinkEntry};
 pub use protocol::{Assembler, Closed, Report, RestoreTarget, SinkAction};

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{Epoch, Generation, WorkerIndex};
+
 /// One object written for a checkpoint: an operator's state or a source's positions,
 /// written by one worker, covering a range of key groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -10,7 +12,7 @@ pub struct PartEntry {
     /// The operator's name, unique in the job.
     pub operator: String,
     /// The worker that wrote the part.
-    pub worker: usize,
+    pub worker: WorkerIndex,
     /// First key group in the part.
     pub key_group_start: u32,
     /// One past the last key group in the part.
@@ -31,11 +33,11 @@ pub struct SinkEntry {
     /// The sink's name, unique in the job.
     pub sink: String,
     /// The worker that pre-committed it.
-    pub worker: usize,
+    pub worker: WorkerIndex,
     /// The epoch whose output it holds.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The generation that wrote it.
-    pub generation: u64,
+    pub generation: Generation,
     /// The sink's own description of what to commit (a staged file name, a transaction id).
     pub handle: String,
 }
@@ -47,9 +49,9 @@ pub struct Manifest {
     /// The job's name.
     pub job: String,
     /// The checkpoint's epoch: the state covers exactly the records of epochs <= this.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The generation (restart count) that wrote it.
-    pub generation: u64,
+    pub generation: Generation,
     /// The number of workers that wrote it.
     pub workers: usize,
     /// The number of key groups keyed state is split into (fixed for the job's life).

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{Epoch, Generation, WorkerIndex};
 use crate::manifest::{PartEntry, SinkEntry};
 
 /// Which checkpoint a job restores from.
@@ -39,7 +40,7 @@ pub enum RestoreTarget {
     /// The newest complete checkpoint that verifies; older ones are tried if it does not.
     Latest,
     /// Exactly this checkpoint.
-    Epoch(u64),
+    Epoch(Epoch),
     /// The savepoint of this name.
     Savepoint(String),
 }
@@ -66,7 +67,7 @@ impl std::str::FromStr for RestoreTarget {
 ///
 /// `complete` are the epochs that have a manifest, in any order. An empty result means
 /// there is nothing to restore from.
-pub fn restore_candidates(target: &RestoreTarget, complete: &[u64]) -> Vec<u64> {
+pub fn restore_candidates(target: &RestoreTarget, complete: &[Epoch]) -> Vec<Epoch> {
     match target {
         RestoreTarget::Latest => {
             let mut c = complete.to_vec();
@@ -104,7 +105,7 @@ pub enum SinkAction {
 pub fn recover_sink(
     restored: &[SinkEntry],
     staged: &[SinkEntry],
-    generation: u64,
+    generation: Generation,
 ) -> Vec<SinkAction> {
     let keep: BTreeSet<(&str, &str)> = restored
         .iter()
@@ -129,7 +130,7 @@ pub fn recover_sink(
 ///
 /// `markers` are the generations that have announced themselves in storage. A fenced
 /// process must neither complete a checkpoint nor commit.
-pub fn is_fenced(generation: u64, markers: &[u64]) -> bool {
+pub fn is_fenced(generation: Generation, markers: &[Generation]) -> bool {
     markers.iter().any(|m| *m > generation)
 }
 
@@ -137,11 +138,11 @@ pub fn is_fenced(generation: u64, markers: &[u64]) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionPlan {
     /// Checkpoint directories to delete whole.
-    pub delete: Vec<u64>,
+    pub delete: Vec<Epoch>,
     /// Complete checkpoints beyond retention whose directories newer manifests still
     /// reference: only their manifests are deleted, so that they stop being checkpoints
     /// while their parts stay readable.
-    pub demote: Vec<u64>,
+    pub demote: Vec<Epoch>,
 }
 
 /// Which checkpoint directories to delete.
@@ -151,9 +152,13 @@ pub struct RetentionPlan {
 /// `retain` need them); `dirs` are all checkpoint directories present. `retain` is
 /// clamped to at least one. Nothing newer than the newest complete checkpoint is touched:
 /// it may be in progress.
-pub fn retention(complete: &[(u64, BTreeSet<u64>)], dirs: &[u64], retain: usize) -> RetentionPlan {
+pub fn retention(
+    complete: &[(Epoch, BTreeSet<Epoch>)],
+    dirs: &[Epoch],
+    retain: usize,
+) -> RetentionPlan {
     let retain = retain.max(1);
-    let mut sorted: Vec<&(u64, BTreeSet<u64>)> = complete.iter().collect();
+    let mut sorted: Vec<&(Epoch, BTreeSet<Epoch>)> = complete.iter().collect();
     sorted.sort_by_key(|c| std::cmp::Reverse(c.0));
     let Some(newest) = sorted.first().map(|c| c.0) else {
         return RetentionPlan::default();
@@ -163,15 +168,15 @@ pub fn retention(complete: &[(u64, BTreeSet<u64>)], dirs: &[u64], retain: usize)
         keep.insert(*epoch);
         keep.extend(refs.iter().copied());
     }
-    let retained: BTreeSet<u64> = sorted.iter().take(retain).map(|c| c.0).collect();
-    let mut delete: Vec<u64> = dirs
+    let retained: BTreeSet<Epoch> = sorted.iter().take(retain).map(|c| c.0).collect();
+    let mut delete: Vec<Epoch> = dirs
         .iter()
         .copied()
         .filter(|d| *d < newest && !keep.contains(d))
         .collect();
     delete.sort_unstable();
     delete.dedup();
-    let mut demote: Vec<u64> = sorted
+    let mut demote: Vec<Epoch> = sorted
         .iter()
         .map(|c| c.0)
         .filter(|e| !retained.contains(e) && keep.contains(e))
@@ -184,11 +189,11 @@ pub fn retention(complete: &[(u64, BTreeSet<u64>)], dirs: &[u64], retain: usize)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// The epoch the report is for.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The operator or sink name.
     pub operator: String,
     /// The reporting worker.
-    pub worker: usize,
+    pub worker: WorkerIndex,
     /// State or position objects (at most one for built-in operators).
     pub parts: Vec<PartEntry>,
     /// Outputs pre-committed for epochs `<= epoch` since the previous report.
@@ -205,7 +210,7 @@ pub enum Closed {
     /// Every part is there: write the manifest with these parts and sink outputs.
     Complete {
         /// The epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// Every part of the checkpoint.
         parts: Vec<PartEntry>,
         /// Every sink output it commits.
@@ -215,14 +220,14 @@ pub enum Closed {
     /// a checkpoint, and that is not a failure.
     Skipped {
         /// The epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// The (operator, worker) pairs without a report.
-        missing: Vec<(String, usize)>,
+        missing: Vec<(String, WorkerIndex)>,
     },
     /// A report carried an error: the checkpoint failed.
     Failed {
         /// The epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// The errors reported.
         errors: Vec<String>,
     },
@@ -231,17 +236,17 @@ pub enum Closed {
 /// Collects reports and decides, epoch by epoch, which checkpoints are complete.
 #[derive(Debug, Default)]
 pub struct Assembler {
-    expected: BTreeSet<(String, usize)>,
-    by_epoch: BTreeMap<u64, BTreeMap<(String, usize), Report>>,
-    finals: BTreeMap<(String, usize), Report>,
+    expected: BTreeSet<(String, WorkerIndex)>,
+    by_epoch: BTreeMap<Epoch, BTreeMap<(String, WorkerIndex), Report>>,
+    finals: BTreeMap<(String, WorkerIndex), Report>,
     pending_sinks: BTreeSet<SinkEntry>,
-    labels: BTreeSet<u64>,
-    last_complete: Option<u64>,
+    labels: BTreeSet<Epoch>,
+    last_complete: Option<Epoch>,
 }
 
 impl Assembler {
     /// An assembler expecting a report from every pair in `expected`.
-    pub fn new(expected: impl IntoIterator<Item = (String, usize)>) -> Self {
+    pub fn new(expected: impl IntoIterator<Item = (String, WorkerIndex)>) -> Self {
         Assembler {
             expected: expected.into_iter().collect(),
             ..Default::default()
@@ -266,8 +271,8 @@ impl Assembler {
     }
 
     /// Closes every reported epoch below `frontier` (all of them if `None`), in order.
-    pub fn advance(&mut self, frontier: Option<u64>) -> Vec<Closed> {
-        let ready: Vec<u64> = self
+    pub fn advance(&mut self, frontier: Option<Epoch>) -> Vec<Closed> {
+        let ready: Vec<Epoch> = self
             .labels
             .iter()
             .copied()
@@ -286,12 +291,12 @@ impl Assembler {
     }
 
     /// Marks `epoch`'s manifest as durably written: its sink outputs are no longer owed.
-    pub fn completed(&mut self, epoch: u64) {
+    pub fn completed(&mut self, epoch: Epoch) {
         self.pending_sinks.retain(|s| s.epoch > epoch);
         self.last_complete = Some(epoch);
     }
 
-    fn close(&mut self, epoch: u64) -> Closed {
+    fn close(&mut self, epoch: Epoch) -> Closed {
         let reports = self.by_epoch.remove(&epoch).unwrap_or_default();
         let errors: Vec<String> = reports
             .values()
@@ -339,7 +344,7 @@ mod tests {
     fn part(op: &str, w: usize, e: u64) -> PartEntry {
         PartEntry {
             operator: op.into(),
-            worker: w,
+            worker: WorkerIndex(w),
             key_group_start: 0,
             key_group_end: 1,
             path: format!("j/chk-{e}/{op}/w{w}"),
@@ -351,18 +356,18 @@ mod tests {
     fn sink(w: usize, e: u64) -> SinkEntry {
         SinkEntry {
             sink: "out".into(),
-            worker: w,
-            epoch: e,
-            generation: 0,
+            worker: WorkerIndex(w),
+            epoch: Epoch(e),
+            generation: Generation(0),
             handle: format!("e{e}-w{w}"),
         }
     }
 
     fn report(op: &str, w: usize, e: u64) -> Report {
         Report {
-            epoch: e,
+            epoch: Epoch(e),
             operator: op.into(),
-            worker: w,
+            worker: WorkerIndex(w),
             parts: vec![part(op, w, e)],
             sinks: vec![],
             is_final: false,
@@ -373,14 +378,21 @@ mod tests {
     #[test]
     fn latest_restore_tries_newest_first() {
         assert_eq!(
-            restore_candidates(&RestoreTarget::Latest, &[3, 9, 5]),
-            vec![9, 5, 3]
+            restore_candidates(&RestoreTarget::Latest, &[Epoch(3), Epoch(9), Epoch(5)]),
+            vec![Epoch(9), Epoch(5), Epoch(3)]
         );
         assert_eq!(
-            restore_candidates(&RestoreTarget::Epoch(5), &[3, 9, 5]),
-            vec![5]
+            restore_candidates(
+                &RestoreTarget::Epoch(Epoch(5)),
+                &[Epoch(3), Epoch(9), Epoch(5)]
+            ),
+            vec![Epoch(5)]
         );
-        assert!(restore_candidates(&RestoreTarget::Epoch(4), &[3, 9, 5]).is_empty());
+        assert!(restore_candidates(
+            &RestoreTarget::Epoch(Epoch(4)),
+            &[Epoch(3), Epoch(9), Epoch(5)]
+        )
+        .is_empty());
         assert!(restore_candidates(&RestoreTarget::Latest, &[]).is_empty());
     }
 
@@ -392,11 +404,11 @@ mod tests {
         );
         assert_eq!(
             "12".parse::<RestoreTarget>().unwrap(),
-            RestoreTarget::Epoch(12)
+            RestoreTarget::Epoch(Epoch(12))
         );
         assert_eq!(
             "chk-00000000000000000012".parse::<RestoreTarget>().unwrap(),
-            RestoreTarget::Epoch(12)
+            RestoreTarget::Epoch(Epoch(12))
         );
         assert!("newest".parse::<RestoreTarget>().is_err());
         assert_eq!(
@@ -412,7 +424,7 @@ mod tests {
         // Worker 0's output of epoch 4 was already committed (not staged anymore);
         // epoch 5 was pre-committed after the checkpoint.
         let staged = vec![sink(1, 4), sink(0, 5), sink(1, 5)];
-        let actions = recover_sink(&restored, &staged, 1);
+        let actions = recover_sink(&restored, &staged, Generation(1));
         assert_eq!(
             actions,
             vec![
@@ -426,7 +438,7 @@ mod tests {
 
     #[test]
     fn fresh_start_aborts_every_leftover() {
-        let actions = recover_sink(&[], &[sink(0, 1), sink(0, 2)], 1);
+        let actions = recover_sink(&[], &[sink(0, 1), sink(0, 2)], Generation(1));
         assert!(actions.iter().all(|a| matches!(a, SinkAction::Abort(_))));
         assert_eq!(actions.len(), 2);
     }
@@ -434,29 +446,29 @@ mod tests {
     #[test]
     fn recovery_leaves_the_new_generation_alone() {
         let mut current = sink(1, 7);
-        current.generation = 3;
-        assert!(recover_sink(&[], &[current], 3).is_empty());
+        current.generation = Generation(3);
+        assert!(recover_sink(&[], &[current], Generation(3)).is_empty());
     }
 
     #[test]
     fn invariant_5_an_older_generation_can_neither_complete_a_checkpoint_nor_commit() {
         // Generation 1 restored checkpoint 4 and pre-committed epochs 5 and 6; it was
         // paused, and generation 2 started, restored checkpoint 4 and announced itself.
-        let markers = [0, 1, 2];
+        let markers = [0, 1, 2].map(Generation);
         let restored = vec![sink(0, 4)];
         let mut zombie_staged = Vec::new();
         for e in [5, 6] {
             let mut s = sink(0, e);
-            s.generation = 1;
+            s.generation = Generation(1);
             zombie_staged.push(s);
         }
         // The zombie resumes: before writing the manifest of epoch 6 it finds itself
         // fenced, so it writes none and commits nothing.
-        assert!(is_fenced(1, &markers));
+        assert!(is_fenced(Generation(1), &markers));
         // The new generation is not fenced, and its recovery commits exactly the restored
         // output and aborts everything the zombie pre-committed.
-        assert!(!is_fenced(2, &markers));
-        let actions = recover_sink(&restored, &zombie_staged, 2);
+        assert!(!is_fenced(Generation(2), &markers));
+        let actions = recover_sink(&restored, &zombie_staged, Generation(2));
         assert_eq!(
             actions,
             vec![
@@ -468,32 +480,38 @@ mod tests {
         // The zombie's own recovery, had it run after generation 2's, would not abort
         // generation 2's output: outputs of newer generations are never its to touch.
         let mut newer = sink(0, 5);
-        newer.generation = 2;
-        assert!(recover_sink(&restored, &[newer], 1)
+        newer.generation = Generation(2);
+        assert!(recover_sink(&restored, &[newer], Generation(1))
             .iter()
             .all(|a| matches!(a, SinkAction::Commit(_))));
     }
 
     #[test]
     fn an_older_generation_is_fenced() {
-        assert!(is_fenced(1, &[0, 1, 2]));
-        assert!(!is_fenced(2, &[0, 1, 2]));
-        assert!(!is_fenced(0, &[]));
+        assert!(is_fenced(
+            Generation(1),
+            &[Generation(0), Generation(1), Generation(2)]
+        ));
+        assert!(!is_fenced(
+            Generation(2),
+            &[Generation(0), Generation(1), Generation(2)]
+        ));
+        assert!(!is_fenced(Generation(0), &[]));
     }
 
     #[test]
     fn retention_keeps_newest_and_referenced_directories() {
         let complete = vec![
-            (2, BTreeSet::from([2])),
-            (4, BTreeSet::from([4, 1])),
-            (6, BTreeSet::from([6, 1])),
+            (Epoch(2), BTreeSet::from([Epoch(2)])),
+            (Epoch(4), BTreeSet::from([Epoch(4), Epoch(1)])),
+            (Epoch(6), BTreeSet::from([Epoch(6), Epoch(1)])),
         ];
-        let dirs = vec![1, 2, 3, 4, 5, 6, 7];
+        let dirs = [1, 2, 3, 4, 5, 6, 7].map(Epoch);
         // Keep 4 and 6, and 1 which both reference; 7 is newer than the newest complete.
         assert_eq!(
             retention(&complete, &dirs, 2),
             RetentionPlan {
-                delete: vec![2, 3, 5],
+                delete: vec![Epoch(2), Epoch(3), Epoch(5)],
                 demote: vec![]
             }
         );
@@ -501,7 +519,7 @@ mod tests {
         assert_eq!(
             retention(&complete, &dirs, 0),
             RetentionPlan {
-                delete: vec![2, 3, 4, 5],
+                delete: vec![Epoch(2), Epoch(3), Epoch(4), Epoch(5)],
                 demote: vec![]
             }
         );
@@ -511,30 +529,35 @@ mod tests {
     fn a_referenced_checkpoint_beyond_retention_loses_only_its_manifest() {
         // Checkpoint 1 holds a source's final part that 3 and 4 still reuse.
         let complete = vec![
-            (1, BTreeSet::new()),
-            (2, BTreeSet::new()),
-            (3, BTreeSet::from([3, 1])),
-            (4, BTreeSet::from([4, 1])),
+            (Epoch(1), BTreeSet::new()),
+            (Epoch(2), BTreeSet::new()),
+            (Epoch(3), BTreeSet::from([Epoch(3), Epoch(1)])),
+            (Epoch(4), BTreeSet::from([Epoch(4), Epoch(1)])),
         ];
-        let plan = retention(&complete, &[1, 2, 3, 4], 2);
+        let plan = retention(&complete, &[Epoch(1), Epoch(2), Epoch(3), Epoch(4)], 2);
         assert_eq!(
             plan,
             RetentionPlan {
-                delete: vec![2],
-                demote: vec![1]
+                delete: vec![Epoch(2)],
+                demote: vec![Epoch(1)]
             }
         );
     }
 
     #[test]
     fn checkpoint_completes_when_every_pair_reported() {
-        let mut a = Assembler::new([("count".to_string(), 0), ("count".to_string(), 1)]);
+        let mut a = Assembler::new([
+            ("count".to_string(), WorkerIndex(0)),
+            ("count".to_string(), WorkerIndex(1)),
+        ]);
         a.add(report("count", 0, 1));
-        assert!(a.advance(Some(1)).is_empty());
+        assert!(a.advance(Some(Epoch(1))).is_empty());
         a.add(report("count", 1, 1));
-        match a.advance(Some(2)).pop().unwrap() {
+        match a.advance(Some(Epoch(2))).pop().unwrap() {
             Closed::Complete {
-                epoch: 1, parts, ..
+                epoch: Epoch(1),
+                parts,
+                ..
             } => assert_eq!(parts.len(), 2),
             other => panic!("{other:?}"),
         }
@@ -542,39 +565,48 @@ mod tests {
 
     #[test]
     fn a_missing_pair_skips_the_epoch() {
-        let mut a = Assembler::new([("count".to_string(), 0), ("count".to_string(), 1)]);
+        let mut a = Assembler::new([
+            ("count".to_string(), WorkerIndex(0)),
+            ("count".to_string(), WorkerIndex(1)),
+        ]);
         a.add(report("count", 0, 1));
         assert_eq!(
-            a.advance(Some(2)),
+            a.advance(Some(Epoch(2))),
             vec![Closed::Skipped {
-                epoch: 1,
-                missing: vec![("count".into(), 1)]
+                epoch: Epoch(1),
+                missing: vec![("count".into(), WorkerIndex(1))]
             }]
         );
     }
 
     #[test]
     fn an_error_fails_the_checkpoint() {
-        let mut a = Assembler::new([("count".to_string(), 0)]);
+        let mut a = Assembler::new([("count".to_string(), WorkerIndex(0))]);
         let mut r = report("count", 0, 1);
         r.error = Some("disk full".into());
         a.add(r);
         assert!(matches!(
             a.advance(None).as_slice(),
-            [Closed::Failed { epoch: 1, .. }]
+            [Closed::Failed {
+                epoch: Epoch(1),
+                ..
+            }]
         ));
     }
 
     #[test]
     fn sink_outputs_of_a_skipped_epoch_are_carried_into_the_next_checkpoint() {
-        let mut a = Assembler::new([("count".to_string(), 0), ("out".to_string(), 0)]);
+        let mut a = Assembler::new([
+            ("count".to_string(), WorkerIndex(0)),
+            ("out".to_string(), WorkerIndex(0)),
+        ]);
         let mut s1 = report("out", 0, 1);
         s1.parts.clear();
         s1.sinks = vec![sink(0, 1)];
         a.add(s1);
         // "count" skipped epoch 1.
         assert!(matches!(
-            a.advance(Some(2)).as_slice(),
+            a.advance(Some(Epoch(2))).as_slice(),
             [Closed::Skipped { .. }]
         ));
         let mut s2 = report("out", 0, 2);
@@ -582,20 +614,24 @@ mod tests {
         s2.sinks = vec![sink(0, 2)];
         a.add(s2);
         a.add(report("count", 0, 2));
-        match a.advance(Some(3)).pop().unwrap() {
+        match a.advance(Some(Epoch(3))).pop().unwrap() {
             Closed::Complete {
-                epoch: 2, sinks, ..
+                epoch: Epoch(2),
+                sinks,
+                ..
             } => assert_eq!(sinks, vec![sink(0, 1), sink(0, 2)]),
             other => panic!("{other:?}"),
         }
-        a.completed(2);
+        a.completed(Epoch(2));
         let mut s3 = report("out", 0, 3);
         s3.parts.clear();
         a.add(s3);
         a.add(report("count", 0, 3));
         match a.advance(None).pop().unwrap() {
             Closed::Complete {
-                epoch: 3, sinks, ..
+                epoch: Epoch(3),
+                sinks,
+                ..
             } => assert!(sinks.is_empty()),
             other => panic!("{other:?}"),
         }
@@ -603,14 +639,19 @@ mod tests {
 
     #[test]
     fn a_final_report_covers_later_epochs() {
-        let mut a = Assembler::new([("src".to_string(), 0), ("src".to_string(), 1)]);
+        let mut a = Assembler::new([
+            ("src".to_string(), WorkerIndex(0)),
+            ("src".to_string(), WorkerIndex(1)),
+        ]);
         let mut done = report("src", 0, 2);
         done.is_final = true;
         a.add(done);
         a.add(report("src", 1, 3));
         match a.advance(None).pop().unwrap() {
             Closed::Complete {
-                epoch: 3, parts, ..
+                epoch: Epoch(3),
+                parts,
+                ..
             } => assert_eq!(parts.len(), 2),
             other => panic!("{other:?}"),
         }
@@ -618,14 +659,20 @@ mod tests {
 
     #[test]
     fn a_final_report_does_not_cover_earlier_epochs() {
-        let mut a = Assembler::new([("src".to_string(), 0), ("src".to_string(), 1)]);
+        let mut a = Assembler::new([
+            ("src".to_string(), WorkerIndex(0)),
+            ("src".to_string(), WorkerIndex(1)),
+        ]);
         let mut done = report("src", 0, 5);
         done.is_final = true;
         a.add(done);
         a.add(report("src", 1, 3));
         assert!(matches!(
-            a.advance(Some(4)).as_slice(),
-            [Closed::Skipped { epoch: 3, .. }]
+            a.advance(Some(Epoch(4))).as_slice(),
+            [Closed::Skipped {
+                epoch: Epoch(3),
+                ..
+            }]
         ));
     }
 }

@@ -98,8 +98,11 @@ pub(crate) fn source<'s, R: Reader>(
     let mut snapshotter = Snapshotter::new(&ctx, name, &address, worker);
     let name = name.to_string();
     let ledger_path = ctx.store().map(|s| {
-        s.layout()
-            .ledger_entry(&name, ctx.worker(), ctx.generation())
+        s.layout().ledger_entry(
+            &name,
+            weir_runtime::WorkerIndex(ctx.worker()),
+            ctx.generation(),
+        )
     });
     let range = ctx.key_group_range();
     let first_epoch = ctx.first_epoch();

@@ -72,7 +72,7 @@ impl Wal {
         self.store.layout().sink_pending(&self.sink)
     }
 
-    fn marker(&self, kind: &str, worker: usize) -> Path {
+    fn marker(&self, kind: &str, worker: weir_runtime::WorkerIndex) -> Path {
         self.store.layout().sink_marker(&self.sink, kind, worker)
     }
 
@@ -84,7 +84,7 @@ impl Wal {
         ConnectorError::WriteAhead {
             connector: self.sink.clone(),
             object: format!("{}/{object}", self.store.url().trim_end_matches('/')),
-            epoch: entry.epoch,
+            epoch: entry.epoch.0,
             detail,
         }
         .into()
@@ -207,8 +207,8 @@ struct Published {
 fn already_published(marker: Option<Published>, entry: &SinkEntry) -> bool {
     marker.is_some_and(|m| {
         m >= Published {
-            generation: entry.generation,
-            epoch: entry.epoch,
+            generation: entry.generation.0,
+            epoch: entry.epoch.0,
         }
     })
 }
@@ -240,7 +240,7 @@ impl<P: Publisher> Committer for WalCommitter<P> {
             return Err(ConnectorError::WriteAhead {
                 connector: entry.sink.clone(),
                 object: format!("{}/{}", self.wal.pending(), entry.handle),
-                epoch: entry.epoch,
+                epoch: entry.epoch.0,
                 detail: "it is neither pending nor published (the sink's published marker is older): it was deleted from checkpoint storage by hand; restore an earlier checkpoint".into(),
             }
             .into());
@@ -252,8 +252,8 @@ impl<P: Publisher> Committer for WalCommitter<P> {
                     "committed",
                     entry,
                     &Published {
-                        generation: entry.generation,
-                        epoch: entry.epoch,
+                        generation: entry.generation.0,
+                        epoch: entry.epoch.0,
                     },
                 )
                 .await?;
@@ -298,12 +298,12 @@ impl<T: Serialize + 'static> TwoPhaseSink for WalSink<T> {
         let Some(records) = self.open.remove(&epoch) else {
             return Ok(None);
         };
-        let handle = Wal::handle(epoch, self.ctx.generation(), self.ctx.worker());
+        let handle = Wal::handle(epoch, self.ctx.generation().0, self.ctx.worker());
         run(self.ctx.runtime(), self.wal.write(&handle, &records))?;
         Ok(Some(PreCommitted(SinkEntry {
             sink: self.wal.sink.clone(),
-            worker: self.ctx.worker(),
-            epoch,
+            worker: weir_runtime::WorkerIndex(self.ctx.worker()),
+            epoch: weir_runtime::Epoch(epoch),
             generation: self.ctx.generation(),
             handle,
         })))
@@ -317,9 +317,9 @@ mod tests {
     fn entry(generation: u64, epoch: u64) -> SinkEntry {
         SinkEntry {
             sink: "out".into(),
-            worker: 0,
-            epoch,
-            generation,
+            worker: weir_runtime::WorkerIndex(0),
+            epoch: weir_runtime::Epoch(epoch),
+            generation: weir_runtime::Generation(generation),
             handle: Wal::handle(epoch, generation, 0),
         }
     }
@@ -344,7 +344,7 @@ mod tests {
         let wal = Wal::new(&store, "out");
         let h = Wal::handle(42, 3, 7);
         let e = wal.parse(&h).unwrap();
-        assert_eq!((e.epoch, e.generation, e.worker), (42, 3, 7));
+        assert_eq!((e.epoch.0, e.generation.0, e.worker.0), (42, 3, 7));
         assert_eq!(e.handle, h);
         assert!(wal.parse("garbage").is_none());
     }

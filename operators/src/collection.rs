@@ -86,7 +86,7 @@ where
     ) -> Result<VecCollection<'s, u64, D, isize>> {
         let ctx = job.ctx().clone();
         let restored: Vec<(D, isize)> = ctx.restore_keyed(name)?;
-        let replay_at = ctx.restored().map(|m| m.epoch);
+        let replay_at = ctx.restored().map(|m| m.epoch.0);
         let store = Inputs {
             counts: restored.into_iter().collect(),
             replay_at,
@@ -106,7 +106,7 @@ pub fn changes<'s, D: timely::ExchangeData + Clone>(
     collection: VecCollection<'s, u64, D, isize>,
     job: &Job<'s>,
 ) -> Stream<'s, u64, Vec<(D, u64, isize)>> {
-    let committed = job.ctx().restored().map(|m| m.epoch);
+    let committed = job.ctx().restored().map(|m| m.epoch.0);
     collection
         .inner
         .unary::<CapacityContainerBuilder<Vec<(D, u64, isize)>>, _, _, _>(

@@ -15,7 +15,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
-use weir_checkpoint::{CheckpointStore, Manifest};
+use weir_checkpoint::{CheckpointStore, Generation, Manifest, WorkerIndex};
 
 use crate::clock::EpochClock;
 use crate::config::JobConfig;
@@ -26,7 +26,7 @@ use crate::restore::{overlaps, RestoredParts};
 /// State shared by every worker of a process.
 pub struct Shared {
     pub(crate) config: JobConfig,
-    pub(crate) generation: u64,
+    pub(crate) generation: Generation,
     pub(crate) store: Option<CheckpointStore>,
     pub(crate) restored: Option<Manifest>,
     /// The restored checkpoint's verified parts, until the workers have read them.
@@ -65,12 +65,16 @@ impl JobContext {
     pub fn worker(&self) -> usize {
         self.worker
     }
+    /// This worker's index, as the protocol's reports and sink outputs carry it.
+    pub fn worker_index(&self) -> WorkerIndex {
+        WorkerIndex(self.worker)
+    }
     /// The number of workers in the cluster.
     pub fn peers(&self) -> usize {
         self.peers
     }
     /// This run's generation.
-    pub fn generation(&self) -> u64 {
+    pub fn generation(&self) -> Generation {
         self.shared.generation
     }
     /// The epoch clock.

@@ -22,7 +22,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 use weir_checkpoint::protocol::{self, SinkAction};
-use weir_checkpoint::{Assembler, Closed, Manifest, Report};
+use weir_checkpoint::{Assembler, Closed, Epoch, Manifest, Report, WorkerIndex};
 
 use crate::context::JobContext;
 use crate::error::{Result, RuntimeError};
@@ -42,11 +42,11 @@ pub(crate) fn recover_sinks(
         for action in protocol::recover_sink(&restored, &staged, ctx.generation()) {
             match action {
                 SinkAction::Commit(entry) => {
-                    tracing::info!(sink = %name, epoch = entry.epoch, handle = %entry.handle, "recovery: committing output of the restored checkpoint");
+                    tracing::info!(sink = %name, epoch = %entry.epoch, handle = %entry.handle, "recovery: committing output of the restored checkpoint");
                     committer.commit(&entry)?;
                 }
                 SinkAction::Abort(entry) => {
-                    tracing::info!(sink = %name, epoch = entry.epoch, handle = %entry.handle, "recovery: aborting output no checkpoint covers");
+                    tracing::info!(sink = %name, epoch = %entry.epoch, handle = %entry.handle, "recovery: aborting output no checkpoint covers");
                     committer.abort(&entry)?;
                 }
             }
@@ -63,13 +63,13 @@ pub(crate) fn install(
     committers: BTreeMap<String, Arc<dyn Committer>>,
 ) {
     let is_coordinator = ctx.worker() == 0;
-    let expected: Vec<(String, usize)> = names
+    let expected: Vec<(String, WorkerIndex)> = names
         .iter()
-        .flat_map(|n| (0..ctx.peers()).map(move |w| (n.clone(), w)))
+        .flat_map(|n| (0..ctx.peers()).map(move |w| (n.clone(), WorkerIndex(w))))
         .collect();
     let mut assembler = Assembler::new(expected);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Closed>();
-    let completed = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let completed = Arc::new(std::sync::Mutex::new(Vec::<Epoch>::new()));
     if is_coordinator {
         let task = ctx.runtime().spawn({
             let ctx = ctx.clone();
@@ -99,7 +99,7 @@ pub(crate) fn install(
             for epoch in completed.lock().expect("poisoned").drain(..) {
                 assembler.completed(epoch);
             }
-            let front = frontier.frontier().iter().min().copied();
+            let front = frontier.frontier().iter().min().copied().map(Epoch);
             if let Some(sender) = &tx {
                 for closed in assembler.advance(front) {
                     let _ = sender.send(closed);
@@ -117,7 +117,7 @@ async fn run(
     operators: Vec<String>,
     committers: BTreeMap<String, Arc<dyn Committer>>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Closed>,
-    completed: Arc<std::sync::Mutex<Vec<u64>>>,
+    completed: Arc<std::sync::Mutex<Vec<Epoch>>>,
 ) -> Result<()> {
     let store = ctx.store().expect("checkpointing is on").clone();
     let config = ctx.config().clone();
@@ -125,7 +125,7 @@ async fn run(
     let mut failures = FailedCheckpoints::new(config.tolerable_failed_checkpoints);
     // Whether the newest epoch closed so far ended committed; at the end of the input it
     // must, or the job's last output would never become visible.
-    let mut last_committed: Option<(u64, bool)> = None;
+    let mut last_committed: Option<(Epoch, bool)> = None;
     while let Some(closed) = rx.recv().await {
         if ctx.failed() {
             // A failed run completes no checkpoint: what it did after the failure is
@@ -141,7 +141,7 @@ async fn run(
             Closed::Skipped { epoch, missing } => {
                 last_committed = Some((epoch, false));
                 tracing::debug!(
-                    epoch,
+                    epoch = %epoch,
                     ?missing,
                     "epoch is not a checkpoint: some operators skipped it"
                 );
@@ -199,7 +199,7 @@ async fn run(
         }
         failures.succeeded();
         tracing::info!(
-            epoch,
+            epoch = %epoch,
             parts = manifest.parts.len(),
             bytes = manifest.total_bytes(),
             outputs = manifest.sinks.len(),
@@ -313,14 +313,16 @@ async fn within<T>(
 
 /// If the job was asked to stop, copies its final checkpoint `epoch` to the requested
 /// savepoint and clears the request.
-async fn finish_stop(store: &weir_checkpoint::CheckpointStore, epoch: u64) -> Result<()> {
+async fn finish_stop(store: &weir_checkpoint::CheckpointStore, epoch: Epoch) -> Result<()> {
     let fail =
         |e: weir_checkpoint::CheckpointError| RuntimeError::from(e).context("final savepoint");
     let Some(name) = store.stop_request().await.map_err(fail)? else {
         return Ok(());
     };
     match store.create_savepoint(&name, Some(epoch)).await {
-        Ok(_) => tracing::info!(savepoint = %name, epoch, "stopped with a final savepoint"),
+        Ok(_) => {
+            tracing::info!(savepoint = %name, epoch = %epoch, "stopped with a final savepoint")
+        }
         // Taken by an earlier run that died before clearing the request.
         Err(weir_checkpoint::CheckpointError::ManifestExists { .. }) => {
             tracing::warn!(savepoint = %name, "the savepoint exists already; keeping it")

@@ -32,7 +32,7 @@ pub enum RuntimeError {
     #[error("checkpoint {epoch} does not match this job: {reason}")]
     Mismatch {
         /// The checkpoint.
-        epoch: u64,
+        epoch: weir_checkpoint::Epoch,
         /// What differs.
         reason: String,
     },
@@ -52,9 +52,9 @@ pub enum RuntimeError {
     #[error("generation {generation} was superseded by generation {newer}: this process stops without committing")]
     Fenced {
         /// This process's generation.
-        generation: u64,
+        generation: weir_checkpoint::Generation,
         /// The newer generation seen.
-        newer: u64,
+        newer: weir_checkpoint::Generation,
     },
     /// A source or sink failed on its settings or data (the connector's own error, with
     /// its context); restarting does not help.

@@ -41,7 +41,7 @@ where
         .build()
         .map_err(|e| RuntimeError::Dataflow(format!("cannot start the I/O runtime: {e}")))?;
     let pre = read_start(&config, &rt)?;
-    crate::failpoint::set_generation(pre.generation);
+    crate::failpoint::set_generation(pre.generation.0);
     let timely_config = config.timely()?;
     let (local, peers) = local_workers(&config);
     let local_count = local.len();
@@ -53,7 +53,7 @@ where
     };
     let shared = Arc::new(Shared {
         clock: EpochClock::new(
-            pre.epochs.first_epoch,
+            pre.epochs.first_epoch.0,
             if config.checkpointing() {
                 config.epoch_ms()
             } else {

@@ -22,6 +22,7 @@ use weir_checkpoint::{Manifest, Report};
 use crate::context::{JobContext, Shared};
 use crate::error::{Result, RuntimeError};
 use crate::twophase::Committer;
+use weir_checkpoint::Epoch;
 
 /// A job under construction on one worker: its scope, its context, and the report
 /// streams and committers its checkpointed operators register.
@@ -104,13 +105,13 @@ impl<'scope> Job<'scope> {
                 // fenced, and abandon checkpoints newer than the restored one, whose
                 // uncommitted output recovery is about to abort.
                 ctx.block_on(store.announce_generation(ctx.generation()))?;
-                let restored = ctx.restored().map_or(0, |m| m.epoch);
+                let restored = ctx.restored().map_or(Epoch(0), |m| m.epoch);
                 let (complete, _) = ctx.block_on(store.list())?;
                 let abandon = crate::startup::abandoned(&complete, restored);
                 for epoch in &abandon {
                     tracing::warn!(
-                        epoch,
-                        restored,
+                        epoch = %epoch,
+                        restored = %restored,
                         "checkpoint {epoch} is newer than the restored one and is abandoned"
                     );
                 }

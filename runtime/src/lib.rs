@@ -67,4 +67,4 @@ pub use tracker::{Due, EpochTracker};
 pub use twophase::{Committer, PreCommitted, TwoPhaseSink};
 /// The checkpoint crate, re-exported for operators and connectors.
 pub use weir_checkpoint as checkpoint;
-pub use weir_checkpoint::RestoreTarget;
+pub use weir_checkpoint::{Epoch, Generation, RestoreTarget, WorkerIndex};

@@ -124,14 +124,14 @@ pub(crate) fn overlaps(entry: &PartEntry, (lo, hi): (u32, u32)) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use weir_checkpoint::codec;
+    use weir_checkpoint::{codec, WorkerIndex};
 
     use super::*;
 
     fn part(op: &str, worker: usize, range: (u32, u32), path: &str) -> PartEntry {
         PartEntry {
             operator: op.into(),
-            worker,
+            worker: WorkerIndex(worker),
             key_group_start: range.0,
             key_group_end: range.1,
             path: path.into(),

@@ -59,7 +59,7 @@ where
     let mut snapshotter = Snapshotter::new(&ctx, name, &address, worker);
     let name = name.to_string();
     let first_epoch = ctx.first_epoch();
-    let restored = ctx.restored().map(|m| m.epoch);
+    let restored = ctx.restored().map(|m| m.epoch.0);
     builder.build(move |mut caps| {
         let mut tracker = EpochTracker::new(caps.pop().expect("one output"), first_epoch);
         let mut open: BTreeSet<u64> = BTreeSet::new();

@@ -24,6 +24,7 @@ use crate::context::JobContext;
 use crate::error::Result;
 use crate::keygroup;
 use crate::restore::overlaps;
+use weir_checkpoint::{Epoch, WorkerIndex};
 
 /// Encodes keyed state as a checkpoint part: entries grouped by key group.
 pub fn encode_keyed<'a, K, S, I>(name: &str, key_groups: u32, entries: I) -> Result<Vec<u8>>
@@ -164,9 +165,9 @@ impl Snapshotter {
     ) {
         let epoch = *cap.time();
         let mut report = Report {
-            epoch,
+            epoch: Epoch(epoch),
             operator: self.name.clone(),
-            worker: self.ctx.worker(),
+            worker: WorkerIndex(self.ctx.worker()),
             parts: Vec::new(),
             sinks,
             is_final,
@@ -182,13 +183,16 @@ impl Snapshotter {
             (state.map(bytes::Bytes::from).or(reupload), self.ctx.store())
         {
             let path = store.layout().part(
-                epoch,
+                Epoch(epoch),
                 &self.name,
-                &weir_checkpoint::layout::part_name(self.ctx.worker(), self.ctx.generation()),
+                &weir_checkpoint::layout::part_name(
+                    WorkerIndex(self.ctx.worker()),
+                    self.ctx.generation(),
+                ),
             );
             let entry = weir_checkpoint::PartEntry {
                 operator: self.name.clone(),
-                worker: self.ctx.worker(),
+                worker: WorkerIndex(self.ctx.worker()),
                 key_group_start: key_groups.0,
                 key_group_end: key_groups.1,
                 path: path.to_string(),
@@ -206,7 +210,8 @@ impl Snapshotter {
             let upload = bytes.clone();
             self.ctx.runtime().spawn(async move {
                 crate::failpoint::hit("upload");
-                let put = store.put_part(path.clone(), &name, worker, key_groups, upload);
+                let put =
+                    store.put_part(path.clone(), &name, WorkerIndex(worker), key_groups, upload);
                 let result = match tokio::time::timeout(timeout, put).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
@@ -249,7 +254,7 @@ impl Snapshotter {
                         None => return,
                         Some(Ok(())) => {}
                         Some(Err(e)) => {
-                            tracing::warn!(operator = %self.name, epoch = front.report.epoch, error = %e, "snapshot upload failed");
+                            tracing::warn!(operator = %self.name, epoch = %front.report.epoch, error = %e, "snapshot upload failed");
                             self.failed.insert(ticket);
                             front.report.error = Some(e.clone());
                         }
@@ -310,7 +315,7 @@ fn reusable_part<'m>(
         .filter(|p| p.operator == name && overlaps(p, key_groups));
     let entry = covering.next()?;
     if covering.next().is_some()
-        || entry.worker != worker
+        || entry.worker != WorkerIndex(worker)
         || (entry.key_group_start, entry.key_group_end) != key_groups
     {
         return None;
@@ -326,12 +331,14 @@ fn reusable_part<'m>(
 
 #[cfg(test)]
 mod tests {
+    use weir_checkpoint::Generation;
+
     use super::*;
 
     fn part(op: &str, worker: usize, range: (u32, u32), path: &str) -> PartEntry {
         PartEntry {
             operator: op.into(),
-            worker,
+            worker: WorkerIndex(worker),
             key_group_start: range.0,
             key_group_end: range.1,
             path: path.into(),
@@ -343,8 +350,8 @@ mod tests {
     fn manifest(workers: usize, parts: Vec<PartEntry>) -> Manifest {
         Manifest {
             job: "job".into(),
-            epoch: 7,
-            generation: 0,
+            epoch: Epoch(7),
+            generation: Generation(0),
             workers,
             key_groups: 128,
             created_ms: 0,

@@ -23,7 +23,9 @@
 //!   output is about to be aborted), so a later `--restore latest` cannot pick them.
 
 use weir_checkpoint::store::VerifiedPart;
-use weir_checkpoint::{CheckpointError, CheckpointStore, Manifest, PartEntry, RestoreTarget};
+use weir_checkpoint::{
+    CheckpointError, CheckpointStore, Epoch, Generation, Manifest, PartEntry, RestoreTarget,
+};
 
 use crate::config::JobConfig;
 use crate::error::{Result, RuntimeError};
@@ -37,15 +39,15 @@ pub struct StartFacts {
     /// The checkpoint URL, for messages.
     pub url: String,
     /// The generation a supervisor passed (`--generation`), if any.
-    pub requested_generation: Option<u64>,
+    pub requested_generation: Option<Generation>,
     /// Processes in the cluster.
     pub processes: usize,
     /// Generations whose markers the store holds.
-    pub markers: Vec<u64>,
+    pub markers: Vec<Generation>,
     /// Epochs of the complete checkpoints (those with a manifest), ascending.
-    pub complete: Vec<u64>,
+    pub complete: Vec<Epoch>,
     /// Epochs of every checkpoint directory, complete or not.
-    pub all: Vec<u64>,
+    pub all: Vec<Epoch>,
     /// What the run is asked to restore.
     pub restore: Option<RestoreTarget>,
 }
@@ -54,7 +56,7 @@ pub struct StartFacts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartPlan {
     /// This run's generation.
-    pub generation: u64,
+    pub generation: Generation,
     /// What to restore.
     pub restore: RestoreStep,
 }
@@ -90,15 +92,15 @@ pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
                 "a multi-process job needs --generation (weir launch sets it)",
             ));
         }
-        None => newest.map_or(0, |g| g + 1),
+        None => newest.map_or(Generation(0), Generation::next),
         Some(g) => match newest {
             Some(n) if n >= g => {
                 tracing::info!(
-                    requested = g,
-                    generation = n + 1,
+                    requested = %g,
+                    generation = %n.next(),
                     "generation {g} already ran: continuing the numbering"
                 );
-                n + 1
+                n.next()
             }
             _ => g,
         },
@@ -118,7 +120,9 @@ pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
         None => RestoreStep::Fresh,
         Some(target) => RestoreStep::Resolve {
             target: target.clone(),
-            fresh_if_none: facts.requested_generation.is_some_and(|g| g > 0)
+            fresh_if_none: facts
+                .requested_generation
+                .is_some_and(|g| g > Generation(0))
                 && *target == RestoreTarget::Latest
                 && facts.complete.is_empty(),
         },
@@ -133,7 +137,7 @@ pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestoredCheckpoint {
     /// Its epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The key groups it was written with.
     pub key_groups: u32,
 }
@@ -142,7 +146,7 @@ pub struct RestoredCheckpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochPlan {
     /// The run's first epoch.
-    pub first_epoch: u64,
+    pub first_epoch: Epoch,
 }
 
 /// The complete checkpoints a run abandons: every one newer than the checkpoint it
@@ -150,7 +154,7 @@ pub struct EpochPlan {
 /// aborted, so a later `--restore latest` must not pick them. The list is taken again
 /// once the cluster is connected and this run's generation is announced, so that it also
 /// covers a checkpoint an older generation completed in between.
-pub fn abandoned(complete: &[u64], restored: u64) -> Vec<u64> {
+pub fn abandoned(complete: &[Epoch], restored: Epoch) -> Vec<Epoch> {
     complete.iter().copied().filter(|e| *e > restored).collect()
 }
 
@@ -185,7 +189,7 @@ pub fn plan_epochs(
         .copied()
         .chain(restored.map(|r| r.epoch))
         .max()
-        .map_or(1, |e| e + 1);
+        .map_or(Epoch(1), Epoch::next);
     Ok(EpochPlan { first_epoch })
 }
 
@@ -195,7 +199,7 @@ pub(crate) struct Start {
     pub(crate) restored: Option<Manifest>,
     /// The restored checkpoint's parts this process's workers read, verified.
     pub(crate) parts: Vec<VerifiedPart>,
-    pub(crate) generation: u64,
+    pub(crate) generation: Generation,
     pub(crate) epochs: EpochPlan,
 }
 
@@ -206,8 +210,10 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
             store: None,
             restored: None,
             parts: Vec::new(),
-            generation: config.generation.unwrap_or(0),
-            epochs: EpochPlan { first_epoch: 1 },
+            generation: Generation(config.generation.unwrap_or(0)),
+            epochs: EpochPlan {
+                first_epoch: Epoch(1),
+            },
         });
     }
     let store = CheckpointStore::open(&config.checkpoint_url, &config.job)?;
@@ -220,7 +226,7 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
         let facts = StartFacts {
             job: config.job.clone(),
             url: config.checkpoint_url.clone(),
-            requested_generation: config.generation,
+            requested_generation: config.generation.map(Generation),
             processes: config.processes,
             markers,
             complete,
@@ -243,7 +249,7 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
                 Ok(point) => (Some(point.manifest), point.parts),
                 Err(CheckpointError::NoCheckpoint { .. }) if fresh_if_none => {
                     tracing::warn!(
-                        generation = plan.generation,
+                        generation = %plan.generation,
                         "no checkpoint yet: the restarted job starts from the beginning"
                     );
                     (None, Vec::new())
@@ -263,10 +269,10 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
         )?;
         if let Some(m) = &restored {
             tracing::info!(
-                epoch = m.epoch,
+                epoch = %m.epoch,
                 written_by = m.workers,
                 workers,
-                generation = plan.generation,
+                generation = %plan.generation,
                 "restoring"
             );
         }
@@ -311,31 +317,36 @@ mod tests {
     fn a_first_start_is_generation_0_and_fresh_from_epoch_1() {
         let f = facts();
         let plan = plan_start(&f).unwrap();
-        assert_eq!(plan.generation, 0);
+        assert_eq!(plan.generation, Generation(0));
         assert_eq!(plan.restore, RestoreStep::Fresh);
         let epochs = plan_epochs(&f, None, 128, 1).unwrap();
-        assert_eq!(epochs, EpochPlan { first_epoch: 1 });
+        assert_eq!(
+            epochs,
+            EpochPlan {
+                first_epoch: Epoch(1)
+            }
+        );
     }
 
     #[test]
     fn generations_only_grow_past_every_marker() {
         let f = StartFacts {
-            markers: vec![0, 1, 4],
+            markers: vec![Generation(0), Generation(1), Generation(4)],
             ..facts()
         };
-        assert_eq!(plan_start(&f).unwrap().generation, 5);
+        assert_eq!(plan_start(&f).unwrap().generation, Generation(5));
         // A supervisor that starts counting at 0 again continues the numbering.
         let f = StartFacts {
-            requested_generation: Some(2),
+            requested_generation: Some(Generation(2)),
             processes: 2,
             ..f
         };
-        assert_eq!(plan_start(&f).unwrap().generation, 5);
+        assert_eq!(plan_start(&f).unwrap().generation, Generation(5));
         let f = StartFacts {
-            requested_generation: Some(9),
+            requested_generation: Some(Generation(9)),
             ..f
         };
-        assert_eq!(plan_start(&f).unwrap().generation, 9);
+        assert_eq!(plan_start(&f).unwrap().generation, Generation(9));
     }
 
     #[test]
@@ -352,8 +363,8 @@ mod tests {
     #[test]
     fn complete_checkpoints_without_restore_are_refused_with_the_fix() {
         let f = StartFacts {
-            complete: vec![3],
-            all: vec![3, 4],
+            complete: vec![Epoch(3)],
+            all: vec![Epoch(3), Epoch(4)],
             ..facts()
         };
         let e = plan_start(&f).unwrap_err().to_string();
@@ -378,8 +389,8 @@ mod tests {
             }
         );
         let restarted = StartFacts {
-            requested_generation: Some(1),
-            markers: vec![0],
+            requested_generation: Some(Generation(1)),
+            markers: vec![Generation(0)],
             ..first.clone()
         };
         assert_eq!(
@@ -391,13 +402,13 @@ mod tests {
         );
         // An explicit epoch never falls back to a fresh start.
         let epoch = StartFacts {
-            restore: Some(RestoreTarget::Epoch(3)),
+            restore: Some(RestoreTarget::Epoch(Epoch(3))),
             ..restarted
         };
         assert_eq!(
             plan_start(&epoch).unwrap().restore,
             RestoreStep::Resolve {
-                target: RestoreTarget::Epoch(3),
+                target: RestoreTarget::Epoch(Epoch(3)),
                 fresh_if_none: false
             }
         );
@@ -406,38 +417,43 @@ mod tests {
     #[test]
     fn newer_checkpoints_are_abandoned_and_epochs_start_after_every_used_one() {
         let f = StartFacts {
-            complete: vec![2, 5, 8],
-            all: vec![2, 5, 8, 9],
-            restore: Some(RestoreTarget::Epoch(5)),
+            complete: vec![Epoch(2), Epoch(5), Epoch(8)],
+            all: vec![Epoch(2), Epoch(5), Epoch(8), Epoch(9)],
+            restore: Some(RestoreTarget::Epoch(Epoch(5))),
             ..facts()
         };
         let plan = plan_epochs(
             &f,
             Some(RestoredCheckpoint {
-                epoch: 5,
+                epoch: Epoch(5),
                 key_groups: 128,
             }),
             128,
             4,
         )
         .unwrap();
-        assert_eq!(plan, EpochPlan { first_epoch: 10 });
-        assert_eq!(abandoned(&f.complete, 5), vec![8]);
+        assert_eq!(
+            plan,
+            EpochPlan {
+                first_epoch: Epoch(10)
+            }
+        );
+        assert_eq!(abandoned(&f.complete, Epoch(5)), vec![Epoch(8)]);
         // A savepoint older than every checkpoint abandons them all.
-        assert_eq!(abandoned(&f.complete, 1), vec![2, 5, 8]);
-        assert_eq!(abandoned(&f.complete, 8), Vec::<u64>::new());
+        assert_eq!(abandoned(&f.complete, Epoch(1)), [2, 5, 8].map(Epoch));
+        assert!(abandoned(&f.complete, Epoch(8)).is_empty());
     }
 
     #[test]
     fn a_restore_at_other_key_groups_or_more_workers_than_key_groups_is_a_mismatch() {
         let f = StartFacts {
-            complete: vec![3],
-            all: vec![3],
+            complete: vec![Epoch(3)],
+            all: vec![Epoch(3)],
             restore: Some(RestoreTarget::Latest),
             ..facts()
         };
         let r = Some(RestoredCheckpoint {
-            epoch: 3,
+            epoch: Epoch(3),
             key_groups: 64,
         });
         let e = plan_epochs(&f, r, 128, 2).unwrap_err().to_string();

@@ -27,9 +27,10 @@ use crate::config::JobConfig;
 use crate::error::{Result, RuntimeError};
 use crate::job::Job;
 use crate::twophase::{Committer, PreCommitted, TwoPhaseSink};
+use weir_checkpoint::{Epoch, Generation, WorkerIndex};
 
 /// One output of a [`collect`] sink: which worker staged which epoch in which generation.
-type OutputId = (usize, u64, u64);
+type OutputId = (WorkerIndex, Epoch, Generation);
 
 struct State<D> {
     staged: BTreeMap<(String, OutputId), Vec<D>>,
@@ -167,7 +168,7 @@ where
 struct MemorySink<D> {
     name: String,
     worker: usize,
-    generation: u64,
+    generation: Generation,
     out: Committed<D>,
     pending: BTreeMap<u64, Vec<D>>,
 }
@@ -184,15 +185,15 @@ impl<D: Clone + 'static> TwoPhaseSink for MemorySink<D> {
         let Some(records) = self.pending.remove(&epoch) else {
             return Ok(None);
         };
-        let id = (self.worker, epoch, self.generation);
+        let id = (WorkerIndex(self.worker), Epoch(epoch), self.generation);
         self.out
             .lock()
             .staged
             .insert((self.name.clone(), id), records);
         Ok(Some(PreCommitted(SinkEntry {
             sink: self.name.clone(),
-            worker: self.worker,
-            epoch,
+            worker: WorkerIndex(self.worker),
+            epoch: Epoch(epoch),
             generation: self.generation,
             handle: format!("w{}-e{epoch}-g{}", self.worker, self.generation),
         })))

@@ -51,8 +51,8 @@ fn only_one_of_sixteen_concurrent_manifest_writers_wins_on_s3() {
     let store = weir::checkpoint::CheckpointStore::open(&url, "race").unwrap();
     let manifest = weir::checkpoint::Manifest {
         job: "race".into(),
-        epoch: 7,
-        generation: 0,
+        epoch: weir::Epoch(7),
+        generation: weir::Generation(0),
         workers: 1,
         key_groups: 128,
         created_ms: 0,
@@ -79,5 +79,8 @@ fn only_one_of_sixteen_concurrent_manifest_writers_wins_on_s3() {
         wins
     });
     assert_eq!(wins, 1, "exactly one concurrent manifest writer must win");
-    assert_eq!(rt.block_on(store.read_manifest(7)).unwrap(), manifest);
+    assert_eq!(
+        rt.block_on(store.read_manifest(weir::Epoch(7))).unwrap(),
+        manifest
+    );
 }

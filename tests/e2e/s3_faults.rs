@@ -332,7 +332,7 @@ fn complete(store: &CheckpointStore) -> Vec<u64> {
         .build()
         .expect("a tokio runtime");
     match rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), store.list()).await }) {
-        Ok(Ok((complete, _))) => complete,
+        Ok(Ok((complete, _))) => complete.into_iter().map(|e| e.0).collect(),
         Ok(Err(e)) => panic!("list the checkpoints: {e}"),
         Err(_) => panic!("listing the checkpoints took over 20 s"),
     }

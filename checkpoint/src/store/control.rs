@@ -6,6 +6,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use super::CheckpointStore;
 use crate::codec;
 use crate::error::{CheckpointError, Result};
+use crate::ids::Generation;
 use crate::layout;
 
 impl CheckpointStore {
@@ -53,7 +54,7 @@ impl CheckpointStore {
     }
 
     /// Announces a generation, returning every generation announced so far (this one included).
-    pub async fn announce_generation(&self, generation: u64) -> Result<Vec<u64>> {
+    pub async fn announce_generation(&self, generation: Generation) -> Result<Vec<Generation>> {
         let path = self.layout.generation_marker(generation);
         self.store
             .put(&path, PutPayload::from_static(b""))
@@ -63,10 +64,10 @@ impl CheckpointStore {
     }
 
     /// Every generation announced so far.
-    pub async fn generations(&self) -> Result<Vec<u64>> {
+    pub async fn generations(&self) -> Result<Vec<Generation>> {
         let root = self.layout.generations();
         let objects = self.list_objects(&root).await?;
-        let mut gens: Vec<u64> = objects
+        let mut gens: Vec<Generation> = objects
             .iter()
             .filter_map(|o| {
                 o.location

@@ -7,6 +7,7 @@ use object_store::{PutMode, PutOptions, PutPayload};
 use super::{CheckpointStore, RestorePoint};
 use crate::codec;
 use crate::error::{CheckpointError, Result, Retry};
+use crate::ids::Epoch;
 use crate::layout;
 use crate::manifest::{Manifest, PartEntry};
 use crate::protocol::{self, RestoreTarget};
@@ -65,7 +66,7 @@ impl CheckpointStore {
     }
 
     /// Reads and verifies the manifest of `epoch`.
-    pub async fn read_manifest(&self, epoch: u64) -> Result<Manifest> {
+    pub async fn read_manifest(&self, epoch: Epoch) -> Result<Manifest> {
         let path = self.layout.manifest(epoch);
         let manifest = self.read_manifest_at(&path).await?.ok_or_else(|| {
             CheckpointError::CheckpointNotFound {
@@ -86,14 +87,14 @@ impl CheckpointStore {
     }
 
     /// Lists the job's checkpoint directories: `(complete, all)` epochs, ascending.
-    pub async fn list(&self) -> Result<(Vec<u64>, Vec<u64>)> {
+    pub async fn list(&self) -> Result<(Vec<Epoch>, Vec<Epoch>)> {
         let root = self.layout.job_root();
         let listing = self
             .store
             .list_with_delimiter(Some(&root))
             .await
             .map_err(|e| CheckpointError::storage("list", &root, e))?;
-        let mut dirs: Vec<u64> = listing
+        let mut dirs: Vec<Epoch> = listing
             .common_prefixes
             .iter()
             .filter_map(|p| p.filename().and_then(layout::parse_checkpoint_dir))
@@ -162,7 +163,7 @@ impl CheckpointStore {
             match self.verify_keeping(epoch, keep).await {
                 Ok(point) => {
                     if !tried.is_empty() {
-                        tracing::warn!(epoch, skipped = ?tried, "restoring from an older checkpoint because newer ones failed verification");
+                        tracing::warn!(epoch = %epoch, skipped = ?tried, "restoring from an older checkpoint because newer ones failed verification");
                     }
                     return Ok(point);
                 }
@@ -171,7 +172,7 @@ impl CheckpointStore {
                     return Err(e)
                 }
                 Err(e) => {
-                    tracing::error!(epoch, error = %e, "checkpoint failed verification");
+                    tracing::error!(epoch = %epoch, error = %e, "checkpoint failed verification");
                     tried.push((epoch, e.to_string()));
                 }
             }
@@ -183,14 +184,14 @@ impl CheckpointStore {
     }
 
     /// Reads checkpoint `epoch`'s manifest and checks every part's size and checksum.
-    pub async fn verify(&self, epoch: u64) -> Result<Manifest> {
+    pub async fn verify(&self, epoch: Epoch) -> Result<Manifest> {
         Ok(self.verify_keeping(epoch, &|_| false).await?.manifest)
     }
 
     /// [`Self::verify`], keeping the verified parts for which `keep` is true.
     pub(super) async fn verify_keeping(
         &self,
-        epoch: u64,
+        epoch: Epoch,
         keep: &(dyn Fn(&PartEntry) -> bool + Sync),
     ) -> Result<RestorePoint> {
         let manifest = self.read_manifest(epoch).await?;

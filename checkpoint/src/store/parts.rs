@@ -8,6 +8,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use super::CheckpointStore;
 use crate::codec;
 use crate::error::{CheckpointError, Result};
+use crate::ids::WorkerIndex;
 use crate::manifest::{Manifest, PartEntry};
 
 /// A checkpoint part once read back and verified: its size and whole-object CRC match
@@ -75,7 +76,7 @@ impl CheckpointStore {
         &self,
         path: Path,
         operator: &str,
-        worker: usize,
+        worker: WorkerIndex,
         key_groups: (u32, u32),
         bytes: impl Into<bytes::Bytes>,
     ) -> Result<PartEntry> {

@@ -8,20 +8,21 @@ use object_store::ObjectStoreExt;
 
 use super::CheckpointStore;
 use crate::error::{CheckpointError, Result};
+use crate::ids::Epoch;
 use crate::layout;
 use crate::manifest::Manifest;
 use crate::protocol;
 
 impl CheckpointStore {
     /// Deletes every object of checkpoint `epoch`.
-    pub async fn delete_checkpoint(&self, epoch: u64) -> Result<()> {
+    pub async fn delete_checkpoint(&self, epoch: Epoch) -> Result<()> {
         let dir = self.layout.checkpoint_dir(epoch);
         self.delete_prefix(&dir).await
     }
 
     /// Applies the retention policy: keeps the newest `retain` complete checkpoints and
     /// everything they reference, deletes older directories. Returns the deleted epochs.
-    pub async fn apply_retention(&self, retain: usize) -> Result<Vec<u64>> {
+    pub async fn apply_retention(&self, retain: usize) -> Result<Vec<Epoch>> {
         let (complete, all) = self.list().await?;
         let mut facts = Vec::new();
         // Only the newest `retain` manifests need reading: older ones are not kept.
@@ -52,7 +53,7 @@ impl CheckpointStore {
     /// left for retention. Used when a job restores an older checkpoint, whose recovery
     /// aborts the newer checkpoints' uncommitted output. A manifest that is gone already
     /// is fine.
-    pub async fn abandon(&self, epochs: &[u64]) -> Result<()> {
+    pub async fn abandon(&self, epochs: &[Epoch]) -> Result<()> {
         for e in epochs {
             let from = self.layout.manifest(*e);
             let to = self.layout.abandoned_manifest(*e);
@@ -66,8 +67,8 @@ impl CheckpointStore {
 }
 
 /// The checkpoint directories a manifest's parts live in.
-pub fn referenced_dirs(manifest: &Manifest) -> BTreeSet<u64> {
-    let mut dirs: BTreeSet<u64> = manifest
+pub fn referenced_dirs(manifest: &Manifest) -> BTreeSet<Epoch> {
+    let mut dirs: BTreeSet<Epoch> = manifest
         .parts
         .iter()
         .filter_map(|p| p.path.split('/').find_map(layout::parse_checkpoint_dir))

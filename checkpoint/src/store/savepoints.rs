@@ -5,6 +5,7 @@ use object_store::ObjectStoreExt;
 
 use super::{CheckpointStore, RestorePoint};
 use crate::error::{CheckpointError, Result};
+use crate::ids::Epoch;
 use crate::layout;
 use crate::manifest::{Manifest, PartEntry};
 use crate::protocol::RestoreTarget;
@@ -12,7 +13,7 @@ use crate::protocol::RestoreTarget;
 impl CheckpointStore {
     /// Copies checkpoint `epoch` (the newest verified one if `None`) to savepoint `name`,
     /// which retention never deletes. Fails if the savepoint exists.
-    pub async fn create_savepoint(&self, name: &str, epoch: Option<u64>) -> Result<Manifest> {
+    pub async fn create_savepoint(&self, name: &str, epoch: Option<Epoch>) -> Result<Manifest> {
         layout::check_savepoint_name(name).map_err(|reason| CheckpointError::InvalidUrl {
             url: self.url.clone(),
             reason,

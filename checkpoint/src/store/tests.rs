@@ -4,14 +4,15 @@ use object_store::memory::InMemory;
 
 use super::*;
 use crate::codec;
+use crate::ids::{Epoch, Generation, WorkerIndex};
 use crate::manifest::{PartEntry, SinkEntry};
 use crate::protocol::RestoreTarget;
 
 fn manifest(job: &str, epoch: u64, parts: Vec<PartEntry>) -> Manifest {
     Manifest {
         job: job.into(),
-        epoch,
-        generation: 0,
+        epoch: Epoch(epoch),
+        generation: Generation(0),
         workers: 1,
         key_groups: 128,
         created_ms: 0,
@@ -19,21 +20,21 @@ fn manifest(job: &str, epoch: u64, parts: Vec<PartEntry>) -> Manifest {
         parts,
         sinks: vec![SinkEntry {
             sink: "s".into(),
-            worker: 0,
-            epoch,
-            generation: 0,
+            worker: WorkerIndex(0),
+            epoch: Epoch(epoch),
+            generation: Generation(0),
             handle: "h".into(),
         }],
     }
 }
 
 async fn checkpoint(store: &CheckpointStore, epoch: u64) -> Manifest {
-    let path = store.layout().part(epoch, "op", "w0");
+    let path = store.layout().part(Epoch(epoch), "op", "w0");
     let part = store
         .put_part(
             path,
             "op",
-            0,
+            WorkerIndex(0),
             (0, 128),
             codec::encode("t", &vec![epoch; 10]).unwrap(),
         )
@@ -52,7 +53,7 @@ async fn manifest_is_written_once() {
         store.put_manifest(&m).await,
         Err(CheckpointError::ManifestExists { .. })
     ));
-    assert_eq!(store.read_manifest(1).await.unwrap(), m);
+    assert_eq!(store.read_manifest(Epoch(1)).await.unwrap(), m);
 }
 
 #[tokio::test]
@@ -91,10 +92,10 @@ async fn latest_falls_back_past_a_corrupted_part() {
             .await
             .unwrap()
             .epoch,
-        1
+        Epoch(1)
     );
     let err = store
-        .resolve_restore(&RestoreTarget::Epoch(2))
+        .resolve_restore(&RestoreTarget::Epoch(Epoch(2)))
         .await
         .unwrap_err()
         .to_string();
@@ -120,7 +121,7 @@ async fn restore_keeps_the_verified_parts_of_the_checkpoint_it_chose() {
     assert_eq!(point.parts[0].entry(), &m1.parts[0]);
     assert_eq!(point.parts[0].decode::<Vec<u64>>().unwrap(), vec![1u64; 10]);
     let none = store
-        .resolve_restore_keeping(&RestoreTarget::Epoch(1), &|_| false)
+        .resolve_restore_keeping(&RestoreTarget::Epoch(Epoch(1)), &|_| false)
         .await
         .unwrap();
     assert!(none.parts.is_empty());
@@ -129,7 +130,7 @@ async fn restore_keeps_the_verified_parts_of_the_checkpoint_it_chose() {
 fn part_entry(bytes: &[u8]) -> PartEntry {
     PartEntry {
         operator: "op".into(),
-        worker: 0,
+        worker: WorkerIndex(0),
         key_group_start: 0,
         key_group_end: 128,
         path: "job/chk-00000000000000000001/op/w0".into(),
@@ -193,7 +194,7 @@ async fn a_truncated_manifest_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
     checkpoint(&store, 1).await;
-    let file = dir.path().join(store.layout().manifest(1).as_ref());
+    let file = dir.path().join(store.layout().manifest(Epoch(1)).as_ref());
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     let err = store
@@ -226,7 +227,7 @@ async fn job_name_mismatch_is_an_error() {
     // A manifest of job `other` under job `job`'s prefix.
     let bytes = codec::encode_json("m", &m).unwrap();
     inner
-        .put(&store.layout().manifest(1), PutPayload::from(bytes))
+        .put(&store.layout().manifest(Epoch(1)), PutPayload::from(bytes))
         .await
         .unwrap();
     let err = store
@@ -243,12 +244,18 @@ async fn retention_deletes_old_checkpoints_only_after_a_newer_one_is_complete() 
         checkpoint(&store, e).await;
     }
     // An incomplete, newer checkpoint in progress.
-    let p = store.layout().part(5, "op", "w0");
-    store.put_part(p, "op", 0, (0, 128), vec![1]).await.unwrap();
-    assert_eq!(store.apply_retention(2).await.unwrap(), vec![1, 2]);
+    let p = store.layout().part(Epoch(5), "op", "w0");
+    store
+        .put_part(p, "op", WorkerIndex(0), (0, 128), vec![1])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.apply_retention(2).await.unwrap(),
+        vec![Epoch(1), Epoch(2)]
+    );
     let (complete, all) = store.list().await.unwrap();
-    assert_eq!(complete, vec![3, 4]);
-    assert_eq!(all, vec![3, 4, 5]);
+    assert_eq!(complete, vec![Epoch(3), Epoch(4)]);
+    assert_eq!(all, vec![Epoch(3), Epoch(4), Epoch(5)]);
 }
 
 #[tokio::test]
@@ -260,18 +267,21 @@ async fn retention_keeps_a_restored_part_that_a_later_checkpoint_reports_again()
     }
     // The job restores checkpoint 1 (abandoning 2 and 3); its operator's state is
     // unchanged, so checkpoints 4 and 5 report checkpoint 1's part again.
-    store.abandon(&[2, 3]).await.unwrap();
+    store.abandon(&[Epoch(2), Epoch(3)]).await.unwrap();
     for e in 4..=5 {
         store
             .put_manifest(&manifest("job", e, restored.parts.clone()))
             .await
             .unwrap();
     }
-    assert_eq!(store.apply_retention(1).await.unwrap(), vec![2, 3, 4]);
+    assert_eq!(
+        store.apply_retention(1).await.unwrap(),
+        vec![Epoch(2), Epoch(3), Epoch(4)]
+    );
     // Checkpoint 1 is no longer restorable, but its part is still readable.
-    assert_eq!(store.list().await.unwrap().0, vec![5]);
+    assert_eq!(store.list().await.unwrap().0, vec![Epoch(5)]);
     let m = store.resolve_restore(&RestoreTarget::Latest).await.unwrap();
-    assert_eq!(m.epoch, 5);
+    assert_eq!(m.epoch, Epoch(5));
     assert!(store.get_part(&m.parts[0]).await.is_ok());
 }
 
@@ -281,12 +291,15 @@ async fn deleting_a_local_checkpoint_leaves_no_empty_directory() {
     let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
     checkpoint(&store, 1).await;
     checkpoint(&store, 2).await;
-    store.delete_checkpoint(1).await.unwrap();
+    store.delete_checkpoint(Epoch(1)).await.unwrap();
     assert!(!dir
         .path()
-        .join(store.layout().checkpoint_dir(1).as_ref())
+        .join(store.layout().checkpoint_dir(Epoch(1)).as_ref())
         .exists());
-    assert_eq!(store.list().await.unwrap(), (vec![2], vec![2]));
+    assert_eq!(
+        store.list().await.unwrap(),
+        (vec![Epoch(2)], vec![Epoch(2)])
+    );
 }
 
 #[tokio::test]
@@ -295,14 +308,14 @@ async fn restoring_an_older_checkpoint_abandons_the_newer_ones() {
     for e in 1..=3 {
         checkpoint(&store, e).await;
     }
-    store.abandon(&[2, 3]).await.unwrap();
-    assert_eq!(store.list().await.unwrap().0, vec![1]);
+    store.abandon(&[Epoch(2), Epoch(3)]).await.unwrap();
+    assert_eq!(store.list().await.unwrap().0, vec![Epoch(1)]);
     // Abandoning again, or a checkpoint that is gone, is fine.
-    store.abandon(&[2, 3]).await.unwrap();
-    assert_eq!(store.list().await.unwrap().0, vec![1]);
+    store.abandon(&[Epoch(2), Epoch(3)]).await.unwrap();
+    assert_eq!(store.list().await.unwrap().0, vec![Epoch(1)]);
     assert!(store
         .object_store()
-        .head(&store.layout().abandoned_manifest(2))
+        .head(&store.layout().abandoned_manifest(Epoch(2)))
         .await
         .is_ok());
 }
@@ -317,17 +330,19 @@ async fn a_savepoint_outlives_its_checkpoint_and_restores() {
         .create_savepoint("before-upgrade", None)
         .await
         .unwrap();
-    assert_eq!(sp.epoch, 2);
+    assert_eq!(sp.epoch, Epoch(2));
     assert!(sp
         .parts
         .iter()
         .all(|p| p.path.starts_with("job/savepoints/before-upgrade/")));
     assert!(matches!(
-        store.create_savepoint("before-upgrade", Some(1)).await,
+        store
+            .create_savepoint("before-upgrade", Some(Epoch(1)))
+            .await,
         Err(CheckpointError::ManifestExists { .. })
     ));
-    store.delete_checkpoint(2).await.unwrap();
-    store.delete_checkpoint(1).await.unwrap();
+    store.delete_checkpoint(Epoch(2)).await.unwrap();
+    store.delete_checkpoint(Epoch(1)).await.unwrap();
     let back = store
         .resolve_restore(&RestoreTarget::Savepoint("before-upgrade".into()))
         .await
@@ -348,8 +363,11 @@ async fn a_savepoint_outlives_its_checkpoint_and_restores() {
 #[tokio::test]
 async fn generations_are_listed_in_order() {
     let store = CheckpointStore::open("memory://", "job").unwrap();
-    store.announce_generation(2).await.unwrap();
-    assert_eq!(store.announce_generation(10).await.unwrap(), vec![2, 10]);
+    store.announce_generation(Generation(2)).await.unwrap();
+    assert_eq!(
+        store.announce_generation(Generation(10)).await.unwrap(),
+        vec![Generation(2), Generation(10)]
+    );
 }
 
 #[test]

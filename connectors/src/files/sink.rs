@@ -59,7 +59,7 @@ pub fn write_jsonl<'s, D: Serialize + timely::ExchangeData>(
     let sink = FileSink {
         committer: Arc::clone(&committer),
         worker: job.ctx().worker(),
-        generation: job.ctx().generation(),
+        generation: job.ctx().generation().0,
         open: BTreeMap::new(),
         _marker: std::marker::PhantomData,
     };
@@ -147,7 +147,7 @@ impl Committer for FileCommitter {
                 } else {
                     Err(ConnectorError::LostOutput {
                         connector: self.name.clone(),
-                        epoch: entry.epoch,
+                        epoch: entry.epoch.0,
                         staged: from,
                         committed: to,
                     }
@@ -211,9 +211,9 @@ impl<D: Serialize + 'static> TwoPhaseSink for FileSink<D> {
             .map_err(|e| self.committer.io("sync", &path, e))?;
         Ok(Some(PreCommitted(SinkEntry {
             sink: self.committer.name.clone(),
-            worker: self.worker,
-            epoch,
-            generation: self.generation,
+            worker: weir_runtime::WorkerIndex(self.worker),
+            epoch: weir_runtime::Epoch(epoch),
+            generation: weir_runtime::Generation(self.generation),
             handle: name,
         })))
     }
@@ -229,7 +229,7 @@ mod tests {
         let c = FileCommitter::new("out", dir.path()).unwrap();
         let name = c.file_name(42, 3, 1);
         let e = c.parse(&name).unwrap();
-        assert_eq!((e.epoch, e.generation, e.worker), (42, 3, 1));
+        assert_eq!((e.epoch.0, e.generation.0, e.worker.0), (42, 3, 1));
         assert!(c.parse("other-e1-g0-w0.jsonl").is_none());
     }
 

@@ -518,17 +518,17 @@ impl Publisher for KafkaPublisher {
         let t = &self.target;
         let started: Option<Started> = run(&self.rt, wal.marker_of("publishing", entry))?;
         let skip = match started {
-            Some(s) if s.generation == entry.generation && s.epoch == entry.epoch => {
+            Some(s) if s.generation == entry.generation.0 && s.epoch == entry.epoch.0 => {
                 let arrived = self.arrived(entry, &s.ends)?;
-                tracing::warn!(sink = %t.sink, epoch = entry.epoch, worker = entry.worker, arrived = arrived.len(), of = records.len(), "resuming an interrupted publication");
+                tracing::warn!(sink = %t.sink, epoch = %entry.epoch, worker = %entry.worker, arrived = arrived.len(), of = records.len(), "resuming an interrupted publication");
                 arrived
             }
             _ => {
                 let consumer = self.consumer()?;
                 let ends = self.ends(&consumer)?;
                 let s = Started {
-                    generation: entry.generation,
-                    epoch: entry.epoch,
+                    generation: entry.generation.0,
+                    epoch: entry.epoch.0,
                     ends,
                 };
                 run(&self.rt, wal.set_marker("publishing", entry, &s))?;

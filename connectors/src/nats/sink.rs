@@ -365,13 +365,19 @@ impl Publisher for Target {
         let n = records.len();
         let duplicates = run(
             &self.rt,
-            self.send(entry.generation, entry.worker, entry.epoch, records, true),
+            self.send(
+                entry.generation.0,
+                entry.worker.0,
+                entry.epoch.0,
+                records,
+                true,
+            ),
         )?;
         if duplicates > 0 {
             tracing::info!(
                 sink = %self.sink,
-                epoch = entry.epoch,
-                worker = entry.worker,
+                epoch = %entry.epoch,
+                worker = %entry.worker,
                 duplicates,
                 of = n,
                 "published output again after a restart; the stream dropped the messages it already had"
@@ -400,7 +406,7 @@ impl TwoPhaseSink for DirectSink {
 
     fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
         if let Some(records) = self.open.remove(&epoch) {
-            let (generation, worker) = (self.ctx.generation(), self.ctx.worker());
+            let (generation, worker) = (self.ctx.generation().0, self.ctx.worker());
             run(
                 self.ctx.runtime(),
                 self.target

@@ -487,7 +487,7 @@ impl Acks {
                             continue;
                         }
                     };
-                    let Some(complete) = complete.filter(|c| *c >= oldest) else {
+                    let Some(complete) = complete.map(|c| c.0).filter(|c| *c >= oldest) else {
                         continue;
                     };
                     let due: Vec<async_nats::Subject> = {

@@ -65,7 +65,7 @@ pub(super) fn install<'s, D: Serialize + timely::ExchangeData>(
         committer: Arc::clone(&committer),
         format: opts.format,
         worker: ctx.worker(),
-        generation: ctx.generation(),
+        generation: ctx.generation().0,
         open: BTreeMap::new(),
         _marker: std::marker::PhantomData,
     };
@@ -205,7 +205,7 @@ impl Committer for ObjectCommitter {
                 (false, true) => Ok(()),
                 (false, false) => Err(ConnectorError::LostObject {
                     connector: self.names.sink.clone(),
-                    epoch: entry.epoch,
+                    epoch: entry.epoch.0,
                     staged: self.loc.url_of(&from),
                     committed: self.loc.url_of(&to),
                 }
@@ -338,9 +338,9 @@ impl<D: Serialize + 'static> TwoPhaseSink for ObjectSink<D> {
         })?;
         Ok(Some(PreCommitted(SinkEntry {
             sink: c.names.sink.clone(),
-            worker: self.worker,
-            epoch,
-            generation: self.generation,
+            worker: weir_runtime::WorkerIndex(self.worker),
+            epoch: weir_runtime::Epoch(epoch),
+            generation: weir_runtime::Generation(self.generation),
             handle,
         })))
     }
@@ -425,9 +425,9 @@ mod tests {
         let s = sink(&rt, url, ObjectFormat::JsonLines, 0, 0);
         let lost = SinkEntry {
             sink: "out".into(),
-            worker: 0,
-            epoch: 9,
-            generation: 0,
+            worker: weir_runtime::WorkerIndex(0),
+            epoch: weir_runtime::Epoch(9),
+            generation: weir_runtime::Generation(0),
             handle: s.committer.names.staged(9, 0, 0),
         };
         let err = s.committer.commit(&lost).unwrap_err().to_string();
@@ -503,7 +503,11 @@ mod tests {
         let g1 = sink(&rt, url, ObjectFormat::JsonLines, 1, 0);
         let staged = g1.committer.staged().unwrap();
         assert_eq!(staged, vec![e2.clone(), e3.clone()]);
-        for action in recover_sink(std::slice::from_ref(&e2), &staged, 1) {
+        for action in recover_sink(
+            std::slice::from_ref(&e2),
+            &staged,
+            weir_runtime::Generation(1),
+        ) {
             match action {
                 SinkAction::Commit(e) => g1.committer.commit(&e).unwrap(),
                 SinkAction::Abort(e) => g1.committer.abort(&e).unwrap(),

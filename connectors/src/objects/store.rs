@@ -314,7 +314,7 @@ mod tests {
         let staged = n.staged(42, 3, 1);
         assert_eq!(staged, "out-e00000000000000000042-g3-w1.parquet");
         let e = n.parse_staged(&staged).unwrap();
-        assert_eq!((e.epoch, e.generation, e.worker), (42, 3, 1));
+        assert_eq!((e.epoch.0, e.generation.0, e.worker.0), (42, 3, 1));
         assert_eq!(n.committed(&e), "out-e00000000000000000042-w1.parquet");
         assert_eq!(n.parse_committed(&n.committed(&e)), Some((42, 1)));
         assert!(n.parse_staged("out-e1-g0-w0.jsonl").is_none());

@@ -433,7 +433,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for PgSink<D> {
                 Ok(None)
             }
             PgMode::TwoPhase => {
-                let gid = t.gid(&self.job, epoch, self.ctx.generation(), self.ctx.worker());
+                let gid = t.gid(&self.job, epoch, self.ctx.generation().0, self.ctx.worker());
                 let client = &self.client;
                 let insert = &self.insert;
                 run(&self.ctx, async {
@@ -455,8 +455,8 @@ impl<D: Serialize + 'static> TwoPhaseSink for PgSink<D> {
                 })?;
                 Ok(Some(PreCommitted(SinkEntry {
                     sink: t.sink.clone(),
-                    worker: self.ctx.worker(),
-                    epoch,
+                    worker: weir_runtime::WorkerIndex(self.ctx.worker()),
+                    epoch: weir_runtime::Epoch(epoch),
                     generation: self.ctx.generation(),
                     handle: gid,
                 })))
@@ -626,7 +626,7 @@ mod tests {
         let gid = t.gid("bank", 42, 3, 1);
         assert_eq!(gid, "weir:bank:ledger:e42:g3:w1");
         let e = t.parse_gid("bank", &gid).unwrap();
-        assert_eq!((e.epoch, e.generation, e.worker), (42, 3, 1));
+        assert_eq!((e.epoch.0, e.generation.0, e.worker.0), (42, 3, 1));
         assert!(t.parse_gid("other", &gid).is_none());
         assert!(t.parse_gid("bank", "weir:bank:ledger:e1:g0").is_none());
     }
