@@ -47,7 +47,7 @@ pub mod nats;
 pub mod objects;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-mod source;
+pub mod source;
 #[cfg(any(feature = "kafka", feature = "nats"))]
 mod wal;
 

@@ -1,6 +1,7 @@
-//! The skeleton every replayable source shares: epoch barriers from the job's clock,
-//! positions checkpointed per key group, a final report when the input ends or the job
-//! is asked to stop.
+//! The skeleton every replayable source shares, public so that a job can bring its own:
+//! epoch barriers from the job's clock, positions checkpointed per key group, replay from
+//! the restored positions, the at-most-once read-position ledger, and a final report when
+//! the input ends or the job is asked to stop. A source only implements [`Reader`].
 //!
 //! ## Design
 //!
@@ -26,13 +27,24 @@ use weir_runtime::checkpoint::Report;
 use weir_runtime::{encode_keyed, Delivery, Job, JobContext, Result, RuntimeError, Snapshotter};
 
 /// What a source reads from, one split (file, partition, generator slice) at a time.
-pub(crate) trait Reader: 'static {
+///
+/// Contract: a split's position is a number that only grows (an offset, a sequence, a
+/// count of items read), and reading from a position yields the same items after a
+/// restart: that is what makes the source replayable. A worker reads only the splits it
+/// owns (`JobContext::owns(&split)`, decided by the split's key group), so every split
+/// is read by exactly one worker, also after a restore at another number of workers.
+/// `positions` holds the restored position of every owned split that has one (absent
+/// means "from the beginning"); `read` must advance a split's position past exactly the
+/// items it put into `out`. It is an error to read a split this worker does not own, or
+/// to emit an item without advancing its split's position: a restore would then repeat
+/// or skip it.
+pub trait Reader: 'static {
     /// A split's identity; splits are spread over workers by key group.
     type Split: Serialize + DeserializeOwned + Hash + Eq + Clone + Ord + 'static;
     /// What the source emits.
     type Item: timely::ExchangeData;
     /// Reads up to `max` items into `out`, advancing `positions`; returns `false` once
-    /// every split is exhausted.
+    /// every split is exhausted. An error fails the run (nothing is skipped).
     fn read(
         &mut self,
         positions: &mut std::collections::BTreeMap<Self::Split, u64>,
@@ -74,8 +86,55 @@ fn restore_positions<S: Serialize + DeserializeOwned + Hash + Eq + Ord + Clone>(
     Ok(positions)
 }
 
-/// Builds a source operator around `reader`.
-pub(crate) fn source<'s, R: Reader>(
+/// Builds a replayable source named `name` around `reader` on this worker.
+///
+/// The positions of the splits this worker owns are restored from the checkpoint (or,
+/// with at-most-once delivery, from the ledger of everything ever read), handed to the
+/// reader, and checkpointed at every epoch boundary; `name` must be unique in the job.
+///
+/// # Examples
+///
+/// A source that counts to `n` in each of three splits:
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use weir_connectors::source::{source, Reader};
+/// use weir_runtime::testing::{collect, Committed};
+///
+/// struct Count { n: u64, splits: Vec<u32> }
+///
+/// impl Reader for Count {
+///     type Split = u32;
+///     type Item = (u32, u64);
+///     fn read(&mut self, positions: &mut BTreeMap<u32, u64>, max: usize, out: &mut Vec<(u32, u64)>) -> weir_runtime::Result<bool> {
+///         let mut more = false;
+///         for split in &self.splits {
+///             let pos = positions.entry(*split).or_insert(0);
+///             while *pos < self.n && out.len() < max {
+///                 out.push((*split, *pos));
+///                 *pos += 1;
+///             }
+///             more |= *pos < self.n;
+///         }
+///         Ok(more)
+///     }
+/// }
+///
+/// let out = Committed::new();
+/// let sink = out.clone();
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-source"), move |job| {
+///     let splits = (0..3u32).filter(|s| job.ctx().owns(s)).collect();
+///     let items = source(job, "count", Count { n: 4, splits }, Default::default())?;
+///     collect(job, items, "out", &sink)
+/// })
+/// .unwrap();
+/// let mut items = out.records();
+/// items.sort();
+/// assert_eq!(items.len(), 12);
+/// assert_eq!(items[0], (0, 0));
+/// assert_eq!(items[11], (2, 3));
+/// ```
+pub fn source<'s, R: Reader>(
     job: &mut Job<'s>,
     name: &str,
     mut reader: R,

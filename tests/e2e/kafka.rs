@@ -16,6 +16,7 @@ use weir::connectors::kafka::rdkafka;
 
 use crate::harness::bins;
 use crate::harness::job::JobArgs;
+use crate::harness::keyed::{check_each_once, check_keyed_final, Update};
 use crate::harness::launch::{launch, ChaosPlan, LaunchOutcome, LaunchSpec};
 use crate::harness::process::{run_to_end, Finished};
 use crate::harness::scenario;
@@ -262,13 +263,7 @@ fn check(names: &Names) {
 
     // Every applied transfer is in the ledger exactly once.
     let ledger = ids(&format!("SELECT id FROM {t}_ledger ORDER BY id"));
-    let unique: BTreeSet<u64> = ledger.iter().copied().collect();
-    assert_eq!(
-        unique.len(),
-        ledger.len(),
-        "the ledger holds a transfer twice"
-    );
-    assert_eq!(unique, o.applied, "ledger differs from the oracle");
+    check_each_once("the ledger", &o.applied, ledger);
 
     let rejected: BTreeSet<u64> = ids(&format!("SELECT id FROM {t}_rejected"))
         .into_iter()
@@ -287,7 +282,25 @@ fn check(names: &Names) {
     .collect();
     assert_eq!(dead, o.dead, "dead letters differ");
 
-    // Every balance equals the oracle's, and money is conserved.
+    // Every balance equals the oracle's, no account has a version twice, and money is
+    // conserved.
+    let updates: Vec<Update<u32, i64>> = psql(&format!(
+        "SELECT account, version, balance FROM {t}_balances"
+    ))
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(|l| {
+        let mut f = l.split('|');
+        let (a, v, b) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        Update {
+            key: a.parse().unwrap(),
+            value: b.parse().unwrap(),
+            epoch: v.parse().unwrap(),
+            origin: format!("{t}_balances version {v}"),
+        }
+    })
+    .collect();
+    check_keyed_final("balances", &o.balances, &updates);
     let balances: BTreeMap<u32, i64> = psql(&format!(
         "SELECT account, balance FROM {t}_current_balances"
     ))
@@ -298,7 +311,10 @@ fn check(names: &Names) {
         (a.parse().unwrap(), b.parse().unwrap())
     })
     .collect();
-    assert_eq!(balances, o.balances, "balances differ from the oracle");
+    assert_eq!(
+        balances, o.balances,
+        "the current balances view differs from the oracle"
+    );
     let total: i64 = balances.values().sum();
     assert_eq!(
         total,
@@ -307,28 +323,17 @@ fn check(names: &Names) {
     );
 
     // The summary topic holds each applied transfer exactly once.
-    let mut summaries: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut summaries = Vec::new();
     for r in read_topic(&names.summaries) {
         let v: serde_json::Value = serde_json::from_slice(&r.payload).expect("a JSON summary");
-        *summaries
-            .entry(v["id"].as_u64().expect("an id"))
-            .or_default() += 1;
+        summaries.push(v["id"].as_u64().expect("an id"));
         assert_eq!(
             r.headers.get("weir-sink").map(String::as_str),
             Some(format!("{}/summaries", names.job).as_str()),
             "summary without the sink's headers"
         );
     }
-    let twice: Vec<_> = summaries.iter().filter(|(_, &n)| n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "summaries published more than once: {twice:?}"
-    );
-    let got: BTreeSet<u64> = summaries.keys().copied().collect();
-    assert_eq!(
-        got, o.applied,
-        "summaries differ from the applied transfers"
-    );
+    check_each_once("the summary topic", &o.applied, summaries);
 
     // No prepared transaction of the job is left behind.
     assert_eq!(

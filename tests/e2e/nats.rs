@@ -2,7 +2,6 @@
 //! against the server `scripts/services.sh up` starts on 127.0.0.1:14222): every input
 //! event must arrive in the output stream exactly once, under unique message ids.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use serde::Deserialize;
 
 use crate::harness::bins;
 use crate::harness::job::JobArgs;
+use crate::harness::keyed::check_each_once;
 use crate::harness::launch::{launch, ChaosPlan, LaunchSpec};
 use crate::harness::process::run_to_end;
 use crate::harness::scenario;
@@ -94,33 +94,19 @@ fn dump_output(ws: &Workspace, stream: &str) -> Vec<(String, Enriched)> {
 
 /// Every input event exactly once, with its key, each under its own message id.
 fn check_exactly_once(got: &[(String, Enriched)]) {
-    let mut per_id: BTreeMap<u64, Vec<&Enriched>> = BTreeMap::new();
-    for (_, e) in got {
-        per_id.entry(e.id).or_default().push(e);
-    }
-    let missing: Vec<u64> = (0..EVENTS)
-        .filter(|id| !per_id.contains_key(id))
-        .take(10)
-        .collect();
-    let repeated: Vec<(u64, usize)> = per_id
-        .iter()
-        .filter(|(_, v)| v.len() > 1)
-        .map(|(id, v)| (*id, v.len()))
-        .take(10)
-        .collect();
-    let unknown: Vec<u64> = per_id.keys().copied().filter(|id| *id >= EVENTS).collect();
-    assert!(
-        missing.is_empty() && repeated.is_empty() && unknown.is_empty() && got.len() as u64 == EVENTS,
-        "expected {EVENTS} events exactly once, got {} messages; missing (first 10): {missing:?}; repeated (id, times): {repeated:?}; unknown: {unknown:?}",
-        got.len()
+    check_each_once(
+        "the output stream",
+        &(0..EVENTS).collect(),
+        got.iter().map(|(_, e)| e.id),
     );
-    for (id, v) in &per_id {
-        assert_eq!(v[0].key, format!("k{}", id % 7), "event {id}");
+    for (_, e) in got {
+        assert_eq!(e.key, format!("k{}", e.id % 7), "event {}", e.id);
     }
-    let mut ids: Vec<&String> = got.iter().map(|(m, _)| m).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), got.len(), "message ids repeat");
+    check_each_once(
+        "the output's message ids",
+        &got.iter().map(|(m, _)| m.as_str()).collect(),
+        got.iter().map(|(m, _)| m.as_str()),
+    );
 }
 
 /// Runs the pipe under `weir launch` with a failpoint in generation 0 and `kills`

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::harness::bins;
 use crate::harness::job::JobArgs;
+use crate::harness::keyed::check_same_multiset;
 use crate::harness::process::{run_to_end, tail};
 use crate::harness::workspace::{path_str, Workspace};
 
@@ -369,13 +370,15 @@ fn check_operator(
     run(&restored, &ws, "restored", None).assert_success();
     let chaos = committed(op, &ws.output);
 
-    assert_eq!(
-        base, expected,
-        "{op}: a run without failure differs from the oracle"
+    check_same_multiset(
+        &format!("{op}: a run without failure against the oracle"),
+        &expected,
+        &base,
     );
-    assert_eq!(
-        chaos, base,
-        "{op}: killed by {failpoint} at {before} workers and restored at {after}, the output differs from a run without failure"
+    check_same_multiset(
+        &format!("{op}: killed by {failpoint} at {before} workers and restored at {after}, against a run without failure"),
+        &base,
+        &chaos,
     );
 }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::harness::bins;
 use crate::harness::job::JobArgs;
+use crate::harness::keyed::check_same_multiset;
 use crate::harness::launch::{launch, ChaosPlan, LaunchSpec};
 use crate::harness::process::{run_to_end, tail, Finished};
 use crate::harness::scenario;
@@ -166,37 +167,9 @@ fn actual(output: &Path) -> Expected {
 
 /// Compares with the oracle, naming the first differences.
 fn check(expected: &Expected, actual: &Expected) {
-    fn diff<T: Ord + Clone + std::fmt::Debug>(what: &str, e: &[T], a: &[T]) {
-        let count = |v: &[T]| {
-            let mut m: BTreeMap<T, i64> = BTreeMap::new();
-            for x in v {
-                *m.entry(x.clone()).or_default() += 1;
-            }
-            m
-        };
-        let (ce, ca) = (count(e), count(a));
-        let missing: Vec<_> = ce
-            .iter()
-            .filter(|(k, n)| ca.get(*k).copied().unwrap_or(0) < **n)
-            .map(|(k, _)| k)
-            .take(5)
-            .collect();
-        let extra: Vec<_> = ca
-            .iter()
-            .filter(|(k, n)| ce.get(*k).copied().unwrap_or(0) < **n)
-            .map(|(k, _)| k)
-            .take(5)
-            .collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "{what}: expected {} committed {}; missing or too few (first 5): {missing:?}; unexpected or too many: {extra:?}",
-            e.len(),
-            a.len()
-        );
-    }
-    diff("sessions", &expected.sessions, &actual.sessions);
-    diff("late clicks", &expected.late, &actual.late);
-    diff("rejected lines", &expected.rejected, &actual.rejected);
+    check_same_multiset("sessions", &expected.sessions, &actual.sessions);
+    check_same_multiset("late clicks", &expected.late, &actual.late);
+    check_same_multiset("rejected lines", &expected.rejected, &actual.rejected);
 }
 
 /// Writes the input with the example's own generator and returns the oracle.

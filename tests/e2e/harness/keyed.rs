@@ -1,29 +1,48 @@
-//! One checker for keyed output of any record type: the committed updates of a job that
-//! reports each key's new value once per epoch in which it changed.
+//! One set of output checkers for every end-to-end test, over any record type: keyed
+//! updates (each key's final value right, no update twice), items that must each appear
+//! exactly once, and multisets that must match an oracle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 const SHOWN: usize = 25;
 
-/// One committed update: a key's value as of an epoch, and where it was read from (a
-/// file and line, a topic and offset) for messages.
+/// One committed update: a key's value as of an epoch (or another per-key order such as a
+/// version), and where it was read from (a file and line, a topic and offset) for messages.
 #[derive(Debug, Clone)]
 pub struct Update<K, V> {
     /// The key.
     pub key: K,
     /// Its value as of `epoch`.
     pub value: V,
-    /// The epoch the update belongs to.
+    /// The epoch (or version) the update belongs to; a key has at most one per epoch.
     pub epoch: u64,
     /// Where the update was read from.
     pub origin: String,
 }
 
-/// Exactly-once for keyed updates: every key of the oracle appears and no other; per key,
-/// no two updates of one epoch, no value committed twice in a row, and the last update
-/// (in epoch order) equals the oracle's final value. Panics with the violations.
-pub fn check_keyed_exactly_once<K, V>(what: &str, oracle: &BTreeMap<K, V>, updates: &[Update<K, V>])
+/// Panics with `what`, a headline and the first violations, if there are any.
+fn fail_if_any(what: &str, headline: String, violations: Vec<String>) {
+    if violations.is_empty() {
+        return;
+    }
+    let mut msg = format!("{what}: {headline}: {} problem(s)\n", violations.len());
+    for line in violations.iter().take(SHOWN) {
+        msg.push_str("  - ");
+        msg.push_str(line);
+        msg.push('\n');
+    }
+    if violations.len() > SHOWN {
+        msg.push_str(&format!("  ... and {} more\n", violations.len() - SHOWN));
+    }
+    panic!("{msg}");
+}
+
+fn keyed_violations<K, V>(
+    oracle: &BTreeMap<K, V>,
+    updates: &[Update<K, V>],
+    changes_only: bool,
+) -> (usize, Vec<String>)
 where
     K: Ord + Debug,
     V: PartialEq + Debug,
@@ -57,7 +76,7 @@ where
                     "key {key:?}: two updates for epoch {} ({:?} at {}, {:?} at {})",
                     a.epoch, a.value, a.origin, b.value, b.origin
                 ));
-            } else if a.value == b.value {
+            } else if changes_only && a.value == b.value {
                 v.push(format!(
                     "key {key:?}: value {:?} committed twice (epoch {} at {}, epoch {} at {})",
                     a.value, a.epoch, a.origin, b.epoch, b.origin
@@ -72,25 +91,118 @@ where
             ));
         }
     }
-    if v.is_empty() {
-        return;
-    }
-    let mut msg = format!(
-        "{what}: exactly-once violated: {} problem(s) in {} committed updates ({} keys in the oracle, {} in the output)\n",
-        v.len(),
-        updates.len(),
-        oracle.len(),
-        by_key.len()
+    (by_key.len(), v)
+}
+
+/// Exactly-once for a job that reports each key's new value once per epoch in which it
+/// changed: every key of the oracle appears and no other; per key, no two updates of one
+/// epoch, no value committed twice in a row, and the last update (in epoch order) equals
+/// the oracle's final value.
+pub fn check_keyed_exactly_once<K, V>(what: &str, oracle: &BTreeMap<K, V>, updates: &[Update<K, V>])
+where
+    K: Ord + Debug,
+    V: PartialEq + Debug,
+{
+    let (keys, v) = keyed_violations(oracle, updates, true);
+    fail_if_any(
+        what,
+        format!(
+            "exactly-once violated in {} committed updates ({} keys in the oracle, {keys} in the output)",
+            updates.len(),
+            oracle.len()
+        ),
+        v,
     );
-    for line in v.iter().take(SHOWN) {
-        msg.push_str("  - ");
-        msg.push_str(line);
-        msg.push('\n');
+}
+
+/// Each key's final value right and no update twice, for keyed output whose updates may
+/// repeat a value (a balance that returns to where it was): every key of the oracle
+/// appears and no other, no key has two updates of one epoch (or version), and the last
+/// update equals the oracle's final value.
+pub fn check_keyed_final<K, V>(what: &str, oracle: &BTreeMap<K, V>, updates: &[Update<K, V>])
+where
+    K: Ord + Debug,
+    V: PartialEq + Debug,
+{
+    let (keys, v) = keyed_violations(oracle, updates, false);
+    fail_if_any(
+        what,
+        format!(
+            "final values wrong in {} committed updates ({} keys in the oracle, {keys} in the output)",
+            updates.len(),
+            oracle.len()
+        ),
+        v,
+    );
+}
+
+/// Every item of `expected` exactly once in `got`, and nothing else.
+pub fn check_each_once<T: Ord + Debug>(
+    what: &str,
+    expected: &BTreeSet<T>,
+    got: impl IntoIterator<Item = T>,
+) {
+    let mut seen: BTreeMap<T, usize> = BTreeMap::new();
+    for item in got {
+        *seen.entry(item).or_default() += 1;
     }
-    if v.len() > SHOWN {
-        msg.push_str(&format!("  ... and {} more\n", v.len() - SHOWN));
+    let total: usize = seen.values().sum();
+    let mut v = Vec::new();
+    for item in expected
+        .iter()
+        .filter(|i| !seen.contains_key(*i))
+        .take(SHOWN)
+    {
+        v.push(format!("{item:?} is missing"));
     }
-    panic!("{msg}");
+    for (item, n) in seen.iter().filter(|(_, n)| **n > 1).take(SHOWN) {
+        v.push(format!("{item:?} appears {n} times"));
+    }
+    for item in seen.keys().filter(|i| !expected.contains(*i)).take(SHOWN) {
+        v.push(format!("{item:?} is not expected"));
+    }
+    fail_if_any(
+        what,
+        format!(
+            "expected {} items exactly once, got {total}",
+            expected.len()
+        ),
+        v,
+    );
+}
+
+/// The same records as the oracle, as many times each (in any order).
+pub fn check_same_multiset<T: Ord + Clone + Debug>(what: &str, expected: &[T], got: &[T]) {
+    let count = |v: &[T]| {
+        let mut m: BTreeMap<T, i64> = BTreeMap::new();
+        for x in v {
+            *m.entry(x.clone()).or_default() += 1;
+        }
+        m
+    };
+    let (ce, cg) = (count(expected), count(got));
+    let mut v = Vec::new();
+    for (k, n) in &ce {
+        let m = cg.get(k).copied().unwrap_or(0);
+        if m < *n {
+            v.push(format!("{k:?}: {m} committed, the oracle has {n}"));
+        }
+    }
+    for (k, m) in &cg {
+        let n = ce.get(k).copied().unwrap_or(0);
+        if *m > n {
+            v.push(format!("{k:?}: {m} committed, the oracle has {n}"));
+        }
+    }
+    fail_if_any(
+        what,
+        format!(
+            "expected {} committed records, got {}",
+            expected.len(),
+            got.len()
+        ),
+        v,
+    );
 }
 
 #[cfg(test)]
@@ -120,6 +232,19 @@ mod tests {
     }
 
     #[test]
+    fn a_value_may_come_back_when_only_final_values_count() {
+        let oracle = BTreeMap::from([("a".to_string(), 1u64)]);
+        check_keyed_final("t", &oracle, &[u("a", 1, 1), u("a", 2, 2), u("a", 1, 3)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "two updates for epoch 2")]
+    fn rejects_two_updates_of_one_version() {
+        let oracle = BTreeMap::from([("a".to_string(), 2u64)]);
+        check_keyed_final("t", &oracle, &[u("a", 1, 2), u("a", 2, 2)]);
+    }
+
+    #[test]
     #[should_panic(expected = "final value 1")]
     fn rejects_a_lost_update() {
         let oracle = BTreeMap::from([("a".to_string(), 2u64)]);
@@ -131,5 +256,28 @@ mod tests {
     fn rejects_a_missing_key() {
         let oracle = BTreeMap::from([("a".to_string(), 2u64), ("b".to_string(), 1)]);
         check_keyed_exactly_once("t", &oracle, &[u("a", 2, 1)]);
+    }
+
+    #[test]
+    fn each_once_accepts_every_item_once() {
+        check_each_once("t", &BTreeSet::from([1, 2, 3]), [3, 1, 2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "2 appears 2 times")]
+    fn each_once_rejects_a_repeat() {
+        check_each_once("t", &BTreeSet::from([1, 2]), [1, 2, 2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "3 is missing")]
+    fn each_once_rejects_a_loss() {
+        check_each_once("t", &BTreeSet::from([1, 2, 3]), [1, 2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "\"x\": 2 committed, the oracle has 1")]
+    fn a_multiset_must_match_in_counts() {
+        check_same_multiset("t", &["x", "y"], &["x", "y", "x"]);
     }
 }
