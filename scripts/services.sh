@@ -16,7 +16,9 @@
 # - tansu (an Apache-Kafka-compatible broker) on 127.0.0.1:19092 with its in-memory
 #   engine, installed with `cargo install tansu` into $WEIR_CACHE_DIR/tansu (about 16
 #   minutes the first time, then reused);
-# - NATS with JetStream, a server of its own on 127.0.0.1:14222.
+# - NATS with JetStream, a server of its own on 127.0.0.1:14222;
+# - Redis, a server of its own on 127.0.0.1:16379 that keeps nothing on disk (for the
+#   custom-sink example, whose sink is written outside weir's crates).
 # State lives in $WEIR_SERVICES_DIR (default: target/services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +28,7 @@ PG_PORT=15432
 PG_NO_2PC_PORT=15433
 KAFKA_PORT=19092
 NATS_PORT=14222
+REDIS_PORT=16379
 TANSU_VERSION=0.6.0
 CACHE=${WEIR_CACHE_DIR:-$HOME/.cache/weir}
 mkdir -p "$DIR"
@@ -153,6 +156,20 @@ nats_up() {
   wait_port "NATS JetStream" "$NATS_PORT" "$DIR/nats.log"
 }
 
+redis_up() {
+  if listening "$REDIS_PORT"; then
+    echo "services: Redis already listening on 127.0.0.1:$REDIS_PORT"
+    return
+  fi
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "services: installing Redis (apt-get install redis-server)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null
+  fi
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize yes --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log" --dir "$DIR"
+  wait_port "Redis" "$REDIS_PORT" "$DIR/redis.log"
+}
+
 stop_pid() {
   if [ -f "$DIR/$1.pid" ]; then
     kill "$(cat "$DIR/$1.pid")" 2>/dev/null || true
@@ -166,12 +183,14 @@ case "${1:-}" in
     pg_up postgres "$PG_PORT" 1000
     pg_up postgres-no-2pc "$PG_NO_2PC_PORT" 0
     nats_up
+    redis_up
     kafka_up
     ;;
   install-kafka) tansu_install ;;
   down)
     stop_pid tansu
     stop_pid nats
+    stop_pid redis
     if [ -f "$DIR/seaweedfs.pid" ]; then
       kill "$(cat "$DIR/seaweedfs.pid")" 2>/dev/null || true
       rm -f "$DIR/seaweedfs.pid"
@@ -189,6 +208,7 @@ case "${1:-}" in
     echo "export WEIR_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
     echo "export WEIR_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT"
     echo "export WEIR_TEST_TANSU_BIN=$CACHE/tansu/bin/tansu"
+    echo "export WEIR_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/"
     ;;
   *) echo "usage: $0 up|down|env|install-kafka" >&2; exit 2 ;;
 esac

@@ -11,6 +11,7 @@ mod harness;
 
 mod bad_input;
 mod cli;
+mod custom_sink;
 mod failpoints;
 mod inprocess;
 mod kafka;

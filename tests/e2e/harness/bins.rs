@@ -60,6 +60,11 @@ pub fn bank_transfers() -> PathBuf {
     release_binary("examples/bank_transfers")
 }
 
+/// `target/release/examples/custom_sink`, word counts into Redis through a sink of its own.
+pub fn custom_sink() -> PathBuf {
+    release_binary("examples/custom_sink")
+}
+
 /// `target/release/examples/nats_pipe`, the NATS JetStream pipeline.
 pub fn nats_pipe() -> PathBuf {
     release_binary("examples/nats_pipe")

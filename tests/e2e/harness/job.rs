@@ -54,6 +54,13 @@ impl JobArgs {
         }
     }
 
+    /// Only `--checkpoint-dir` of the workspace.
+    pub fn checkpoints_only(ws: &Workspace) -> Self {
+        JobArgs {
+            args: vec!["--checkpoint-dir".into(), ws.checkpoint_url()],
+        }
+    }
+
     /// A job with a subcommand (`run`) and only `--checkpoint-dir` of the workspace.
     pub fn subcommand(name: &str, ws: &Workspace) -> Self {
         JobArgs {

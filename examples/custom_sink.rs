@@ -1,0 +1,267 @@
+//! A sink written outside weir's crates: word counts into Redis, exactly once.
+//!
+//! ```text
+//! custom_sink --input DIR --redis URL [--prefix P] --checkpoint-dir URL [job flags]
+//! ```
+//!
+//! Everything Redis-specific lives in this file, on top of weir's public two-phase
+//! contract (`weir::runtime::TwoPhaseSink` on every worker, `weir::runtime::Committer` on
+//! the coordinator). The job counts the words of the files in `--input` and keeps, under
+//! the key prefix `P`:
+//! - `P:counts`, a hash from each word to its count;
+//! - `P:updates`, a list with one `word<TAB>count<TAB>epoch` entry for every committed
+//!   change of a count, so that a reader can check that no update arrived twice.
+//!
+//! How it stays exactly once:
+//! - **pre-commit** (a worker, when its input passes an epoch): the epoch's changed
+//!   counts go into a staging hash `P:staged:<handle>` and the handle into the set
+//!   `P:staged`, in one `MULTI`/`EXEC` transaction: kept by Redis, invisible to readers
+//!   of `P:counts`;
+//! - **commit** (the coordinator, once the checkpoint that covers the epoch is complete):
+//!   one Lua script, which Redis runs atomically. If the handle is in the marker set
+//!   `P:committed`, it does nothing (a commit repeated after a crash); otherwise it
+//!   applies the staged counts to `P:counts`, appends them to `P:updates`, adds the
+//!   marker and removes the staging. A handle that is neither staged nor marked was lost,
+//!   and the commit fails rather than skip it;
+//! - **abort** (recovery of output no checkpoint covers): the staging is deleted;
+//! - **recovery**: weir asks `staged()` for every handle in `P:staged` and commits or
+//!   aborts each one, so a crash anywhere leaves nothing behind.
+//!
+//! A Redis server that cannot be reached is a transient failure (exit code 1, so a
+//! supervisor restarts the job); the job's own settings are checked by weir.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use timely::dataflow::operators::vec::Map;
+use weir::checkpoint::SinkEntry;
+use weir::prelude::*;
+use weir::runtime::sink::sink;
+use weir::runtime::{Committer, PreCommitted, Result, RuntimeError, TwoPhaseSink};
+
+#[derive(Parser, Debug)]
+#[command(about = "Counts words into Redis, exactly once, through a sink of its own")]
+struct Args {
+    /// Directory of input text files.
+    #[arg(long)]
+    input: PathBuf,
+    /// The Redis server, `redis://host:port/`.
+    #[arg(long, env = "WEIR_REDIS_URL")]
+    redis: String,
+    /// Prefix of every key the sink writes.
+    #[arg(long, default_value = "wordcount")]
+    prefix: String,
+    /// Lines per second per worker (for demos and chaos tests); unlimited by default.
+    #[arg(long)]
+    rate_limit: Option<u64>,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+fn main() {
+    weir::cli::main_with(|| {
+        let args = Args::parse();
+        let config = args.job.into_config("custom-sink")?;
+        let (input, redis, prefix) = (args.input, args.redis, args.prefix);
+        let opts = SourceOptions {
+            rate_limit: args.rate_limit,
+        };
+        weir::run(config, move |job| {
+            let lines = files::read_lines(job, "lines", &input, opts)?;
+            let words = lines.flat_map(|line: String| {
+                line.split_whitespace()
+                    .map(|w| (w.to_string(), 1u64))
+                    .collect::<Vec<_>>()
+            });
+            let counts =
+                words.reduce_by_key(job, "counts", |count: &mut u64, n: u64| *count += n)?;
+            let store = Redis::connect(&redis, &prefix)?;
+            let writer = RedisWriter {
+                redis: store.clone(),
+                worker: job.ctx().worker(),
+                generation: job.ctx().generation(),
+                pending: Default::default(),
+            };
+            sink(job, counts, "redis", writer, Arc::new(store))
+        })?;
+        Ok(())
+    })
+}
+
+/// A connection to the server and the key prefix; shared by a worker's writer and the
+/// coordinator's committer.
+#[derive(Clone)]
+struct Redis {
+    url: String,
+    prefix: String,
+    connection: Arc<Mutex<redis::Connection>>,
+}
+
+impl Redis {
+    /// Connects and checks that the server answers.
+    fn connect(url: &str, prefix: &str) -> Result<Self> {
+        let unavailable = |e: redis::RedisError| {
+            RuntimeError::Unavailable(format!("Redis at {url}: cannot connect: {e}").into())
+        };
+        let client = redis::Client::open(url).map_err(|e| {
+            RuntimeError::config("--redis", format!("`{url}` is not a Redis URL: {e}"))
+        })?;
+        let mut connection = client
+            .get_connection_with_timeout(std::time::Duration::from_secs(5))
+            .map_err(unavailable)?;
+        redis::cmd("PING")
+            .query::<String>(&mut connection)
+            .map_err(unavailable)?;
+        Ok(Redis {
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    /// Runs `f` on the connection; a failure names the server and what was being done.
+    fn with<T>(
+        &self,
+        action: &str,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut connection).map_err(|e| {
+            let reason = format!("Redis at {}: cannot {action}: {e}", self.url);
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                RuntimeError::Unavailable(reason.into())
+            } else {
+                RuntimeError::Io {
+                    operator: "redis".into(),
+                    reason,
+                }
+            }
+        })
+    }
+}
+
+/// The handle of one worker's output of one epoch in one generation.
+fn handle(epoch: u64, generation: u64, worker: usize) -> String {
+    format!("e{epoch}-g{generation}-w{worker}")
+}
+
+/// The output a handle names.
+fn parse(handle: &str) -> Option<SinkEntry> {
+    let rest = handle.strip_prefix('e')?;
+    let (epoch, rest) = rest.split_once("-g")?;
+    let (generation, worker) = rest.split_once("-w")?;
+    Some(SinkEntry {
+        sink: "redis".into(),
+        worker: worker.parse().ok()?,
+        epoch: epoch.parse().ok()?,
+        generation: generation.parse().ok()?,
+        handle: handle.to_string(),
+    })
+}
+
+/// The writing side, on every worker: one epoch's changed counts until pre-commit.
+struct RedisWriter {
+    redis: Redis,
+    worker: usize,
+    generation: weir::Generation,
+    pending: std::collections::BTreeMap<u64, Vec<(String, u64)>>,
+}
+
+impl TwoPhaseSink for RedisWriter {
+    type Record = (String, u64, u64);
+
+    fn write(&mut self, epoch: u64, (word, count, _): (String, u64, u64)) -> Result<()> {
+        self.pending.entry(epoch).or_default().push((word, count));
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+        let Some(counts) = self.pending.remove(&epoch) else {
+            return Ok(None);
+        };
+        let handle = handle(epoch, self.generation.0, self.worker);
+        let staged = self.redis.key(&format!("staged:{handle}"));
+        let index = self.redis.key("staged");
+        self.redis.with("stage an epoch's counts", |c| {
+            let mut tx = redis::pipe();
+            tx.atomic().del(&staged).ignore();
+            for (word, count) in &counts {
+                tx.hset(&staged, word, count).ignore();
+            }
+            tx.sadd(&index, &handle).ignore();
+            tx.query::<()>(c)
+        })?;
+        let entry = parse(&handle).expect("a handle this sink made");
+        Ok(Some(PreCommitted(entry)))
+    }
+}
+
+/// Applies a staged epoch, with its marker, in one atomic step: 0 if it was committed
+/// before, 1 if it is now, -1 if it is neither staged nor committed.
+const COMMIT: &str = r#"
+local committed, staged, index, counts, updates = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local handle, epoch = ARGV[1], ARGV[2]
+if redis.call('SISMEMBER', committed, handle) == 1 then return 0 end
+if redis.call('EXISTS', staged) == 0 then return -1 end
+local fields = redis.call('HGETALL', staged)
+for i = 1, #fields, 2 do
+  redis.call('HSET', counts, fields[i], fields[i + 1])
+  redis.call('RPUSH', updates, fields[i] .. '\t' .. fields[i + 1] .. '\t' .. epoch)
+end
+redis.call('SADD', committed, handle)
+redis.call('DEL', staged)
+redis.call('SREM', index, handle)
+return 1
+"#;
+
+impl Committer for Redis {
+    fn staged(&self) -> Result<Vec<SinkEntry>> {
+        let handles: Vec<String> = self.with("list staged output", |c| {
+            redis::cmd("SMEMBERS").arg(self.key("staged")).query(c)
+        })?;
+        Ok(handles.iter().filter_map(|h| parse(h)).collect())
+    }
+
+    fn commit(&self, entry: &SinkEntry) -> Result<()> {
+        let outcome: i64 = self.with("commit staged output", |c| {
+            redis::Script::new(COMMIT)
+                .key(self.key("committed"))
+                .key(self.key(&format!("staged:{}", entry.handle)))
+                .key(self.key("staged"))
+                .key(self.key("counts"))
+                .key(self.key("updates"))
+                .arg(&entry.handle)
+                .arg(entry.epoch.0)
+                .invoke(c)
+        })?;
+        if outcome < 0 {
+            return Err(RuntimeError::Io {
+                operator: "redis".into(),
+                reason: format!(
+                    "output {} of epoch {} is neither staged under {} nor committed: it was deleted from Redis",
+                    entry.handle,
+                    entry.epoch,
+                    self.key(&format!("staged:{}", entry.handle))
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn abort(&self, entry: &SinkEntry) -> Result<()> {
+        self.with("abort staged output", |c| {
+            redis::pipe()
+                .atomic()
+                .del(self.key(&format!("staged:{}", entry.handle)))
+                .ignore()
+                .srem(self.key("staged"), &entry.handle)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+}
