@@ -5,7 +5,7 @@
 # Prints each run's wall time, checkpoint count, the medians and their ratio.
 #
 #   scripts/services.sh up && eval "$(scripts/services.sh env)"
-#   cargo build --release --bins --examples
+#   cargo build --release --features full --bins --examples
 #   benches/checkpoint_storage.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

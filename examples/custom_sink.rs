@@ -15,8 +15,9 @@
 //! How it stays exactly once:
 //! - **pre-commit** (a worker, when its input passes an epoch): the epoch's changed
 //!   counts go into a staging hash `P:staged:<handle>` and the handle into the set
-//!   `P:staged`, in one `MULTI`/`EXEC` transaction: kept by Redis, invisible to readers
-//!   of `P:counts`;
+//!   `P:staged`, in one Lua script (atomic in Redis): kept by the server (as durably as
+//!   its persistence settings keep anything), invisible to readers of `P:counts`. A
+//!   handle that an earlier run already committed under the same prefix is refused;
 //! - **commit** (the coordinator, once the checkpoint that covers the epoch is complete):
 //!   one Lua script, which Redis runs atomically. If the handle is in the marker set
 //!   `P:committed`, it does nothing (a commit repeated after a crash); otherwise it
@@ -27,8 +28,11 @@
 //! - **recovery**: weir asks `staged()` for every handle in `P:staged` and commits or
 //!   aborts each one, so a crash anywhere leaves nothing behind.
 //!
-//! A Redis server that cannot be reached is a transient failure (exit code 1, so a
-//! supervisor restarts the job); the job's own settings are checked by weir.
+//! A Redis server that cannot be reached, restarts or fails over is a transient failure
+//! (exit code 1, so a supervisor restarts the job); a call that gets no answer within
+//! 30 s fails the same way. Like weir's own sinks, this one relies on weir's fencing of
+//! older generations, which is checked before each manifest rather than atomically with
+//! the commit (see the README's known limits).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -107,8 +111,15 @@ impl Redis {
         let client = redis::Client::open(url).map_err(|e| {
             RuntimeError::config("--redis", format!("`{url}` is not a Redis URL: {e}"))
         })?;
+        let timeout = std::time::Duration::from_secs(30);
         let mut connection = client
             .get_connection_with_timeout(std::time::Duration::from_secs(5))
+            .map_err(unavailable)?;
+        // A server that stops answering fails the call (and the run) instead of hanging
+        // the worker or the coordinator.
+        connection
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| connection.set_write_timeout(Some(timeout)))
             .map_err(unavailable)?;
         redis::cmd("PING")
             .query::<String>(&mut connection)
@@ -133,7 +144,7 @@ impl Redis {
         let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut connection).map_err(|e| {
             let reason = format!("Redis at {}: cannot {action}: {e}", self.url);
-            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+            if is_transient(&e) {
                 RuntimeError::Unavailable(reason.into())
             } else {
                 RuntimeError::Io {
@@ -143,6 +154,25 @@ impl Redis {
             }
         })
     }
+}
+
+/// Whether a restart can cure a Redis failure: the server is unreachable or restarting,
+/// or a failover is under way.
+fn is_transient(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            )
+        )
 }
 
 /// The handle of one worker's output of one epoch in one generation.
@@ -185,21 +215,47 @@ impl TwoPhaseSink for RedisWriter {
             return Ok(None);
         };
         let handle = handle(epoch, self.generation.0, self.worker);
-        let staged = self.redis.key(&format!("staged:{handle}"));
-        let index = self.redis.key("staged");
-        self.redis.with("stage an epoch's counts", |c| {
-            let mut tx = redis::pipe();
-            tx.atomic().del(&staged).ignore();
+        let staged: i64 = self.redis.with("stage an epoch's counts", |c| {
+            let script = redis::Script::new(STAGE);
+            let mut stage = script.prepare_invoke();
+            stage
+                .key(self.redis.key("committed"))
+                .key(self.redis.key(&format!("staged:{handle}")))
+                .key(self.redis.key("staged"))
+                .arg(&handle);
             for (word, count) in &counts {
-                tx.hset(&staged, word, count).ignore();
+                stage.arg(word).arg(count);
             }
-            tx.sadd(&index, &handle).ignore();
-            tx.query::<()>(c)
+            stage.invoke(c)
         })?;
+        if staged < 0 {
+            return Err(RuntimeError::config(
+                "--prefix",
+                format!(
+                    "output {handle} was committed to Redis by an earlier run of this job under the prefix `{}`, whose checkpoints are gone: use another --prefix, or delete the keys `{}:*`",
+                    self.redis.prefix, self.redis.prefix
+                ),
+            ));
+        }
         let entry = parse(&handle).expect("a handle this sink made");
         Ok(Some(PreCommitted(entry)))
     }
 }
+
+/// Stages an epoch's counts and its handle in one atomic step: 1, or -1 if the handle was
+/// committed before (an earlier run of the job under the same prefix, whose checkpoints
+/// were deleted, used it already: staging it again would lose this run's output).
+const STAGE: &str = r#"
+local committed, staged, index = KEYS[1], KEYS[2], KEYS[3]
+local handle = ARGV[1]
+if redis.call('SISMEMBER', committed, handle) == 1 then return -1 end
+redis.call('DEL', staged)
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', staged, ARGV[i], ARGV[i + 1])
+end
+redis.call('SADD', index, handle)
+return 1
+"#;
 
 /// Applies a staged epoch, with its marker, in one atomic step: 0 if it was committed
 /// before, 1 if it is now, -1 if it is neither staged nor committed.

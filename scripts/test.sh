@@ -11,7 +11,7 @@ fi
 scripts/services.sh up
 eval "$(scripts/services.sh env)"
 # The default build must stay light: no client library of an external system.
-heavy=$(cargo tree --locked -p weir -e normal --prefix none | grep -E '^(rdkafka-sys|aws-lc-sys|parquet|tokio-postgres|async-nats|redis) ' || true)
+heavy=$(cargo tree --locked -p weir -e normal --prefix none | grep -E '^(rdkafka-sys|aws-lc-sys|aws-lc-rs|reqwest|parquet|tokio-postgres|async-nats|redis) ' || true)
 if [ -n "$heavy" ]; then
   echo "the default build of weir compiles heavy connector dependencies:" >&2
   echo "$heavy" >&2

@@ -71,13 +71,26 @@ pub(crate) fn install(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Closed>();
     let completed = Arc::new(std::sync::Mutex::new(Vec::<Epoch>::new()));
     if is_coordinator {
+        let operators = names.into_iter().collect();
+        let inner = ctx.runtime().spawn(run(
+            ctx.clone(),
+            operators,
+            committers,
+            rx,
+            Arc::clone(&completed),
+        ));
+        // The coordinator's error, or its panic (a committer that panics), fails the run:
+        // without a coordinator no checkpoint would ever complete again.
         let task = ctx.runtime().spawn({
             let ctx = ctx.clone();
-            let completed = Arc::clone(&completed);
             async move {
-                let operators = names.into_iter().collect();
-                if let Err(e) = run(ctx.clone(), operators, committers, rx, completed).await {
-                    ctx.fail("checkpoint coordinator", e);
+                match inner.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => ctx.fail("checkpoint coordinator", e),
+                    Err(e) => ctx.fail(
+                        "checkpoint coordinator",
+                        RuntimeError::Dataflow(format!("the coordinator task ended: {e}")),
+                    ),
                 }
             }
         });
@@ -102,6 +115,8 @@ pub(crate) fn install(
             let front = frontier.frontier().iter().min().copied().map(Epoch);
             if let Some(sender) = &tx {
                 for closed in assembler.advance(front) {
+                    // A send fails only once the coordinator task has ended, and its end
+                    // (an error or a panic) is recorded as the run's failure.
                     let _ = sender.send(closed);
                 }
             }

@@ -21,10 +21,17 @@ use crate::startup::{local_workers, read_start};
 /// Returns an error for failures found before the dataflow starts (settings, storage,
 /// restore) and for the first failure inside the running dataflow (a sink, a source, a
 /// snapshot, the coordinator): every worker of the process then stops its dataflow and
-/// the error comes back here with where it happened. Nothing is committed after a
-/// failure; a later run with `--restore latest` resumes from the last complete
-/// checkpoint. [`RuntimeError::retry`] tells whether that can help. Library code never
-/// exits the process: binaries choose exit codes (see `weir::cli::main_with`).
+/// the error comes back here with where it happened. The coordinator stops before its
+/// next manifest and its next commit; a later run with `--restore latest` resumes from
+/// the last complete checkpoint (a checkpoint completed just before the failure is
+/// whole, and its commits are idempotent). [`RuntimeError::retry`] tells whether that
+/// can help. Library code never exits the process: binaries choose exit codes (see
+/// `weir::cli::main_with`).
+///
+/// In a cluster of several processes, the workers of a process that failed stay parked
+/// after this returns, holding their connections open: the other processes learn of the
+/// failure when this process exits. A caller that runs a multi-process job must exit
+/// after an `Err`, as `weir::cli::main_with` does.
 ///
 /// A request to stop (`weir stop`, see `CheckpointStore::request_stop`) ends every
 /// source's input at the next epoch; the job then completes its last checkpoint, copies

@@ -95,6 +95,10 @@ impl<'scope> Job<'scope> {
             reports,
             committers,
         } = self;
+        if ctx.failed() {
+            // Another worker failed to build: this run recovers nothing and stops.
+            return Ok(());
+        }
         if ctx.worker() == 0 {
             if let Some(m) = ctx.restored() {
                 check_graph(m, &names)?;

@@ -31,13 +31,28 @@ fn redis_cli(args: &[&str]) -> Vec<String> {
         .args(args)
         .output()
         .expect("run redis-cli (installed with the server by scripts/services.sh)");
-    assert!(out.status.success(), "redis-cli {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("UTF-8 from redis-cli").lines().map(str::to_string).collect()
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("UTF-8 from redis-cli")
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Counts the corpus into Redis under `kills` random SIGKILLs (after a failpoint in
 /// generation 0, if given), then checks the committed counts and updates.
-fn counts_under_kills(name: &str, processes: usize, workers: usize, failpoint: Option<&str>, kills: usize, own_seed: u64) {
+fn counts_under_kills(
+    name: &str,
+    processes: usize,
+    workers: usize,
+    failpoint: Option<&str>,
+    kills: usize,
+    own_seed: u64,
+) {
     let seed = scenario::seed(own_seed);
     let ws = Workspace::new(name);
     let corpus = input::generate(&ws.input, seed, &InputSpec::chaos());
@@ -67,31 +82,51 @@ fn counts_under_kills(name: &str, processes: usize, workers: usize, failpoint: O
     });
     let outcome = launch(&ws, &spec, chaos);
     outcome.assert_success();
-    assert_eq!(outcome.kills.len(), kills, "not every kill was delivered\n{}", outcome.summary());
+    assert_eq!(
+        outcome.kills.len(),
+        kills,
+        "not every kill was delivered\n{}",
+        outcome.summary()
+    );
     if let Some(fp) = failpoint {
-        assert!(outcome.generations.contains_key(&1), "failpoint {fp} did not fire\n{}", outcome.summary());
+        assert!(
+            outcome.generations.contains_key(&1),
+            "failpoint {fp} did not fire\n{}",
+            outcome.summary()
+        );
     }
 
-    let updates: Vec<Update<String, u64>> = redis_cli(&["LRANGE", &format!("{prefix}:updates"), "0", "-1"])
-        .iter()
-        .enumerate()
-        .map(|(i, line)| {
-            let mut f = line.split('\t');
-            let (word, count, epoch) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
-            Update {
-                key: word.to_string(),
-                value: count.parse().expect("a count"),
-                epoch: epoch.parse().expect("an epoch"),
-                origin: format!("{prefix}:updates[{i}]"),
-            }
-        })
-        .collect();
+    let updates: Vec<Update<String, u64>> =
+        redis_cli(&["LRANGE", &format!("{prefix}:updates"), "0", "-1"])
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                let mut f = line.split('\t');
+                let (word, count, epoch) =
+                    (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+                Update {
+                    key: word.to_string(),
+                    value: count.parse().expect("a count"),
+                    epoch: epoch.parse().expect("an epoch"),
+                    origin: format!("{prefix}:updates[{i}]"),
+                }
+            })
+            .collect();
     check_keyed_exactly_once("Redis updates", &corpus.oracle, &updates);
     let pairs = redis_cli(&["HGETALL", &format!("{prefix}:counts")]);
-    let counts: BTreeMap<String, u64> =
-        pairs.chunks(2).map(|p| (p[0].clone(), p[1].parse().expect("a count"))).collect();
-    assert_eq!(counts, corpus.oracle, "the counts hash differs from the oracle");
-    assert_eq!(redis_cli(&["SCARD", &format!("{prefix}:staged")]), vec!["0"], "output left staged");
+    let counts: BTreeMap<String, u64> = pairs
+        .chunks(2)
+        .map(|p| (p[0].clone(), p[1].parse().expect("a count")))
+        .collect();
+    assert_eq!(
+        counts, corpus.oracle,
+        "the counts hash differs from the oracle"
+    );
+    assert_eq!(
+        redis_cli(&["SCARD", &format!("{prefix}:staged")]),
+        vec!["0"],
+        "output left staged"
+    );
 }
 
 #[test]

@@ -283,3 +283,86 @@ fn a_second_run_in_the_same_process_restores_and_finishes_exactly_once() {
     );
     assert_eq!(out.staged(), 0, "output left staged");
 }
+
+/// A sink whose every epoch has output, and whose committer panics: a bug in a user's
+/// committer, which runs on the coordinator.
+struct PanicsOnCommit;
+
+impl TwoPhaseSink for PanicsOnCommit {
+    type Record = (String, u64, u64);
+    fn write(&mut self, _epoch: u64, _record: Self::Record) -> weir::runtime::Result<()> {
+        Ok(())
+    }
+    fn pre_commit(&mut self, epoch: u64) -> weir::runtime::Result<Option<PreCommitted>> {
+        Ok(Some(PreCommitted(SinkEntry {
+            sink: "panics".into(),
+            worker: weir::WorkerIndex(0),
+            epoch: weir::Epoch(epoch),
+            generation: weir::Generation(0),
+            handle: format!("e{epoch}"),
+        })))
+    }
+}
+
+impl Committer for PanicsOnCommit {
+    fn staged(&self) -> weir::runtime::Result<Vec<SinkEntry>> {
+        Ok(Vec::new())
+    }
+    fn commit(&self, entry: &SinkEntry) -> weir::runtime::Result<()> {
+        panic!("the committer of {} is broken", entry.handle)
+    }
+    fn abort(&self, _entry: &SinkEntry) -> weir::runtime::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_committer_that_panics_fails_the_run_instead_of_stalling_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config("inproc-commit-panics", dir.path(), 2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        let result = weir::run(config, move |job| {
+            let lines = generator::generate(
+                job,
+                "lines",
+                2_000_000,
+                SourceOptions {
+                    rate_limit: Some(200_000),
+                },
+                line,
+            )?;
+            let words = lines.flat_map(|l| {
+                l.split_whitespace()
+                    .map(|w| (w.to_string(), 1u64))
+                    .collect::<Vec<_>>()
+            });
+            let counts = words.reduce_by_key(job, "counts", |c: &mut u64, n: u64| *c += n)?;
+            sink(
+                job,
+                counts,
+                "panics",
+                PanicsOnCommit,
+                Arc::new(PanicsOnCommit),
+            )
+        });
+        let _ = tx.send(result);
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("weir::run did not return within 120 s: the coordinator's panic stalled the run")
+        .expect_err("the committer panicked, so the run must fail");
+    let text = err.to_string();
+    assert!(
+        text.contains("checkpoint coordinator") && text.contains("coordinator task ended"),
+        "{text}"
+    );
+    assert_eq!(err.retry(), Retry::Transient, "{text}");
+    // The input would take 5 s at 2 x 200 000 lines/s: the run stopped early.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the run took {:?} to stop",
+        started.elapsed()
+    );
+}

@@ -1,8 +1,8 @@
 //! End-to-end tests of weir: real processes, real SIGKILLs, real files.
 //!
-//! They run the release binaries `target/release/weir` and
-//! `target/release/examples/wordcount` (build them with
-//! `cargo build --release --bins --examples`) on seeded random input, compare the
+//! They run the release binaries `target/release/weir` and the examples (build them
+//! with `cargo build --release --all-features --bins --examples`; the suite needs the
+//! `full` feature, as `scripts/test.sh` gives it) on seeded random input, compare the
 //! committed output with an oracle computed from the input, and check the promised
 //! delivery guarantee. Set `WEIR_E2E_SEED` to explore other inputs and kill schedules;
 //! the seed in use is printed by every test.

@@ -134,7 +134,8 @@ pub struct ObjectSinkOptions {
 /// assert!(objects.iter().all(|o| o.name.starts_with("numbers-e") && o.name.ends_with(".jsonl")));
 /// ```
 ///
-/// Parquet output needs the `parquet` feature; its module documents an example.
+/// Parquet output (`ObjectFormat::Parquet`) needs the `parquet` feature; without it, such a
+/// sink is refused when the job is built, with a message that names the feature.
 pub fn write_objects<'s, D: Serialize + timely::ExchangeData>(
     job: &mut Job<'s>,
     stream: Stream<'s, u64, Vec<D>>,

@@ -27,7 +27,7 @@ fn release_binary(relative: &str) -> PathBuf {
     if !path.is_file() {
         panic!(
             "the end-to-end tests need the release binary {} but it does not exist; \
-             build it first with `cargo build --release --bins --examples` \
+             build it first with `cargo build --release --all-features --bins --examples` \
              (the tests never skip)",
             path.display()
         );
