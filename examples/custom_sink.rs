@@ -238,7 +238,7 @@ impl TwoPhaseSink for RedisWriter {
             ));
         }
         let entry = parse(&handle).expect("a handle this sink made");
-        Ok(Some(PreCommitted(entry)))
+        Ok(Some(PreCommitted::new(entry)))
     }
 }
 

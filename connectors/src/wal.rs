@@ -300,7 +300,7 @@ impl<T: Serialize + 'static> TwoPhaseSink for WalSink<T> {
         };
         let handle = Wal::handle(epoch, self.ctx.generation().0, self.ctx.worker());
         run(self.ctx.runtime(), self.wal.write(&handle, &records))?;
-        Ok(Some(PreCommitted(SinkEntry {
+        Ok(Some(PreCommitted::new(SinkEntry {
             sink: self.wal.sink.clone(),
             worker: weir_runtime::WorkerIndex(self.ctx.worker()),
             epoch: weir_runtime::Epoch(epoch),

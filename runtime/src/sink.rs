@@ -100,10 +100,10 @@ where
             for epoch in closed {
                 open.remove(&epoch);
                 match sink.pre_commit(epoch) {
-                    Ok(Some(PreCommitted(entry))) => {
+                    Ok(Some(output)) => {
                         if exactly_once {
-                            owed.push(entry);
-                        } else if let Err(e) = committer.commit(&entry) {
+                            owed.push(output.into_checkpoint());
+                        } else if let Err(e) = output.commit(committer.as_ref()) {
                             return fail(e);
                         }
                     }

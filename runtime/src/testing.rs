@@ -190,7 +190,7 @@ impl<D: Clone + 'static> TwoPhaseSink for MemorySink<D> {
             .lock()
             .staged
             .insert((self.name.clone(), id), records);
-        Ok(Some(PreCommitted(SinkEntry {
+        Ok(Some(PreCommitted::new(SinkEntry {
             sink: self.name.clone(),
             worker: WorkerIndex(self.worker),
             epoch: Epoch(epoch),

@@ -19,10 +19,39 @@ use weir_checkpoint::SinkEntry;
 
 use crate::error::Result;
 
-/// Output made durable but not yet visible. Only a commit or an abort consumes it.
+/// Output made durable but not yet visible, as [`TwoPhaseSink::pre_commit`] returns it.
+///
+/// It is neither `Clone` nor open: the sink operator consumes it exactly once, either by
+/// handing it to the checkpoint (exactly-once delivery; the coordinator commits it once
+/// the checkpoint is complete) or by committing it at once (at-least-once and
+/// at-most-once delivery). Dropping it would lose the output, hence `#[must_use]`.
 #[must_use = "pre-committed output must be committed or handed to the checkpoint"]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreCommitted(pub SinkEntry);
+#[derive(Debug, PartialEq, Eq)]
+pub struct PreCommitted(SinkEntry);
+
+impl PreCommitted {
+    /// The pre-committed output `entry` (its sink, worker, epoch, generation and the
+    /// sink's handle).
+    pub fn new(entry: SinkEntry) -> Self {
+        PreCommitted(entry)
+    }
+
+    /// The output it describes.
+    pub fn entry(&self) -> &SinkEntry {
+        &self.0
+    }
+
+    /// Hands the output to the checkpoint: the coordinator commits it once the checkpoint
+    /// that covers it is complete.
+    pub(crate) fn into_checkpoint(self) -> SinkEntry {
+        self.0
+    }
+
+    /// Makes the output visible now, through the sink's committer.
+    pub(crate) fn commit(self, committer: &dyn Committer) -> Result<()> {
+        committer.commit(&self.0)
+    }
+}
 
 /// Makes pre-committed output visible, or discards it. Runs on the coordinator.
 ///

@@ -294,7 +294,7 @@ impl TwoPhaseSink for PanicsOnCommit {
         Ok(())
     }
     fn pre_commit(&mut self, epoch: u64) -> weir::runtime::Result<Option<PreCommitted>> {
-        Ok(Some(PreCommitted(SinkEntry {
+        Ok(Some(PreCommitted::new(SinkEntry {
             sink: "panics".into(),
             worker: weir::WorkerIndex(0),
             epoch: weir::Epoch(epoch),

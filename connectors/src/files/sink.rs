@@ -209,7 +209,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for FileSink<D> {
             .map_err(|e| self.committer.io("flush", &path, e.into_error()))?;
         file.sync_all()
             .map_err(|e| self.committer.io("sync", &path, e))?;
-        Ok(Some(PreCommitted(SinkEntry {
+        Ok(Some(PreCommitted::new(SinkEntry {
             sink: self.committer.name.clone(),
             worker: weir_runtime::WorkerIndex(self.worker),
             epoch: weir_runtime::Epoch(epoch),

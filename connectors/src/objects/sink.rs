@@ -336,7 +336,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for ObjectSink<D> {
                 },
             )
         })?;
-        Ok(Some(PreCommitted(SinkEntry {
+        Ok(Some(PreCommitted::new(SinkEntry {
             sink: c.names.sink.clone(),
             worker: weir_runtime::WorkerIndex(self.worker),
             epoch: weir_runtime::Epoch(epoch),
@@ -387,7 +387,11 @@ mod tests {
         for r in rows {
             s.write(epoch, serde_json::json!({ "n": r })).unwrap();
         }
-        s.pre_commit(epoch).unwrap().expect("output").0
+        s.pre_commit(epoch)
+            .unwrap()
+            .expect("output")
+            .entry()
+            .clone()
     }
 
     fn visible(url: &str) -> Vec<(u64, usize, Vec<serde_json::Value>)> {

@@ -453,7 +453,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for PgSink<D> {
                     let _ = run(&self.ctx, self.client.batch_execute("ROLLBACK"));
                     t.error("prepare an epoch's transaction", &e, "")
                 })?;
-                Ok(Some(PreCommitted(SinkEntry {
+                Ok(Some(PreCommitted::new(SinkEntry {
                     sink: t.sink.clone(),
                     worker: weir_runtime::WorkerIndex(self.ctx.worker()),
                     epoch: weir_runtime::Epoch(epoch),
