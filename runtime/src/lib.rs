@@ -64,7 +64,7 @@ pub use execute::run;
 pub use job::Job;
 pub use snapshot::{encode_groups, encode_keyed, Snapshotter};
 pub use tracker::{Due, EpochTracker};
-pub use twophase::{Committer, PreCommitted, TwoPhaseSink};
+pub use twophase::{Committer, NoStaging, PreCommitted, TwoPhaseSink};
 /// The checkpoint crate, re-exported for operators and connectors.
 pub use weir_checkpoint as checkpoint;
 pub use weir_checkpoint::{Epoch, Generation, RestoreTarget, WorkerIndex};

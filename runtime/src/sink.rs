@@ -26,7 +26,7 @@ use crate::error::{Result, RuntimeError};
 use crate::job::Job;
 use crate::snapshot::Snapshotter;
 use crate::tracker::EpochTracker;
-pub use crate::twophase::{Committer, PreCommitted, TwoPhaseSink};
+pub use crate::twophase::{Committer, NoStaging, PreCommitted, TwoPhaseSink};
 
 /// Writes `stream` through a two-phase-commit sink named `name`.
 ///

@@ -79,3 +79,22 @@ pub trait TwoPhaseSink: 'static {
     /// It is an error to write to an epoch after pre-committing it.
     fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>>;
 }
+
+/// The committer of a sink that never stages output: one that makes each epoch visible
+/// when the epoch ends (at-least-once and at-most-once delivery to a destination without
+/// transactions) and returns no [`PreCommitted`]. Nothing is ever staged, so there is
+/// nothing to commit or abort.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoStaging;
+
+impl Committer for NoStaging {
+    fn staged(&self) -> Result<Vec<SinkEntry>> {
+        Ok(Vec::new())
+    }
+    fn commit(&self, _entry: &SinkEntry) -> Result<()> {
+        Ok(())
+    }
+    fn abort(&self, _entry: &SinkEntry) -> Result<()> {
+        Ok(())
+    }
+}

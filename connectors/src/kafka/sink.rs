@@ -207,7 +207,7 @@ pub fn write_kafka<'s>(
                         producer: OnceLock::new(),
                     },
                 )),
-                None => Arc::new(Nothing),
+                None => Arc::new(weir_runtime::NoStaging),
             };
             weir_runtime::sink::sink(job, stream, name, sink, committer)
         }
@@ -343,21 +343,6 @@ impl TwoPhaseSink for DirectSink {
             }
         }
         Ok(None)
-    }
-}
-
-/// A committer for a sink that never pre-commits (no checkpoint storage).
-struct Nothing;
-
-impl Committer for Nothing {
-    fn staged(&self) -> Result<Vec<SinkEntry>> {
-        Ok(Vec::new())
-    }
-    fn commit(&self, _: &SinkEntry) -> Result<()> {
-        Ok(())
-    }
-    fn abort(&self, _: &SinkEntry) -> Result<()> {
-        Ok(())
     }
 }
 

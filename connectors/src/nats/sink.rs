@@ -9,9 +9,7 @@ use async_nats::jetstream::message::PublishMessage;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 use weir_runtime::checkpoint::SinkEntry;
-use weir_runtime::{
-    Committer, Delivery, Job, JobContext, PreCommitted, Result, RuntimeError, TwoPhaseSink,
-};
+use weir_runtime::{Delivery, Job, JobContext, PreCommitted, Result, RuntimeError, TwoPhaseSink};
 
 use super::Server;
 use crate::error::ConnectorError;
@@ -167,7 +165,7 @@ pub fn write_nats<'s>(
                 wait: delivery != Delivery::AtMostOnce,
                 open: BTreeMap::new(),
             };
-            weir_runtime::sink::sink(job, stream, name, sink, Arc::new(NothingStaged))
+            weir_runtime::sink::sink(job, stream, name, sink, Arc::new(weir_runtime::NoStaging))
         }
     }
 }
@@ -414,20 +412,5 @@ impl TwoPhaseSink for DirectSink {
             )?;
         }
         Ok(None)
-    }
-}
-
-/// The committer of a sink that publishes at once: nothing is ever staged.
-struct NothingStaged;
-
-impl Committer for NothingStaged {
-    fn staged(&self) -> Result<Vec<SinkEntry>> {
-        Ok(Vec::new())
-    }
-    fn commit(&self, _entry: &SinkEntry) -> Result<()> {
-        Ok(())
-    }
-    fn abort(&self, _entry: &SinkEntry) -> Result<()> {
-        Ok(())
     }
 }
