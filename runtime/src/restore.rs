@@ -122,23 +122,25 @@ pub(crate) fn overlaps(entry: &PartEntry, (lo, hi): (u32, u32)) -> bool {
     entry.key_group_end > lo && entry.key_group_start < hi
 }
 
+/// A part entry of operator `op` by `worker` over the key groups `range`, for tests.
+#[cfg(test)]
+pub(crate) fn test_part(op: &str, worker: usize, range: (u32, u32), path: &str) -> PartEntry {
+    PartEntry {
+        operator: op.into(),
+        worker: weir_checkpoint::WorkerIndex(worker),
+        key_group_start: range.0,
+        key_group_end: range.1,
+        path: path.into(),
+        size: 0,
+        crc32: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use weir_checkpoint::{codec, WorkerIndex};
+    use weir_checkpoint::codec;
 
-    use super::*;
-
-    fn part(op: &str, worker: usize, range: (u32, u32), path: &str) -> PartEntry {
-        PartEntry {
-            operator: op.into(),
-            worker: WorkerIndex(worker),
-            key_group_start: range.0,
-            key_group_end: range.1,
-            path: path.into(),
-            size: 0,
-            crc32: 0,
-        }
-    }
+    use super::{test_part as part, *};
 
     fn verified(op: &str, range: (u32, u32), path: &str, value: u64) -> VerifiedPart {
         let bytes = codec::encode("t", &vec![(range.0, value)]).unwrap();

@@ -334,18 +334,7 @@ mod tests {
     use weir_checkpoint::Generation;
 
     use super::*;
-
-    fn part(op: &str, worker: usize, range: (u32, u32), path: &str) -> PartEntry {
-        PartEntry {
-            operator: op.into(),
-            worker: WorkerIndex(worker),
-            key_group_start: range.0,
-            key_group_end: range.1,
-            path: path.into(),
-            size: 0,
-            crc32: 0,
-        }
-    }
+    use crate::restore::test_part as part;
 
     fn manifest(workers: usize, parts: Vec<PartEntry>) -> Manifest {
         Manifest {

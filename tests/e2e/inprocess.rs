@@ -7,19 +7,24 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Once;
 use std::time::Duration;
 
 use timely::dataflow::operators::vec::Map;
+use timely::dataflow::Stream;
 use weir::checkpoint::SinkEntry;
 use weir::prelude::*;
-use weir::runtime::sink::{sink, Committer, PreCommitted, TwoPhaseSink};
+use weir::runtime::sink::{sink, Committer, NoStaging, PreCommitted, TwoPhaseSink};
 use weir::runtime::testing::{collect, Committed};
-use weir::{Retry, RuntimeError};
+use weir::{Job, Retry, RuntimeError};
 
 use crate::harness::keyed::{check_keyed_exactly_once, Update};
 
 /// Counts per word, as `(word, count, epoch)` updates.
 type Counts = Committed<(String, u64, u64)>;
+
+/// The stream of those updates in a job.
+type CountStream<'s> = Stream<'s, u64, Vec<(String, u64, u64)>>;
 
 fn line(i: u64) -> String {
     format!("w{} w{} w{}", i % 101, (i * 7) % 37, i % 5)
@@ -93,11 +98,33 @@ impl TwoPhaseSink for Flaky {
     }
 }
 
-impl Committer for Flaky {
+/// A sink with output in every epoch whose committer runs `on_commit`: a hook on the
+/// coordinator, called right after a checkpoint's manifest is written.
+#[derive(Clone)]
+struct OnCommit(Arc<dyn Fn(&SinkEntry) + Send + Sync>);
+
+impl TwoPhaseSink for OnCommit {
+    type Record = (String, u64, u64);
+    fn write(&mut self, _epoch: u64, _record: Self::Record) -> weir::runtime::Result<()> {
+        Ok(())
+    }
+    fn pre_commit(&mut self, epoch: u64) -> weir::runtime::Result<Option<PreCommitted>> {
+        Ok(Some(PreCommitted::new(SinkEntry {
+            sink: "hook".into(),
+            worker: weir::WorkerIndex(0),
+            epoch: weir::Epoch(epoch),
+            generation: weir::Generation(0),
+            handle: format!("e{epoch}"),
+        })))
+    }
+}
+
+impl Committer for OnCommit {
     fn staged(&self) -> weir::runtime::Result<Vec<SinkEntry>> {
         Ok(Vec::new())
     }
-    fn commit(&self, _entry: &SinkEntry) -> weir::runtime::Result<()> {
+    fn commit(&self, entry: &SinkEntry) -> weir::runtime::Result<()> {
+        (self.0)(entry);
         Ok(())
     }
     fn abort(&self, _entry: &SinkEntry) -> weir::runtime::Result<()> {
@@ -105,15 +132,20 @@ impl Committer for Flaky {
     }
 }
 
-/// Word count over generated lines into `out`, and through `flaky` when given.
-fn run_wordcount(
+/// Word count over `total` generated lines (at `rate` lines per second per worker),
+/// whose counts `sinks` writes; returns what `weir::run` returned.
+fn run_wordcount<F>(
     config: JobConfig,
     total: u64,
     rate: Option<u64>,
-    out: &Counts,
-    flaky: Option<Flaky>,
-) -> weir::runtime::Result<()> {
-    let out = out.clone();
+    sinks: F,
+) -> weir::runtime::Result<()>
+where
+    F: for<'s> Fn(&mut Job<'s>, CountStream<'s>) -> weir::runtime::Result<()>
+        + Send
+        + Sync
+        + 'static,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     // The run is watched from here: a worker that did not stop would hang the test, so
     // it fails with a message instead.
@@ -132,21 +164,33 @@ fn run_wordcount(
                     .collect::<Vec<_>>()
             });
             let counts = words.reduce_by_key(job, "counts", |c: &mut u64, n: u64| *c += n)?;
-            if let Some(flaky) = &flaky {
-                sink(
-                    job,
-                    counts.clone(),
-                    "flaky",
-                    flaky.clone(),
-                    Arc::new(flaky.clone()),
-                )?;
-            }
-            collect(job, counts, "out", &out)
+            sinks(job, counts)
         });
         let _ = tx.send(result);
     });
     rx.recv_timeout(Duration::from_secs(120))
         .expect("weir::run did not return within 120 s: a worker did not stop")
+}
+
+/// The counts into `out`, and through `flaky` too when given.
+fn into(
+    out: &Counts,
+    flaky: Option<Flaky>,
+) -> impl for<'s> Fn(&mut Job<'s>, CountStream<'s>) -> weir::runtime::Result<()> + Send + Sync + 'static
+{
+    let out = out.clone();
+    move |job, counts| {
+        if let Some(flaky) = &flaky {
+            sink(
+                job,
+                counts.clone(),
+                "flaky",
+                flaky.clone(),
+                Arc::new(NoStaging),
+            )?;
+        }
+        collect(job, counts, "out", &out)
+    }
 }
 
 #[test]
@@ -162,8 +206,7 @@ fn one_process_at_1_and_at_4_workers_commits_every_count_exactly_once() {
             config("inproc-workers", dir.path(), workers),
             total,
             Some(rate),
-            &out,
-            None,
+            into(&out, None),
         )
         .unwrap_or_else(|e| panic!("{workers} workers: {e}"));
         let updates = updates(&out);
@@ -177,26 +220,8 @@ fn one_process_at_1_and_at_4_workers_commits_every_count_exactly_once() {
     }
 }
 
-#[test]
-fn a_failing_sink_makes_run_return_its_error_and_stops_every_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Counts::new();
-    let started = std::time::Instant::now();
-    let err = run_wordcount(
-        config("inproc-sink-fails", dir.path(), 4),
-        2_000_000,
-        Some(100_000),
-        &out,
-        Some(Flaky::new(5)),
-    )
-    .expect_err("the sink failed, so the run must fail");
-    let text = err.to_string();
-    assert!(
-        text.contains("sink `flaky`") && text.contains("the disk is full at epoch"),
-        "{text}"
-    );
-    assert_eq!(err.retry(), Retry::Permanent, "{text}");
-    // The input would take 5 s at 4 x 100 000 lines/s: the run stopped early.
+/// Fails when a run that was given 5 s of input took 4 s or more: it did not stop early.
+fn assert_stopped_early(started: std::time::Instant) {
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "the run took {:?} to stop",
@@ -205,48 +230,62 @@ fn a_failing_sink_makes_run_return_its_error_and_stops_every_worker() {
 }
 
 #[test]
+fn a_failing_sink_makes_run_return_its_error_and_stops_every_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Counts::new();
+    let started = std::time::Instant::now();
+    // 5 s of input at 4 x 100 000 lines/s.
+    let err = run_wordcount(
+        config("inproc-sink-fails", dir.path(), 4),
+        2_000_000,
+        Some(100_000),
+        into(&out, Some(Flaky::new(5))),
+    )
+    .expect_err("the sink failed, so the run must fail");
+    let text = err.to_string();
+    assert!(
+        text.contains("sink `flaky`") && text.contains("the disk is full at epoch"),
+        "{text}"
+    );
+    assert_eq!(err.retry(), Retry::Permanent, "{text}");
+    assert_stopped_early(started);
+}
+
+#[test]
 fn a_store_that_fails_every_checkpoint_fails_the_run_with_a_retryable_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config("inproc-store-fails", dir.path(), 2);
     config.tolerable_failed_checkpoints = 1;
     let job_dir = dir.path().join("inproc-store-fails");
-    let out = Counts::new();
-    let breaker = {
-        let job_dir = job_dir.clone();
-        std::thread::spawn(move || {
-            // Once the first checkpoint is complete, the job's directory becomes a file:
-            // every later upload and manifest write fails.
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !manifest_exists(&job_dir) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "no checkpoint completed within 60 s"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
+    // Once the first checkpoint is complete (its manifest written, its output being
+    // committed), the job's directory becomes a file: every later upload and manifest
+    // write fails.
+    let broken = Arc::new(Once::new());
+    let breaker = OnCommit(Arc::new(move |_| {
+        broken.call_once(|| {
             std::fs::rename(&job_dir, job_dir.with_extension("moved")).unwrap();
             std::fs::write(&job_dir, b"not a directory").unwrap();
         })
-    };
-    let err = run_wordcount(config, 2_000_000, Some(200_000), &out, None)
-        .expect_err("the store failed, so the run must fail");
-    breaker.join().unwrap();
+    }));
+    let started = std::time::Instant::now();
+    // 5 s of input at 2 x 200 000 lines/s.
+    let err = run_wordcount(config, 2_000_000, Some(200_000), move |job, counts| {
+        sink(
+            job,
+            counts,
+            "hook",
+            breaker.clone(),
+            Arc::new(breaker.clone()),
+        )
+    })
+    .expect_err("the store failed, so the run must fail");
     let text = err.to_string();
     assert!(
         text.contains("consecutive checkpoints failed (tolerated: 1)"),
         "{text}"
     );
     assert_eq!(err.retry(), Retry::Transient, "{text}");
-}
-
-fn manifest_exists(job_dir: &Path) -> bool {
-    std::fs::read_dir(job_dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .any(|e| e.path().join("_MANIFEST").exists())
-        })
-        .unwrap_or(false)
+    assert_stopped_early(started);
 }
 
 #[test]
@@ -260,8 +299,7 @@ fn a_second_run_in_the_same_process_restores_and_finishes_exactly_once() {
         config("inproc-restore", dir.path(), 2),
         total,
         Some(rate),
-        &out,
-        Some(flaky.clone()),
+        into(&out, Some(flaky.clone())),
     )
     .expect_err("the first run fails in its sink");
     assert!(err.to_string().contains("sink `flaky`"), "{err}");
@@ -274,7 +312,7 @@ fn a_second_run_in_the_same_process_restores_and_finishes_exactly_once() {
     flaky.armed.store(false, Ordering::SeqCst);
     let mut again = config("inproc-restore", dir.path(), 3);
     again.restore = Some(RestoreTarget::Latest);
-    run_wordcount(again, total, None, &out, Some(flaky))
+    run_wordcount(again, total, None, into(&out, Some(flaky)))
         .expect("the second run restores and finishes");
     check_keyed_exactly_once("restored run", &oracle(total), &updates(&out));
     assert!(
@@ -284,85 +322,34 @@ fn a_second_run_in_the_same_process_restores_and_finishes_exactly_once() {
     assert_eq!(out.staged(), 0, "output left staged");
 }
 
-/// A sink whose every epoch has output, and whose committer panics: a bug in a user's
-/// committer, which runs on the coordinator.
-struct PanicsOnCommit;
-
-impl TwoPhaseSink for PanicsOnCommit {
-    type Record = (String, u64, u64);
-    fn write(&mut self, _epoch: u64, _record: Self::Record) -> weir::runtime::Result<()> {
-        Ok(())
-    }
-    fn pre_commit(&mut self, epoch: u64) -> weir::runtime::Result<Option<PreCommitted>> {
-        Ok(Some(PreCommitted::new(SinkEntry {
-            sink: "panics".into(),
-            worker: weir::WorkerIndex(0),
-            epoch: weir::Epoch(epoch),
-            generation: weir::Generation(0),
-            handle: format!("e{epoch}"),
-        })))
-    }
-}
-
-impl Committer for PanicsOnCommit {
-    fn staged(&self) -> weir::runtime::Result<Vec<SinkEntry>> {
-        Ok(Vec::new())
-    }
-    fn commit(&self, entry: &SinkEntry) -> weir::runtime::Result<()> {
-        panic!("the committer of {} is broken", entry.handle)
-    }
-    fn abort(&self, _entry: &SinkEntry) -> weir::runtime::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn a_committer_that_panics_fails_the_run_instead_of_stalling_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config("inproc-commit-panics", dir.path(), 2);
-    let (tx, rx) = std::sync::mpsc::channel();
+    let panics = OnCommit(Arc::new(|entry: &SinkEntry| {
+        panic!("the committer of {} is broken", entry.handle)
+    }));
     let started = std::time::Instant::now();
-    std::thread::spawn(move || {
-        let result = weir::run(config, move |job| {
-            let lines = generator::generate(
-                job,
-                "lines",
-                2_000_000,
-                SourceOptions {
-                    rate_limit: Some(200_000),
-                },
-                line,
-            )?;
-            let words = lines.flat_map(|l| {
-                l.split_whitespace()
-                    .map(|w| (w.to_string(), 1u64))
-                    .collect::<Vec<_>>()
-            });
-            let counts = words.reduce_by_key(job, "counts", |c: &mut u64, n: u64| *c += n)?;
+    // 5 s of input at 2 x 200 000 lines/s.
+    let err = run_wordcount(
+        config("inproc-commit-panics", dir.path(), 2),
+        2_000_000,
+        Some(200_000),
+        move |job, counts| {
             sink(
                 job,
                 counts,
-                "panics",
-                PanicsOnCommit,
-                Arc::new(PanicsOnCommit),
+                "hook",
+                panics.clone(),
+                Arc::new(panics.clone()),
             )
-        });
-        let _ = tx.send(result);
-    });
-    let err = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("weir::run did not return within 120 s: the coordinator's panic stalled the run")
-        .expect_err("the committer panicked, so the run must fail");
+        },
+    )
+    .expect_err("the committer panicked, so the run must fail");
     let text = err.to_string();
     assert!(
         text.contains("checkpoint coordinator") && text.contains("coordinator task ended"),
         "{text}"
     );
     assert_eq!(err.retry(), Retry::Transient, "{text}");
-    // The input would take 5 s at 2 x 200 000 lines/s: the run stopped early.
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "the run took {:?} to stop",
-        started.elapsed()
-    );
+    assert_stopped_early(started);
 }

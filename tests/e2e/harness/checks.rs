@@ -3,10 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::input::Oracle;
-use super::keyed::{check_keyed_exactly_once, Update};
+use super::keyed::{self, check_keyed_exactly_once, Update};
 use super::output::Record;
-
-const SHOWN: usize = 25;
 
 fn by_word(records: &[Record]) -> BTreeMap<&str, Vec<&Record>> {
     let mut m: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
@@ -17,25 +15,16 @@ fn by_word(records: &[Record]) -> BTreeMap<&str, Vec<&Record>> {
 }
 
 fn fail_if_any(guarantee: &str, oracle: &Oracle, records: &[Record], violations: Vec<String>) {
-    if violations.is_empty() {
-        return;
-    }
-    let mut msg = format!(
-        "{guarantee} violated: {} problem(s) in {} committed records ({} distinct words in the input, {} in the output)\n",
-        violations.len(),
-        records.len(),
-        oracle.len(),
-        by_word(records).len()
+    keyed::fail_if_any(
+        &format!("{guarantee} violated"),
+        format!(
+            "{} committed records ({} distinct words in the input, {} in the output)",
+            records.len(),
+            oracle.len(),
+            by_word(records).len()
+        ),
+        violations,
     );
-    for v in violations.iter().take(SHOWN) {
-        msg.push_str("  - ");
-        msg.push_str(v);
-        msg.push('\n');
-    }
-    if violations.len() > SHOWN {
-        msg.push_str(&format!("  ... and {} more\n", violations.len() - SHOWN));
-    }
-    panic!("{msg}");
 }
 
 /// Words in the output that are not in the input, and counts of zero.

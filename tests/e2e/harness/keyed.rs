@@ -22,7 +22,7 @@ pub struct Update<K, V> {
 }
 
 /// Panics with `what`, a headline and the first violations, if there are any.
-fn fail_if_any(what: &str, headline: String, violations: Vec<String>) {
+pub(crate) fn fail_if_any(what: &str, headline: String, violations: Vec<String>) {
     if violations.is_empty() {
         return;
     }
