@@ -40,7 +40,6 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 use weir::checkpoint::CheckpointStore;
-use weir::operators::collection::{changes, ToCollection};
 use weir::prelude::*;
 
 /// Worker threads.
@@ -114,27 +113,31 @@ fn run_job(records: u64, chk: &Path, out: &Path, restore: bool, interval_ms: u64
     weir::run(config, move |job| {
         let started = start.elapsed().as_secs_f64();
         marks_job.lock().unwrap().started.push(started);
-        let updates =
-            generator::generate(job, "records", records, SourceOptions::default(), |i| {
-                ((i % KEYS, i), 1isize)
-            })?;
-        let input = updates.to_collection(job, INPUT)?;
+        let input = job
+            .source(
+                "records",
+                generator::items(records, |i| ((i % KEYS, i), 1isize)),
+            )?
+            .to_collection(INPUT)?;
         marks_job
             .lock()
             .unwrap()
             .built
             .push(start.elapsed().as_secs_f64());
         let past = job.ctx().restored().map(|m| m.epoch.0);
-        let counts = input.clone().map(|(k, _)| k).count();
-        let max = input.reduce(
+        let counts = input.collection().clone().map(|(k, _)| k).count();
+        let max = input.collection().clone().reduce(
             |_k, values: &[(&u64, isize)], output: &mut Vec<(u64, isize)>| {
                 output.push((*values[values.len() - 1].0, 1))
             },
         );
         watch(counts.inner.clone(), past, start, Arc::clone(&marks_job));
         watch(max.inner.clone(), past, start, Arc::clone(&marks_job));
-        files::write_jsonl(job, changes(counts, job), "counts", &out)?;
-        files::write_jsonl(job, changes(max, job), "max", &out)
+        input
+            .derived(counts)
+            .changes()
+            .sink("counts", files::jsonl(&out))?;
+        input.derived(max).changes().sink("max", files::jsonl(&out))
     })
     .unwrap();
     let total = start.elapsed().as_secs_f64();

@@ -22,7 +22,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use timely::dataflow::operators::Inspect;
 use weir::prelude::*;
 
 /// The system allocator, counting the bytes currently allocated and their peak.
@@ -112,21 +111,16 @@ fn job(n: u64, dedup: bool) -> Measured {
     let before = CURRENT.load(Ordering::Relaxed);
     reset_peak();
     weir::run(config, move |job| {
-        let records = generator::generate(job, "records", n, SourceOptions::default(), record)?;
-        let (timed, _rejected) = records.assign_event_time(
-            job,
-            "clock",
-            (0..64u32).collect(),
-            |r: &(u64, String)| (r.0 % 64) as u32,
-            |r: &(u64, String)| Ok(r.0),
-            WatermarkStrategy::bounded(0),
-        )?;
+        let (timed, _rejected) = job
+            .source("records", generator::items(n, record))?
+            .assign_event_time("clock", |r| Ok(r.0))
+            .splits((0..64u32).collect(), |r| (r.0 % 64) as u32)
+            .build()?;
         let out = if dedup {
-            let (unique, _late) =
-                timed.deduplicate(job, "dedup", |r: &(u64, String)| r.1.clone(), WINDOW)?;
-            unique.records
+            let (unique, _late) = timed.deduplicate("dedup", |r| r.1.clone(), WINDOW)?;
+            unique.into_flow()
         } else {
-            timed.records
+            timed.into_flow()
         };
         let (at_last, seen) = (Arc::clone(&at_last_job), Arc::clone(&seen_job));
         out.inspect(move |_| {

@@ -7,8 +7,8 @@
 //! records, `WEIR_BENCH_RUNS` the 3 runs). Fails, never skips, without the broker.
 //!
 //! The input topic (4 partitions) is written once. Every run reads all of it with a
-//! bounded `read_kafka` on 2 workers, stamps each record with the wall-clock time it was
-//! read, and writes it with `write_kafka` to a fresh output topic, with checkpoints every
+//! bounded Kafka source on 2 workers, stamps each record with the wall-clock time it was
+//! read, and writes it with the Kafka sink to a fresh output topic, with checkpoints every
 //! second into a fresh local directory and the guarantee under test (at-most-once,
 //! at-least-once, exactly-once). Throughput is records over the wall time until the job
 //! returns. Latency is, per record, the output record's producer timestamp minus the
@@ -26,11 +26,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use timely::dataflow::operators::vec::Map;
 use weir::connectors::kafka::rdkafka;
-use weir::connectors::kafka::{
-    read_kafka, write_kafka, KafkaRecord, KafkaSinkOptions, KafkaSourceOptions,
-};
+use weir::connectors::kafka::{KafkaRecord, KafkaSinkOptions, KafkaSourceOptions};
 use weir::prelude::*;
 
 const WORKERS: usize = 2;
@@ -143,20 +140,15 @@ fn run(input: &str, output: &str, delivery: Delivery) -> Duration {
     weir::run(config, move |job| {
         let mut source = KafkaSourceOptions::new(&brokers(), &input);
         source.bounded = true;
-        let messages = read_kafka(job, "in", source)?;
-        let records = messages.map(|m| {
-            let n: u64 = std::str::from_utf8(m.payload.as_deref().unwrap_or_default())
-                .unwrap()
-                .parse()
-                .unwrap();
-            KafkaRecord::json(None, &serde_json::json!({"n": n, "read_ms": now_ms()}))
-        });
-        write_kafka(
-            job,
-            records,
-            "out",
-            KafkaSinkOptions::new(&brokers(), &output),
-        )
+        job.source("in", source)?
+            .map(|m| {
+                let n: u64 = std::str::from_utf8(m.payload.as_deref().unwrap_or_default())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                KafkaRecord::json(None, &serde_json::json!({"n": n, "read_ms": now_ms()}))
+            })
+            .sink("out", KafkaSinkOptions::new(&brokers(), &output))
     })
     .unwrap();
     started.elapsed()

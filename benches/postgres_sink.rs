@@ -7,7 +7,7 @@
 //!
 //! Every variant runs the same exactly-once job over 2 workers with 1 s checkpoints to a
 //! fresh local directory: weir's generator emits `{id, account, amount}` rows (`id` runs
-//! through `0..rows`), and `write_postgres` writes them into a table created afresh before
+//! through `0..rows`), and the PostgreSQL sink writes them into a table created afresh before
 //! each run (`id bigint PRIMARY KEY, account bigint, amount bigint`), either with
 //! [`PgMode::TwoPhase`] (one prepared transaction per epoch and worker, committed with the
 //! checkpoint) or with [`PgMode::Upsert`] on `id` (`INSERT ... ON CONFLICT (id) DO UPDATE`,
@@ -21,7 +21,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use weir::connectors::postgres::{write_postgres, PgMode, PostgresOptions};
+use weir::connectors::postgres::{PgMode, PostgresOptions};
 use weir::prelude::*;
 
 /// Worker threads.
@@ -104,8 +104,8 @@ fn weir_job(url: &str, rows: u64, chk: &std::path::Path, mode: PgMode) {
         mode,
     };
     weir::run(config, move |job| {
-        let input = generator::generate(job, "generator", rows, SourceOptions::default(), row)?;
-        write_postgres(job, input, SINK, opts.clone())
+        job.source("generator", generator::items(rows, row))?
+            .sink(SINK, opts.clone())
     })
     .unwrap();
 }

@@ -79,13 +79,11 @@ fn run_job(keys: u64, chk: &Path, restore: bool, interval_ms: u64) -> (f64, f64,
     let start = Instant::now();
     weir::run(config, move |job| {
         let built = start.elapsed().as_secs_f64();
-        let items = generator::generate(job, "items", keys, SourceOptions::default(), |i| {
-            (i, value(i))
-        })?;
-        items.stateful_map(job, "state", |_k: &u64, s: &mut String, v: String| {
-            *s = v;
-            None::<u64>
-        })?;
+        job.source("items", generator::items(keys, |i| (i, value(i))))?
+            .stateful_map("state", |_k, s: &mut String, v| {
+                *s = v;
+                None::<u64>
+            })?;
         let restored = start.elapsed().as_secs_f64();
         marks_job.lock().unwrap().push((built, restored));
         Ok(())

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use timely::dataflow::operators::Inspect;
 use weir::prelude::*;
 
 /// Distinct keys.
@@ -82,29 +81,20 @@ fn weir_job(
     let seen = Arc::new(Seen::default());
     let seen_job = Arc::clone(&seen);
     weir::run(config, move |job| {
-        let input = generator::generate(job, "events", events, SourceOptions::default(), event)?;
-        let (timed, _rejected) = input.assign_event_time(
-            job,
-            "clock",
-            (0..SPLITS as u32).collect(),
-            |e: &Event| (e.0 % SPLITS) as u32,
-            |e: &Event| Ok(e.2),
-            WatermarkStrategy::bounded(JITTER),
-        )?;
-        let (fired, late) = timed.window(
-            job,
-            "tumbling",
-            Windows::tumbling(WINDOW),
-            |e: &Event| e.1,
-            |acc: &mut (u64, u64), e: &Event| {
+        let (timed, _rejected) = job
+            .source("events", generator::items(events, event))?
+            .assign_event_time("clock", |e| Ok(e.2))
+            .splits((0..SPLITS as u32).collect(), |e| (e.0 % SPLITS) as u32)
+            .bounded(JITTER)
+            .build()?;
+        let (fired, late) = timed
+            .window("tumbling", Windows::tumbling(WINDOW))
+            .key(|e| e.1)
+            .fold(|acc: &mut (u64, u64), e| {
                 acc.0 += e.0 % 100;
                 acc.1 += 1;
-            },
-            |acc: &mut (u64, u64), other: (u64, u64)| {
-                acc.0 += other.0;
-                acc.1 += other.1;
-            },
-        )?;
+            })
+            .build()?;
         let s = Arc::clone(&seen_job);
         late.inspect(move |_| {
             s.late.fetch_add(1, Ordering::Relaxed);
@@ -114,7 +104,7 @@ fn weir_job(
             s.windows.fetch_add(1, Ordering::Relaxed);
             s.counted.fetch_add(f.value.1, Ordering::Relaxed);
         });
-        files::write_jsonl(job, fired, "windows", &out)
+        fired.sink("windows", files::jsonl(&out))
     })
     .unwrap();
     seen

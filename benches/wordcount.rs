@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Probe;
 use weir::prelude::*;
 
@@ -90,11 +89,9 @@ fn weir_job(words: u64, out: &std::path::Path, chk: &std::path::Path, interval_m
     };
     let out = out.to_path_buf();
     weir::run(config, move |job| {
-        let words = generator::generate(job, "gen", words, SourceOptions::default(), |i| {
-            (word(i), 1u64)
-        })?;
-        let counts = words.reduce_by_key(job, "count", |c: &mut u64, n: u64| *c += n)?;
-        files::write_jsonl(job, counts.map(|(w, c, e)| (w, c, e)), "out", &out)
+        job.source("gen", generator::items(words, |i| (word(i), 1u64)))?
+            .reduce_by_key("count", |c, n| *c += n)?
+            .sink("out", files::jsonl(&out))
     })
     .unwrap();
 }

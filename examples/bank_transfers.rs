@@ -40,14 +40,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::vec::Map;
 use weir::connectors::kafka::rdkafka;
-use weir::connectors::kafka::{
-    read_kafka_json, write_kafka, DeadLetter, KafkaRecord, KafkaSinkOptions, KafkaSourceOptions,
-};
+use weir::connectors::kafka::{DeadLetter, KafkaRecord, KafkaSinkOptions, KafkaSourceOptions};
 use weir::connectors::postgres::tokio_postgres;
-use weir::connectors::postgres::{write_postgres, PgMode, PostgresOptions};
+use weir::connectors::postgres::{PgMode, PostgresOptions};
 use weir::prelude::*;
 
 /// Every account's opening balance, in cents.
@@ -230,59 +226,55 @@ fn run(
         source.bounded = bounded;
         source.source.rate_limit = rate_limit;
         source.broker_timeout = broker_timeout;
-        let (transfers, dead) = read_kafka_json::<Transfer>(job, "transfers", source)?;
+        let (transfers, dead) = job
+            .source("transfers", kafka::json::<Transfer>(source))?
+            .split(|r| r);
 
         // Drop repeated ids.
-        let unique = transfers.map(|t| (t.id, t)).stateful_map(
-            job,
-            "dedup",
-            |_id, seen: &mut bool, t: Transfer| (!std::mem::replace(seen, true)).then_some(t),
-        )?;
+        let unique = transfers
+            .key_by(|t| t.id)
+            .stateful_map("dedup", |_id, seen: &mut bool, t| {
+                (!std::mem::replace(seen, true)).then_some(t)
+            })?;
 
         // Debit the sender, or reject the transfer.
-        let decided = unique.map(|t| (t.from, t)).stateful_map(
-            job,
-            "debit",
-            |_account, sent: &mut i64, t: Transfer| {
-                if OPENING - *sent - t.amount < 0 {
-                    Some(Err(RejectedRow {
-                        id: t.id as i64,
-                        from_acct: t.from as i32,
-                        to_acct: t.to as i32,
-                        amount: t.amount,
-                        reason: format!(
-                            "overdraft: account {} has {} cleared, the transfer needs {}",
-                            t.from,
-                            OPENING - *sent,
-                            t.amount
-                        ),
-                    }))
-                } else {
-                    *sent += t.amount;
-                    Some(Ok(t))
-                }
-            },
-        )?;
-        let (applied, rejected) = decided.ok_err(|r| r);
-        let applied: timely::dataflow::Stream<'_, u64, Vec<Transfer>> = applied;
+        let decided =
+            unique
+                .key_by(|t| t.from)
+                .stateful_map("debit", |_account, sent: &mut i64, t| {
+                    if OPENING - *sent - t.amount < 0 {
+                        Some(Err(RejectedRow {
+                            id: t.id as i64,
+                            from_acct: t.from as i32,
+                            to_acct: t.to as i32,
+                            amount: t.amount,
+                            reason: format!(
+                                "overdraft: account {} has {} cleared, the transfer needs {}",
+                                t.from,
+                                OPENING - *sent,
+                                t.amount
+                            ),
+                        }))
+                    } else {
+                        *sent += t.amount;
+                        Some(Ok(t))
+                    }
+                })?;
+        let (applied, rejected) = decided.split(|r| r);
 
         // Every account's balance after this epoch's transfers.
         let balances = applied
             .clone()
             .flat_map(|t| [(t.from, -t.amount), (t.to, t.amount)])
-            .stateful_map(
-                job,
-                "balance-state",
-                |account, state: &mut Account, delta: i64| {
-                    state.change += delta;
-                    state.movements += 1;
-                    Some(BalanceRow {
-                        account: *account as i32,
-                        version: state.movements,
-                        balance: OPENING + state.change,
-                    })
-                },
-            )?;
+            .stateful_map("balance-state", |account, state: &mut Account, delta| {
+                state.change += delta;
+                state.movements += 1;
+                Some(BalanceRow {
+                    account: *account as i32,
+                    version: state.movements,
+                    balance: OPENING + state.change,
+                })
+            })?;
 
         let pg = |table: &str, mode: PgMode| PostgresOptions {
             url: io.postgres.clone(),
@@ -295,9 +287,9 @@ fn run(
             to_acct: t.to as i32,
             amount: t.amount,
         });
-        write_postgres(job, ledger, "ledger", pg("ledger", PgMode::TwoPhase))?;
-        write_postgres(job, balances, "balances", pg("balances", PgMode::TwoPhase))?;
-        write_postgres(job, rejected, "rejected", pg("rejected", PgMode::TwoPhase))?;
+        ledger.sink("ledger", pg("ledger", PgMode::TwoPhase))?;
+        balances.sink("balances", pg("balances", PgMode::TwoPhase))?;
+        rejected.sink("rejected", pg("rejected", PgMode::TwoPhase))?;
         let dead = dead.map(|d: DeadLetter| DeadLetterRow {
             source: d.source,
             topic: d.topic,
@@ -306,12 +298,7 @@ fn run(
             error: d.error,
             payload: d.payload,
         });
-        write_postgres(
-            job,
-            dead,
-            "dead-letters",
-            pg("dead_letters", PgMode::TwoPhase),
-        )?;
+        dead.sink("dead-letters", pg("dead_letters", PgMode::TwoPhase))?;
 
         let summaries = applied.map(|t| {
             KafkaRecord::json(
@@ -322,8 +309,7 @@ fn run(
         let mut sink = KafkaSinkOptions::new(&io.brokers, &io.summary_topic);
         sink.delivery_timeout = broker_timeout;
         sink.properties = io.producer_settings();
-        write_kafka(job, summaries, "summaries", sink)?;
-        Ok(())
+        summaries.sink("summaries", sink)
     })?;
     Ok(())
 }

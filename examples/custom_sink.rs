@@ -38,11 +38,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use timely::dataflow::operators::vec::Map;
 use weir::checkpoint::SinkEntry;
 use weir::prelude::*;
-use weir::runtime::sink::sink;
-use weir::runtime::{Committer, PreCommitted, Result, RuntimeError, TwoPhaseSink};
+use weir::runtime::{
+    two_phase, Committer, JobContext, PreCommitted, Result, RuntimeError, TwoPhaseSink,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Counts words into Redis, exactly once, through a sink of its own")]
@@ -72,22 +72,23 @@ fn main() {
             rate_limit: args.rate_limit,
         };
         weir::run(config, move |job| {
-            let lines = files::read_lines(job, "lines", &input, opts)?;
-            let words = lines.flat_map(|line: String| {
-                line.split_whitespace()
-                    .map(|w| (w.to_string(), 1u64))
-                    .collect::<Vec<_>>()
-            });
-            let counts =
-                words.reduce_by_key(job, "counts", |count: &mut u64, n: u64| *count += n)?;
             let store = Redis::connect(&redis, &prefix)?;
-            let writer = RedisWriter {
-                redis: store.clone(),
-                worker: job.ctx().worker(),
-                generation: job.ctx().generation(),
-                pending: Default::default(),
+            let writer = |ctx: &JobContext| {
+                Ok(RedisWriter {
+                    redis: store.clone(),
+                    worker: ctx.worker(),
+                    generation: ctx.generation(),
+                    pending: Default::default(),
+                })
             };
-            sink(job, counts, "redis", writer, Arc::new(store))
+            job.source("lines", files::lines(&input).options(opts))?
+                .flat_map(|line| {
+                    line.split_whitespace()
+                        .map(|w| (w.to_string(), 1u64))
+                        .collect::<Vec<_>>()
+                })
+                .reduce_by_key("counts", |count, n| *count += n)?
+                .sink("redis", two_phase(writer, Arc::new(store.clone())))
         })?;
         Ok(())
     })

@@ -22,11 +22,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::Exchange;
-use weir::connectors::nats::{
-    async_nats, read_nats, write_nats, NatsMessage, NatsRecord, NatsSinkOptions, NatsSourceOptions,
-};
+use weir::connectors::nats::{async_nats, NatsRecord, NatsSinkOptions, NatsSourceOptions};
 use weir::prelude::*;
 
 #[derive(Parser, Debug)]
@@ -134,9 +130,8 @@ fn pipe(args: Args) -> anyhow::Result<()> {
         stream: Some(output),
     };
     weir::run(config, move |job| {
-        let messages = read_nats(job, "events", source.clone())?;
-        let enriched = messages
-            .map(|m: NatsMessage| {
+        job.source("events", source.clone())?
+            .map(|m| {
                 let event: Event = serde_json::from_slice(&m.payload).unwrap_or_else(|e| {
                     panic!("message {} is not an event: {e}", m.stream_sequence)
                 });
@@ -146,9 +141,9 @@ fn pipe(args: Args) -> anyhow::Result<()> {
                     seq: m.stream_sequence,
                 }
             })
-            .exchange(|e: &Enriched| e.id)
-            .map(|e: Enriched| NatsRecord::json(&e).header("key", e.key.as_str()));
-        write_nats(job, enriched, "enriched", sink.clone())
+            .exchange(|e| e.id)
+            .map(|e| NatsRecord::json(&e).header("key", e.key.as_str()))
+            .sink("enriched", sink.clone())
     })?;
     Ok(())
 }

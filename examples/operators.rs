@@ -26,8 +26,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::Concat;
 use weir::prelude::*;
 
 #[derive(Parser, Debug)]
@@ -96,88 +94,94 @@ fn main() {
         };
         let bound = args.out_of_orderness;
         weir::run(config, move |job| {
-            let lines = files::read_lines(job, "events", &input, opts)?;
-            let events = lines.map(|l: String| {
-                serde_json::from_str::<Event>(&l).unwrap_or_else(|e| panic!("bad event {l}: {e}"))
-            });
+            let events = job
+                .source("events", files::lines(&input).options(opts))?
+                .map(|l| {
+                    serde_json::from_str::<Event>(&l)
+                        .unwrap_or_else(|e| panic!("bad event {l}: {e}"))
+                });
             let out = match op.as_str() {
                 "join" => {
                     let left = events
                         .clone()
                         .flat_map(|e| (e.side == "L").then_some((e.key, e.id)));
                     let right = events.flat_map(|e| (e.side == "R").then_some((e.key, e.id)));
-                    left.join_ttl(job, "join", right, Ttl::Never)?
+                    left.join_ttl("join", right, Ttl::Never)?
                         .map(|(_, l, r)| Line("pair".to_string(), vec![l as i64, r as i64]))
                 }
-                "stateful-map" => events.map(|e| (e.key, e)).stateful_map(
-                    job,
-                    "max",
-                    |_k, max: &mut i64, e: Event| {
-                        *max = (*max).max(e.value);
-                        Some(Line("max".to_string(), vec![e.id as i64, *max]))
-                    },
-                )?,
+                "stateful-map" => {
+                    events
+                        .key_by(|e| e.key)
+                        .stateful_map("max", |_k, max: &mut i64, e| {
+                            *max = (*max).max(e.value);
+                            Some(Line("max".to_string(), vec![e.id as i64, *max]))
+                        })?
+                }
                 "reduce" => events
                     .map(|e| (e.key, e.value))
-                    .reduce_by_key(job, "sum", |s: &mut i64, v: i64| *s += v)?
+                    .reduce_by_key("sum", |s, v| *s += v)?
                     .map(|(k, s, epoch)| Line("sum".to_string(), vec![k as i64, s, epoch as i64])),
-                "differential" => differential(job, events)?,
-                _ => event_time(job, &op, events, splits.clone(), bound)?,
+                "differential" => differential(events)?,
+                _ => event_time(&op, events, splits.clone(), bound)?,
             };
-            files::write_jsonl(job, out, "out", &output)
+            out.sink("out", files::jsonl(&output))
         })?;
         Ok(())
     })
 }
 
 /// Differential dataflow operators on a checkpointed collection.
-fn differential<'s>(
-    job: &mut Job<'s>,
-    events: timely::dataflow::Stream<'s, u64, Vec<Event>>,
-) -> weir::runtime::Result<timely::dataflow::Stream<'s, u64, Vec<Out>>> {
-    use weir::operators::collection::{changes, ToCollection};
+fn differential(events: Flow<'_, Event>) -> weir::runtime::Result<Flow<'_, Out>> {
     let all = events
         .map(|e| ((e.key, e.id, e.value, e.side == "L"), 1isize))
-        .to_collection(job, "events-collection")?;
-    let keys = all.clone().map(|(k, _, _, _)| k);
-    let counts = changes(keys.clone().count(), job)
+        .to_collection("events-collection")?;
+    let keys = all.collection().clone().map(|(k, _, _, _)| k);
+    let counts = all
+        .derived(keys.clone().count())
+        .changes()
         .map(|((k, n), _, d)| Line("dd-count".into(), vec![k as i64, n as i64, d as i64]));
-    let distinct = changes(keys.distinct(), job)
+    let distinct = all
+        .derived(keys.distinct())
+        .changes()
         .map(|(k, _, d)| Line("dd-distinct".into(), vec![k as i64, d as i64]));
-    let max = all.clone().map(|(k, _, v, _)| (k, v)).reduce(
+    let max = all.collection().clone().map(|(k, _, v, _)| (k, v)).reduce(
         |_k, input: &[(&i64, isize)], output: &mut Vec<(i64, isize)>| {
             output.push((*input[input.len() - 1].0, 1))
         },
     );
-    let max =
-        changes(max, job).map(|((k, m), _, d)| Line("dd-max".into(), vec![k as i64, m, d as i64]));
+    let max = all
+        .derived(max)
+        .changes()
+        .map(|((k, m), _, d)| Line("dd-max".into(), vec![k as i64, m, d as i64]));
     let left = all
+        .collection()
         .clone()
         .flat_map(|(k, id, _, left)| left.then_some((k, id)));
-    let right = all.flat_map(|(k, id, _, left)| (!left).then_some((k, id)));
-    let pairs = changes(left.join(right), job)
+    let right = all
+        .collection()
+        .clone()
+        .flat_map(|(k, id, _, left)| (!left).then_some((k, id)));
+    let pairs = all
+        .derived(left.join(right))
+        .changes()
         .map(|((_, (l, r)), _, d)| Line("dd-pair".into(), vec![l as i64, r as i64, d as i64]));
     Ok(counts.concat(distinct).concat(max).concat(pairs))
 }
 
 /// The event-time operators.
 fn event_time<'s>(
-    job: &mut Job<'s>,
     op: &str,
-    events: timely::dataflow::Stream<'s, u64, Vec<Event>>,
+    events: Flow<'s, Event>,
     splits: Vec<u32>,
     bound: u64,
-) -> weir::runtime::Result<timely::dataflow::Stream<'s, u64, Vec<Out>>> {
-    let (events, _rejected) = events.assign_event_time(
-        job,
-        "clock",
-        splits,
-        |e: &Event| e.split,
-        |e: &Event| Ok(e.ts),
-        WatermarkStrategy::bounded(bound),
-    )?;
+) -> weir::runtime::Result<Flow<'s, Out>> {
+    let (events, _rejected) = events
+        .assign_event_time("clock", |e| Ok(e.ts))
+        .splits(splits, |e| e.split)
+        .bounded(bound)
+        .build()?;
     let late = |l: Late<Event>| Line("late".to_string(), vec![l.record.data.id as i64]);
-    let fired = |f: weir::operators::Fired<u32, i64>| {
+    let fired = |f: Fired<u32, i64>| {
         Line(
             "window".to_string(),
             vec![f.key as i64, f.start as i64, f.end as i64, f.value],
@@ -190,45 +194,34 @@ fn event_time<'s>(
                 "sliding" => (Windows::sliding(100, 25), true),
                 _ => (Windows::session(50), true),
             };
-            let (w, l) = events.window(
-                job,
-                "windows",
-                windows,
-                |e: &Event| e.key,
-                move |acc: &mut i64, e: &Event| *acc += if count { 1 } else { e.value },
-                |acc: &mut i64, other: i64| *acc += other,
-            )?;
+            let (w, l) = events
+                .window("windows", windows)
+                .key(|e| e.key)
+                .fold(move |acc: &mut i64, e| *acc += if count { 1 } else { e.value })
+                .merge(|acc, other| *acc += other)
+                .build()?;
             w.map(fired).concat(l.map(late))
         }
         "dedup" => {
-            let (first, l) = events.deduplicate(job, "dedup", |e: &Event| e.key, u64::MAX / 4)?;
+            let (first, l) = events.deduplicate("dedup", |e| e.key, u64::MAX / 4)?;
             first
-                .records
-                .map(|t| Line("first".to_string(), vec![t.data.key as i64]))
+                .into_flow()
+                .map(|e| Line("first".to_string(), vec![e.key as i64]))
                 .concat(l.map(late))
         }
         _ => {
-            let left = EventStream {
-                records: events.records.clone(),
-                watermarks: events.watermarks.clone(),
-                senders: events.senders,
-            }
-            .filter(|e| e.side == "L");
+            let left = events.clone().filter(|e| e.side == "L");
             let right = events.filter(|e| e.side == "R");
-            let (pairs, l) = left.interval_join(
-                job,
-                "interval-join",
-                right,
-                |e: &Event| e.key,
-                |e: &Event| e.key,
-                0,
-                30,
-            )?;
+            let (pairs, l) = left
+                .interval_join("interval-join", right)
+                .on(|e| e.key, |e| e.key)
+                .within(0, 30)
+                .build()?;
             pairs
                 .map(|(_, l, r)| Line("pair".to_string(), vec![l.data.id as i64, r.data.id as i64]))
                 .concat(l.map(|l| {
                     let id = match l.record.data {
-                        weir::operators::Side::Left(e) | weir::operators::Side::Right(e) => e.id,
+                        Side::Left(e) | Side::Right(e) => e.id,
                     };
                     Line("late".to_string(), vec![id as i64])
                 }))

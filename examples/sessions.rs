@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::Map;
 use weir::prelude::*;
 
 /// Out-of-order jitter of generated event times.
@@ -169,31 +168,25 @@ fn main() {
             }),
         };
         weir::run(config, move |job| {
-            let lines = files::read_lines(job, "clicks", &input, opts)?;
-            let lines = lines.map(parse);
-            let (events, rejected) = lines.assign_event_time(
-                job,
-                "event-time",
-                splits.clone(),
-                |l: &Line| l.split,
-                |l: &Line| match &l.click {
+            let (events, rejected) = job
+                .source("clicks", files::lines(&input).options(opts))?
+                .map(parse)
+                .assign_event_time("event-time", |l| match &l.click {
                     Ok(Click { ts: Some(ts), .. }) => Ok(*ts),
                     Ok(_) => Err("the click has no `ts`".to_string()),
                     Err(e) => Err(e.clone()),
-                },
-                WatermarkStrategy::bounded(OUT_OF_ORDERNESS),
-            )?;
-            let clicks = events.map(|l: Line| l.click.expect("timestamped lines parsed"));
-            let (unique, late_repeats) =
-                clicks.deduplicate(job, "dedup", |c: &Click| c.id, DEDUP_WINDOW)?;
-            let (sessions, late) = unique.window(
-                job,
-                "session-windows",
-                Windows::session(SESSION_GAP),
-                |c: &Click| c.user,
-                |n: &mut u64, _c: &Click| *n += 1,
-                |n: &mut u64, m: u64| *n += m,
-            )?;
+                })
+                .splits(splits.clone(), |l| l.split)
+                .bounded(OUT_OF_ORDERNESS)
+                .build()?;
+            let clicks = events.map(|l| l.click.expect("timestamped lines parsed"));
+            let (unique, late_repeats) = clicks.deduplicate("dedup", |c| c.id, DEDUP_WINDOW)?;
+            let (sessions, late) = unique
+                .window("session-windows", Windows::session(SESSION_GAP))
+                .key(|c| c.user)
+                .fold(|n: &mut u64, _c| *n += 1)
+                .merge(|n, m| *n += m)
+                .build()?;
             let sessions = sessions.map(|f| Session {
                 user: f.key,
                 start: f.start,
@@ -201,26 +194,22 @@ fn main() {
                 clicks: f.value,
             });
             if let Some(pg) = postgres.clone() {
-                weir::connectors::postgres::write_postgres(
-                    job,
-                    sessions.clone(),
-                    "sessions-db",
-                    pg,
-                )?;
+                sessions.clone().sink("sessions-db", pg)?;
             }
-            files::write_jsonl(job, sessions, "sessions", &output)?;
-            let rejected = rejected.map(|r| RejectedLine {
-                line: r.data.raw,
-                reason: r.reason,
-            });
-            files::write_jsonl(job, rejected, "rejected", &output)?;
-            use timely::dataflow::operators::Concat;
-            let late = late.concat(late_repeats).map(|l: Late<Click>| LateClick {
-                id: l.record.data.id,
-                ts: l.record.ts,
-                reason: l.reason,
-            });
-            files::write_jsonl(job, late, "late", &output)
+            sessions.sink("sessions", files::jsonl(&output))?;
+            rejected
+                .map(|r| RejectedLine {
+                    line: r.data.raw,
+                    reason: r.reason,
+                })
+                .sink("rejected", files::jsonl(&output))?;
+            late.concat(late_repeats)
+                .map(|l| LateClick {
+                    id: l.record.data.id,
+                    ts: l.record.ts,
+                    reason: l.reason,
+                })
+                .sink("late", files::jsonl(&output))
         })?;
         Ok(())
     })

@@ -19,10 +19,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use serde::Serialize;
-use timely::dataflow::operators::vec::Map;
-use weir::connectors::objects::{
-    write_objects, ObjectFormat, ObjectSinkOptions, ParquetSchema, ParquetType,
-};
+use weir::connectors::objects::{ObjectFormat, ObjectSinkOptions, ParquetSchema, ParquetType};
 use weir::prelude::*;
 
 #[derive(Parser, Debug)]
@@ -81,19 +78,19 @@ fn main() {
             rate_limit: args.rate_limit,
         };
         weir::run(config, move |job| {
-            let lines = files::read_lines(job, "lines", &input, opts)?;
-            let words = lines.flat_map(|line: String| {
-                line.split_whitespace()
-                    .map(|w| (w.to_string(), 1u64))
-                    .collect::<Vec<_>>()
-            });
-            let counts =
-                words.reduce_by_key(job, "counts", |count: &mut u64, n: u64| *count += n)?;
-            let records = counts.map(|(word, count, epoch)| Count { word, count, epoch });
+            let counts = job
+                .source("lines", files::lines(&input).options(opts))?
+                .flat_map(|line| {
+                    line.split_whitespace()
+                        .map(|w| (w.to_string(), 1))
+                        .collect::<Vec<_>>()
+                })
+                .reduce_by_key("counts", |count, n| *count += n)?
+                .map(|(word, count, epoch)| Count { word, count, epoch });
             if let Some(opts) = objects.clone() {
-                write_objects(job, records.clone(), "objects", opts)?;
+                counts.clone().sink("objects", opts)?;
             }
-            files::write_jsonl(job, records, "output", &output)
+            counts.sink("output", files::jsonl(&output))
         })?;
         Ok(())
     })

@@ -18,15 +18,13 @@
 //!
 //! ```no_run
 //! use weir::prelude::*;
-//! use timely::dataflow::operators::vec::Map;
 //!
 //! fn main() -> anyhow::Result<()> {
-//!     let config = JobConfig { job: "wordcount".into(), checkpoint_url: "/tmp/weir-chk".into(), ..Default::default() };
-//!     weir::run(config, |job| {
-//!         let lines = files::read_lines(job, "input", std::path::Path::new("input"), SourceOptions::default())?;
-//!         let words = lines.flat_map(|l: String| l.split_whitespace().map(|w| (w.to_string(), 1u64)).collect::<Vec<_>>());
-//!         let counts = words.reduce_by_key(job, "count", |c: &mut u64, n: u64| *c += n)?;
-//!         files::write_jsonl(job, counts, "counts", std::path::Path::new("output"))
+//!     weir::run(JobConfig::new("wordcount", "/tmp/weir-chk"), |job| {
+//!         job.source("input", files::lines("input"))?
+//!             .flat_map(|line| line.split_whitespace().map(|w| (w.to_string(), 1)).collect::<Vec<_>>())
+//!             .reduce_by_key("count", |count, n| *count += n)?
+//!             .sink("counts", files::jsonl("output"))
 //!     })?;
 //!     Ok(())
 //! }
@@ -45,25 +43,36 @@ pub use weir_connectors as connectors;
 pub use weir_operators as operators;
 pub use weir_runtime as runtime;
 pub use weir_runtime::{
-    run, Delivery, Epoch, Generation, Job, JobArgs, JobConfig, RestoreTarget, Retry, RuntimeError,
-    WorkerIndex,
+    run, testing, Delivery, Epoch, Flow, Generation, Job, JobArgs, JobConfig, RestoreTarget, Retry,
+    RuntimeError, Sink, Source, WorkerIndex,
 };
 
 pub mod cli;
 
-/// What most jobs import.
+/// What most jobs import: the job and its flows, every connector this build has, every
+/// operator, and timely's operators for the timely-level streams a flow wraps.
 pub mod prelude {
+    /// Timely's operators, for the streams under a flow ([`Flow::apply`]).
+    pub use timely::dataflow::operators::{vec::Filter, vec::Map, Concat, Inspect, ToStream};
     #[cfg(feature = "kafka")]
     pub use weir_connectors::kafka;
     #[cfg(feature = "nats")]
     pub use weir_connectors::nats;
     #[cfg(feature = "postgres")]
     pub use weir_connectors::postgres;
-    pub use weir_connectors::{files, generator, objects, SourceOptions};
+    pub use weir_connectors::{files, generator, objects, source, SourceOptions};
+    pub use weir_operators::collection::{DurableCollection, ToCollection};
     pub use weir_operators::{
-        AssignEventTime, CountByKey, Deduplicate, DeduplicateProcessingTime, EventStream,
-        IntervalJoin, JoinTtl, Late, ReduceByKey, StatefulMap, Timed, Ttl, WatermarkStrategy,
-        Window, Windows,
+        AssignEventTime, CountByKey, Deduplicate, DeduplicateProcessingTime, EventStream, Fired,
+        IntervalJoin, JoinTtl, Late, ReduceByKey, Rejected, Side, StatefulMap, Timed, Ttl,
+        WatermarkStrategy, Window, Windows,
     };
-    pub use weir_runtime::{Delivery, Job, JobArgs, JobConfig, RestoreTarget};
+    pub use weir_runtime::{
+        testing, Delivery, Flow, Job, JobArgs, JobConfig, RestoreTarget, Sink, Source,
+    };
 }
+
+/// The README's code, compiled as doc tests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -21,25 +21,62 @@ use crate::source::{source, Reader, SourceOptions};
 /// `i % SPLITS` (useful as the split of event-time watermarks).
 pub const SPLITS: u32 = 64;
 
-/// Emits `make(i)` for every `i` in `0..total`, spread over workers.
+/// A source of `make(i)` for every `i` in `0..total`, spread over workers.
 ///
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{Capture, capture::Extract};
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-gen"), move |job| {
-///     let items = weir_connectors::generator::generate(job, "gen", 100, Default::default(), |i| i * 2)?;
-///     items.capture_into(send.lock().unwrap().clone());
-///     Ok(())
-/// }).unwrap();
-/// let mut items: Vec<u64> = recv.extract().into_iter().flat_map(|(_, v)| v).collect();
+/// use weir_runtime::{testing, JobConfig};
+/// use weir_connectors::generator;
+///
+/// let mut items = testing::run_collect(JobConfig::thread("doc-gen"), 2, |job| {
+///     job.source("gen", generator::items(100, |i| i * 2))
+/// })
+/// .unwrap();
 /// items.sort();
 /// assert_eq!(items, (0..100).map(|i| i * 2).collect::<Vec<_>>());
 /// ```
-pub fn generate<'s, D, F>(
-    job: &mut Job<'s>,
+pub fn items<D, F>(total: u64, make: F) -> Items<F>
+where
+    D: timely::ExchangeData,
+    F: Fn(u64) -> D + 'static,
+{
+    Items {
+        total,
+        make,
+        opts: SourceOptions::default(),
+    }
+}
+
+/// The source [`items`] returns.
+pub struct Items<F> {
+    total: u64,
+    make: F,
+    opts: SourceOptions,
+}
+
+impl<F> Items<F> {
+    /// Reads with `opts` (a rate limit).
+    pub fn options(self, opts: SourceOptions) -> Self {
+        Items { opts, ..self }
+    }
+}
+
+impl<D, F> weir_runtime::Source for Items<F>
+where
+    D: timely::ExchangeData,
+    F: Fn(u64) -> D + 'static,
+{
+    type Item = D;
+    fn build<'s>(self, job: &Job<'s>, name: &str) -> Result<Stream<'s, u64, Vec<D>>> {
+        generate(job, name, self.total, self.opts, self.make)
+    }
+}
+
+/// Emits `make(i)` for every `i` in `0..total` as the source named `name`: the
+/// timely-level form of [`items`].
+pub(crate) fn generate<'s, D, F>(
+    job: &Job<'s>,
     name: &str,
     total: u64,
     opts: SourceOptions,

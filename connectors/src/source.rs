@@ -86,11 +86,13 @@ fn restore_positions<S: Serialize + DeserializeOwned + Hash + Eq + Ord + Clone>(
     Ok(positions)
 }
 
-/// Builds a replayable source named `name` around `reader` on this worker.
+/// A replayable source around the [`Reader`] that `make` builds on every worker, with
+/// the worker's context (to pick the splits it owns): what a source written outside
+/// weir's crates passes to [`weir_runtime::Job::source`].
 ///
-/// The positions of the splits this worker owns are restored from the checkpoint (or,
-/// with at-most-once delivery, from the ledger of everything ever read), handed to the
-/// reader, and checkpointed at every epoch boundary; `name` must be unique in the job.
+/// The positions of the splits a worker owns are restored from the checkpoint (or, with
+/// at-most-once delivery, from the ledger of everything ever read), handed to the
+/// reader, and checkpointed at every epoch boundary.
 ///
 /// # Examples
 ///
@@ -98,8 +100,8 @@ fn restore_positions<S: Serialize + DeserializeOwned + Hash + Eq + Ord + Clone>(
 ///
 /// ```
 /// use std::collections::BTreeMap;
-/// use weir_connectors::source::{source, Reader};
-/// use weir_runtime::testing::{collect, Committed};
+/// use weir_connectors::source::{from_reader, Reader};
+/// use weir_runtime::{testing, JobConfig};
 ///
 /// struct Count { n: u64, splits: Vec<u32> }
 ///
@@ -120,22 +122,57 @@ fn restore_positions<S: Serialize + DeserializeOwned + Hash + Eq + Ord + Clone>(
 ///     }
 /// }
 ///
-/// let out = Committed::new();
-/// let sink = out.clone();
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-source"), move |job| {
-///     let splits = (0..3u32).filter(|s| job.ctx().owns(s)).collect();
-///     let items = source(job, "count", Count { n: 4, splits }, Default::default())?;
-///     collect(job, items, "out", &sink)
+/// let mut items = testing::run_collect(JobConfig::thread("doc-source"), 2, |job| {
+///     job.source("count", from_reader(|ctx| {
+///         Ok(Count { n: 4, splits: (0..3u32).filter(|s| ctx.owns(s)).collect() })
+///     }))
 /// })
 /// .unwrap();
-/// let mut items = out.records();
 /// items.sort();
 /// assert_eq!(items.len(), 12);
 /// assert_eq!(items[0], (0, 0));
 /// assert_eq!(items[11], (2, 3));
 /// ```
-pub fn source<'s, R: Reader>(
-    job: &mut Job<'s>,
+pub fn from_reader<R, F>(make: F) -> FromReader<F>
+where
+    R: Reader,
+    F: FnOnce(&JobContext) -> Result<R>,
+{
+    FromReader {
+        make,
+        opts: SourceOptions::default(),
+    }
+}
+
+/// The source [`from_reader`] returns.
+pub struct FromReader<F> {
+    make: F,
+    opts: SourceOptions,
+}
+
+impl<F> FromReader<F> {
+    /// Reads with `opts` (a rate limit).
+    pub fn options(self, opts: SourceOptions) -> Self {
+        FromReader { opts, ..self }
+    }
+}
+
+impl<R, F> weir_runtime::Source for FromReader<F>
+where
+    R: Reader,
+    F: FnOnce(&JobContext) -> Result<R>,
+{
+    type Item = R::Item;
+    fn build<'s>(self, job: &Job<'s>, name: &str) -> Result<Stream<'s, u64, Vec<R::Item>>> {
+        let reader = (self.make)(job.ctx())?;
+        source(job, name, reader, self.opts)
+    }
+}
+
+/// Builds a replayable source named `name` around `reader` on this worker (the
+/// timely-level form of [`from_reader`]); `name` must be unique in the job.
+pub(crate) fn source<'s, R: Reader>(
+    job: &Job<'s>,
     name: &str,
     mut reader: R,
     opts: SourceOptions,

@@ -36,54 +36,43 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
-use weir_runtime::{encode_keyed, Job, Result};
+use weir_runtime::{encode_keyed, Flow, Job, Result};
 
 use crate::keyed::{keyed, Store};
 
-/// Turns a stream of updates into a differential collection that survives restore.
+/// Turns a flow of updates into a differential collection that survives restore.
 ///
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{Capture, ToStream};
-/// use timely::dataflow::operators::capture::Extract;
-/// use weir_operators::collection::{changes, ToCollection};
+/// use weir_runtime::{testing, JobConfig};
+/// use weir_operators::collection::ToCollection;
 ///
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-collection"), move |job| {
+/// let out = testing::run_collect(JobConfig::thread("doc-collection"), 2, |job| {
 ///     // Words added (+1) and one retracted (-1).
-///     let updates = vec![("a".to_string(), 1isize), ("b".to_string(), 1), ("a".to_string(), 1), ("b".to_string(), -1)]
-///         .to_stream(job.scope());
-///     let words = updates.to_collection(job, "words")?;
-///     let counts = words.count();
-///     changes(counts, job).capture_into(send.lock().unwrap().clone());
-///     Ok(())
-/// }).unwrap();
-/// let mut out: Vec<((String, isize), isize)> = recv.extract().into_iter().flat_map(|(_, v)| v)
-///     .map(|(d, _epoch, diff)| (d, diff)).collect();
-/// out.sort();
-/// assert_eq!(out, vec![(("a".to_string(), 2), 1)]);
+///     let updates = vec![('a', 1), ('b', 1), ('a', 1), ('b', -1)];
+///     Ok(job
+///         .source("updates", testing::items(updates))?
+///         .to_collection("words")?
+///         .apply(|words| words.count())
+///         .changes())
+/// })
+/// .unwrap();
+/// let out: Vec<_> = out.into_iter().map(|(d, _epoch, diff)| (d, diff)).collect();
+/// assert_eq!(out, vec![(('a', 2), 1)]);
 /// ```
 pub trait ToCollection<'s, D> {
     /// Accumulates the updates `(data, diff)` into a collection whose consolidated
     /// contents are checkpointed under `name` (unique in the job) and replayed on restore.
-    fn to_collection(
-        self,
-        job: &mut Job<'s>,
-        name: &str,
-    ) -> Result<VecCollection<'s, u64, D, isize>>;
+    fn to_collection(self, name: &str) -> Result<DurableCollection<'s, D>>;
 }
 
-impl<'s, D> ToCollection<'s, D> for Stream<'s, u64, Vec<(D, isize)>>
+impl<'s, D> ToCollection<'s, D> for Flow<'s, (D, isize)>
 where
     D: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
 {
-    fn to_collection(
-        self,
-        job: &mut Job<'s>,
-        name: &str,
-    ) -> Result<VecCollection<'s, u64, D, isize>> {
+    fn to_collection(self, name: &str) -> Result<DurableCollection<'s, D>> {
+        let job = self.job().clone();
         let ctx = job.ctx().clone();
         let restored: Vec<(D, isize)> = ctx.restore_keyed(name)?;
         let replay_at = ctx.restored().map(|m| m.epoch.0);
@@ -91,7 +80,52 @@ where
             counts: restored.into_iter().collect(),
             replay_at,
         };
-        Ok(keyed(self, job, name, store)?.as_collection())
+        let collection = keyed(self.into_stream(), &job, name, store)?.as_collection();
+        Ok(DurableCollection { job, collection })
+    }
+}
+
+/// A differential collection of a job, built on [`ToCollection::to_collection`]: any
+/// differential operator runs on it through [`apply`](DurableCollection::apply), and
+/// [`changes`](DurableCollection::changes) turns its changes into a flow for a sink.
+pub struct DurableCollection<'s, D: 'static> {
+    job: Job<'s>,
+    collection: VecCollection<'s, u64, D, isize>,
+}
+
+impl<'s, D: timely::ExchangeData + Clone> DurableCollection<'s, D> {
+    /// The differential collection.
+    pub fn collection(&self) -> &VecCollection<'s, u64, D, isize> {
+        &self.collection
+    }
+
+    /// Runs differential operators on the collection.
+    pub fn apply<D2: timely::ExchangeData + Clone>(
+        self,
+        f: impl FnOnce(VecCollection<'s, u64, D, isize>) -> VecCollection<'s, u64, D2, isize>,
+    ) -> DurableCollection<'s, D2> {
+        DurableCollection {
+            collection: f(self.collection),
+            job: self.job,
+        }
+    }
+
+    /// Another collection of the same job, derived from this one with differential
+    /// operators: for jobs that read several results off one durable input.
+    pub fn derived<D2: timely::ExchangeData + Clone>(
+        &self,
+        collection: VecCollection<'s, u64, D2, isize>,
+    ) -> DurableCollection<'s, D2> {
+        DurableCollection {
+            job: self.job.clone(),
+            collection,
+        }
+    }
+
+    /// The collection's changes as `(data, epoch, diff)` (see [`changes`]).
+    pub fn changes(self) -> Flow<'s, (D, u64, isize)> {
+        let changes = changes(self.collection, &self.job);
+        self.job.flow(changes)
     }
 }
 

@@ -8,9 +8,7 @@
 
 use std::hash::Hash;
 
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::Stream;
-use weir_runtime::{Job, Result};
+use weir_runtime::{Flow, Result};
 
 use crate::reduce::{Changes, ReduceByKey};
 
@@ -20,32 +18,27 @@ use crate::reduce::{Changes, ReduceByKey};
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{Capture, ToStream};
-/// use timely::dataflow::operators::capture::Extract;
+/// use weir_runtime::{testing, JobConfig};
 /// use weir_operators::CountByKey;
 ///
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-count"), move |job| {
-///     let words = vec!["a".to_string(), "b".to_string(), "a".to_string()].to_stream(job.scope());
-///     words.count_by_key(job, "count")?.capture_into(send.lock().unwrap().clone());
-///     Ok(())
-/// }).unwrap();
-/// let mut out: Vec<(String, u64)> = recv.extract().into_iter().flat_map(|(_, v)| v).map(|(k, c, _)| (k, c)).collect();
+/// let mut out = testing::run_collect(JobConfig::thread("doc-count"), 2, |job| {
+///     job.source("words", testing::items(vec!['a', 'b', 'a']))?.count_by_key("count")
+/// })
+/// .unwrap();
 /// out.sort();
-/// assert_eq!(out, vec![("a".to_string(), 2), ("b".to_string(), 1)]);
+/// assert_eq!(out.iter().map(|(k, c, _)| (*k, *c)).collect::<Vec<_>>(), [('a', 2), ('b', 1)]);
 /// ```
 pub trait CountByKey<'s, K> {
     /// Counts the records of each key; `name` must be unique in the job.
-    fn count_by_key(self, job: &mut Job<'s>, name: &str) -> Result<Changes<'s, K, u64>>;
+    fn count_by_key(self, name: &str) -> Result<Changes<'s, K, u64>>;
 }
 
-impl<'s, K> CountByKey<'s, K> for Stream<'s, u64, Vec<K>>
+impl<'s, K> CountByKey<'s, K> for Flow<'s, K>
 where
     K: timely::ExchangeData + Hash + Eq + Clone,
 {
-    fn count_by_key(self, job: &mut Job<'s>, name: &str) -> Result<Changes<'s, K, u64>> {
+    fn count_by_key(self, name: &str) -> Result<Changes<'s, K, u64>> {
         self.map(|k| (k, ()))
-            .reduce_by_key(job, name, |count: &mut u64, ()| *count += 1)
+            .fold_by_key(name, |count: &mut u64, ()| *count += 1)
     }
 }

@@ -37,8 +37,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
 
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::Stream;
-use weir_runtime::{keygroup, Job, Result};
+use weir_runtime::{keygroup, Flow, Result};
 
 use crate::event_time::{EventStream, Timed};
 use crate::keyed::{keyed, now_ms};
@@ -53,23 +52,20 @@ const SLOTS: u64 = 8;
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{Capture, ToStream};
-/// use timely::dataflow::operators::capture::Extract;
-/// use weir_operators::{AssignEventTime, Deduplicate, WatermarkStrategy};
+/// use weir_runtime::{testing, JobConfig};
+/// use weir_operators::{AssignEventTime, Deduplicate};
 ///
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-dedup"), move |job| {
+/// let mut ids = testing::run_collect(JobConfig::thread("doc-dedup"), 2, |job| {
 ///     // (id, event time): id 7 is sent twice.
-///     let events = vec![(7u64, 100u64), (8, 101), (7, 102)].to_stream(job.scope());
-///     let (events, _) = events.assign_event_time(
-///         job, "clock", vec![0u8], |_| 0u8, |e: &(u64, u64)| Ok(e.1), WatermarkStrategy::bounded(10),
-///     )?;
-///     let (unique, _late) = events.deduplicate(job, "dedup", |e: &(u64, u64)| e.0, 1_000)?;
-///     unique.records.capture_into(send.lock().unwrap().clone());
-///     Ok(())
-/// }).unwrap();
-/// let mut ids: Vec<u64> = recv.extract().into_iter().flat_map(|(_, v)| v).map(|t| t.data.0).collect();
+///     let (events, _) = job
+///         .source("events", testing::items(vec![(7, 100), (8, 101), (7, 102)]))?
+///         .assign_event_time("clock", |e| Ok(e.1))
+///         .bounded(10)
+///         .build()?;
+///     let (unique, _late) = events.deduplicate("dedup", |e| e.0, 1_000)?;
+///     Ok(unique.into_flow().map(|e| e.0))
+/// })
+/// .unwrap();
 /// ids.sort();
 /// assert_eq!(ids, vec![7, 8]);
 /// ```
@@ -80,11 +76,10 @@ pub trait Deduplicate<'s, D> {
     #[allow(clippy::type_complexity)]
     fn deduplicate<K, FK>(
         self,
-        job: &mut Job<'s>,
         name: &str,
         key: FK,
         window: u64,
-    ) -> Result<(EventStream<'s, D>, Stream<'s, u64, Vec<Late<D>>>)>
+    ) -> Result<(EventStream<'s, D>, Flow<'s, Late<D>>)>
     where
         K: Hash,
         FK: Fn(&D) -> K + 'static;
@@ -96,19 +91,14 @@ pub trait Deduplicate<'s, D> {
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{Capture, ToStream};
-/// use timely::dataflow::operators::capture::Extract;
+/// use weir_runtime::{testing, JobConfig};
 /// use weir_operators::DeduplicateProcessingTime;
 ///
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-dedup-pt"), move |job| {
-///     let ids = vec![1u64, 2, 1, 3, 2].to_stream(job.scope());
-///     let unique = ids.deduplicate_processing_time(job, "dedup", |id: &u64| *id, std::time::Duration::from_secs(60))?;
-///     unique.capture_into(send.lock().unwrap().clone());
-///     Ok(())
-/// }).unwrap();
-/// let mut ids: Vec<u64> = recv.extract().into_iter().flat_map(|(_, v)| v).collect();
+/// let mut ids = testing::run_collect(JobConfig::thread("doc-dedup-pt"), 2, |job| {
+///     job.source("ids", testing::items(vec![1, 2, 1, 3, 2]))?
+///         .deduplicate_processing_time("dedup", |id| *id, std::time::Duration::from_secs(60))
+/// })
+/// .unwrap();
 /// ids.sort();
 /// assert_eq!(ids, vec![1, 2, 3]);
 /// ```
@@ -117,11 +107,10 @@ pub trait DeduplicateProcessingTime<'s, D> {
     /// clock time. `name` must be unique.
     fn deduplicate_processing_time<K, FK>(
         self,
-        job: &mut Job<'s>,
         name: &str,
         key: FK,
         window: std::time::Duration,
-    ) -> Result<Stream<'s, u64, Vec<D>>>
+    ) -> Result<Flow<'s, D>>
     where
         K: Hash,
         FK: Fn(&D) -> K + 'static;
@@ -130,15 +119,16 @@ pub trait DeduplicateProcessingTime<'s, D> {
 impl<'s, D: timely::ExchangeData> Deduplicate<'s, D> for EventStream<'s, D> {
     fn deduplicate<K, FK>(
         self,
-        job: &mut Job<'s>,
         name: &str,
         key: FK,
         window: u64,
-    ) -> Result<(EventStream<'s, D>, Stream<'s, u64, Vec<Late<D>>>)>
+    ) -> Result<(EventStream<'s, D>, Flow<'s, Late<D>>)>
     where
         K: Hash,
         FK: Fn(&D) -> K + 'static,
     {
+        let job = self.job.clone();
+        let job = &job;
         let senders = self.senders;
         let watermarks = self.watermarks.clone();
         let input = self.keyed_input(move |d| keygroup::stable_hash(&key(d)), 0, |d| d);
@@ -148,28 +138,30 @@ impl<'s, D: timely::ExchangeData> Deduplicate<'s, D> for EventStream<'s, D> {
         let (records, late) = crate::timed::split(out, |o| o);
         Ok((
             EventStream {
+                job: job.clone(),
                 records,
                 watermarks,
                 senders,
             },
-            late,
+            job.flow(late),
         ))
     }
 }
 
-impl<'s, D: timely::ExchangeData> DeduplicateProcessingTime<'s, D> for Stream<'s, u64, Vec<D>> {
+impl<'s, D: timely::ExchangeData> DeduplicateProcessingTime<'s, D> for Flow<'s, D> {
     fn deduplicate_processing_time<K, FK>(
         self,
-        job: &mut Job<'s>,
         name: &str,
         key: FK,
         window: std::time::Duration,
-    ) -> Result<Stream<'s, u64, Vec<D>>>
+    ) -> Result<Flow<'s, D>>
     where
         K: Hash,
         FK: Fn(&D) -> K + 'static,
     {
-        let input = self.map(move |d| {
+        let job = self.job().clone();
+        let job = &job;
+        let input = self.into_stream().map(move |d| {
             (
                 Route::Key(keygroup::stable_hash(&key(&d))),
                 crate::timed::Input::Record {
@@ -182,7 +174,8 @@ impl<'s, D: timely::ExchangeData> DeduplicateProcessingTime<'s, D> for Stream<'s
         let logic = DedupLogic::new(window.as_millis() as u64, true);
         let store = TimedStore::restore(job.ctx(), name, 0, logic)?.on_processing_time();
         let out = keyed(input, job, name, store)?;
-        Ok(out.flat_map(|o: std::result::Result<Timed<D>, Late<D>>| o.ok().map(|t| t.data)))
+        Ok(job
+            .flow(out.flat_map(|o: std::result::Result<Timed<D>, Late<D>>| o.ok().map(|t| t.data))))
     }
 }
 

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
-use weir_runtime::{encode_keyed, keygroup, Job, Result};
+use weir_runtime::{encode_keyed, keygroup, Flow, Job, Result};
 
 use crate::keyed::{keyed, Store};
 pub use crate::timed::Mark;
@@ -70,8 +70,11 @@ pub struct Rejected<D> {
     pub reason: String,
 }
 
-/// A stream of timestamped records with its watermarks.
+/// A stream of timestamped records with its watermarks, carrying its job like a
+/// [`Flow`].
 pub struct EventStream<'s, D> {
+    /// The job.
+    pub(crate) job: Job<'s>,
     /// The records.
     pub records: Stream<'s, u64, Vec<Timed<D>>>,
     /// Watermark reports, from `senders` instances numbered `0..senders`.
@@ -80,13 +83,38 @@ pub struct EventStream<'s, D> {
     pub senders: usize,
 }
 
+impl<'s, D: timely::ExchangeData + Clone> Clone for EventStream<'s, D> {
+    fn clone(&self) -> Self {
+        EventStream {
+            job: self.job.clone(),
+            records: self.records.clone(),
+            watermarks: self.watermarks.clone(),
+            senders: self.senders,
+        }
+    }
+}
+
 impl<'s, D: timely::ExchangeData> EventStream<'s, D> {
+    /// The records with their event times, as a flow (without the watermarks).
+    pub fn records(&self) -> Flow<'s, Timed<D>>
+    where
+        D: Clone,
+    {
+        self.job.flow(self.records.clone())
+    }
+
+    /// The records without their event times, as a flow.
+    pub fn into_flow(self) -> Flow<'s, D> {
+        self.job.flow(self.records).map(|t| t.data)
+    }
+
     /// Maps every record, keeping its event time.
     pub fn map<D2: timely::ExchangeData, F: Fn(D) -> D2 + 'static>(
         self,
         f: F,
     ) -> EventStream<'s, D2> {
         EventStream {
+            job: self.job,
             records: self.records.map(move |t| Timed {
                 ts: t.ts,
                 split_wm: t.split_wm,
@@ -100,6 +128,7 @@ impl<'s, D: timely::ExchangeData> EventStream<'s, D> {
     /// Keeps the records for which `f` is true.
     pub fn filter<F: Fn(&D) -> bool + 'static>(self, f: F) -> EventStream<'s, D> {
         EventStream {
+            job: self.job,
             records: self
                 .records
                 .flat_map(move |t| if f(&t.data) { Some(t) } else { None }),
@@ -165,59 +194,154 @@ impl WatermarkStrategy {
     }
 }
 
-/// Gives records event time and watermarks.
+/// Gives records event time and watermarks: `flow.assign_event_time(name, timestamp)`
+/// returns an [`EventTime`] builder, and its [`build`](EventTime::build) the event stream
+/// and the records `timestamp` rejected.
 ///
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{Capture, ToStream};
-/// use timely::dataflow::operators::capture::Extract;
-/// use weir_operators::{AssignEventTime, WatermarkStrategy};
+/// use weir_runtime::{testing, JobConfig};
+/// use weir_operators::AssignEventTime;
 ///
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-event-time"), move |job| {
+/// let mut out = testing::run_collect(JobConfig::thread("doc-event-time"), 1, |job| {
 ///     // Records are "split:timestamp"; the second one has no timestamp.
-///     let lines = vec!["a:10".to_string(), "a:oops".to_string(), "a:30".to_string()].to_stream(job.scope());
-///     let (events, rejected) = lines.assign_event_time(
-///         job,
-///         "event-time",
-///         vec!["a".to_string()],
-///         |line: &String| line.split(':').next().unwrap_or("").to_string(),
-///         |line: &String| line.split(':').nth(1).unwrap_or("").parse::<u64>().map_err(|e| format!("bad timestamp: {e}")),
-///         WatermarkStrategy::bounded(5),
-///     )?;
-///     events.records.map(|t| (t.ts, t.split_wm)).capture_into(send.lock().unwrap().clone());
-///     rejected.map(|r| (0, r.reason.len() as u64)).capture_into(send.lock().unwrap().clone());
-///     Ok(())
-/// }).unwrap();
-/// let mut out: Vec<(u64, u64)> = recv.extract().into_iter().flat_map(|(_, v)| v).collect();
+///     let lines = vec!["a:10".to_string(), "a:oops".into(), "a:30".into()];
+///     let lines = job.source("lines", testing::items(lines))?;
+///     let (events, rejected) = lines
+///         .assign_event_time("event-time", |line| {
+///             line.split(':').nth(1).unwrap_or("").parse::<u64>().map_err(|e| format!("bad timestamp: {e}"))
+///         })
+///         .splits(vec!["a".to_string()], |line| line.split(':').next().unwrap_or("").to_string())
+///         .bounded(5)
+///         .build()?;
+///     let rejected = rejected.map(|r| (0, r.reason.len() as u64));
+///     Ok(events.records().map(|t| (t.ts, t.split_wm)).concat(rejected))
+/// })
+/// .unwrap();
 /// out.sort();
 /// // One rejected record (the reason is not empty); 30 was read when split `a` was at 10 - 5.
 /// assert_eq!(out.len(), 3);
 /// assert!(out[0].0 == 0 && out[0].1 > 0);
 /// assert_eq!(&out[1..], &[(10, 0), (30, 5)]);
-/// # use timely::dataflow::operators::vec::Map;
 /// ```
 pub trait AssignEventTime<'s, D> {
-    /// Assigns event time with `timestamp` and tracks watermarks per split.
-    ///
-    /// `splits` lists every split of the source; `split_of` says which split a record
-    /// came from. Returns the event stream and the records `timestamp` rejected.
-    /// `name` must be unique in the job; the watermarks are checkpointed under it.
-    fn assign_event_time<P, FS, FT>(
+    /// Starts assigning event time with `timestamp` (an `Err` rejects the record with
+    /// that reason) in the operator named `name` (unique in the job; the watermarks are
+    /// checkpointed under it). By default the input is one split with no
+    /// out-of-orderness; see [`EventTime`].
+    fn assign_event_time<FT>(
         self,
-        job: &mut Job<'s>,
         name: &str,
-        splits: Vec<P>,
-        split_of: FS,
         timestamp: FT,
-        strategy: WatermarkStrategy,
-    ) -> Result<(EventStream<'s, D>, crate::Records<'s, Rejected<D>>)>
+    ) -> EventTime<'s, D, u8, OneSplit<D>, FT>
     where
-        P: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
-        FS: Fn(&D) -> P + 'static,
         FT: Fn(&D) -> std::result::Result<u64, String> + 'static;
+}
+
+/// The split function of an input that is one split.
+pub type OneSplit<D> = fn(&D) -> u8;
+
+fn one_split<D>(_: &D) -> u8 {
+    0
+}
+
+impl<'s, D: timely::ExchangeData> AssignEventTime<'s, D> for Flow<'s, D> {
+    fn assign_event_time<FT>(
+        self,
+        name: &str,
+        timestamp: FT,
+    ) -> EventTime<'s, D, u8, OneSplit<D>, FT>
+    where
+        FT: Fn(&D) -> std::result::Result<u64, String> + 'static,
+    {
+        EventTime {
+            flow: self,
+            name: name.to_string(),
+            splits: vec![0],
+            split_of: one_split::<D>,
+            timestamp,
+            strategy: WatermarkStrategy::bounded(0),
+        }
+    }
+}
+
+/// How [`AssignEventTime::assign_event_time`] assigns event time: the source's splits,
+/// and how watermarks follow event time.
+#[must_use = "an event-time assignment does nothing until it is built"]
+pub struct EventTime<'s, D, P, FS, FT> {
+    flow: Flow<'s, D>,
+    name: String,
+    splits: Vec<P>,
+    split_of: FS,
+    timestamp: FT,
+    strategy: WatermarkStrategy,
+}
+
+impl<'s, D, P, FS, FT> EventTime<'s, D, P, FS, FT>
+where
+    D: timely::ExchangeData,
+    P: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
+    FS: Fn(&D) -> P + 'static,
+    FT: Fn(&D) -> std::result::Result<u64, String> + 'static,
+{
+    /// The source's splits, every one of them, and which split a record came from: each
+    /// split has a watermark of its own.
+    pub fn splits<P2, FS2>(self, splits: Vec<P2>, split_of: FS2) -> EventTime<'s, D, P2, FS2, FT>
+    where
+        FS2: Fn(&D) -> P2 + 'static,
+    {
+        EventTime {
+            flow: self.flow,
+            name: self.name,
+            splits,
+            split_of,
+            timestamp: self.timestamp,
+            strategy: self.strategy,
+        }
+    }
+
+    /// How watermarks follow event time.
+    pub fn watermarks(self, strategy: WatermarkStrategy) -> Self {
+        EventTime { strategy, ..self }
+    }
+
+    /// Bounded out-of-orderness: a record may lag the largest event time of its split by
+    /// `max_out_of_orderness` without being late.
+    pub fn bounded(self, max_out_of_orderness: u64) -> Self {
+        let strategy = WatermarkStrategy {
+            max_out_of_orderness,
+            ..self.strategy
+        };
+        EventTime { strategy, ..self }
+    }
+
+    /// A split that produced nothing for `timeout` stops holding the watermark back.
+    pub fn idle_timeout(self, timeout: Duration) -> Self {
+        let strategy = WatermarkStrategy {
+            idle_timeout: Some(timeout),
+            ..self.strategy
+        };
+        EventTime { strategy, ..self }
+    }
+
+    /// Adds the operator: returns the event stream and the records `timestamp` rejected.
+    #[allow(clippy::type_complexity)]
+    pub fn build(self) -> Result<(EventStream<'s, D>, Flow<'s, Rejected<D>>)> {
+        let EventTime {
+            flow,
+            name,
+            splits,
+            split_of,
+            timestamp,
+            strategy,
+        } = self;
+        let job = flow.job().clone();
+        let stream = flow.into_stream();
+        let (events, rejected) =
+            assign(stream, &job, &name, splits, split_of, timestamp, strategy)?;
+        Ok((events, job.flow(rejected)))
+    }
 }
 
 /// What the assigner emits.
@@ -228,60 +352,61 @@ enum Emit<D> {
     Mark(Mark),
 }
 
-impl<'s, D: timely::ExchangeData> AssignEventTime<'s, D> for Stream<'s, u64, Vec<D>> {
-    fn assign_event_time<P, FS, FT>(
-        self,
-        job: &mut Job<'s>,
-        name: &str,
-        splits: Vec<P>,
-        split_of: FS,
-        timestamp: FT,
-        strategy: WatermarkStrategy,
-    ) -> Result<(EventStream<'s, D>, crate::Records<'s, Rejected<D>>)>
-    where
-        P: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
-        FS: Fn(&D) -> P + 'static,
-        FT: Fn(&D) -> std::result::Result<u64, String> + 'static,
-    {
-        let ctx = job.ctx().clone();
-        let (n, peers, worker) = (ctx.key_groups(), ctx.peers(), ctx.worker());
-        let owned: Vec<P> = splits
-            .into_iter()
-            .filter(|p| keygroup::owner(keygroup::key_group(p, n), n, peers) == worker)
-            .collect();
-        let max_ts: HashMap<P, u64> = ctx.restore_keyed::<P, u64>(name)?.into_iter().collect();
-        let store = SplitClocks {
-            ctx: ctx.clone(),
-            worker,
-            owned,
-            max_ts,
-            active: HashMap::new(),
-            started: Instant::now(),
-            strategy,
-            timestamp,
-            last_mark: None,
-            _marker: std::marker::PhantomData,
-        };
-        let input = self.map(move |d| (split_of(&d), d));
-        let emitted = keyed(input, job, name, store)?;
-        let (records, rest) = crate::timed::split(emitted, |e| match e {
-            Emit::Record(t) => Ok(t),
-            other => Err(other),
-        });
-        let (rejected, watermarks) = crate::timed::split(rest, |e: Emit<D>| match e {
-            Emit::Rejected(r) => Ok(r),
-            Emit::Mark(m) => Err(m),
-            Emit::Record(_) => unreachable!("records were split off"),
-        });
-        Ok((
-            EventStream {
-                records,
-                watermarks,
-                senders: peers,
-            },
-            rejected,
-        ))
-    }
+#[allow(clippy::type_complexity)]
+fn assign<'s, D, P, FS, FT>(
+    stream: Stream<'s, u64, Vec<D>>,
+    job: &Job<'s>,
+    name: &str,
+    splits: Vec<P>,
+    split_of: FS,
+    timestamp: FT,
+    strategy: WatermarkStrategy,
+) -> Result<(EventStream<'s, D>, crate::Records<'s, Rejected<D>>)>
+where
+    D: timely::ExchangeData,
+    P: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
+    FS: Fn(&D) -> P + 'static,
+    FT: Fn(&D) -> std::result::Result<u64, String> + 'static,
+{
+    let ctx = job.ctx().clone();
+    let (n, peers, worker) = (ctx.key_groups(), ctx.peers(), ctx.worker());
+    let owned: Vec<P> = splits
+        .into_iter()
+        .filter(|p| keygroup::owner(keygroup::key_group(p, n), n, peers) == worker)
+        .collect();
+    let max_ts: HashMap<P, u64> = ctx.restore_keyed::<P, u64>(name)?.into_iter().collect();
+    let store = SplitClocks {
+        ctx: ctx.clone(),
+        worker,
+        owned,
+        max_ts,
+        active: HashMap::new(),
+        started: Instant::now(),
+        strategy,
+        timestamp,
+        last_mark: None,
+        _marker: std::marker::PhantomData,
+    };
+    let input = stream.map(move |d| (split_of(&d), d));
+    let emitted = keyed(input, job, name, store)?;
+    let (records, rest) = crate::timed::split(emitted, |e| match e {
+        Emit::Record(t) => Ok(t),
+        other => Err(other),
+    });
+    let (rejected, watermarks) = crate::timed::split(rest, |e: Emit<D>| match e {
+        Emit::Rejected(r) => Ok(r),
+        Emit::Mark(m) => Err(m),
+        Emit::Record(_) => unreachable!("records were split off"),
+    });
+    Ok((
+        EventStream {
+            job: job.clone(),
+            records,
+            watermarks,
+            senders: peers,
+        },
+        rejected,
+    ))
 }
 
 /// The assigner's state on one worker: the largest event time per owned split.

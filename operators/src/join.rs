@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
-use weir_runtime::{Job, Result};
+use weir_runtime::{Flow, Job, Result};
 
 use crate::event_time::{EventStream, Timed};
 use crate::keyed::{keyed, per_key, Ttl};
@@ -51,91 +51,171 @@ pub enum Side<A, B> {
 
 /// Joined pairs and late records.
 pub type JoinOutputs<'s, K, A, B> = (
-    Stream<'s, u64, Vec<(K, Timed<A>, Timed<B>)>>,
-    Stream<'s, u64, Vec<Late<Side<A, B>>>>,
+    Flow<'s, (K, Timed<A>, Timed<B>)>,
+    Flow<'s, Late<Side<A, B>>>,
 );
 
-/// Joins two event streams on a key within an interval of event time.
+/// Joins two event streams on a key within an interval of event time:
+/// `left.interval_join(name, right)` returns an [`IntervalJoinBuilder`]; give it the keys
+/// ([`on`](IntervalJoinBuilder::on)) and the interval
+/// ([`within`](IntervalJoinBuilder::within)), then [`build`](IntervalJoinBuilder::build)
+/// it.
 ///
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{Capture, ToStream};
-/// use timely::dataflow::operators::capture::Extract;
-/// use weir_operators::{AssignEventTime, IntervalJoin, WatermarkStrategy};
+/// use weir_runtime::{testing, JobConfig};
+/// use weir_operators::{AssignEventTime, IntervalJoin};
 ///
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-interval-join"), move |job| {
+/// let out = testing::run_collect(JobConfig::thread("doc-interval-join"), 2, |job| {
 ///     // Orders and payments as (order id, event time).
-///     let orders = vec![(1u64, 100u64), (2, 200)].to_stream(job.scope());
-///     let payments = vec![(1u64, 150u64), (2, 900)].to_stream(job.scope());
-///     let (orders, _) = orders.assign_event_time(job, "orders-clock", vec![0u8], |_| 0u8, |o: &(u64, u64)| Ok(o.1), WatermarkStrategy::bounded(0))?;
-///     let (payments, _) = payments.assign_event_time(job, "payments-clock", vec![0u8], |_| 0u8, |p: &(u64, u64)| Ok(p.1), WatermarkStrategy::bounded(0))?;
+///     let orders = job.source("orders", testing::items(vec![(1, 100), (2, 200)]))?;
+///     let payments = job.source("payments", testing::items(vec![(1, 150), (2, 900)]))?;
+///     let (orders, _) = orders.assign_event_time("orders-clock", |o| Ok(o.1)).build()?;
+///     let (payments, _) = payments.assign_event_time("payments-clock", |p| Ok(p.1)).build()?;
 ///     // A payment counts if it comes within 500 after its order.
-///     let (paid, _late) = orders.interval_join(job, "paid", payments, |o: &(u64, u64)| o.0, |p: &(u64, u64)| p.0, 0, 500)?;
-///     paid.capture_into(send.lock().unwrap().clone());
-///     Ok(())
-/// }).unwrap();
-/// let out: Vec<(u64, u64, u64)> = recv.extract().into_iter().flat_map(|(_, v)| v).map(|(k, o, p)| (k, o.ts, p.ts)).collect();
+///     let (paid, _late) = orders
+///         .interval_join("paid", payments)
+///         .on(|o| o.0, |p| p.0)
+///         .within(0, 500)
+///         .build()?;
+///     Ok(paid.map(|(k, o, p)| (k, o.ts, p.ts)))
+/// })
+/// .unwrap();
 /// assert_eq!(out, vec![(1, 100, 150)]);
 /// ```
 pub trait IntervalJoin<'s, A> {
-    /// Emits `(key, l, r)` for `r.ts - l.ts` in `[lower, upper]`. `name` must be unique.
-    #[allow(clippy::too_many_arguments)]
-    fn interval_join<B, K, FA, FB>(
+    /// Starts an interval join named `name` (unique in the job) of this stream with
+    /// `right`.
+    fn interval_join<B>(
         self,
-        job: &mut Job<'s>,
         name: &str,
         right: EventStream<'s, B>,
-        left_key: FA,
-        right_key: FB,
-        lower: i64,
-        upper: i64,
-    ) -> Result<JoinOutputs<'s, K, A, B>>
-    where
-        B: timely::ExchangeData + Clone,
-        K: timely::ExchangeData + Clone + Hash + Eq,
-        FA: Fn(&A) -> K + 'static,
-        FB: Fn(&B) -> K + 'static;
+    ) -> IntervalJoinBuilder<'s, A, B, (), ()>;
 }
 
 impl<'s, A: timely::ExchangeData + Clone> IntervalJoin<'s, A> for EventStream<'s, A> {
-    fn interval_join<B, K, FA, FB>(
+    fn interval_join<B>(
         self,
-        job: &mut Job<'s>,
         name: &str,
         right: EventStream<'s, B>,
-        left_key: FA,
-        right_key: FB,
-        lower: i64,
-        upper: i64,
-    ) -> Result<JoinOutputs<'s, K, A, B>>
+    ) -> IntervalJoinBuilder<'s, A, B, (), ()> {
+        IntervalJoinBuilder {
+            left: self,
+            right,
+            name: name.to_string(),
+            keys: ((), ()),
+            bounds: None,
+        }
+    }
+}
+
+/// An interval join under construction (see [`IntervalJoin`]).
+#[must_use = "a join does nothing until it is built"]
+pub struct IntervalJoinBuilder<'s, A, B, FA, FB> {
+    left: EventStream<'s, A>,
+    right: EventStream<'s, B>,
+    name: String,
+    keys: (FA, FB),
+    bounds: Option<(i64, i64)>,
+}
+
+impl<'s, A, B> IntervalJoinBuilder<'s, A, B, (), ()> {
+    /// Joins a left record and a right record when `left_key` of the one equals
+    /// `right_key` of the other.
+    pub fn on<K, FA, FB>(self, left_key: FA, right_key: FB) -> IntervalJoinBuilder<'s, A, B, FA, FB>
     where
+        FA: Fn(&A) -> K + 'static,
+        FB: Fn(&B) -> K + 'static,
+    {
+        IntervalJoinBuilder {
+            left: self.left,
+            right: self.right,
+            name: self.name,
+            keys: (left_key, right_key),
+            bounds: self.bounds,
+        }
+    }
+}
+
+impl<'s, A, B, FA, FB> IntervalJoinBuilder<'s, A, B, FA, FB> {
+    /// Joins the pairs whose `r.ts - l.ts` is in `[lower, upper]`.
+    pub fn within(self, lower: i64, upper: i64) -> Self {
+        IntervalJoinBuilder {
+            bounds: Some((lower, upper)),
+            ..self
+        }
+    }
+
+    /// Adds the operator: returns the joined pairs `(key, left, right)` and the late
+    /// records.
+    pub fn build<K>(self) -> Result<JoinOutputs<'s, K, A, B>>
+    where
+        A: timely::ExchangeData + Clone,
         B: timely::ExchangeData + Clone,
         K: timely::ExchangeData + Clone + Hash + Eq,
         FA: Fn(&A) -> K + 'static,
         FB: Fn(&B) -> K + 'static,
     {
-        if lower > upper {
+        let IntervalJoinBuilder {
+            left,
+            right,
+            name,
+            keys: (left_key, right_key),
+            bounds,
+        } = self;
+        let Some((lower, upper)) = bounds else {
             return Err(weir_runtime::RuntimeError::config(
                 "interval join bounds",
-                format!("`{name}`: lower bound {lower} is above upper bound {upper}"),
+                format!("`{name}`: no interval; give `.within(lower, upper)`"),
             ));
-        }
-        let senders = self.senders + right.senders;
-        let offset = self.senders;
-        let left = self.keyed_input(left_key, 0, Side::Left);
-        let right = right.keyed_input(right_key, offset, Side::Right);
-        let logic = IntervalLogic {
-            lower,
-            upper,
-            state: HashMap::new(),
         };
-        let store = TimedStore::restore(job.ctx(), name, senders, logic)?;
-        let out = keyed(left.concat(right), job, name, store)?;
-        Ok(crate::timed::split(out, |o| o))
+        let job = left.job.clone();
+        let (pairs, late) =
+            interval_join(left, &job, &name, right, left_key, right_key, lower, upper)?;
+        Ok((job.flow(pairs), job.flow(late)))
     }
+}
+
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn interval_join<'s, A, B, K, FA, FB>(
+    left: EventStream<'s, A>,
+    job: &Job<'s>,
+    name: &str,
+    right: EventStream<'s, B>,
+    left_key: FA,
+    right_key: FB,
+    lower: i64,
+    upper: i64,
+) -> Result<(
+    Stream<'s, u64, Vec<(K, Timed<A>, Timed<B>)>>,
+    Stream<'s, u64, Vec<Late<Side<A, B>>>>,
+)>
+where
+    A: timely::ExchangeData + Clone,
+    B: timely::ExchangeData + Clone,
+    K: timely::ExchangeData + Clone + Hash + Eq,
+    FA: Fn(&A) -> K + 'static,
+    FB: Fn(&B) -> K + 'static,
+{
+    if lower > upper {
+        return Err(weir_runtime::RuntimeError::config(
+            "interval join bounds",
+            format!("`{name}`: lower bound {lower} is above upper bound {upper}"),
+        ));
+    }
+    let senders = left.senders + right.senders;
+    let offset = left.senders;
+    let left = left.keyed_input(left_key, 0, Side::Left);
+    let right = right.keyed_input(right_key, offset, Side::Right);
+    let logic = IntervalLogic {
+        lower,
+        upper,
+        state: HashMap::new(),
+    };
+    let store = TimedStore::restore(job.ctx(), name, senders, logic)?;
+    let out = keyed(left.concat(right), job, name, store)?;
+    Ok(crate::timed::split(out, |o| o))
 }
 
 /// Both sides' records of one key.
@@ -274,20 +354,15 @@ where
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{Capture, ToStream};
-/// use timely::dataflow::operators::capture::Extract;
+/// use weir_runtime::{testing, JobConfig};
 /// use weir_operators::{JoinTtl, Ttl};
 ///
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-join"), move |job| {
-///     let users = vec![(1u64, "ada".to_string()), (2, "bob".to_string())].to_stream(job.scope());
-///     let orders = vec![(1u64, 30u64), (1, 12), (3, 5)].to_stream(job.scope());
-///     let joined = users.join_ttl(job, "user-orders", orders, Ttl::Never)?;
-///     joined.capture_into(send.lock().unwrap().clone());
-///     Ok(())
-/// }).unwrap();
-/// let mut out: Vec<(u64, String, u64)> = recv.extract().into_iter().flat_map(|(_, v)| v).collect();
+/// let mut out = testing::run_collect(JobConfig::thread("doc-join"), 2, |job| {
+///     let users = job.source("users", testing::items(vec![(1, "ada".to_string()), (2, "bob".into())]))?;
+///     let orders = job.source("orders", testing::items(vec![(1, 30), (1, 12), (3, 5)]))?;
+///     users.join_ttl("user-orders", orders, Ttl::Never)
+/// })
+/// .unwrap();
 /// out.sort();
 /// assert_eq!(out, vec![(1, "ada".to_string(), 12), (1, "ada".to_string(), 30)]);
 /// ```
@@ -296,35 +371,36 @@ pub trait JoinTtl<'s, K, A> {
     /// `name` must be unique.
     fn join_ttl<B>(
         self,
-        job: &mut Job<'s>,
         name: &str,
-        right: Stream<'s, u64, Vec<(K, B)>>,
+        right: Flow<'s, (K, B)>,
         ttl: Ttl,
-    ) -> Result<crate::Records<'s, (K, A, B)>>
+    ) -> Result<Flow<'s, (K, A, B)>>
     where
         B: timely::ExchangeData + Clone + Serialize + DeserializeOwned;
 }
 
-impl<'s, K, A> JoinTtl<'s, K, A> for Stream<'s, u64, Vec<(K, A)>>
+impl<'s, K, A> JoinTtl<'s, K, A> for Flow<'s, (K, A)>
 where
     K: timely::ExchangeData + Hash + Eq + Clone,
     A: timely::ExchangeData + Clone + Serialize + DeserializeOwned,
 {
     fn join_ttl<B>(
         self,
-        job: &mut Job<'s>,
         name: &str,
-        right: Stream<'s, u64, Vec<(K, B)>>,
+        right: Flow<'s, (K, B)>,
         ttl: Ttl,
-    ) -> Result<crate::Records<'s, (K, A, B)>>
+    ) -> Result<Flow<'s, (K, A, B)>>
     where
         B: timely::ExchangeData + Clone + Serialize + DeserializeOwned,
     {
-        let left = self.map(|(k, a)| (k, Side::<A, B>::Left(a)));
-        let right = right.map(|(k, b)| (k, Side::<A, B>::Right(b)));
+        let job = self.job().clone();
+        let left = self.into_stream().map(|(k, a)| (k, Side::<A, B>::Left(a)));
+        let right = right
+            .into_stream()
+            .map(|(k, b)| (k, Side::<A, B>::Right(b)));
         per_key(
             left.concat(right),
-            job,
+            &job,
             name,
             ttl,
             |k: &K, s: &mut Buffers<A, B>, v: Side<A, B>, out: &mut Vec<(K, A, B)>| match v {
@@ -347,5 +423,6 @@ where
             },
             |_: &K, _: &Buffers<A, B>, _: u64, _: &mut Vec<(K, A, B)>| {},
         )
+        .map(|out| job.flow(out))
     }
 }

@@ -71,7 +71,7 @@ type Batch<S> = Vec<(<S as Store>::Key, <S as Store>::Value)>;
 /// Builds a keyed operator around `store` (already restored by the caller).
 pub(crate) fn keyed<'s, S: Store>(
     stream: crate::Records<'s, (S::Key, S::Value)>,
-    job: &mut Job<'s>,
+    job: &Job<'s>,
     name: &str,
     mut store: S,
 ) -> Result<Stream<'s, u64, Vec<S::Out>>> {
@@ -359,7 +359,7 @@ where
 /// Builds a plain per-key operator (see [`PerKey`]).
 pub(crate) fn per_key<'s, K, V, S, O, R, E>(
     stream: Stream<'s, u64, Vec<(K, V)>>,
-    job: &mut Job<'s>,
+    job: &Job<'s>,
     name: &str,
     ttl: Ttl,
     on_record: R,

@@ -41,15 +41,17 @@ pub mod window;
 /// A stream of records, timestamped with epochs.
 pub type Records<'s, D> = timely::dataflow::Stream<'s, u64, Vec<D>>;
 
-pub use collection::ToCollection;
+pub use collection::{DurableCollection, ToCollection};
 pub use count::CountByKey;
 pub use dedup::{Deduplicate, DeduplicateProcessingTime};
 /// The differential dataflow crate weir's collections are built on, at the version weir
 /// uses.
 pub use differential_dataflow;
-pub use event_time::{AssignEventTime, EventStream, Mark, Rejected, Timed, WatermarkStrategy};
-pub use join::{IntervalJoin, JoinTtl, Side};
+pub use event_time::{
+    AssignEventTime, EventStream, EventTime, Mark, OneSplit, Rejected, Timed, WatermarkStrategy,
+};
+pub use join::{IntervalJoin, IntervalJoinBuilder, JoinTtl, Side};
 pub use keyed::Ttl;
-pub use reduce::ReduceByKey;
+pub use reduce::{Changes, ReduceByKey};
 pub use stateful_map::StatefulMap;
-pub use window::{Fired, Late, Window, WindowKind, Windows};
+pub use window::{Fired, Late, Window, WindowBuilder, WindowKind, Windows};

@@ -1,4 +1,4 @@
-//! `reduce_by_key`: a running per-key aggregate that reports every key it changed, once
+//! `reduce_by_key` and `fold_by_key`: a running per-key aggregate that reports every key it changed, once
 //! per epoch.
 //!
 //! ## Design
@@ -13,12 +13,11 @@ use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use timely::dataflow::Stream;
-use weir_runtime::{Job, Result};
+use weir_runtime::{Flow, Result};
 
-/// The output of [`ReduceByKey::reduce_by_key`]: `(key, aggregate, epoch)` for every key
-/// changed in an epoch.
-pub type Changes<'s, K, S> = Stream<'s, u64, Vec<(K, S, u64)>>;
+/// The output of [`ReduceByKey::reduce_by_key`] and [`ReduceByKey::fold_by_key`]:
+/// `(key, aggregate, epoch)` for every key changed in an epoch.
+pub type Changes<'s, K, S> = Flow<'s, (K, S, u64)>;
 
 /// Keeps a running aggregate per key and, at the end of every epoch, emits
 /// `(key, aggregate, epoch)` for each key whose aggregate changed in that epoch.
@@ -29,61 +28,91 @@ pub type Changes<'s, K, S> = Stream<'s, u64, Vec<(K, S, u64)>>;
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{Capture, ToStream};
-/// use timely::dataflow::operators::capture::Extract;
+/// use weir_runtime::{testing, JobConfig};
 /// use weir_operators::ReduceByKey;
 ///
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-reduce"), move |job| {
-///     let words = vec![("a".to_string(), 1u64), ("b".to_string(), 1), ("a".to_string(), 1)].to_stream(job.scope());
-///     let counts = words.reduce_by_key(job, "count", |count: &mut u64, n: u64| *count += n)?;
-///     counts.capture_into(send.lock().unwrap().clone());
-///     Ok(())
-/// }).unwrap();
-/// let mut out: Vec<(String, u64)> = recv.extract().into_iter().flat_map(|(_, v)| v).map(|(k, c, _)| (k, c)).collect();
+/// let mut out = testing::run_collect(JobConfig::thread("doc-reduce"), 2, |job| {
+///     job.source("words", testing::items(vec![("a".to_string(), 1), ("b".to_string(), 1), ("a".to_string(), 1)]))?
+///         .reduce_by_key("count", |count, n| *count += n)
+/// })
+/// .unwrap();
 /// out.sort();
-/// assert_eq!(out, vec![("a".to_string(), 2), ("b".to_string(), 1)]);
+/// assert_eq!(out.iter().map(|(k, c, _)| (k.as_str(), *c)).collect::<Vec<_>>(), [("a", 2), ("b", 1)]);
 /// ```
 pub trait ReduceByKey<'s, K, V> {
-    /// Folds each record's value into its key's aggregate with `fold`.
+    /// Combines the values of each key with `reduce`: a key's aggregate is its first
+    /// value, and every later value is reduced into it. `name` must be unique in the
+    /// job; it names the operator's checkpointed state.
+    fn reduce_by_key<F>(self, name: &str, reduce: F) -> Result<Changes<'s, K, V>>
+    where
+        V: Clone + Serialize + DeserializeOwned,
+        F: FnMut(&mut V, V) + 'static;
+
+    /// Folds each value into its key's aggregate `S`, which starts at `S::default()`.
+    /// `name` must be unique in the job.
     ///
-    /// `name` must be unique in the job; it names the operator's checkpointed state.
-    fn reduce_by_key<S, F>(
-        self,
-        job: &mut Job<'s>,
-        name: &str,
-        fold: F,
-    ) -> Result<Changes<'s, K, S>>
+    /// ```
+    /// use weir_runtime::{testing, JobConfig};
+    /// use weir_operators::ReduceByKey;
+    ///
+    /// let mut out = testing::run_collect(JobConfig::thread("doc-fold"), 1, |job| {
+    ///     job.source("temps", testing::items(vec![('o', 3), ('o', -2), ('r', 20)]))?
+    ///         // The readings of each place, as a list.
+    ///         .fold_by_key("readings", |seen: &mut Vec<i32>, t| seen.push(t))
+    /// })
+    /// .unwrap();
+    /// out.sort();
+    /// assert_eq!(out.iter().map(|(k, s, _)| (*k, s.clone())).collect::<Vec<_>>(), [('o', vec![3, -2]), ('r', vec![20])]);
+    /// ```
+    fn fold_by_key<S, F>(self, name: &str, fold: F) -> Result<Changes<'s, K, S>>
     where
         S: Default + Clone + Serialize + DeserializeOwned + timely::ExchangeData,
         F: FnMut(&mut S, V) + 'static;
 }
 
-impl<'s, K, V> ReduceByKey<'s, K, V> for Stream<'s, u64, Vec<(K, V)>>
+impl<'s, K, V> ReduceByKey<'s, K, V> for Flow<'s, (K, V)>
 where
     K: timely::ExchangeData + Hash + Eq + Clone,
     V: timely::ExchangeData,
 {
-    fn reduce_by_key<S, F>(
-        self,
-        job: &mut Job<'s>,
-        name: &str,
-        mut fold: F,
-    ) -> Result<Changes<'s, K, S>>
+    fn reduce_by_key<F>(self, name: &str, mut reduce: F) -> Result<Changes<'s, K, V>>
+    where
+        V: Clone + Serialize + DeserializeOwned,
+        F: FnMut(&mut V, V) + 'static,
+    {
+        let job = self.job().clone();
+        let out = crate::keyed::per_key(
+            self.into_stream(),
+            &job,
+            name,
+            crate::Ttl::Never,
+            move |_k: &K, s: &mut Option<V>, v: V, _out: &mut Vec<(K, V, u64)>| match s {
+                Some(s) => reduce(s, v),
+                None => *s = Some(v),
+            },
+            |k: &K, s: &Option<V>, epoch: u64, out: &mut Vec<(K, V, u64)>| {
+                out.extend(s.iter().map(|s| (k.clone(), s.clone(), epoch)))
+            },
+        )?;
+        Ok(job.flow(out))
+    }
+
+    fn fold_by_key<S, F>(self, name: &str, mut fold: F) -> Result<Changes<'s, K, S>>
     where
         S: Default + Clone + Serialize + DeserializeOwned + timely::ExchangeData,
         F: FnMut(&mut S, V) + 'static,
     {
-        crate::keyed::per_key(
-            self,
-            job,
+        let job = self.job().clone();
+        let out = crate::keyed::per_key(
+            self.into_stream(),
+            &job,
             name,
             crate::Ttl::Never,
             move |_k: &K, s: &mut S, v: V, _out: &mut Vec<(K, S, u64)>| fold(s, v),
             |k: &K, s: &S, epoch: u64, out: &mut Vec<(K, S, u64)>| {
                 out.push((k.clone(), s.clone(), epoch))
             },
-        )
+        )?;
+        Ok(job.flow(out))
     }
 }

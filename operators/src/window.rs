@@ -29,7 +29,7 @@ use std::hash::Hash;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
-use weir_runtime::{Job, Result};
+use weir_runtime::{Flow, Job, Result};
 
 use crate::event_time::{EventStream, Timed};
 use crate::keyed::keyed;
@@ -124,100 +124,185 @@ pub struct Late<D> {
 }
 
 /// Fired windows and late records.
-pub type WindowOutputs<'s, K, A, D> = (
-    Stream<'s, u64, Vec<Fired<K, A>>>,
-    Stream<'s, u64, Vec<Late<D>>>,
-);
+pub type WindowOutputs<'s, K, A, D> = (Flow<'s, Fired<K, A>>, Flow<'s, Late<D>>);
 
-/// Aggregates event-time windows per key.
+/// Aggregates event-time windows per key: `events.window(name, windows)` returns a
+/// [`WindowBuilder`]; give it the key and the fold (and, for session windows, how two
+/// aggregates merge), then [`build`](WindowBuilder::build) it.
 ///
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{Capture, ToStream};
-/// use timely::dataflow::operators::capture::Extract;
-/// use weir_operators::{AssignEventTime, Window, Windows, WatermarkStrategy};
+/// use weir_runtime::{testing, JobConfig};
+/// use weir_operators::{AssignEventTime, Window, Windows};
 ///
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-window"), move |job| {
+/// let mut out = testing::run_collect(JobConfig::thread("doc-window"), 2, |job| {
 ///     // (user, event time): two sessions for "u" (gap 10), one for "v".
-///     let clicks = vec![("u", 1u64), ("u", 5), ("v", 7), ("u", 30)]
-///         .into_iter().map(|(u, t)| (u.to_string(), t)).to_stream(job.scope());
-///     let (events, _rejected) = clicks.assign_event_time(
-///         job, "clock", vec![0u8], |_| 0u8, |c: &(String, u64)| Ok(c.1), WatermarkStrategy::bounded(0),
-///     )?;
-///     let (sessions, _late) = events.window(
-///         job, "sessions", Windows::session(10),
-///         |c: &(String, u64)| c.0.to_string(),
-///         |count: &mut u64, _c: &(String, u64)| *count += 1,
-///         |count: &mut u64, other: u64| *count += other,
-///     )?;
-///     sessions.capture_into(send.lock().unwrap().clone());
-///     Ok(())
-/// }).unwrap();
-/// let mut out: Vec<(String, u64, u64, u64)> = recv.extract().into_iter().flat_map(|(_, v)| v)
-///     .map(|f| (f.key, f.start, f.end, f.value)).collect();
+///     let clicks = vec![('u', 1), ('u', 5), ('v', 7), ('u', 30)];
+///     let (events, _rejected) = job
+///         .source("clicks", testing::items(clicks))?
+///         .assign_event_time("clock", |c| Ok(c.1))
+///         .build()?;
+///     let (sessions, _late) = events
+///         .window("sessions", Windows::session(10))
+///         .key(|c| c.0)
+///         .fold(|count: &mut u64, _c| *count += 1)
+///         .merge(|count, other| *count += other)
+///         .build()?;
+///     Ok(sessions.map(|f| (f.key, f.start, f.end, f.value)))
+/// })
+/// .unwrap();
 /// out.sort();
-/// assert_eq!(out, vec![("u".into(), 1, 15, 2), ("u".into(), 30, 40, 1), ("v".into(), 7, 17, 1)]);
+/// assert_eq!(out, vec![('u', 1, 15, 2), ('u', 30, 40, 1), ('v', 7, 17, 1)]);
 /// ```
 pub trait Window<'s, D> {
-    /// Groups records by `key` into `windows` and folds each window's records into an
-    /// `A` with `fold`; `merge` combines two aggregates when session windows merge (it is
-    /// not called for tumbling and sliding windows). Returns the fired windows and the
-    /// late records. `name` must be unique in the job.
-    #[allow(clippy::too_many_arguments)]
-    fn window<K, A, FK, FF, FM>(
-        self,
-        job: &mut Job<'s>,
-        name: &str,
-        windows: Windows,
-        key: FK,
-        fold: FF,
-        merge: FM,
-    ) -> Result<WindowOutputs<'s, K, A, D>>
-    where
-        K: timely::ExchangeData + Clone + Hash + Eq + Ord,
-        A: timely::ExchangeData + Clone + Default + Serialize + DeserializeOwned,
-        FK: Fn(&D) -> K + 'static,
-        FF: Fn(&mut A, &D) + 'static,
-        FM: Fn(&mut A, A) + 'static;
+    /// Starts a window operator named `name` (unique in the job) over `windows`.
+    fn window(self, name: &str, windows: Windows) -> WindowBuilder<'s, D, (), (), (), ()>;
 }
 
 impl<'s, D: timely::ExchangeData + Clone> Window<'s, D> for EventStream<'s, D> {
-    fn window<K, A, FK, FF, FM>(
-        self,
-        job: &mut Job<'s>,
-        name: &str,
-        windows: Windows,
-        key: FK,
-        fold: FF,
-        merge: FM,
-    ) -> Result<WindowOutputs<'s, K, A, D>>
-    where
-        K: timely::ExchangeData + Clone + Hash + Eq + Ord,
-        A: timely::ExchangeData + Clone + Default + Serialize + DeserializeOwned,
-        FK: Fn(&D) -> K + 'static,
-        FF: Fn(&mut A, &D) + 'static,
-        FM: Fn(&mut A, A) + 'static,
-    {
-        let senders = self.senders;
-        let input = self.keyed_input(key, 0, |d| d);
-        let logic = WindowLogic {
+    fn window(self, name: &str, windows: Windows) -> WindowBuilder<'s, D, (), (), (), ()> {
+        WindowBuilder {
+            events: self,
+            name: name.to_string(),
             windows,
-            state: HashMap::new(),
-            timers: BTreeSet::new(),
+            key: (),
+            fold: (),
+            merge: None,
+            _marker: std::marker::PhantomData,
+        }
+    }
+}
+
+/// A window operator under construction (see [`Window`]): `K` is the key, `A` the
+/// aggregate.
+#[must_use = "a window does nothing until it is built"]
+pub struct WindowBuilder<'s, D, K, A, FK, FF> {
+    events: EventStream<'s, D>,
+    name: String,
+    windows: Windows,
+    key: FK,
+    fold: FF,
+    merge: Option<MergeFn<A>>,
+    _marker: std::marker::PhantomData<fn() -> K>,
+}
+
+type MergeFn<A> = Box<dyn Fn(&mut A, A)>;
+
+impl<'s, D> WindowBuilder<'s, D, (), (), (), ()> {
+    /// Groups records by `key`.
+    pub fn key<K, FK: Fn(&D) -> K + 'static>(self, key: FK) -> WindowBuilder<'s, D, K, (), FK, ()> {
+        WindowBuilder {
+            events: self.events,
+            name: self.name,
+            windows: self.windows,
+            key,
+            fold: (),
+            merge: None,
+            _marker: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'s, D, K, FK> WindowBuilder<'s, D, K, (), FK, ()> {
+    /// Folds each window's records into an `A`, which starts at `A::default()`.
+    pub fn fold<A, FF: Fn(&mut A, &D) + 'static>(
+        self,
+        fold: FF,
+    ) -> WindowBuilder<'s, D, K, A, FK, FF> {
+        WindowBuilder {
+            events: self.events,
+            name: self.name,
+            windows: self.windows,
+            key: self.key,
+            fold,
+            merge: None,
+            _marker: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'s, D, K, A, FK, FF> WindowBuilder<'s, D, K, A, FK, FF>
+where
+    D: timely::ExchangeData + Clone,
+    K: timely::ExchangeData + Clone + Hash + Eq + Ord,
+    A: timely::ExchangeData + Clone + Default + Serialize + DeserializeOwned,
+    FK: Fn(&D) -> K + 'static,
+    FF: Fn(&mut A, &D) + 'static,
+{
+    /// Combines two aggregates when session windows merge. Session windows need it;
+    /// tumbling and sliding windows never merge.
+    pub fn merge(self, merge: impl Fn(&mut A, A) + 'static) -> Self {
+        WindowBuilder {
+            merge: Some(Box::new(merge)),
+            ..self
+        }
+    }
+
+    /// Adds the operator: returns the fired windows and the late records.
+    pub fn build(self) -> Result<WindowOutputs<'s, K, A, D>> {
+        let WindowBuilder {
+            events,
+            name,
+            windows,
+            key,
             fold,
             merge,
-            _marker: std::marker::PhantomData,
+            _marker,
+        } = self;
+        let merge = match (windows.kind, merge) {
+            (_, Some(merge)) => merge,
+            (WindowKind::Session { .. }, None) => {
+                return Err(weir_runtime::RuntimeError::config(
+                    "window merge",
+                    format!("window `{name}`: session windows merge; give `.merge(..)` to combine two aggregates"),
+                ))
+            }
+            (_, None) => Box::new(|_: &mut A, _: A| {}),
         };
-        let store = TimedStore::restore(job.ctx(), name, senders, logic)?;
-        let out = keyed(input, job, name, store)?;
-        Ok(crate::timed::split(out, |o| match o {
-            WindowOut::Fired(f) => Ok(f),
-            WindowOut::Late(l) => Err(l),
-        }))
+        let job = events.job.clone();
+        let (fired, late) = window(events, &job, &name, windows, key, fold, merge)?;
+        Ok((job.flow(fired), job.flow(late)))
     }
+}
+
+#[allow(clippy::type_complexity)]
+fn window<'s, D, K, A, FK, FF, FM>(
+    events: EventStream<'s, D>,
+    job: &Job<'s>,
+    name: &str,
+    windows: Windows,
+    key: FK,
+    fold: FF,
+    merge: FM,
+) -> Result<(
+    Stream<'s, u64, Vec<Fired<K, A>>>,
+    Stream<'s, u64, Vec<Late<D>>>,
+)>
+where
+    D: timely::ExchangeData + Clone,
+    K: timely::ExchangeData + Clone + Hash + Eq + Ord,
+    A: timely::ExchangeData + Clone + Default + Serialize + DeserializeOwned,
+    FK: Fn(&D) -> K + 'static,
+    FF: Fn(&mut A, &D) + 'static,
+    FM: Fn(&mut A, A) + 'static,
+{
+    let senders = events.senders;
+    let input = events.keyed_input(key, 0, |d| d);
+    let logic = WindowLogic {
+        windows,
+        state: HashMap::new(),
+        timers: BTreeSet::new(),
+        fold,
+        merge,
+        _marker: std::marker::PhantomData,
+    };
+    let store = TimedStore::restore(job.ctx(), name, senders, logic)?;
+    let out = keyed(input, job, name, store)?;
+    Ok(crate::timed::split(out, |o| match o {
+        WindowOut::Fired(f) => Ok(f),
+        WindowOut::Late(l) => Err(l),
+    }))
 }
 
 #[derive(Clone, Serialize, Deserialize)]

@@ -99,6 +99,22 @@ impl Default for JobConfig {
 }
 
 impl JobConfig {
+    /// The job `job` with checkpoints under `checkpoint_url` (a directory, `file://`,
+    /// `s3://` or `memory://` URL) and the other settings at their defaults: one worker,
+    /// exactly-once delivery, a checkpoint every second.
+    pub fn new(job: &str, checkpoint_url: &str) -> Self {
+        JobConfig {
+            job: job.into(),
+            checkpoint_url: checkpoint_url.into(),
+            ..Default::default()
+        }
+    }
+
+    /// With `workers` worker threads in this process.
+    pub fn workers(self, workers: usize) -> Self {
+        JobConfig { workers, ..self }
+    }
+
     /// One worker thread, checkpoints in memory: the shortcut for tests and examples.
     pub fn thread(job: &str) -> Self {
         JobConfig {

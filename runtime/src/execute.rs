@@ -38,7 +38,7 @@ use crate::startup::{local_workers, read_start};
 /// it to the requested savepoint and returns.
 pub fn run<F>(config: JobConfig, build: F) -> Result<()>
 where
-    F: for<'s> Fn(&mut Job<'s>) -> Result<()> + Send + Sync + 'static,
+    F: for<'s> Fn(&Job<'s>) -> Result<()> + Send + Sync + 'static,
 {
     config.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -12,7 +12,9 @@
 //!   and sinks are recovered on worker 0 before any record flows, so that nothing of an
 //!   earlier run is mistaken for this run's.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use timely::dataflow::operators::Concatenate;
@@ -26,9 +28,19 @@ use weir_checkpoint::Epoch;
 
 /// A job under construction on one worker: its scope, its context, and the report
 /// streams and committers its checkpointed operators register.
+///
+/// It is a cheap handle: clones share one job, so that every [`crate::Flow`] built from
+/// it carries the job along and the user never passes it around.
+#[derive(Clone)]
 pub struct Job<'scope> {
     scope: Scope<'scope, u64>,
     ctx: JobContext,
+    build: Rc<RefCell<Build<'scope>>>,
+}
+
+/// What the job's operators registered so far.
+#[derive(Default)]
+struct Build<'scope> {
     names: BTreeSet<String>,
     reports: Vec<Stream<'scope, u64, Vec<Report>>>,
     committers: BTreeMap<String, Arc<dyn Committer>>,
@@ -40,9 +52,11 @@ impl<'scope> Job<'scope> {
         Job {
             scope,
             ctx,
-            names: BTreeSet::new(),
-            reports: Vec::new(),
-            committers: BTreeMap::new(),
+            build: Rc::new(RefCell::new(Build {
+                names: BTreeSet::new(),
+                reports: Vec::new(),
+                committers: BTreeMap::new(),
+            })),
         }
     }
 
@@ -57,14 +71,14 @@ impl<'scope> Job<'scope> {
     }
 
     /// Claims a unique operator name; checkpointed state is stored under it.
-    pub fn claim_name(&mut self, name: &str) -> Result<()> {
+    pub fn claim_name(&self, name: &str) -> Result<()> {
         if name.is_empty() || name.contains('/') || name.starts_with('_') {
             return Err(RuntimeError::config(
                 "operator name",
                 format!("`{name}` must be non-empty, contain no `/` and not start with `_`"),
             ));
         }
-        if !self.names.insert(name.to_string()) {
+        if !self.build.borrow_mut().names.insert(name.to_string()) {
             return Err(RuntimeError::config(
                 "operator name",
                 format!("`{name}` is used twice in the job; names must be unique"),
@@ -77,24 +91,26 @@ impl<'scope> Job<'scope> {
     ///
     /// Every registered operator must report for an epoch (or have reported a final
     /// part) before that epoch's checkpoint can complete.
-    pub fn register_reports(&mut self, reports: Stream<'scope, u64, Vec<Report>>) {
-        self.reports.push(reports);
+    pub fn register_reports(&self, reports: Stream<'scope, u64, Vec<Report>>) {
+        self.build.borrow_mut().reports.push(reports);
     }
 
     /// Registers how the coordinator commits and aborts a sink's pre-committed output.
-    pub fn register_committer(&mut self, name: &str, committer: Arc<dyn Committer>) {
-        self.committers.insert(name.to_string(), committer);
+    pub fn register_committer(&self, name: &str, committer: Arc<dyn Committer>) {
+        self.build
+            .borrow_mut()
+            .committers
+            .insert(name.to_string(), committer);
     }
 
     /// Finishes construction: recovers sinks and installs the checkpoint coordinator.
     pub(crate) fn finish(self) -> Result<()> {
-        let Job {
-            scope,
-            ctx,
+        let Job { scope, ctx, build } = self;
+        let Build {
             names,
             reports,
             committers,
-        } = self;
+        } = std::mem::take(&mut *build.borrow_mut());
         if ctx.failed() {
             // Another worker failed to build: this run recovers nothing and stops.
             return Ok(());

@@ -7,8 +7,8 @@
 //!   says when an operator's snapshot is due ([`tracker`]);
 //! - key groups ([`keygroup`]), the restored checkpoint's parts (`restore`) and snapshots
 //!   uploaded in the background ([`snapshot`]);
-//! - the job under construction ([`job`]) and what its operators see at run time
-//!   ([`context`]);
+//! - the job under construction ([`job`]), the stream API that carries it ([`flow`]:
+//!   [`Flow`], [`Source`], [`Sink`]) and what its operators see at run time ([`context`]);
 //! - the two-phase commit contract of sinks ([`twophase`]), the sink operator ([`sink`])
 //!   and the checkpoint coordinator ([`coordinator`]);
 //! - running a job ([`run`]), failures as values (`failure`), in-process test helpers
@@ -22,7 +22,8 @@
 //! Modules depend on each other one way (a test in the end-to-end suite checks that
 //! there is no cycle): `clock`, `restore`, `failure` and `config` know nothing of the
 //! others; `context` holds them; `snapshot` and `tracker` serve operators; `job` builds
-//! on `context` and `twophase`; `sink` and `coordinator` on those; `execute` and
+//! on `context` and `twophase`; `sink` and `coordinator` on those; `flow` on `job` and
+//! `sink`; `execute` and
 //! `startup` on everything. The invariants the runtime keeps are DESIGN's:
 //! 1. no checkpoint is visible before all of its parts are durable (the manifest is
 //!    written last, once the coordinator's frontier shows every part durable);
@@ -45,6 +46,7 @@ pub mod error;
 pub mod execute;
 pub mod failpoint;
 mod failure;
+pub mod flow;
 pub mod job;
 pub mod keygroup;
 pub mod launch;
@@ -61,6 +63,7 @@ pub use config::{Delivery, JobArgs, JobConfig};
 pub use context::JobContext;
 pub use error::{Result, Retry, RuntimeError};
 pub use execute::run;
+pub use flow::{two_phase, Flow, Sink, Source};
 pub use job::Job;
 pub use snapshot::{encode_groups, encode_keyed, Snapshotter};
 pub use tracker::{Due, EpochTracker};

@@ -34,7 +34,7 @@ pub use crate::twophase::{Committer, NoStaging, PreCommitted, TwoPhaseSink};
 /// run committed, replayed by operators that rebuild their output from restored state
 /// (see `weir_operators::collection`).
 pub fn sink<'scope, D, S>(
-    job: &mut Job<'scope>,
+    job: &Job<'scope>,
     stream: Stream<'scope, u64, Vec<D>>,
     name: &str,
     mut sink: S,

@@ -25,6 +25,7 @@ use weir_checkpoint::SinkEntry;
 
 use crate::config::JobConfig;
 use crate::error::{Result, RuntimeError};
+use crate::flow::{Flow, Sink, Source};
 use crate::job::Job;
 use crate::twophase::{Committer, PreCommitted, TwoPhaseSink};
 use weir_checkpoint::{Epoch, Generation, WorkerIndex};
@@ -88,26 +89,35 @@ impl<D: Clone> Committed<D> {
     }
 }
 
-/// Writes `stream` into `into` through an exactly-once two-phase sink named `name`.
+/// A [`Committed`] is itself a sink: [`crate::Flow::sink`] writes a flow into it through
+/// [`collect`].
 ///
 /// # Examples
 ///
 /// ```
 /// use timely::dataflow::operators::ToStream;
-/// use weir_runtime::testing::{collect, Committed};
+/// use weir_runtime::testing::Committed;
 ///
 /// let out = Committed::new();
 /// let sink = out.clone();
 /// weir_runtime::run(weir_runtime::JobConfig::thread("doc-collect"), move |job| {
-///     let numbers = (1..=3u64).to_stream(job.scope());
-///     collect(job, numbers, "out", &sink)
+///     job.flow((1..=3u64).to_stream(job.scope()))
+///         .map(|n| n * 10)
+///         .sink("out", sink.clone())
 /// })
 /// .unwrap();
-/// assert_eq!(out.records(), vec![1, 2, 3]);
+/// assert_eq!(out.records(), vec![10, 20, 30]);
 /// assert_eq!(out.staged(), 0);
 /// ```
+impl<D: timely::ExchangeData + Clone + Send> Sink<D> for Committed<D> {
+    fn build<'s>(self, job: &Job<'s>, name: &str, records: Stream<'s, u64, Vec<D>>) -> Result<()> {
+        collect(job, records, name, &self)
+    }
+}
+
+/// Writes `stream` into `into` through an exactly-once two-phase sink named `name`.
 pub fn collect<'s, D>(
-    job: &mut Job<'s>,
+    job: &Job<'s>,
     stream: Stream<'s, u64, Vec<D>>,
     name: &str,
     into: &Committed<D>,
@@ -130,17 +140,17 @@ where
 }
 
 /// Runs `build` in-process on `workers` worker threads with `config`, and returns what
-/// the stream it returns committed, through [`collect`].
+/// the flow it returns committed, through [`collect`].
 ///
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{ToStream, vec::Map};
+/// use timely::dataflow::operators::ToStream;
 /// use weir_runtime::{testing, JobConfig};
 ///
 /// for workers in [1, 3] {
-///     let mut doubled: Vec<u64> = testing::run_collect(JobConfig::thread("doc-run"), workers, |job| {
-///         Ok((0..10u64).to_stream(job.scope()).map(|x| 2 * x))
+///     let mut doubled = testing::run_collect(JobConfig::thread("doc-run"), workers, |job| {
+///         Ok(job.flow((0..10u64).to_stream(job.scope())).map(|x| 2 * x))
 ///     })
 ///     .unwrap();
 ///     doubled.sort();
@@ -151,7 +161,7 @@ where
 pub fn run_collect<D, F>(mut config: JobConfig, workers: usize, build: F) -> Result<Vec<D>>
 where
     D: timely::ExchangeData + Clone + Send,
-    F: for<'s> Fn(&mut Job<'s>) -> Result<Stream<'s, u64, Vec<D>>> + Send + Sync + 'static,
+    F: for<'s> Fn(&Job<'s>) -> Result<Flow<'s, D>> + Send + Sync + 'static,
 {
     config.workers = workers;
     config.processes = 1;
@@ -159,8 +169,7 @@ where
     let out = Committed::new();
     let sink = out.clone();
     crate::run(config, move |job| {
-        let stream = build(job)?;
-        collect(job, stream, "collected", &sink)
+        build(job)?.sink("collected", sink.clone())
     })?;
     Ok(out.records())
 }
@@ -254,5 +263,43 @@ impl<D: Clone + Send + 'static> Committer for MemoryCommitter<D> {
         let key = self.key(entry);
         self.out.lock().staged.remove(&key);
         Ok(())
+    }
+}
+
+/// A source of `items`, read by worker 0 in one epoch: the input of doc examples and
+/// in-process tests.
+///
+/// It keeps no position, so a restored run reads every item again; use a real source
+/// (`weir_connectors::generator`, files) where a test restores.
+///
+/// # Examples
+///
+/// ```
+/// use weir_runtime::{testing, JobConfig};
+///
+/// let mut out = testing::run_collect(JobConfig::thread("doc-items"), 2, |job| {
+///     Ok(job.source("numbers", testing::items(vec![1u64, 2, 3]))?.filter(|n| n % 2 == 1))
+/// })
+/// .unwrap();
+/// out.sort();
+/// assert_eq!(out, vec![1, 3]);
+/// ```
+pub fn items<D>(items: Vec<D>) -> Items<D> {
+    Items(items)
+}
+
+/// The source [`items`] returns.
+pub struct Items<D>(Vec<D>);
+
+impl<D: timely::ExchangeData> Source for Items<D> {
+    type Item = D;
+    fn build<'s>(self, job: &Job<'s>, _name: &str) -> Result<Stream<'s, u64, Vec<D>>> {
+        use timely::dataflow::operators::ToStream;
+        let mine = if job.ctx().worker() == 0 {
+            self.0
+        } else {
+            Vec::new()
+        };
+        Ok(mine.to_stream(job.scope()))
     }
 }

@@ -10,21 +10,19 @@ use std::sync::Arc;
 use std::sync::Once;
 use std::time::Duration;
 
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::Stream;
 use weir::checkpoint::SinkEntry;
 use weir::prelude::*;
-use weir::runtime::sink::{sink, Committer, NoStaging, PreCommitted, TwoPhaseSink};
-use weir::runtime::testing::{collect, Committed};
-use weir::{Job, Retry, RuntimeError};
+use weir::runtime::testing::Committed;
+use weir::runtime::{two_phase, Committer, NoStaging, PreCommitted, TwoPhaseSink};
+use weir::{Retry, RuntimeError};
 
 use crate::harness::keyed::{check_keyed_exactly_once, Update};
 
 /// Counts per word, as `(word, count, epoch)` updates.
 type Counts = Committed<(String, u64, u64)>;
 
-/// The stream of those updates in a job.
-type CountStream<'s> = Stream<'s, u64, Vec<(String, u64, u64)>>;
+/// The flow of those updates in a job.
+type CountStream<'s> = Flow<'s, (String, u64, u64)>;
 
 fn line(i: u64) -> String {
     format!("w{} w{} w{}", i % 101, (i * 7) % 37, i % 5)
@@ -141,30 +139,23 @@ fn run_wordcount<F>(
     sinks: F,
 ) -> weir::runtime::Result<()>
 where
-    F: for<'s> Fn(&mut Job<'s>, CountStream<'s>) -> weir::runtime::Result<()>
-        + Send
-        + Sync
-        + 'static,
+    F: for<'s> Fn(CountStream<'s>) -> weir::runtime::Result<()> + Send + Sync + 'static,
 {
     let (tx, rx) = std::sync::mpsc::channel();
     // The run is watched from here: a worker that did not stop would hang the test, so
     // it fails with a message instead.
     std::thread::spawn(move || {
         let result = weir::run(config, move |job| {
-            let lines = generator::generate(
-                job,
-                "lines",
-                total,
-                SourceOptions { rate_limit: rate },
-                line,
-            )?;
-            let words = lines.flat_map(|l| {
-                l.split_whitespace()
-                    .map(|w| (w.to_string(), 1u64))
-                    .collect::<Vec<_>>()
-            });
-            let counts = words.reduce_by_key(job, "counts", |c: &mut u64, n: u64| *c += n)?;
-            sinks(job, counts)
+            let source = generator::items(total, line).options(SourceOptions { rate_limit: rate });
+            let counts = job
+                .source("lines", source)?
+                .flat_map(|l| {
+                    l.split_whitespace()
+                        .map(|w| (w.to_string(), 1u64))
+                        .collect::<Vec<_>>()
+                })
+                .reduce_by_key("counts", |c, n| *c += n)?;
+            sinks(counts)
         });
         let _ = tx.send(result);
     });
@@ -176,20 +167,16 @@ where
 fn into(
     out: &Counts,
     flaky: Option<Flaky>,
-) -> impl for<'s> Fn(&mut Job<'s>, CountStream<'s>) -> weir::runtime::Result<()> + Send + Sync + 'static
-{
+) -> impl for<'s> Fn(CountStream<'s>) -> weir::runtime::Result<()> + Send + Sync + 'static {
     let out = out.clone();
-    move |job, counts| {
+    move |counts| {
         if let Some(flaky) = &flaky {
-            sink(
-                job,
-                counts.clone(),
-                "flaky",
-                flaky.clone(),
-                Arc::new(NoStaging),
-            )?;
+            let flaky = flaky.clone();
+            counts
+                .clone()
+                .sink("flaky", two_phase(|_| Ok(flaky), Arc::new(NoStaging)))?;
         }
-        collect(job, counts, "out", &out)
+        counts.sink("out", out.clone())
     }
 }
 
@@ -269,13 +256,11 @@ fn a_store_that_fails_every_checkpoint_fails_the_run_with_a_retryable_error() {
     }));
     let started = std::time::Instant::now();
     // 5 s of input at 2 x 200 000 lines/s.
-    let err = run_wordcount(config, 2_000_000, Some(200_000), move |job, counts| {
-        sink(
-            job,
-            counts,
+    let err = run_wordcount(config, 2_000_000, Some(200_000), move |counts| {
+        let breaker = breaker.clone();
+        counts.sink(
             "hook",
-            breaker.clone(),
-            Arc::new(breaker.clone()),
+            two_phase(|_| Ok(breaker.clone()), Arc::new(breaker.clone())),
         )
     })
     .expect_err("the store failed, so the run must fail");
@@ -334,13 +319,11 @@ fn a_committer_that_panics_fails_the_run_instead_of_stalling_it() {
         config("inproc-commit-panics", dir.path(), 2),
         2_000_000,
         Some(200_000),
-        move |job, counts| {
-            sink(
-                job,
-                counts,
+        move |counts| {
+            let panics = panics.clone();
+            counts.sink(
                 "hook",
-                panics.clone(),
-                Arc::new(panics.clone()),
+                two_phase(|_| Ok(panics.clone()), Arc::new(panics.clone())),
             )
         },
     )

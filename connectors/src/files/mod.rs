@@ -4,5 +4,5 @@
 mod sink;
 mod source;
 
-pub use sink::{write_jsonl, FileCommitter};
-pub use source::read_lines;
+pub use sink::{jsonl, FileCommitter, Jsonl};
+pub use source::{lines, Lines};

@@ -29,17 +29,20 @@ use weir_runtime::{Committer, Job, PreCommitted, Result, RuntimeError, TwoPhaseS
 
 use crate::error::ConnectorError;
 
-/// Writes `stream` as JSON lines into `dir` through a two-phase commit.
+/// A sink that writes records as JSON lines into `dir` through a two-phase commit: each
+/// worker's output of an epoch is one file, visible once the checkpoint that covers it is
+/// complete.
 ///
 /// # Examples
 ///
 /// ```
 /// use timely::dataflow::operators::ToStream;
+/// use weir_connectors::files;
+///
 /// let out = tempfile::tempdir().unwrap();
 /// let dir = out.path().to_path_buf();
 /// weir_runtime::run(weir_runtime::JobConfig::thread("doc-sink"), move |job| {
-///     let records = vec![1u64, 2, 3].to_stream(job.scope());
-///     weir_connectors::files::write_jsonl(job, records, "out", &dir)
+///     job.flow(vec![1u64, 2, 3].to_stream(job.scope())).sink("out", files::jsonl(&dir))
 /// }).unwrap();
 /// let mut lines: Vec<String> = std::fs::read_dir(out.path()).unwrap()
 ///     .map(|e| e.unwrap().path())
@@ -49,8 +52,28 @@ use crate::error::ConnectorError;
 /// lines.sort();
 /// assert_eq!(lines, vec!["1", "2", "3"]);
 /// ```
-pub fn write_jsonl<'s, D: Serialize + timely::ExchangeData>(
-    job: &mut Job<'s>,
+pub fn jsonl(dir: impl AsRef<Path>) -> Jsonl {
+    Jsonl {
+        dir: dir.as_ref().to_path_buf(),
+    }
+}
+
+/// The sink [`jsonl`] returns.
+#[derive(Debug, Clone)]
+pub struct Jsonl {
+    dir: PathBuf,
+}
+
+impl<D: Serialize + timely::ExchangeData> weir_runtime::Sink<D> for Jsonl {
+    fn build<'s>(self, job: &Job<'s>, name: &str, records: Stream<'s, u64, Vec<D>>) -> Result<()> {
+        write_jsonl(job, records, name, &self.dir)
+    }
+}
+
+/// Writes `stream` as JSON lines into `dir` as the sink named `name`: the timely-level
+/// form of [`jsonl`].
+pub(crate) fn write_jsonl<'s, D: Serialize + timely::ExchangeData>(
+    job: &Job<'s>,
     stream: Stream<'s, u64, Vec<D>>,
     name: &str,
     dir: &Path,

@@ -24,8 +24,8 @@ use crate::error::ConnectorError;
 
 use crate::source::{source, Reader, SourceOptions};
 
-/// Reads every file of `dir` (names not starting with `.`), emitting one `String` per
-/// line (without its line end), at the epoch in which it was read.
+/// Every file of `dir` (names not starting with `.`), one `String` per line (without its
+/// line end), at the epoch in which it was read.
 ///
 /// It is an error if `dir` does not exist or a file cannot be opened; a line that is
 /// not UTF-8 stops the job with an error naming the file and byte offset.
@@ -33,22 +33,50 @@ use crate::source::{source, Reader, SourceOptions};
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::{Capture, capture::Extract};
+/// use weir_runtime::{testing, JobConfig};
+/// use weir_connectors::files;
+///
 /// let dir = tempfile::tempdir().unwrap();
 /// std::fs::write(dir.path().join("a.txt"), "one\ntwo\n").unwrap();
 /// let input = dir.path().to_path_buf();
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-files"), move |job| {
-///     let lines = weir_connectors::files::read_lines(job, "input", &input, Default::default())?;
-///     lines.capture_into(send.lock().unwrap().clone());
-///     Ok(())
-/// }).unwrap();
-/// let lines: Vec<String> = recv.extract().into_iter().flat_map(|(_, v)| v).collect();
-/// assert_eq!(lines, vec!["one".to_string(), "two".to_string()]);
+/// let lines = testing::run_collect(JobConfig::thread("doc-files"), 1, move |job| {
+///     job.source("input", files::lines(&input))
+/// })
+/// .unwrap();
+/// assert_eq!(lines, vec!["one", "two"]);
 /// ```
-pub fn read_lines<'s>(
-    job: &mut Job<'s>,
+pub fn lines(dir: impl AsRef<Path>) -> Lines {
+    Lines {
+        dir: dir.as_ref().to_path_buf(),
+        opts: SourceOptions::default(),
+    }
+}
+
+/// The source [`lines`] returns.
+#[derive(Debug, Clone)]
+pub struct Lines {
+    dir: PathBuf,
+    opts: SourceOptions,
+}
+
+impl Lines {
+    /// Reads with `opts` (a rate limit).
+    pub fn options(self, opts: SourceOptions) -> Self {
+        Lines { opts, ..self }
+    }
+}
+
+impl weir_runtime::Source for Lines {
+    type Item = String;
+    fn build<'s>(self, job: &Job<'s>, name: &str) -> Result<Stream<'s, u64, Vec<String>>> {
+        read_lines(job, name, &self.dir, self.opts)
+    }
+}
+
+/// Reads every file of `dir` as the source named `name`: the timely-level form of
+/// [`lines`].
+pub(crate) fn read_lines<'s>(
+    job: &Job<'s>,
     name: &str,
     dir: &Path,
     opts: SourceOptions,

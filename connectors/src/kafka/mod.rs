@@ -1,7 +1,7 @@
 //! Kafka: a replayable source and a sink that is exactly-once without broker
 //! transactions.
 //!
-//! # Source ([`read_kafka`], [`read_kafka_json`])
+//! # Source ([`KafkaSourceOptions`], [`json`])
 //!
 //! Every partition of the topic is a split: partitions are spread over the workers by
 //! key group, so a worker may read several partitions or none. The next offset of each
@@ -15,7 +15,7 @@
 //! caught up with it (the broker's fetch reports the partition's end), so it reads what
 //! was written before it caught up; records written later are left for the next run.
 //!
-//! # Sink ([`write_kafka`])
+//! # Sink ([`KafkaSinkOptions`])
 //!
 //! The delivery guarantee is the job's (`--delivery`):
 //! - **exactly-once** (the default), without Kafka transactions. At pre-commit each
@@ -62,7 +62,5 @@ mod source;
 /// brokers themselves (creating topics, producing input, reading output back).
 pub use rdkafka;
 
-pub use sink::{write_kafka, KafkaRecord, KafkaSinkOptions, HEADERS};
-pub use source::{
-    read_kafka, read_kafka_json, DeadLetter, KafkaMessage, KafkaSourceOptions, StartOffset,
-};
+pub use sink::{KafkaRecord, KafkaSinkOptions, HEADERS};
+pub use source::{json, DeadLetter, Json, KafkaMessage, KafkaSourceOptions, StartOffset};

@@ -131,24 +131,34 @@ fn producer_defaults(
     Ok(d)
 }
 
-/// Writes `stream` to a Kafka topic with the job's delivery guarantee (see the
-/// [module](super) docs).
+/// A Kafka topic's sink options are its sink: `flow.sink(name, opts)` writes to the
+/// topic with the job's delivery guarantee (see the [module](super) docs).
 ///
 /// # Examples
 ///
 /// ```no_run
-/// use timely::dataflow::operators::ToStream;
-/// use weir_connectors::kafka::{write_kafka, KafkaRecord, KafkaSinkOptions};
+/// use weir_connectors::kafka::{KafkaRecord, KafkaSinkOptions};
 /// weir_runtime::run(weir_runtime::JobConfig::thread("doc-kafka-sink"), |job| {
-///     let records: Vec<KafkaRecord> =
-///         (0..3u32).map(|i| KafkaRecord::json(None, &i)).collect();
-///     assert_eq!(records.len(), 3);
-///     let stream = records.to_stream(job.scope());
-///     write_kafka(job, stream, "out", KafkaSinkOptions::new("127.0.0.1:19092", "numbers"))
+///     job.source("numbers", weir_connectors::generator::items(3, |i| i))?
+///         .map(|i| KafkaRecord::json(None, &i))
+///         .sink("out", KafkaSinkOptions::new("127.0.0.1:19092", "numbers"))
 /// }).unwrap();
 /// ```
-pub fn write_kafka<'s>(
-    job: &mut Job<'s>,
+impl weir_runtime::Sink<KafkaRecord> for KafkaSinkOptions {
+    fn build<'s>(
+        self,
+        job: &Job<'s>,
+        name: &str,
+        records: Stream<'s, u64, Vec<KafkaRecord>>,
+    ) -> Result<()> {
+        write_kafka(job, records, name, self)
+    }
+}
+
+/// Writes `stream` to a Kafka topic as the sink named `name`: the timely-level form of
+/// using [`KafkaSinkOptions`] as a sink.
+pub(crate) fn write_kafka<'s>(
+    job: &Job<'s>,
     stream: Stream<'s, u64, Vec<KafkaRecord>>,
     name: &str,
     opts: KafkaSinkOptions,

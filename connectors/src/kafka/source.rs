@@ -9,7 +9,6 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::Stream;
 use weir_runtime::{Job, Result};
 
@@ -99,23 +98,73 @@ pub struct DeadLetter {
     pub payload: String,
 }
 
-/// Reads every partition of a Kafka topic, replayably (see the [module](super) docs).
+/// A Kafka topic's options are its source: `job.source(name, opts)` reads every
+/// partition of the topic, replayably (see the [module](super) docs).
 ///
 /// # Examples
 ///
 /// ```no_run
-/// use weir_connectors::kafka::{read_kafka, KafkaSourceOptions};
+/// use weir_connectors::kafka::KafkaSourceOptions;
 /// weir_runtime::run(weir_runtime::JobConfig::thread("doc-kafka"), |job| {
 ///     let mut opts = KafkaSourceOptions::new("127.0.0.1:19092", "events");
 ///     opts.bounded = true;
-///     let messages = read_kafka(job, "events", opts)?;
-///     use timely::dataflow::operators::Inspect;
-///     messages.inspect(|m| assert!(m.offset >= 0));
-///     Ok(())
+///     job.source("events", opts)?
+///         .inspect(|m| assert!(m.offset >= 0))
+///         .sink("out", weir_connectors::files::jsonl("out"))
 /// }).unwrap();
 /// ```
-pub fn read_kafka<'s>(
-    job: &mut Job<'s>,
+impl weir_runtime::Source for KafkaSourceOptions {
+    type Item = KafkaMessage;
+    fn build<'s>(self, job: &Job<'s>, name: &str) -> Result<Stream<'s, u64, Vec<KafkaMessage>>> {
+        read_kafka(job, name, self)
+    }
+}
+
+/// A Kafka topic of JSON values as a source of `Ok(value)`s, and `Err`s for the
+/// records that do not parse, naming partition, offset and the parse error (a
+/// dead-letter output; [`weir_runtime::Flow::split`] separates the two).
+///
+/// # Examples
+///
+/// ```no_run
+/// use weir_connectors::{files, kafka::{self, KafkaSourceOptions}};
+/// #[derive(serde::Deserialize, serde::Serialize, Clone, Debug)]
+/// struct Transfer { id: u64, amount: i64 }
+/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-kafka-json"), |job| {
+///     let opts = KafkaSourceOptions::new("127.0.0.1:19092", "transfers");
+///     let (transfers, dead) = job.source("transfers", kafka::json::<Transfer>(opts))?.split(|r| r);
+///     dead.sink("dead-letters", files::jsonl("dead"))?;
+///     transfers.filter(|t| t.amount >= 0).sink("transfers-out", files::jsonl("out"))
+/// }).unwrap();
+/// ```
+pub fn json<T>(opts: KafkaSourceOptions) -> Json<T> {
+    Json {
+        opts,
+        _marker: std::marker::PhantomData,
+    }
+}
+
+/// The source [`json`] returns.
+pub struct Json<T> {
+    opts: KafkaSourceOptions,
+    _marker: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned + timely::ExchangeData> weir_runtime::Source for Json<T> {
+    type Item = std::result::Result<T, DeadLetter>;
+    fn build<'s>(self, job: &Job<'s>, name: &str) -> Result<Stream<'s, u64, Vec<Self::Item>>> {
+        use timely::dataflow::operators::vec::Map;
+        let topic = self.opts.topic.clone();
+        let source_name = name.to_string();
+        let messages = read_kafka(job, name, self.opts)?;
+        Ok(messages.map(move |m| parse(&source_name, &topic, m)))
+    }
+}
+
+/// Reads every partition of a Kafka topic as the source named `name`: the timely-level
+/// form of using [`KafkaSourceOptions`] as a source.
+pub(crate) fn read_kafka<'s>(
+    job: &Job<'s>,
     name: &str,
     opts: KafkaSourceOptions,
 ) -> Result<Stream<'s, u64, Vec<KafkaMessage>>> {
@@ -172,36 +221,6 @@ pub fn read_kafka<'s>(
         idle: false,
     };
     source(job, name, reader, opts.source)
-}
-
-/// Reads a Kafka topic of JSON values; records that do not parse go to the second
-/// stream, naming partition, offset and the parse error (a dead-letter output).
-///
-/// # Examples
-///
-/// ```no_run
-/// use weir_connectors::kafka::{read_kafka_json, KafkaSourceOptions};
-/// #[derive(serde::Deserialize, serde::Serialize, Clone, Debug)]
-/// struct Transfer { id: u64, amount: i64 }
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-kafka-json"), |job| {
-///     let (transfers, dead) =
-///         read_kafka_json::<Transfer>(job, "transfers", KafkaSourceOptions::new("127.0.0.1:19092", "transfers"))?;
-///     use timely::dataflow::operators::Inspect;
-///     transfers.inspect(|t| assert!(t.amount >= 0));
-///     dead.inspect(|d| assert!(!d.error.is_empty()));
-///     Ok(())
-/// }).unwrap();
-/// ```
-#[allow(clippy::type_complexity)]
-pub fn read_kafka_json<'s, T: DeserializeOwned + timely::ExchangeData>(
-    job: &mut Job<'s>,
-    name: &str,
-    opts: KafkaSourceOptions,
-) -> Result<(Stream<'s, u64, Vec<T>>, Stream<'s, u64, Vec<DeadLetter>>)> {
-    let topic = opts.topic.clone();
-    let source_name = name.to_string();
-    let messages = read_kafka(job, name, opts)?;
-    Ok(messages.ok_err(move |m| parse(&source_name, &topic, m)))
 }
 
 /// Parses a message as JSON, or says where it is and why it does not parse.

@@ -1,7 +1,7 @@
 //! NATS JetStream: an exactly-once sink by broker-side deduplication, and a replayable
 //! source with explicit acks.
 //!
-//! ## The sink: [`write_nats`]
+//! ## The sink: [`NatsSinkOptions`]
 //!
 //! Every record becomes one JetStream message on the sink's subject, carrying the header
 //! `Nats-Msg-Id: <job>:<sink>:g<generation>:w<worker>:e<epoch>:<seq>` ([`message_id`]):
@@ -36,7 +36,7 @@
 //! stream named in [`NatsSinkOptions::stream`], if any), and that the stream
 //! acknowledges publications.
 //!
-//! ## The source: [`read_nats`]
+//! ## The source: [`NatsSourceOptions`]
 //!
 //! The source reads one stream through pull consumers with explicit acks
 //! (`AckPolicy::Explicit`), one consumer per split: the whole stream, or one split per
@@ -86,8 +86,8 @@ mod source;
 mod tests;
 
 pub use async_nats;
-pub use sink::{message_id, write_nats, NatsRecord, NatsSinkOptions};
-pub use source::{read_nats, NatsMessage, NatsSourceOptions};
+pub use sink::{message_id, NatsRecord, NatsSinkOptions};
+pub use source::{NatsMessage, NatsSourceOptions};
 
 use std::time::Duration;
 

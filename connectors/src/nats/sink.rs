@@ -95,8 +95,8 @@ pub fn message_id(
     format!("{job}:{sink}:g{generation}:w{worker}:e{epoch}:{seq}")
 }
 
-/// Publishes `stream` to a JetStream subject through the sink `name`, exactly once with
-/// exactly-once delivery (see the [module documentation](super) for the contract).
+/// NATS sink options are a sink: `flow.sink(name, opts)` publishes to a JetStream
+/// subject, exactly once with exactly-once delivery (see the [module documentation](super) for the contract).
 ///
 /// It is an error (exit code 2) if no stream captures `opts.subject`, if it is not the
 /// stream `opts.stream` names, or if that stream does not acknowledge publications; a
@@ -105,8 +105,7 @@ pub fn message_id(
 /// # Examples
 ///
 /// ```no_run
-/// use timely::dataflow::operators::ToStream;
-/// use weir_connectors::nats::{write_nats, NatsRecord, NatsSinkOptions};
+/// use weir_connectors::nats::{NatsRecord, NatsSinkOptions};
 ///
 /// // Needs a JetStream server with a stream capturing `orders.out`, e.g.
 /// // `nats stream add ORDERS_OUT --subjects 'orders.out' --dupe-window 10m`.
@@ -117,13 +116,27 @@ pub fn message_id(
 /// };
 /// assert_eq!(opts.subject, "orders.out");
 /// weir_runtime::run(weir_runtime::JobConfig::thread("doc-nats-sink"), move |job| {
-///     let records = vec![NatsRecord::new("a"), NatsRecord::new("b")].to_stream(job.scope());
-///     write_nats(job, records, "out", opts.clone())
+///     job.source("letters", weir_runtime::testing::items(vec!['a', 'b']))?
+///         .map(|c| NatsRecord::new(c.to_string()))
+///         .sink("out", opts.clone())
 /// })
 /// .unwrap();
 /// ```
-pub fn write_nats<'s>(
-    job: &mut Job<'s>,
+impl weir_runtime::Sink<NatsRecord> for NatsSinkOptions {
+    fn build<'s>(
+        self,
+        job: &Job<'s>,
+        name: &str,
+        records: Stream<'s, u64, Vec<NatsRecord>>,
+    ) -> Result<()> {
+        write_nats(job, records, name, self)
+    }
+}
+
+/// Publishes `stream` to a JetStream subject as the sink named `name`: the timely-level
+/// form of using [`NatsSinkOptions`] as a sink.
+pub(crate) fn write_nats<'s>(
+    job: &Job<'s>,
     stream: Stream<'s, u64, Vec<NatsRecord>>,
     name: &str,
     opts: NatsSinkOptions,

@@ -55,9 +55,9 @@ pub struct NatsSourceOptions {
     pub rate_limit: Option<u64>,
 }
 
-/// Reads the JetStream stream `opts.stream` through the source `name`, emitting every
-/// message at the epoch in which it was read (see the [module documentation](super) for
-/// the delivery contract).
+/// NATS source options are a source: `job.source(name, opts)` reads the JetStream stream
+/// `opts.stream`, emitting every message at the epoch in which it was read (see the
+/// [module documentation](super) for the delivery contract).
 ///
 /// It is an error (exit code 2) if the stream does not exist or has `Interest`
 /// retention; a server that cannot be reached is transient (exit code 1).
@@ -65,33 +65,33 @@ pub struct NatsSourceOptions {
 /// # Examples
 ///
 /// ```no_run
-/// use timely::dataflow::operators::{Capture, capture::Extract};
-/// use weir_connectors::nats::{read_nats, NatsSourceOptions};
+/// use weir_connectors::nats::NatsSourceOptions;
+/// use weir_runtime::{testing, JobConfig};
 ///
 /// // Needs a JetStream server with a stream `ORDERS` holding two messages.
-/// let (send, recv) = std::sync::mpsc::channel();
-/// let send = std::sync::Mutex::new(send);
-/// weir_runtime::run(weir_runtime::JobConfig::thread("doc-nats-source"), move |job| {
+/// let sequences = testing::run_collect(JobConfig::thread("doc-nats-source"), 1, |job| {
 ///     let opts = NatsSourceOptions {
 ///         url: "nats://127.0.0.1:4222".into(),
 ///         stream: "ORDERS".into(),
 ///         bounded: true,
 ///         ..Default::default()
 ///     };
-///     read_nats(job, "orders", opts)?.capture_into(send.lock().unwrap().clone());
-///     Ok(())
+///     Ok(job.source("orders", opts)?.map(|m| m.stream_sequence))
 /// })
 /// .unwrap();
-/// let sequences: Vec<u64> = recv
-///     .extract()
-///     .into_iter()
-///     .flat_map(|(_, v)| v)
-///     .map(|m| m.stream_sequence)
-///     .collect();
 /// assert_eq!(sequences, vec![1, 2]);
 /// ```
-pub fn read_nats<'s>(
-    job: &mut Job<'s>,
+impl weir_runtime::Source for NatsSourceOptions {
+    type Item = NatsMessage;
+    fn build<'s>(self, job: &Job<'s>, name: &str) -> Result<Stream<'s, u64, Vec<NatsMessage>>> {
+        read_nats(job, name, self)
+    }
+}
+
+/// Reads the JetStream stream `opts.stream` as the source named `name`: the
+/// timely-level form of using [`NatsSourceOptions`] as a source.
+pub(crate) fn read_nats<'s>(
+    job: &Job<'s>,
     name: &str,
     opts: NatsSourceOptions,
 ) -> Result<Stream<'s, u64, Vec<NatsMessage>>> {

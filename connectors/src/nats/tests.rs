@@ -7,6 +7,8 @@ use timely::dataflow::operators::capture::Extract;
 use timely::dataflow::operators::{Capture, ToStream};
 use weir_runtime::{Delivery, JobConfig};
 
+use super::sink::write_nats;
+use super::source::read_nats;
 use super::testing::{unique, url};
 use super::*;
 

@@ -104,8 +104,8 @@ pub struct ObjectSinkOptions {
     pub format: ObjectFormat,
 }
 
-/// Writes `stream` as objects under `opts.url` through the two-phase-commit sink `name`
-/// (see the [module documentation](self) for the delivery contract).
+/// Object sink options are a sink: `flow.sink(name, opts)` writes objects under
+/// `opts.url` through a two-phase commit (see the [module documentation](self) for the delivery contract).
 ///
 /// The sink name becomes the first part of every object name; it must be non-empty and
 /// free of `/`.
@@ -115,15 +115,14 @@ pub struct ObjectSinkOptions {
 /// JSON lines into a local directory:
 ///
 /// ```
-/// use timely::dataflow::operators::ToStream;
-/// use weir_connectors::objects::{read_committed, write_objects, ObjectFormat, ObjectSinkOptions};
+/// use weir_connectors::objects::{read_committed, ObjectFormat, ObjectSinkOptions};
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// let url = format!("file://{}", dir.path().display());
 /// let opts = ObjectSinkOptions { url: url.clone(), format: ObjectFormat::JsonLines };
 /// weir_runtime::run(weir_runtime::JobConfig::thread("doc-objects"), move |job| {
-///     let records = vec![1u64, 2, 3].to_stream(job.scope());
-///     write_objects(job, records, "numbers", opts.clone())
+///     job.source("numbers-in", weir_runtime::testing::items(vec![1u64, 2, 3]))?
+///         .sink("numbers", opts.clone())
 /// }).unwrap();
 /// let objects = read_committed(&url, "numbers").unwrap();
 /// let mut values: Vec<u64> = objects.iter()
@@ -136,8 +135,16 @@ pub struct ObjectSinkOptions {
 ///
 /// Parquet output (`ObjectFormat::Parquet`) needs the `parquet` feature; without it, such a
 /// sink is refused when the job is built, with a message that names the feature.
-pub fn write_objects<'s, D: Serialize + timely::ExchangeData>(
-    job: &mut Job<'s>,
+impl<D: Serialize + timely::ExchangeData> weir_runtime::Sink<D> for ObjectSinkOptions {
+    fn build<'s>(self, job: &Job<'s>, name: &str, records: Stream<'s, u64, Vec<D>>) -> Result<()> {
+        write_objects(job, records, name, self)
+    }
+}
+
+/// Writes `stream` as objects as the sink named `name`: the timely-level form of using
+/// [`ObjectSinkOptions`] as a sink.
+pub(crate) fn write_objects<'s, D: Serialize + timely::ExchangeData>(
+    job: &Job<'s>,
     stream: Stream<'s, u64, Vec<D>>,
     name: &str,
     opts: ObjectSinkOptions,
@@ -169,13 +176,12 @@ pub struct CommittedObject {
 /// # Examples
 ///
 /// ```
-/// use timely::dataflow::operators::ToStream;
-/// use weir_connectors::objects::{read_committed, write_objects, ObjectFormat, ObjectSinkOptions};
+/// use weir_connectors::objects::{read_committed, ObjectFormat, ObjectSinkOptions};
 ///
 /// let opts = ObjectSinkOptions { url: "memory://doc-read/p".into(), format: ObjectFormat::JsonLines };
 /// weir_runtime::run(weir_runtime::JobConfig::thread("doc-read"), move |job| {
-///     let letters = vec!["a".to_string(), "b".to_string()].to_stream(job.scope());
-///     write_objects(job, letters, "letters", opts.clone())
+///     job.source("in", weir_runtime::testing::items(vec!['a', 'b']))?
+///         .sink("letters", opts.clone())
 /// }).unwrap();
 /// let objects = read_committed("memory://doc-read/p", "letters").unwrap();
 /// let rows: Vec<_> = objects.iter().flat_map(|o| o.rows.clone()).collect();

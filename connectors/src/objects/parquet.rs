@@ -6,7 +6,6 @@
 //! ```
 //! use parquet::file::reader::{FileReader, SerializedFileReader};
 //! use parquet::record::RowAccessor;
-//! use timely::dataflow::operators::ToStream;
 //! use weir_connectors::objects::*;
 //!
 //! #[derive(serde::Serialize, serde::Deserialize, Clone)]
@@ -18,8 +17,8 @@
 //!     let counts = vec![
 //!         Count { word: "weir".into(), count: 2 },
 //!         Count { word: "river".into(), count: 5 },
-//!     ].to_stream(job.scope());
-//!     write_objects(job, counts, "counts", opts.clone())
+//!     ];
+//!     job.source("in", weir_runtime::testing::items(counts))?.sink("counts", opts.clone())
 //! }).unwrap();
 //! let objects = read_committed("memory://doc-parquet/out", "counts").unwrap();
 //! assert_eq!(objects.len(), 1);

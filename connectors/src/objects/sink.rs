@@ -24,7 +24,7 @@ const MULTIPART_THRESHOLD: usize = 16 << 20;
 const PART_SIZE: usize = 8 << 20;
 
 pub(super) fn install<'s, D: Serialize + timely::ExchangeData>(
-    job: &mut Job<'s>,
+    job: &Job<'s>,
     stream: Stream<'s, u64, Vec<D>>,
     name: &str,
     opts: ObjectSinkOptions,

@@ -66,29 +66,37 @@ pub struct PostgresOptions {
     pub mode: PgMode,
 }
 
-/// Writes `stream` into a PostgreSQL table through the sink `name`.
+/// PostgreSQL options are a sink: `flow.sink(name, opts)` writes into a table (see the
+/// [module documentation](self) for the delivery contract).
 ///
 /// # Examples
 ///
 /// ```no_run
-/// use timely::dataflow::operators::ToStream;
-/// use weir_connectors::postgres::{write_postgres, PgMode, PostgresOptions};
+/// use weir_connectors::postgres::{PgMode, PostgresOptions};
 ///
 /// #[derive(serde::Serialize, serde::Deserialize, Clone)]
 /// struct Row { id: i64, amount: i64 }
 ///
 /// weir_runtime::run(weir_runtime::JobConfig::thread("doc-pg"), |job| {
-///     let rows = vec![Row { id: 1, amount: 10 }].to_stream(job.scope());
 ///     let opts = PostgresOptions {
 ///         url: "postgres://postgres@127.0.0.1:15432/weir_test".into(),
 ///         table: "ledger".into(),
 ///         mode: PgMode::TwoPhase,
 ///     };
-///     write_postgres(job, rows, "ledger", opts)
+///     job.source("rows", weir_runtime::testing::items(vec![Row { id: 1, amount: 10 }]))?
+///         .sink("ledger", opts)
 /// }).unwrap();
 /// ```
-pub fn write_postgres<'s, D: Serialize + timely::ExchangeData>(
-    job: &mut Job<'s>,
+impl<D: Serialize + timely::ExchangeData> weir_runtime::Sink<D> for PostgresOptions {
+    fn build<'s>(self, job: &Job<'s>, name: &str, records: Stream<'s, u64, Vec<D>>) -> Result<()> {
+        write_postgres(job, records, name, self)
+    }
+}
+
+/// Writes `stream` into a PostgreSQL table as the sink named `name`: the timely-level
+/// form of using [`PostgresOptions`] as a sink.
+pub(crate) fn write_postgres<'s, D: Serialize + timely::ExchangeData>(
+    job: &Job<'s>,
     stream: Stream<'s, u64, Vec<D>>,
     name: &str,
     opts: PostgresOptions,
