@@ -16,8 +16,9 @@
 //! - **pre-commit** (a worker, when its input passes an epoch): the epoch's changed
 //!   counts go into a staging hash `P:staged:<handle>` and the handle into the set
 //!   `P:staged`, in one Lua script (atomic in Redis): kept by the server (as durably as
-//!   its persistence settings keep anything), invisible to readers of `P:counts`. A
-//!   handle that an earlier run already committed under the same prefix is refused;
+//!   its persistence settings keep anything), invisible to readers of `P:counts`. The
+//!   handle is weir's name of the output (`OutputId::name`: epoch, generation, worker);
+//!   one that is already marked committed is refused;
 //! - **commit** (the coordinator, once the checkpoint that covers the epoch is complete):
 //!   one Lua script, which Redis runs atomically. If the handle is in the marker set
 //!   `P:committed`, it does nothing (a commit repeated after a crash); otherwise it
@@ -26,7 +27,10 @@
 //!   and the commit fails rather than skip it;
 //! - **abort** (recovery of output no checkpoint covers): the staging is deleted;
 //! - **recovery**: weir asks `staged()` for every handle in `P:staged` and commits or
-//!   aborts each one, so a crash anywhere leaves nothing behind.
+//!   aborts each one, so a crash anywhere leaves nothing behind. On a fresh start (no
+//!   checkpoint to restore) weir first calls `fresh_start()`, which forgets the markers
+//!   of an earlier run under the same prefix, so that this run's outputs, whose names
+//!   may repeat that run's, are not taken for committed ones.
 //!
 //! A Redis server that cannot be reached, restarts or fails over is a transient failure
 //! (exit code 1, so a supervisor restarts the job); a call that gets no answer within
@@ -38,10 +42,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use weir::checkpoint::SinkEntry;
 use weir::prelude::*;
 use weir::runtime::{
-    two_phase, Committer, JobContext, PreCommitted, Result, RuntimeError, TwoPhaseSink,
+    two_phase, Committer, JobContext, Output, OutputId, Result, RuntimeError, TwoPhaseSink,
 };
 
 #[derive(Parser, Debug)]
@@ -76,8 +79,7 @@ fn main() {
             let writer = |ctx: &JobContext| {
                 Ok(RedisWriter {
                     redis: store.clone(),
-                    worker: ctx.worker(),
-                    generation: ctx.generation(),
+                    ctx: ctx.clone(),
                     pending: Default::default(),
                 })
             };
@@ -176,46 +178,28 @@ fn is_transient(e: &redis::RedisError) -> bool {
         )
 }
 
-/// The handle of one worker's output of one epoch in one generation.
-fn handle(epoch: u64, generation: u64, worker: usize) -> String {
-    format!("e{epoch}-g{generation}-w{worker}")
-}
-
-/// The output a handle names.
-fn parse(handle: &str) -> Option<SinkEntry> {
-    let rest = handle.strip_prefix('e')?;
-    let (epoch, rest) = rest.split_once("-g")?;
-    let (generation, worker) = rest.split_once("-w")?;
-    Some(SinkEntry {
-        sink: "redis".into(),
-        worker: worker.parse().ok()?,
-        epoch: epoch.parse().ok()?,
-        generation: generation.parse().ok()?,
-        handle: handle.to_string(),
-    })
-}
-
 /// The writing side, on every worker: one epoch's changed counts until pre-commit.
 struct RedisWriter {
     redis: Redis,
-    worker: usize,
-    generation: weir::Generation,
+    ctx: JobContext,
     pending: std::collections::BTreeMap<u64, Vec<(String, u64)>>,
 }
 
 impl TwoPhaseSink for RedisWriter {
     type Record = (String, u64, u64);
+    /// weir's name of the output (`OutputId::name`) says everything a commit needs.
+    type Handle = ();
 
     fn write(&mut self, epoch: u64, (word, count, _): (String, u64, u64)) -> Result<()> {
         self.pending.entry(epoch).or_default().push((word, count));
         Ok(())
     }
 
-    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<()>> {
         let Some(counts) = self.pending.remove(&epoch) else {
             return Ok(None);
         };
-        let handle = handle(epoch, self.generation.0, self.worker);
+        let handle = self.ctx.output(epoch).name();
         let staged: i64 = self.redis.with("stage an epoch's counts", |c| {
             let script = redis::Script::new(STAGE);
             let mut stage = script.prepare_invoke();
@@ -238,8 +222,7 @@ impl TwoPhaseSink for RedisWriter {
                 ),
             ));
         }
-        let entry = parse(&handle).expect("a handle this sink made");
-        Ok(Some(PreCommitted::new(entry)))
+        Ok(Some(()))
     }
 }
 
@@ -277,48 +260,66 @@ return 1
 "#;
 
 impl Committer for Redis {
-    fn staged(&self) -> Result<Vec<SinkEntry>> {
+    type Handle = ();
+
+    fn staged(&self) -> Result<Vec<Output<()>>> {
         let handles: Vec<String> = self.with("list staged output", |c| {
             redis::cmd("SMEMBERS").arg(self.key("staged")).query(c)
         })?;
-        Ok(handles.iter().filter_map(|h| parse(h)).collect())
+        Ok(handles
+            .iter()
+            .filter_map(|h| OutputId::parse(h))
+            .map(|id| Output { id, handle: () })
+            .collect())
     }
 
-    fn commit(&self, entry: &SinkEntry) -> Result<()> {
+    fn commit(&self, output: &Output<()>) -> Result<()> {
+        let (handle, epoch) = (output.id.name(), output.id.epoch);
         let outcome: i64 = self.with("commit staged output", |c| {
             redis::Script::new(COMMIT)
                 .key(self.key("committed"))
-                .key(self.key(&format!("staged:{}", entry.handle)))
+                .key(self.key(&format!("staged:{handle}")))
                 .key(self.key("staged"))
                 .key(self.key("counts"))
                 .key(self.key("updates"))
-                .arg(&entry.handle)
-                .arg(entry.epoch.0)
+                .arg(&handle)
+                .arg(epoch.0)
                 .invoke(c)
         })?;
         if outcome < 0 {
             return Err(RuntimeError::Io {
                 operator: "redis".into(),
                 reason: format!(
-                    "output {} of epoch {} is neither staged under {} nor committed: it was deleted from Redis",
-                    entry.handle,
-                    entry.epoch,
-                    self.key(&format!("staged:{}", entry.handle))
+                    "output {handle} of epoch {epoch} is neither staged under {} nor committed: it was deleted from Redis",
+                    self.key(&format!("staged:{handle}"))
                 ),
             });
         }
         Ok(())
     }
 
-    fn abort(&self, entry: &SinkEntry) -> Result<()> {
+    fn abort(&self, output: &Output<()>) -> Result<()> {
+        let handle = output.id.name();
         self.with("abort staged output", |c| {
             redis::pipe()
                 .atomic()
-                .del(self.key(&format!("staged:{}", entry.handle)))
+                .del(self.key(&format!("staged:{handle}")))
                 .ignore()
-                .srem(self.key("staged"), &entry.handle)
+                .srem(self.key("staged"), &handle)
                 .ignore()
                 .query::<()>(c)
+        })
+    }
+
+    /// A fresh start: an earlier run of the job under this prefix, whose checkpoints are
+    /// gone, may have committed outputs with the names this run will use; its markers
+    /// are forgotten (its counts stay), and what it staged is discarded.
+    fn fresh_start(&self) -> Result<()> {
+        for output in self.staged()? {
+            self.abort(&output)?;
+        }
+        self.with("forget an earlier run's commit markers", |c| {
+            redis::cmd("DEL").arg(self.key("committed")).query::<()>(c)
         })
     }
 }

@@ -107,23 +107,24 @@ pub fn recover_sink(
     staged: &[SinkEntry],
     generation: Generation,
 ) -> Vec<SinkAction> {
-    let keep: BTreeSet<(&str, &str)> = restored
-        .iter()
-        .map(|e| (e.sink.as_str(), e.handle.as_str()))
-        .collect();
+    let keep: BTreeSet<_> = restored.iter().map(output_of).collect();
     let mut actions: Vec<SinkAction> = restored.iter().cloned().map(SinkAction::Commit).collect();
     actions.extend(
         staged
             .iter()
-            .filter(|s| {
-                s.generation < generation && !keep.contains(&(s.sink.as_str(), s.handle.as_str()))
-            })
+            .filter(|s| s.generation < generation && !keep.contains(&output_of(s)))
             .cloned()
             .map(SinkAction::Abort),
     );
     actions.sort();
     actions.dedup();
     actions
+}
+
+/// What identifies a sink's output: sink, worker, epoch and generation (the handle is
+/// what the sink needs to commit it, not its identity).
+fn output_of(e: &SinkEntry) -> (&str, WorkerIndex, Epoch, Generation) {
+    (e.sink.as_str(), e.worker, e.epoch, e.generation)
 }
 
 /// Whether a process of `generation` has been superseded by a newer one.

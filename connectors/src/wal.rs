@@ -2,7 +2,8 @@
 //! broker transactions, NATS JetStream).
 //!
 //! At pre-commit, a worker's output of an epoch is written to checkpoint storage under
-//! `<job>/sinks/<sink>/pending/<handle>`, and the handle goes into the checkpoint. Only
+//! `<job>/sinks/<sink>/pending/<output name>` ([`OutputId::name`]), and the output goes
+//! into the checkpoint. Only
 //! once the checkpoint's manifest exists does the coordinator publish it (through a
 //! [`Publisher`]), record that it did in a per-worker marker
 //! (`<job>/sinks/<sink>/committed/w<worker>`, holding the newest `(generation, epoch)`
@@ -26,8 +27,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use weir_runtime::checkpoint::{codec, CheckpointStore, SinkEntry};
-use weir_runtime::{Committer, JobContext, PreCommitted, Result, RuntimeError, TwoPhaseSink};
+use weir_runtime::checkpoint::{codec, CheckpointStore};
+use weir_runtime::{Committer, JobContext, Output, OutputId, Result, RuntimeError, TwoPhaseSink};
 
 use crate::error::ConnectorError;
 
@@ -49,25 +50,6 @@ impl Wal {
         }
     }
 
-    /// The handle of a worker's output of an epoch in a generation.
-    pub(crate) fn handle(epoch: u64, generation: u64, worker: usize) -> String {
-        format!("e{epoch:020}-g{generation}-w{worker}")
-    }
-
-    /// The entry a handle names, if it is one of this sink's handles.
-    pub(crate) fn parse(&self, handle: &str) -> Option<SinkEntry> {
-        let rest = handle.strip_prefix('e')?;
-        let (epoch, rest) = rest.split_once("-g")?;
-        let (generation, worker) = rest.split_once("-w")?;
-        Some(SinkEntry {
-            sink: self.sink.clone(),
-            worker: worker.parse().ok()?,
-            epoch: epoch.parse().ok()?,
-            generation: generation.parse().ok()?,
-            handle: handle.to_string(),
-        })
-    }
-
     fn pending(&self) -> Path {
         self.store.layout().sink_pending(&self.sink)
     }
@@ -80,7 +62,7 @@ impl Wal {
         self.store.object_store()
     }
 
-    fn error(&self, entry: &SinkEntry, object: &Path, detail: String) -> RuntimeError {
+    fn error(&self, entry: &OutputId, object: &Path, detail: String) -> RuntimeError {
         ConnectorError::WriteAhead {
             connector: self.sink.clone(),
             object: format!("{}/{object}", self.store.url().trim_end_matches('/')),
@@ -91,17 +73,17 @@ impl Wal {
     }
 
     /// Writes an epoch's output durably.
-    pub(crate) async fn write<T: Serialize>(&self, handle: &str, records: &[T]) -> Result<()> {
+    pub(crate) async fn write<T: Serialize>(&self, id: OutputId, records: &[T]) -> Result<()> {
         let bytes = codec::encode("write-ahead output", records)?;
         self.store
-            .put_object(&self.pending().join(handle), bytes)
+            .put_object(&self.pending().join(id.name().as_str()), bytes)
             .await?;
         Ok(())
     }
 
     /// Reads an epoch's output back; `None` if it is not (or no longer) pending.
-    pub(crate) async fn read<T: DeserializeOwned>(&self, entry: &SinkEntry) -> Result<Option<T>> {
-        let path = self.pending().join(entry.handle.as_str());
+    pub(crate) async fn read<T: DeserializeOwned>(&self, entry: &OutputId) -> Result<Option<T>> {
+        let path = self.pending().join(entry.name().as_str());
         match self.object().get(&path).await {
             Ok(got) => {
                 let bytes = got
@@ -118,8 +100,8 @@ impl Wal {
     }
 
     /// Deletes an epoch's pending output (published or aborted).
-    pub(crate) async fn delete(&self, entry: &SinkEntry) -> Result<()> {
-        let path = self.pending().join(entry.handle.as_str());
+    pub(crate) async fn delete(&self, entry: &OutputId) -> Result<()> {
+        let path = self.pending().join(entry.name().as_str());
         match self.object().delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(entry, &path, format!("cannot delete it: {e}"))),
@@ -127,7 +109,7 @@ impl Wal {
     }
 
     /// Every pending output.
-    pub(crate) async fn list(&self) -> Result<Vec<SinkEntry>> {
+    pub(crate) async fn list(&self) -> Result<Vec<OutputId>> {
         use futures::TryStreamExt;
         let objects: Vec<_> = self
             .object()
@@ -144,7 +126,7 @@ impl Wal {
             })?;
         Ok(objects
             .iter()
-            .filter_map(|o| o.location.filename().and_then(|f| self.parse(f)))
+            .filter_map(|o| o.location.filename().and_then(OutputId::parse))
             .collect())
     }
 
@@ -152,7 +134,7 @@ impl Wal {
     pub(crate) async fn marker_of<T: DeserializeOwned>(
         &self,
         kind: &str,
-        entry: &SinkEntry,
+        entry: &OutputId,
     ) -> Result<Option<T>> {
         let path = self.marker(kind, entry.worker);
         match self.object().get(&path).await {
@@ -172,7 +154,7 @@ impl Wal {
     pub(crate) async fn set_marker<T: Serialize>(
         &self,
         kind: &str,
-        entry: &SinkEntry,
+        entry: &OutputId,
         value: &T,
     ) -> Result<()> {
         let bytes = codec::encode("sink marker", value)?;
@@ -190,7 +172,7 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     /// Publishes `records`, the output of `entry`. May be called again for the same entry
     /// after a crash, possibly after part of it arrived: it must not publish a record
     /// twice.
-    fn publish(&self, wal: &Wal, entry: &SinkEntry, records: Vec<Self::Record>) -> Result<()>;
+    fn publish(&self, wal: &Wal, entry: &OutputId, records: Vec<Self::Record>) -> Result<()>;
 }
 
 /// `(generation, epoch)` of the newest output of a worker that was published.
@@ -204,7 +186,7 @@ struct Published {
 /// worker's outputs happen in `(generation, epoch)` order: the coordinator commits a
 /// generation's outputs in epoch order, and a new generation commits its restored
 /// checkpoint's outputs before any output of its own.
-fn already_published(marker: Option<Published>, entry: &SinkEntry) -> bool {
+fn already_published(marker: Option<Published>, entry: &OutputId) -> bool {
     marker.is_some_and(|m| {
         m >= Published {
             generation: entry.generation.0,
@@ -227,19 +209,26 @@ impl<P: Publisher> WalCommitter<P> {
 }
 
 impl<P: Publisher> Committer for WalCommitter<P> {
-    fn staged(&self) -> Result<Vec<SinkEntry>> {
-        run(&self.rt, self.wal.list())
+    type Handle = ();
+
+    fn staged(&self) -> Result<Vec<Output<()>>> {
+        let ids = run(&self.rt, self.wal.list())?;
+        Ok(ids
+            .into_iter()
+            .map(|id| Output { id, handle: () })
+            .collect())
     }
 
-    fn commit(&self, entry: &SinkEntry) -> Result<()> {
+    fn commit(&self, output: &Output<()>) -> Result<()> {
+        let entry = &output.id;
         let marker: Option<Published> = run(&self.rt, self.wal.marker_of("committed", entry))?;
         if already_published(marker, entry) {
             return run(&self.rt, self.wal.delete(entry));
         }
         let Some(records) = run(&self.rt, self.wal.read::<Vec<P::Record>>(entry))? else {
             return Err(ConnectorError::WriteAhead {
-                connector: entry.sink.clone(),
-                object: format!("{}/{}", self.wal.pending(), entry.handle),
+                connector: self.wal.sink.clone(),
+                object: format!("{}/{}", self.wal.pending(), entry.name()),
                 epoch: entry.epoch.0,
                 detail: "it is neither pending nor published (the sink's published marker is older): it was deleted from checkpoint storage by hand; restore an earlier checkpoint".into(),
             }
@@ -261,8 +250,8 @@ impl<P: Publisher> Committer for WalCommitter<P> {
         })
     }
 
-    fn abort(&self, entry: &SinkEntry) -> Result<()> {
-        run(&self.rt, self.wal.delete(entry))
+    fn abort(&self, output: &Output<()>) -> Result<()> {
+        run(&self.rt, self.wal.delete(&output.id))
     }
 }
 
@@ -288,25 +277,20 @@ impl<T> WalSink<T> {
 
 impl<T: Serialize + 'static> TwoPhaseSink for WalSink<T> {
     type Record = T;
+    type Handle = ();
 
     fn write(&mut self, epoch: u64, record: T) -> Result<()> {
         self.open.entry(epoch).or_default().push(record);
         Ok(())
     }
 
-    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<()>> {
         let Some(records) = self.open.remove(&epoch) else {
             return Ok(None);
         };
-        let handle = Wal::handle(epoch, self.ctx.generation().0, self.ctx.worker());
-        run(self.ctx.runtime(), self.wal.write(&handle, &records))?;
-        Ok(Some(PreCommitted::new(SinkEntry {
-            sink: self.wal.sink.clone(),
-            worker: weir_runtime::WorkerIndex(self.ctx.worker()),
-            epoch: weir_runtime::Epoch(epoch),
-            generation: self.ctx.generation(),
-            handle,
-        })))
+        let id = self.ctx.output(epoch);
+        run(self.ctx.runtime(), self.wal.write(id, &records))?;
+        Ok(Some(()))
     }
 }
 
@@ -314,13 +298,18 @@ impl<T: Serialize + 'static> TwoPhaseSink for WalSink<T> {
 mod tests {
     use super::*;
 
-    fn entry(generation: u64, epoch: u64) -> SinkEntry {
-        SinkEntry {
-            sink: "out".into(),
+    fn entry(generation: u64, epoch: u64) -> OutputId {
+        OutputId {
             worker: weir_runtime::WorkerIndex(0),
             epoch: weir_runtime::Epoch(epoch),
             generation: weir_runtime::Generation(generation),
-            handle: Wal::handle(epoch, generation, 0),
+        }
+    }
+
+    fn output(generation: u64, epoch: u64) -> Output<()> {
+        Output {
+            id: entry(generation, epoch),
+            handle: (),
         }
     }
 
@@ -338,22 +327,11 @@ mod tests {
         assert!(already_published(m(2, 3), &entry(1, 9)));
     }
 
-    #[test]
-    fn handles_round_trip() {
-        let store = CheckpointStore::open("memory://", "job").unwrap();
-        let wal = Wal::new(&store, "out");
-        let h = Wal::handle(42, 3, 7);
-        let e = wal.parse(&h).unwrap();
-        assert_eq!((e.epoch.0, e.generation.0, e.worker.0), (42, 3, 7));
-        assert_eq!(e.handle, h);
-        assert!(wal.parse("garbage").is_none());
-    }
-
     struct Collect(std::sync::Mutex<Vec<u32>>);
 
     impl Publisher for Arc<Collect> {
         type Record = u32;
-        fn publish(&self, _wal: &Wal, _entry: &SinkEntry, records: Vec<u32>) -> Result<()> {
+        fn publish(&self, _wal: &Wal, _entry: &OutputId, records: Vec<u32>) -> Result<()> {
             self.0.lock().unwrap().extend(records);
             Ok(())
         }
@@ -366,11 +344,11 @@ mod tests {
         let wal = Wal::new(&store, "out");
         let published = Arc::new(Collect(Default::default()));
         let committer = WalCommitter::new(wal.clone(), rt.handle().clone(), Arc::clone(&published));
-        let (a, b) = (entry(0, 1), entry(0, 2));
-        rt.block_on(wal.write(&a.handle, &[1u32, 2])).unwrap();
-        rt.block_on(wal.write(&b.handle, &[3u32])).unwrap();
+        let (a, b) = (output(0, 1), output(0, 2));
+        rt.block_on(wal.write(a.id, &[1u32, 2])).unwrap();
+        rt.block_on(wal.write(b.id, &[3u32])).unwrap();
         let mut staged = committer.staged().unwrap();
-        staged.sort_by_key(|e| e.epoch);
+        staged.sort();
         assert_eq!(staged, vec![a.clone(), b.clone()]);
         committer.commit(&a).unwrap();
         committer.commit(&a).unwrap();
@@ -378,7 +356,7 @@ mod tests {
         assert_eq!(*published.0.lock().unwrap(), vec![1, 2]);
         assert!(committer.staged().unwrap().is_empty());
         // Output that is neither pending nor published is a loss, and says so.
-        let err = committer.commit(&entry(0, 3)).unwrap_err().to_string();
+        let err = committer.commit(&output(0, 3)).unwrap_err().to_string();
         assert!(err.contains("neither pending nor published"), "{err}");
     }
 }

@@ -77,6 +77,15 @@ impl JobContext {
     pub fn generation(&self) -> Generation {
         self.shared.generation
     }
+    /// The name the runtime gives this worker's output of `epoch` in this run (see
+    /// [`crate::OutputId`]).
+    pub fn output(&self, epoch: u64) -> crate::twophase::OutputId {
+        crate::twophase::OutputId {
+            worker: self.worker_index(),
+            epoch: weir_checkpoint::Epoch(epoch),
+            generation: self.generation(),
+        }
+    }
     /// The epoch clock.
     pub fn clock(&self) -> &EpochClock {
         &self.shared.clock

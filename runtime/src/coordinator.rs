@@ -26,18 +26,23 @@ use weir_checkpoint::{Assembler, Closed, Epoch, Manifest, Report, WorkerIndex};
 
 use crate::context::JobContext;
 use crate::error::{Result, RuntimeError};
-use crate::twophase::Committer;
+use crate::twophase::Commit;
 
 /// Commits the restored checkpoint's sink output and aborts every other leftover.
 pub(crate) fn recover_sinks(
     ctx: &JobContext,
-    committers: &BTreeMap<String, Arc<dyn Committer>>,
+    committers: &BTreeMap<String, Arc<dyn Commit>>,
 ) -> Result<()> {
     for (name, committer) in committers {
-        let restored: Vec<_> = ctx
-            .restored()
-            .map(|m| m.sinks_of(name).cloned().collect())
-            .unwrap_or_default();
+        let restored: Vec<_> = match ctx.restored() {
+            Some(m) => m.sinks_of(name).cloned().collect(),
+            None => {
+                // A fresh start: what an earlier run of this job committed must not be
+                // mistaken for this run's output.
+                committer.fresh_start()?;
+                Vec::new()
+            }
+        };
         let staged = committer.staged()?;
         for action in protocol::recover_sink(&restored, &staged, ctx.generation()) {
             match action {
@@ -60,7 +65,7 @@ pub(crate) fn install(
     reports: Stream<'_, u64, Vec<Report>>,
     ctx: JobContext,
     names: BTreeSet<String>,
-    committers: BTreeMap<String, Arc<dyn Committer>>,
+    committers: BTreeMap<String, Arc<dyn Commit>>,
 ) {
     let is_coordinator = ctx.worker() == 0;
     let expected: Vec<(String, WorkerIndex)> = names
@@ -130,7 +135,7 @@ pub(crate) fn install(
 async fn run(
     ctx: JobContext,
     operators: Vec<String>,
-    committers: BTreeMap<String, Arc<dyn Committer>>,
+    committers: BTreeMap<String, Arc<dyn Commit>>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Closed>,
     completed: Arc<std::sync::Mutex<Vec<Epoch>>>,
 ) -> Result<()> {

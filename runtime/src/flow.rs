@@ -171,26 +171,29 @@ impl<'s, D: timely::ExchangeData> Flow<'s, D> {
 /// A [`Sink`] made of a user's [`TwoPhaseSink`], built on every worker by `make`, and
 /// its [`Committer`]: what a sink written outside weir's crates passes to [`Flow::sink`].
 ///
-/// `make` is called once per worker with the worker's job, so that the sink can know
-/// its worker index and generation.
-pub fn two_phase<S, F>(make: F, committer: Arc<dyn Committer>) -> TwoPhase<F>
+/// `make` is called once per worker with the worker's context, so that the sink can
+/// name its outputs ([`crate::JobContext::output`]). The runtime applies the job's
+/// delivery guarantee and recovers the sink's leftovers through `committer`.
+pub fn two_phase<S, C, F>(make: F, committer: Arc<C>) -> TwoPhase<F, C>
 where
     S: TwoPhaseSink,
+    C: Committer<Handle = S::Handle>,
     F: FnOnce(&crate::context::JobContext) -> Result<S>,
 {
     TwoPhase { make, committer }
 }
 
 /// The sink [`two_phase`] returns.
-pub struct TwoPhase<F> {
+pub struct TwoPhase<F, C> {
     make: F,
-    committer: Arc<dyn Committer>,
+    committer: Arc<C>,
 }
 
-impl<D, S, F> Sink<D> for TwoPhase<F>
+impl<D, S, C, F> Sink<D> for TwoPhase<F, C>
 where
     D: timely::ExchangeData,
     S: TwoPhaseSink<Record = D>,
+    C: Committer<Handle = S::Handle>,
     F: FnOnce(&crate::context::JobContext) -> Result<S>,
 {
     fn build<'s>(self, job: &Job<'s>, name: &str, records: Stream<'s, u64, Vec<D>>) -> Result<()> {

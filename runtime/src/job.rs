@@ -23,7 +23,7 @@ use weir_checkpoint::{Manifest, Report};
 
 use crate::context::{JobContext, Shared};
 use crate::error::{Result, RuntimeError};
-use crate::twophase::Committer;
+use crate::twophase::Commit;
 use weir_checkpoint::Epoch;
 
 /// A job under construction on one worker: its scope, its context, and the report
@@ -43,7 +43,7 @@ pub struct Job<'scope> {
 struct Build<'scope> {
     names: BTreeSet<String>,
     reports: Vec<Stream<'scope, u64, Vec<Report>>>,
-    committers: BTreeMap<String, Arc<dyn Committer>>,
+    committers: BTreeMap<String, Arc<dyn Commit>>,
 }
 
 impl<'scope> Job<'scope> {
@@ -96,7 +96,7 @@ impl<'scope> Job<'scope> {
     }
 
     /// Registers how the coordinator commits and aborts a sink's pre-committed output.
-    pub fn register_committer(&self, name: &str, committer: Arc<dyn Committer>) {
+    pub(crate) fn register_committer(&self, name: &str, committer: Arc<dyn Commit>) {
         self.build
             .borrow_mut()
             .committers

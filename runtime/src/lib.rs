@@ -67,7 +67,7 @@ pub use flow::{two_phase, Flow, Sink, Source};
 pub use job::Job;
 pub use snapshot::{encode_groups, encode_keyed, Snapshotter};
 pub use tracker::{Due, EpochTracker};
-pub use twophase::{Committer, NoStaging, PreCommitted, TwoPhaseSink};
+pub use twophase::{Committer, NoStaging, Output, OutputId, PreCommitted, TwoPhaseSink};
 /// The checkpoint crate, re-exported for operators and connectors.
 pub use weir_checkpoint as checkpoint;
 pub use weir_checkpoint::{Epoch, Generation, RestoreTarget, WorkerIndex};

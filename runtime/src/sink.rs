@@ -26,25 +26,31 @@ use crate::error::{Result, RuntimeError};
 use crate::job::Job;
 use crate::snapshot::Snapshotter;
 use crate::tracker::EpochTracker;
-pub use crate::twophase::{Committer, NoStaging, PreCommitted, TwoPhaseSink};
+use crate::twophase::{entry_of, Commit, PreCommitted, Typed};
+pub use crate::twophase::{Committer, NoStaging, Output, OutputId, TwoPhaseSink};
 
 /// Writes `stream` through a two-phase-commit sink named `name`.
 ///
 /// Records at epochs the restored checkpoint covers are dropped: they are what an earlier
 /// run committed, replayed by operators that rebuild their output from restored state
 /// (see `weir_operators::collection`).
-pub fn sink<'scope, D, S>(
+pub fn sink<'scope, D, S, C>(
     job: &Job<'scope>,
     stream: Stream<'scope, u64, Vec<D>>,
     name: &str,
     mut sink: S,
-    committer: Arc<dyn Committer>,
+    committer: Arc<C>,
 ) -> Result<()>
 where
     D: timely::ExchangeData,
     S: TwoPhaseSink<Record = D>,
+    C: Committer<Handle = S::Handle> + ?Sized,
 {
     job.claim_name(name)?;
+    let committer: Arc<dyn Commit> = Arc::new(Typed {
+        sink: name.to_string(),
+        committer,
+    });
     job.register_committer(name, Arc::clone(&committer));
     let ctx = job.ctx().clone();
     let checkpointing = ctx.checkpointing();
@@ -99,7 +105,12 @@ where
                 .collect();
             for epoch in closed {
                 open.remove(&epoch);
-                match sink.pre_commit(epoch) {
+                let output = sink.pre_commit(epoch).and_then(|handle| {
+                    handle
+                        .map(|h| entry_of(&name, ctx.output(epoch), &h).map(PreCommitted::new))
+                        .transpose()
+                });
+                match output {
                     Ok(Some(output)) => {
                         if exactly_once {
                             owed.push(output.into_checkpoint());

@@ -21,21 +21,18 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use timely::dataflow::Stream;
-use weir_checkpoint::SinkEntry;
 
 use crate::config::JobConfig;
 use crate::error::{Result, RuntimeError};
 use crate::flow::{Flow, Sink, Source};
 use crate::job::Job;
-use crate::twophase::{Committer, PreCommitted, TwoPhaseSink};
-use weir_checkpoint::{Epoch, Generation, WorkerIndex};
-
-/// One output of a [`collect`] sink: which worker staged which epoch in which generation.
-type OutputId = (WorkerIndex, Epoch, Generation);
+use crate::twophase::{Committer, Output, OutputId, TwoPhaseSink};
 
 struct State<D> {
     staged: BTreeMap<(String, OutputId), Vec<D>>,
     committed: BTreeMap<(String, OutputId), Vec<D>>,
+    /// What runs before the last fresh start committed: still output, no longer markers.
+    earlier: Vec<D>,
 }
 
 /// What [`collect`] sinks committed, shared by every worker and kept across runs.
@@ -57,6 +54,7 @@ impl<D> Default for Committed<D> {
             state: Arc::new(Mutex::new(State {
                 staged: BTreeMap::new(),
                 committed: BTreeMap::new(),
+                earlier: Vec::new(),
             })),
         }
     }
@@ -72,15 +70,19 @@ impl<D: Clone> Committed<D> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every committed record, by epoch, then worker, then arrival.
+    /// Every committed record: those of runs before the last fresh start first, then by
+    /// epoch, worker and arrival.
     pub fn records(&self) -> Vec<D> {
         let state = self.lock();
         let mut outputs: Vec<_> = state.committed.iter().collect();
-        outputs.sort_by_key(|((_, (worker, epoch, _)), _)| (*epoch, *worker));
-        outputs
-            .into_iter()
-            .flat_map(|(_, records)| records.iter().cloned())
-            .collect()
+        outputs.sort_by_key(|((_, id), _)| (id.epoch, id.worker));
+        let mut records = state.earlier.clone();
+        records.extend(
+            outputs
+                .into_iter()
+                .flat_map(|(_, records)| records.iter().cloned()),
+        );
+        records
     }
 
     /// How many outputs are staged and neither committed nor aborted yet.
@@ -131,8 +133,7 @@ where
     });
     let sink = MemorySink {
         name: name.to_string(),
-        worker: job.ctx().worker(),
-        generation: job.ctx().generation(),
+        ctx: job.ctx().clone(),
         out: into.clone(),
         pending: BTreeMap::new(),
     };
@@ -176,36 +177,30 @@ where
 
 struct MemorySink<D> {
     name: String,
-    worker: usize,
-    generation: Generation,
+    ctx: crate::JobContext,
     out: Committed<D>,
     pending: BTreeMap<u64, Vec<D>>,
 }
 
 impl<D: Clone + 'static> TwoPhaseSink for MemorySink<D> {
     type Record = D;
+    type Handle = ();
 
     fn write(&mut self, epoch: u64, record: D) -> Result<()> {
         self.pending.entry(epoch).or_default().push(record);
         Ok(())
     }
 
-    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<()>> {
         let Some(records) = self.pending.remove(&epoch) else {
             return Ok(None);
         };
-        let id = (WorkerIndex(self.worker), Epoch(epoch), self.generation);
+        let id = self.ctx.output(epoch);
         self.out
             .lock()
             .staged
             .insert((self.name.clone(), id), records);
-        Ok(Some(PreCommitted::new(SinkEntry {
-            sink: self.name.clone(),
-            worker: WorkerIndex(self.worker),
-            epoch: Epoch(epoch),
-            generation: self.generation,
-            handle: format!("w{}-e{epoch}-g{}", self.worker, self.generation),
-        })))
+        Ok(Some(()))
     }
 }
 
@@ -214,34 +209,24 @@ struct MemoryCommitter<D> {
     out: Committed<D>,
 }
 
-impl<D> MemoryCommitter<D> {
-    fn key(&self, entry: &SinkEntry) -> (String, OutputId) {
-        (
-            self.name.clone(),
-            (entry.worker, entry.epoch, entry.generation),
-        )
-    }
-}
-
 impl<D: Clone + Send + 'static> Committer for MemoryCommitter<D> {
-    fn staged(&self) -> Result<Vec<SinkEntry>> {
+    type Handle = ();
+
+    fn staged(&self) -> Result<Vec<Output<()>>> {
         let state = self.out.lock();
         Ok(state
             .staged
             .keys()
             .filter(|(sink, _)| *sink == self.name)
-            .map(|(_, (worker, epoch, generation))| SinkEntry {
-                sink: self.name.clone(),
-                worker: *worker,
-                epoch: *epoch,
-                generation: *generation,
-                handle: format!("w{worker}-e{epoch}-g{generation}"),
+            .map(|(_, id)| Output {
+                id: *id,
+                handle: (),
             })
             .collect())
     }
 
-    fn commit(&self, entry: &SinkEntry) -> Result<()> {
-        let key = self.key(entry);
+    fn commit(&self, output: &Output<()>) -> Result<()> {
+        let key = (self.name.clone(), output.id);
         let mut state = self.out.lock();
         if let Some(records) = state.staged.remove(&key) {
             state.committed.insert(key, records);
@@ -252,16 +237,36 @@ impl<D: Clone + Send + 'static> Committer for MemoryCommitter<D> {
         }
         Err(RuntimeError::Io {
             operator: self.name.clone(),
-            reason: format!(
-                "output {} of epoch {} is neither staged nor committed",
-                entry.handle, entry.epoch
-            ),
+            reason: format!("output {} is neither staged nor committed", output.id),
         })
     }
 
-    fn abort(&self, entry: &SinkEntry) -> Result<()> {
-        let key = self.key(entry);
-        self.out.lock().staged.remove(&key);
+    fn abort(&self, output: &Output<()>) -> Result<()> {
+        self.out
+            .lock()
+            .staged
+            .remove(&(self.name.clone(), output.id));
+        Ok(())
+    }
+
+    /// Forgets which outputs an earlier run committed (their records stay), and drops
+    /// what it staged.
+    fn fresh_start(&self) -> Result<()> {
+        let mut state = self.out.lock();
+        let state = &mut *state;
+        let mine = |(sink, _): &(String, OutputId)| *sink == self.name;
+        let mut forgotten: Vec<_> = state
+            .committed
+            .keys()
+            .filter(|k| mine(k))
+            .cloned()
+            .collect();
+        forgotten.sort_by_key(|(_, id)| (id.generation, id.epoch, id.worker));
+        for key in forgotten {
+            let records = state.committed.remove(&key).expect("listed");
+            state.earlier.extend(records);
+        }
+        state.staged.retain(|k, _| !mine(k));
         Ok(())
     }
 }

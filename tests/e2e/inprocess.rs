@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::sync::Once;
 use std::time::Duration;
 
-use weir::checkpoint::SinkEntry;
 use weir::prelude::*;
 use weir::runtime::testing::Committed;
-use weir::runtime::{two_phase, Committer, NoStaging, PreCommitted, TwoPhaseSink};
+use weir::runtime::{two_phase, Committer, NoStaging, Output, TwoPhaseSink};
 use weir::{Retry, RuntimeError};
 
 use crate::harness::keyed::{check_keyed_exactly_once, Update};
@@ -39,7 +38,11 @@ fn oracle(total: u64) -> BTreeMap<String, u64> {
 }
 
 fn updates(out: &Counts) -> Vec<Update<String, u64>> {
-    out.records()
+    updates_of(out.records())
+}
+
+fn updates_of(records: Vec<(String, u64, u64)>) -> Vec<Update<String, u64>> {
+    records
         .into_iter()
         .map(|(key, value, epoch)| Update {
             key,
@@ -81,10 +84,11 @@ impl Flaky {
 
 impl TwoPhaseSink for Flaky {
     type Record = (String, u64, u64);
+    type Handle = ();
     fn write(&mut self, _epoch: u64, _record: Self::Record) -> weir::runtime::Result<()> {
         Ok(())
     }
-    fn pre_commit(&mut self, epoch: u64) -> weir::runtime::Result<Option<PreCommitted>> {
+    fn pre_commit(&mut self, epoch: u64) -> weir::runtime::Result<Option<()>> {
         let n = self.pre_commits.fetch_add(1, Ordering::SeqCst) + 1;
         if self.armed.load(Ordering::SeqCst) && n >= self.fail_at {
             return Err(RuntimeError::Io {
@@ -97,35 +101,43 @@ impl TwoPhaseSink for Flaky {
 }
 
 /// A sink with output in every epoch whose committer runs `on_commit`: a hook on the
-/// coordinator, called right after a checkpoint's manifest is written.
+/// coordinator, called right after a checkpoint's manifest is written. Its handle is the
+/// epoch with a tag, which the checkpoint carries to the committer.
 #[derive(Clone)]
-struct OnCommit(Arc<dyn Fn(&SinkEntry) + Send + Sync>);
+struct OnCommit(Arc<Hook>);
+
+/// What the hook sink's committer calls.
+type Hook = dyn Fn(&Output<Tagged>) + Send + Sync;
+
+/// The hook sink's handle: its epoch and a tag.
+type Tagged = (u64, String);
 
 impl TwoPhaseSink for OnCommit {
     type Record = (String, u64, u64);
+    type Handle = Tagged;
     fn write(&mut self, _epoch: u64, _record: Self::Record) -> weir::runtime::Result<()> {
         Ok(())
     }
-    fn pre_commit(&mut self, epoch: u64) -> weir::runtime::Result<Option<PreCommitted>> {
-        Ok(Some(PreCommitted::new(SinkEntry {
-            sink: "hook".into(),
-            worker: weir::WorkerIndex(0),
-            epoch: weir::Epoch(epoch),
-            generation: weir::Generation(0),
-            handle: format!("e{epoch}"),
-        })))
+    fn pre_commit(&mut self, epoch: u64) -> weir::runtime::Result<Option<Tagged>> {
+        Ok(Some((epoch, "hooked".into())))
     }
 }
 
 impl Committer for OnCommit {
-    fn staged(&self) -> weir::runtime::Result<Vec<SinkEntry>> {
+    type Handle = Tagged;
+    fn staged(&self) -> weir::runtime::Result<Vec<Output<Tagged>>> {
         Ok(Vec::new())
     }
-    fn commit(&self, entry: &SinkEntry) -> weir::runtime::Result<()> {
-        (self.0)(entry);
+    fn commit(&self, output: &Output<Tagged>) -> weir::runtime::Result<()> {
+        assert_eq!(
+            output.handle,
+            (output.id.epoch.0, "hooked".to_string()),
+            "the handle the sink returned at pre-commit, through the checkpoint"
+        );
+        (self.0)(output);
         Ok(())
     }
-    fn abort(&self, _entry: &SinkEntry) -> weir::runtime::Result<()> {
+    fn abort(&self, _output: &Output<Tagged>) -> weir::runtime::Result<()> {
         Ok(())
     }
 }
@@ -307,11 +319,53 @@ fn a_second_run_in_the_same_process_restores_and_finishes_exactly_once() {
     assert_eq!(out.staged(), 0, "output left staged");
 }
 
+/// A job whose checkpoints are gone (a new store) starts afresh against a sink that
+/// still holds an earlier run's commit markers: the runtime has the sink forget them
+/// first, so this run's outputs, whose names repeat the earlier run's, are all committed.
+#[test]
+fn a_fresh_start_forgets_an_earlier_runs_commit_markers_and_commits_everything() {
+    let total = 5_000;
+    let out = Counts::new();
+    let first = tempfile::tempdir().unwrap();
+    run_wordcount(
+        config("inproc-fresh", first.path(), 2),
+        total,
+        None,
+        into(&out, None),
+    )
+    .expect("the first run finishes");
+    let once = out.records();
+    check_keyed_exactly_once("first run", &oracle(total), &updates(&out));
+    // Same job name, same sink, an empty checkpoint store: generation 0 again.
+    let second = tempfile::tempdir().unwrap();
+    run_wordcount(
+        config("inproc-fresh", second.path(), 2),
+        total,
+        None,
+        into(&out, None),
+    )
+    .expect("the second run finishes");
+    let all = out.records();
+    assert_eq!(
+        &all[..once.len()],
+        &once[..],
+        "the first run's output stays as it was"
+    );
+    // Without the fresh start, the second run's outputs, named like the first run's,
+    // would be taken for them.
+    check_keyed_exactly_once(
+        "second run, after a fresh start",
+        &oracle(total),
+        &updates_of(all[once.len()..].to_vec()),
+    );
+    assert_eq!(out.staged(), 0, "output left staged");
+}
+
 #[test]
 fn a_committer_that_panics_fails_the_run_instead_of_stalling_it() {
     let dir = tempfile::tempdir().unwrap();
-    let panics = OnCommit(Arc::new(|entry: &SinkEntry| {
-        panic!("the committer of {} is broken", entry.handle)
+    let panics = OnCommit(Arc::new(|output: &Output<Tagged>| {
+        panic!("the committer of {} is broken", output.id)
     }));
     let started = std::time::Instant::now();
     // 5 s of input at 2 x 200 000 lines/s.

@@ -24,8 +24,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use timely::dataflow::Stream;
-use weir_runtime::checkpoint::SinkEntry;
-use weir_runtime::{Committer, Job, PreCommitted, Result, RuntimeError, TwoPhaseSink};
+use weir_runtime::{
+    Committer, Job, JobContext, Output, OutputId, Result, RuntimeError, TwoPhaseSink,
+};
 
 use crate::error::ConnectorError;
 
@@ -81,8 +82,7 @@ pub(crate) fn write_jsonl<'s, D: Serialize + timely::ExchangeData>(
     let committer = Arc::new(FileCommitter::new(name, dir)?);
     let sink = FileSink {
         committer: Arc::clone(&committer),
-        worker: job.ctx().worker(),
-        generation: job.ctx().generation().0,
+        ctx: job.ctx().clone(),
         open: BTreeMap::new(),
         _marker: std::marker::PhantomData,
     };
@@ -115,25 +115,18 @@ impl FileCommitter {
         })
     }
 
-    fn file_name(&self, epoch: u64, generation: u64, worker: usize) -> String {
-        format!("{}-e{epoch:020}-g{generation}-w{worker}.jsonl", self.name)
+    /// The file of output `id`: `<sink>-<output name>.jsonl`.
+    fn file_name(&self, id: OutputId) -> String {
+        format!("{}-{}.jsonl", self.name, id.name())
     }
 
-    fn parse(&self, file: &str) -> Option<SinkEntry> {
-        let rest = file
-            .strip_prefix(&format!("{}-e", self.name))?
+    /// The output a file of this sink holds.
+    fn parse(&self, file: &str) -> Option<OutputId> {
+        let id = file
+            .strip_prefix(self.name.as_str())?
+            .strip_prefix('-')?
             .strip_suffix(".jsonl")?;
-        let mut it = rest.split('-');
-        let epoch = it.next()?.parse().ok()?;
-        let generation = it.next()?.strip_prefix('g')?.parse().ok()?;
-        let worker = it.next()?.strip_prefix('w')?.parse().ok()?;
-        Some(SinkEntry {
-            sink: self.name.clone(),
-            worker,
-            epoch,
-            generation,
-            handle: file.to_string(),
-        })
+        OutputId::parse(id)
     }
 
     fn io(&self, action: &'static str, path: &Path, e: std::io::Error) -> RuntimeError {
@@ -146,22 +139,25 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Committer for FileCommitter {
-    fn staged(&self) -> Result<Vec<SinkEntry>> {
+    type Handle = ();
+
+    fn staged(&self) -> Result<Vec<Output<()>>> {
         let entries =
             std::fs::read_dir(&self.staging).map_err(|e| self.io("list", &self.staging, e))?;
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| self.io("list", &self.staging, e))?;
-            if let Some(parsed) = self.parse(&entry.file_name().to_string_lossy()) {
-                out.push(parsed);
+            if let Some(id) = self.parse(&entry.file_name().to_string_lossy()) {
+                out.push(Output { id, handle: () });
             }
         }
         Ok(out)
     }
 
-    fn commit(&self, entry: &SinkEntry) -> Result<()> {
-        let from = self.staging.join(&entry.handle);
-        let to = self.dir.join(&entry.handle);
+    fn commit(&self, output: &Output<()>) -> Result<()> {
+        let file = self.file_name(output.id);
+        let from = self.staging.join(&file);
+        let to = self.dir.join(&file);
         match std::fs::rename(&from, &to) {
             Ok(()) => sync_dir(&self.dir).map_err(|e| self.io("sync", &self.dir, e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -170,7 +166,7 @@ impl Committer for FileCommitter {
                 } else {
                     Err(ConnectorError::LostOutput {
                         connector: self.name.clone(),
-                        epoch: entry.epoch.0,
+                        epoch: output.id.epoch.0,
                         staged: from,
                         committed: to,
                     }
@@ -181,8 +177,8 @@ impl Committer for FileCommitter {
         }
     }
 
-    fn abort(&self, entry: &SinkEntry) -> Result<()> {
-        let path = self.staging.join(&entry.handle);
+    fn abort(&self, output: &Output<()>) -> Result<()> {
+        let path = self.staging.join(self.file_name(output.id));
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -193,20 +189,18 @@ impl Committer for FileCommitter {
 
 struct FileSink<D> {
     committer: Arc<FileCommitter>,
-    worker: usize,
-    generation: u64,
+    ctx: JobContext,
     open: BTreeMap<u64, (String, BufWriter<File>)>,
     _marker: std::marker::PhantomData<D>,
 }
 
 impl<D: Serialize + 'static> TwoPhaseSink for FileSink<D> {
     type Record = D;
+    type Handle = ();
 
     fn write(&mut self, epoch: u64, record: D) -> Result<()> {
         if !self.open.contains_key(&epoch) {
-            let name = self
-                .committer
-                .file_name(epoch, self.generation, self.worker);
+            let name = self.committer.file_name(self.ctx.output(epoch));
             let path = self.committer.staging.join(&name);
             let file = File::create(&path).map_err(|e| self.committer.io("create", &path, e))?;
             self.open
@@ -222,7 +216,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for FileSink<D> {
             })
     }
 
-    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<()>> {
         let Some((name, w)) = self.open.remove(&epoch) else {
             return Ok(None);
         };
@@ -232,44 +226,53 @@ impl<D: Serialize + 'static> TwoPhaseSink for FileSink<D> {
             .map_err(|e| self.committer.io("flush", &path, e.into_error()))?;
         file.sync_all()
             .map_err(|e| self.committer.io("sync", &path, e))?;
-        Ok(Some(PreCommitted::new(SinkEntry {
-            sink: self.committer.name.clone(),
-            worker: weir_runtime::WorkerIndex(self.worker),
-            epoch: weir_runtime::Epoch(epoch),
-            generation: weir_runtime::Generation(self.generation),
-            handle: name,
-        })))
+        Ok(Some(()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_runtime::{Epoch, Generation, WorkerIndex};
+
+    fn output(epoch: u64, generation: u64, worker: usize) -> Output<()> {
+        Output {
+            id: OutputId {
+                worker: WorkerIndex(worker),
+                epoch: Epoch(epoch),
+                generation: Generation(generation),
+            },
+            handle: (),
+        }
+    }
 
     #[test]
     fn staged_names_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let c = FileCommitter::new("out", dir.path()).unwrap();
-        let name = c.file_name(42, 3, 1);
-        let e = c.parse(&name).unwrap();
-        assert_eq!((e.epoch.0, e.generation.0, e.worker.0), (42, 3, 1));
-        assert!(c.parse("other-e1-g0-w0.jsonl").is_none());
+        let o = output(42, 3, 1);
+        let name = c.file_name(o.id);
+        assert_eq!(name, "out-e00000000000000000042-g3-w1.jsonl");
+        assert_eq!(c.parse(&name), Some(o.id));
+        assert!(c.parse("other-e00000000000000000001-g0-w0.jsonl").is_none());
+        assert!(c.parse("outer-e00000000000000000001-g0-w0.jsonl").is_none());
     }
 
     #[test]
     fn commit_is_idempotent_and_a_lost_output_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let c = FileCommitter::new("out", dir.path()).unwrap();
-        let name = c.file_name(1, 0, 0);
+        let o = output(1, 0, 0);
+        let name = c.file_name(o.id);
         std::fs::write(c.staging.join(&name), "x\n").unwrap();
-        let entry = c.parse(&name).unwrap();
-        c.commit(&entry).unwrap();
-        c.commit(&entry).unwrap();
+        assert_eq!(c.staged().unwrap(), vec![o.clone()]);
+        c.commit(&o).unwrap();
+        c.commit(&o).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join(&name)).unwrap(),
             "x\n"
         );
-        let lost = c.parse(&c.file_name(2, 0, 0)).unwrap();
+        let lost = output(2, 0, 0);
         let err = c.commit(&lost).unwrap_err().to_string();
         assert!(err.contains("epoch 2"), "{err}");
         c.abort(&lost).unwrap();

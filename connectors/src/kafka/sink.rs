@@ -11,8 +11,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
-use weir_runtime::checkpoint::SinkEntry;
-use weir_runtime::{Committer, Delivery, Job, PreCommitted, Result, RuntimeError, TwoPhaseSink};
+use weir_runtime::{Committer, Delivery, Job, OutputId, Result, RuntimeError, TwoPhaseSink};
 
 use super::client::{self, Health};
 use crate::wal::{run, Publisher, Wal, WalCommitter, WalSink};
@@ -206,7 +205,7 @@ pub(crate) fn write_kafka<'s>(
                 producer,
                 wait: delivery != Delivery::AtMostOnce,
             };
-            let committer: Arc<dyn Committer> = match store {
+            let committer: Arc<dyn Committer<Handle = ()>> = match store {
                 // Output an earlier exactly-once run of the job left behind.
                 Some(store) => Arc::new(WalCommitter::new(
                     Wal::new(store, name),
@@ -334,6 +333,7 @@ struct DirectSink {
 
 impl TwoPhaseSink for DirectSink {
     type Record = KafkaRecord;
+    type Handle = ();
 
     fn write(&mut self, _epoch: u64, record: KafkaRecord) -> Result<()> {
         self.target.send(&self.producer, &record, None)?;
@@ -341,7 +341,7 @@ impl TwoPhaseSink for DirectSink {
         Ok(())
     }
 
-    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<()>> {
         if self.wait {
             self.target
                 .flush(&self.producer, &format!("epoch {epoch}"))?;
@@ -424,7 +424,7 @@ impl KafkaPublisher {
 
     /// The sequence numbers of `entry`'s records that reached the topic after `from`,
     /// read up to the end of every partition (the end the broker's fetches report).
-    fn arrived(&self, entry: &SinkEntry, from: &BTreeMap<i32, i64>) -> Result<HashSet<u64>> {
+    fn arrived(&self, entry: &OutputId, from: &BTreeMap<i32, i64>) -> Result<HashSet<u64>> {
         let t = &self.target;
         let consumer = self.consumer()?;
         let partitions = client::partitions(
@@ -509,7 +509,7 @@ impl KafkaPublisher {
 impl Publisher for KafkaPublisher {
     type Record = KafkaRecord;
 
-    fn publish(&self, wal: &Wal, entry: &SinkEntry, records: Vec<KafkaRecord>) -> Result<()> {
+    fn publish(&self, wal: &Wal, entry: &OutputId, records: Vec<KafkaRecord>) -> Result<()> {
         let t = &self.target;
         let started: Option<Started> = run(&self.rt, wal.marker_of("publishing", entry))?;
         let skip = match started {

@@ -8,8 +8,7 @@ use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind}
 use async_nats::jetstream::message::PublishMessage;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
-use weir_runtime::checkpoint::SinkEntry;
-use weir_runtime::{Delivery, Job, JobContext, PreCommitted, Result, RuntimeError, TwoPhaseSink};
+use weir_runtime::{Delivery, Job, JobContext, OutputId, Result, RuntimeError, TwoPhaseSink};
 
 use super::Server;
 use crate::error::ConnectorError;
@@ -372,7 +371,7 @@ impl Target {
 impl Publisher for Target {
     type Record = NatsRecord;
 
-    fn publish(&self, _wal: &Wal, entry: &SinkEntry, records: Vec<NatsRecord>) -> Result<()> {
+    fn publish(&self, _wal: &Wal, entry: &OutputId, records: Vec<NatsRecord>) -> Result<()> {
         let n = records.len();
         let duplicates = run(
             &self.rt,
@@ -409,13 +408,14 @@ struct DirectSink {
 
 impl TwoPhaseSink for DirectSink {
     type Record = NatsRecord;
+    type Handle = ();
 
     fn write(&mut self, epoch: u64, record: NatsRecord) -> Result<()> {
         self.open.entry(epoch).or_default().push(record);
         Ok(())
     }
 
-    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<()>> {
         if let Some(records) = self.open.remove(&epoch) {
             let (generation, worker) = (self.ctx.generation().0, self.ctx.worker());
             run(

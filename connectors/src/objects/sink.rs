@@ -9,8 +9,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::Serialize;
 use timely::dataflow::Stream;
-use weir_runtime::checkpoint::SinkEntry;
-use weir_runtime::{Committer, Job, PreCommitted, Result, RuntimeError, TwoPhaseSink};
+use weir_runtime::{Committer, Job, Output, OutputId, Result, RuntimeError, TwoPhaseSink};
 
 #[cfg(feature = "parquet")]
 use super::parquet::ParquetFile;
@@ -54,18 +53,12 @@ pub(super) fn install<'s, D: Serialize + timely::ExchangeData>(
     let committer = Arc::new(ObjectCommitter::new(name, &opts, ctx.runtime().clone())?);
     if ctx.worker() == 0 {
         committer.probe()?;
-        if ctx.restored().is_none() {
-            // A fresh start: what an earlier run of the job staged, no checkpoint covers.
-            for entry in committer.staged()? {
-                committer.abort(&entry)?;
-            }
-        }
     }
     let sink = ObjectSink {
         committer: Arc::clone(&committer),
         format: opts.format,
-        worker: ctx.worker(),
-        generation: ctx.generation().0,
+        worker: ctx.worker_index(),
+        generation: ctx.generation(),
         open: BTreeMap::new(),
         _marker: std::marker::PhantomData,
     };
@@ -95,8 +88,9 @@ impl ObjectCommitter {
         })
     }
 
-    fn staged_path(&self, handle: &str) -> Path {
-        self.loc.path(&format!("{STAGING}/{handle}"))
+    fn staged_path(&self, id: OutputId) -> Path {
+        self.loc
+            .path(&format!("{STAGING}/{}", self.names.staged(id)))
     }
 
     fn error(&self, action: &'static str, path: &Path, e: &object_store::Error) -> RuntimeError {
@@ -106,8 +100,8 @@ impl ObjectCommitter {
     /// Writes and deletes a probe object, so that an unreachable store or refused
     /// credentials are reported at start, not at the first epoch.
     fn probe(&self) -> Result<()> {
-        let path = self.staged_path(&format!(
-            "_probe-{}-{}",
+        let path = self.loc.path(&format!(
+            "{STAGING}/_probe-{}-{}",
             self.names.sink,
             std::process::id()
         ));
@@ -163,7 +157,9 @@ impl ObjectCommitter {
 }
 
 impl Committer for ObjectCommitter {
-    fn staged(&self) -> Result<Vec<SinkEntry>> {
+    type Handle = ();
+
+    fn staged(&self) -> Result<Vec<Output<()>>> {
         let dir = self.loc.path(STAGING);
         let metas: Vec<object_store::ObjectMeta> = run(&self.rt, async {
             match self.loc.store.list(Some(&dir)).try_collect().await {
@@ -172,17 +168,20 @@ impl Committer for ObjectCommitter {
                 Err(e) => Err(self.error("list staged output under", &dir, &e)),
             }
         })?;
-        let mut out: Vec<SinkEntry> = metas
+        let mut ids: Vec<OutputId> = metas
             .iter()
             .filter_map(|m| self.names.parse_staged(m.location.filename()?))
             .collect();
-        out.sort();
-        Ok(out)
+        ids.sort();
+        Ok(ids
+            .into_iter()
+            .map(|id| Output { id, handle: () })
+            .collect())
     }
 
-    fn commit(&self, entry: &SinkEntry) -> Result<()> {
-        let from = self.staged_path(&entry.handle);
-        let to = self.loc.path(&self.names.committed(entry));
+    fn commit(&self, output: &Output<()>) -> Result<()> {
+        let from = self.staged_path(output.id);
+        let to = self.loc.path(&self.names.committed(output.id));
         run(&self.rt, async {
             let renamed = self.loc.store.rename(&from, &to).await;
             let Err(e) = renamed else {
@@ -205,7 +204,7 @@ impl Committer for ObjectCommitter {
                 (false, true) => Ok(()),
                 (false, false) => Err(ConnectorError::LostObject {
                     connector: self.names.sink.clone(),
-                    epoch: entry.epoch.0,
+                    epoch: output.id.epoch.0,
                     staged: self.loc.url_of(&from),
                     committed: self.loc.url_of(&to),
                 }
@@ -215,14 +214,23 @@ impl Committer for ObjectCommitter {
         })
     }
 
-    fn abort(&self, entry: &SinkEntry) -> Result<()> {
-        let path = self.staged_path(&entry.handle);
+    fn abort(&self, output: &Output<()>) -> Result<()> {
+        let path = self.staged_path(output.id);
         run(&self.rt, async {
             match self.loc.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(self.error("delete staged output", &path, &e)),
             }
         })
+    }
+
+    /// A fresh start: everything staged is an earlier run's, which no checkpoint covers
+    /// (also what that run staged under the generation this run reuses).
+    fn fresh_start(&self) -> Result<()> {
+        for output in self.staged()? {
+            self.abort(&output)?;
+        }
+        Ok(())
     }
 }
 
@@ -236,25 +244,29 @@ enum Pending {
 struct ObjectSink<D> {
     committer: Arc<ObjectCommitter>,
     format: ObjectFormat,
-    worker: usize,
-    generation: u64,
+    worker: weir_runtime::WorkerIndex,
+    generation: weir_runtime::Generation,
     open: BTreeMap<u64, Pending>,
     _marker: std::marker::PhantomData<D>,
 }
 
 impl<D> ObjectSink<D> {
+    /// This worker's output of `epoch` (what the runtime names it: [`weir_runtime::JobContext::output`]).
+    fn id(&self, epoch: u64) -> OutputId {
+        OutputId {
+            worker: self.worker,
+            epoch: weir_runtime::Epoch(epoch),
+            generation: self.generation,
+        }
+    }
+
     fn parquet_error(&self, epoch: u64, detail: String) -> RuntimeError {
-        let handle = self
-            .committer
-            .names
-            .staged(epoch, self.generation, self.worker);
+        let path = self.committer.staged_path(self.id(epoch));
         ConnectorError::Parquet {
             connector: self.committer.names.sink.clone(),
             at: format!(
                 " of epoch {epoch}, object {}",
-                self.committer
-                    .loc
-                    .url_of(&self.committer.staged_path(&handle))
+                self.committer.loc.url_of(&path)
             ),
             detail,
         }
@@ -264,6 +276,7 @@ impl<D> ObjectSink<D> {
 
 impl<D: Serialize + 'static> TwoPhaseSink for ObjectSink<D> {
     type Record = D;
+    type Handle = ();
 
     fn write(&mut self, epoch: u64, record: D) -> Result<()> {
         if !self.open.contains_key(&epoch) {
@@ -309,7 +322,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for ObjectSink<D> {
         })
     }
 
-    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<()>> {
         let Some(pending) = self.open.remove(&epoch) else {
             return Ok(None);
         };
@@ -323,8 +336,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for ObjectSink<D> {
                 .map_err(|e| self.parquet_error(epoch, e.to_string()))?,
         };
         let c = &self.committer;
-        let handle = c.names.staged(epoch, self.generation, self.worker);
-        let path = c.staged_path(&handle);
+        let path = c.staged_path(self.id(epoch));
         run(&c.rt, c.put(&path, bytes))?;
         c.loc.sync_local(&path).map_err(|e| {
             c.error(
@@ -336,13 +348,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for ObjectSink<D> {
                 },
             )
         })?;
-        Ok(Some(PreCommitted::new(SinkEntry {
-            sink: c.names.sink.clone(),
-            worker: weir_runtime::WorkerIndex(self.worker),
-            epoch: weir_runtime::Epoch(epoch),
-            generation: weir_runtime::Generation(self.generation),
-            handle,
-        })))
+        Ok(Some(()))
     }
 }
 
@@ -353,6 +359,33 @@ mod tests {
     #[cfg(feature = "parquet")]
     use crate::objects::{ParquetSchema, ParquetType};
     use weir_runtime::checkpoint::protocol::{recover_sink, SinkAction};
+    use weir_runtime::checkpoint::SinkEntry;
+    use weir_runtime::{Epoch, Generation, WorkerIndex};
+
+    fn id(epoch: u64, generation: u64, worker: usize) -> OutputId {
+        OutputId {
+            worker: WorkerIndex(worker),
+            epoch: Epoch(epoch),
+            generation: Generation(generation),
+        }
+    }
+
+    fn entry(o: &Output<()>) -> SinkEntry {
+        SinkEntry {
+            sink: "out".into(),
+            worker: o.id.worker,
+            epoch: o.id.epoch,
+            generation: o.id.generation,
+            handle: "null".into(),
+        }
+    }
+
+    fn output(e: &SinkEntry) -> Output<()> {
+        Output {
+            id: id(e.epoch.0, e.generation.0, e.worker.0),
+            handle: (),
+        }
+    }
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
@@ -376,22 +409,22 @@ mod tests {
         ObjectSink {
             committer: Arc::new(ObjectCommitter::new("out", &opts, rt.handle().clone()).unwrap()),
             format,
-            worker,
-            generation,
+            worker: WorkerIndex(worker),
+            generation: Generation(generation),
             open: BTreeMap::new(),
             _marker: std::marker::PhantomData,
         }
     }
 
-    fn stage(s: &mut ObjectSink<serde_json::Value>, epoch: u64, rows: &[i64]) -> SinkEntry {
+    fn stage(s: &mut ObjectSink<serde_json::Value>, epoch: u64, rows: &[i64]) -> Output<()> {
         for r in rows {
             s.write(epoch, serde_json::json!({ "n": r })).unwrap();
         }
-        s.pre_commit(epoch)
-            .unwrap()
-            .expect("output")
-            .entry()
-            .clone()
+        s.pre_commit(epoch).unwrap().expect("output");
+        Output {
+            id: s.id(epoch),
+            handle: (),
+        }
     }
 
     fn visible(url: &str) -> Vec<(u64, usize, Vec<serde_json::Value>)> {
@@ -412,7 +445,10 @@ mod tests {
         let url = "memory://unit-commit/p";
         let mut s = sink(&rt, url, ObjectFormat::JsonLines, 0, 1);
         let entry = stage(&mut s, 3, &[1, 2]);
-        assert_eq!(entry.handle, "out-e00000000000000000003-g0-w1.jsonl");
+        assert_eq!(
+            s.committer.names.staged(entry.id),
+            "out-e00000000000000000003-g0-w1.jsonl"
+        );
         assert!(visible(url).is_empty(), "staged output must not be visible");
         let c = &s.committer;
         assert_eq!(c.staged().unwrap(), vec![entry.clone()]);
@@ -427,12 +463,9 @@ mod tests {
         let rt = runtime();
         let url = "memory://unit-lost/p";
         let s = sink(&rt, url, ObjectFormat::JsonLines, 0, 0);
-        let lost = SinkEntry {
-            sink: "out".into(),
-            worker: weir_runtime::WorkerIndex(0),
-            epoch: weir_runtime::Epoch(9),
-            generation: weir_runtime::Generation(0),
-            handle: s.committer.names.staged(9, 0, 0),
+        let lost = Output {
+            id: id(9, 0, 0),
+            handle: (),
         };
         let err = s.committer.commit(&lost).unwrap_err().to_string();
         assert!(err.contains("epoch 9"), "{err}");
@@ -479,11 +512,8 @@ mod tests {
             format: ObjectFormat::JsonLines,
         };
         let other = ObjectCommitter::new("outer", &other_opts, rt.handle().clone()).unwrap();
-        rt.block_on(other.put(
-            &other.staged_path(&other.names.staged(5, 2, 0)),
-            b"1\n".to_vec(),
-        ))
-        .unwrap();
+        rt.block_on(other.put(&other.staged_path(id(5, 2, 0)), b"1\n".to_vec()))
+            .unwrap();
         let mut elsewhere = sink(&rt, "memory://unit-staged/q", ObjectFormat::JsonLines, 2, 0);
         stage(&mut elsewhere, 5, &[4]);
         let mut expected = vec![e1, e2, e3];
@@ -507,14 +537,11 @@ mod tests {
         let g1 = sink(&rt, url, ObjectFormat::JsonLines, 1, 0);
         let staged = g1.committer.staged().unwrap();
         assert_eq!(staged, vec![e2.clone(), e3.clone()]);
-        for action in recover_sink(
-            std::slice::from_ref(&e2),
-            &staged,
-            weir_runtime::Generation(1),
-        ) {
+        let staged: Vec<SinkEntry> = staged.iter().map(entry).collect();
+        for action in recover_sink(&[entry(&e2)], &staged, Generation(1)) {
             match action {
-                SinkAction::Commit(e) => g1.committer.commit(&e).unwrap(),
-                SinkAction::Abort(e) => g1.committer.abort(&e).unwrap(),
+                SinkAction::Commit(e) => g1.committer.commit(&output(&e)).unwrap(),
+                SinkAction::Abort(e) => g1.committer.abort(&output(&e)).unwrap(),
             }
         }
         assert!(g1.committer.staged().unwrap().is_empty());
@@ -539,7 +566,7 @@ mod tests {
         let schema = ParquetSchema::new(&[("n", ParquetType::Int64)]);
         let mut s = sink(&rt, url, ObjectFormat::Parquet(schema), 0, 0);
         let e = stage(&mut s, 4, &[5, 6]);
-        assert!(e.handle.ends_with(".parquet"));
+        assert!(s.committer.names.staged(e.id).ends_with(".parquet"));
         s.committer.commit(&e).unwrap();
         assert_eq!(visible(url), vec![(4, 0, n(&[5, 6]))]);
         let err = s
@@ -564,11 +591,11 @@ mod tests {
         let c = &s.committer;
         let line = format!("\"{}\"\n", "x".repeat(1023));
         let body: Vec<u8> = line.repeat(MULTIPART_THRESHOLD / 1024 + 100).into_bytes();
-        let handle = c.names.staged(1, 0, 0);
-        rt.block_on(c.put(&c.staged_path(&handle), body.clone()))
+        rt.block_on(c.put(&c.staged_path(id(1, 0, 0)), body.clone()))
             .unwrap();
-        let entry = c.names.parse_staged(&handle).unwrap();
-        c.commit(&entry).unwrap();
+        let staged = c.staged().unwrap();
+        assert_eq!(staged.len(), 1);
+        c.commit(&staged[0]).unwrap();
         let objects = read_committed(url, "out").unwrap();
         assert_eq!(objects[0].bytes.len(), body.len());
         assert_eq!(objects[0].rows.len(), MULTIPART_THRESHOLD / 1024 + 100);
@@ -581,7 +608,11 @@ mod tests {
         let url = format!("file://{}", dir.path().display());
         let mut s = sink(&rt, &url, ObjectFormat::JsonLines, 0, 0);
         let entry = stage(&mut s, 1, &[1]);
-        assert!(dir.path().join("_staging").join(&entry.handle).is_file());
+        assert!(dir
+            .path()
+            .join("_staging")
+            .join(s.committer.names.staged(entry.id))
+            .is_file());
         assert!(visible(&url).is_empty());
         s.committer.commit(&entry).unwrap();
         s.committer.commit(&entry).unwrap();

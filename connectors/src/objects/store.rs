@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::ObjectStore;
-use weir_runtime::checkpoint::SinkEntry;
+use weir_runtime::OutputId;
 use weir_runtime::RuntimeError;
 
 use crate::error::ConnectorError;
@@ -253,40 +253,28 @@ pub(crate) struct Names {
 }
 
 impl Names {
-    pub(crate) fn staged(&self, epoch: u64, generation: u64, worker: usize) -> String {
-        format!(
-            "{}-e{epoch:020}-g{generation}-w{worker}.{}",
-            self.sink, self.ext
-        )
+    /// The staged name of output `id` (under `_staging/`): `<sink>-<output name>.<ext>`.
+    pub(crate) fn staged(&self, id: OutputId) -> String {
+        format!("{}-{}.{}", self.sink, id.name(), self.ext)
     }
 
-    /// The committed name of a staged one.
-    pub(crate) fn committed(&self, entry: &SinkEntry) -> String {
+    /// The committed name of output `id`: without the generation, so that readers see
+    /// one object per epoch and worker.
+    pub(crate) fn committed(&self, id: OutputId) -> String {
         format!(
             "{}-e{:020}-w{}.{}",
-            self.sink, entry.epoch, entry.worker, self.ext
+            self.sink, id.epoch, id.worker, self.ext
         )
     }
 
     /// Parses a staged name (without `_staging/`).
-    pub(crate) fn parse_staged(&self, file: &str) -> Option<SinkEntry> {
-        let rest = file
-            .strip_prefix(&format!("{}-e", self.sink))?
-            .strip_suffix(&format!(".{}", self.ext))?;
-        let mut it = rest.split('-');
-        let epoch = it.next()?.parse().ok()?;
-        let generation = it.next()?.strip_prefix('g')?.parse().ok()?;
-        let worker = it.next()?.strip_prefix('w')?.parse().ok()?;
-        if it.next().is_some() {
-            return None;
-        }
-        Some(SinkEntry {
-            sink: self.sink.clone(),
-            worker,
-            epoch,
-            generation,
-            handle: file.to_string(),
-        })
+    pub(crate) fn parse_staged(&self, file: &str) -> Option<OutputId> {
+        let id = file
+            .strip_prefix(self.sink.as_str())?
+            .strip_prefix('-')?
+            .strip_suffix(self.ext)?
+            .strip_suffix('.')?;
+        OutputId::parse(id)
     }
 
     /// Whether `file` is a committed object of this sink; returns its epoch and worker.
@@ -311,14 +299,25 @@ mod tests {
             sink: "out".into(),
             ext: "parquet",
         };
-        let staged = n.staged(42, 3, 1);
+        let id = OutputId {
+            worker: weir_runtime::WorkerIndex(1),
+            epoch: weir_runtime::Epoch(42),
+            generation: weir_runtime::Generation(3),
+        };
+        let staged = n.staged(id);
         assert_eq!(staged, "out-e00000000000000000042-g3-w1.parquet");
-        let e = n.parse_staged(&staged).unwrap();
-        assert_eq!((e.epoch.0, e.generation.0, e.worker.0), (42, 3, 1));
-        assert_eq!(n.committed(&e), "out-e00000000000000000042-w1.parquet");
-        assert_eq!(n.parse_committed(&n.committed(&e)), Some((42, 1)));
-        assert!(n.parse_staged("out-e1-g0-w0.jsonl").is_none());
-        assert!(n.parse_staged("other-e1-g0-w0.parquet").is_none());
+        assert_eq!(n.parse_staged(&staged), Some(id));
+        assert_eq!(n.committed(id), "out-e00000000000000000042-w1.parquet");
+        assert_eq!(n.parse_committed(&n.committed(id)), Some((42, 1)));
+        assert!(n
+            .parse_staged("out-e00000000000000000042-g3-w1.jsonl")
+            .is_none());
+        assert!(n
+            .parse_staged("other-e00000000000000000042-g3-w1.parquet")
+            .is_none());
+        assert!(n
+            .parse_staged("outer-e00000000000000000042-g3-w1.parquet")
+            .is_none());
         assert!(n.parse_committed(&staged).is_none());
     }
 

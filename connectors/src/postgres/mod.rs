@@ -33,8 +33,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use timely::dataflow::Stream;
 use tokio_postgres::{Client, NoTls};
-use weir_runtime::checkpoint::SinkEntry;
-use weir_runtime::sink::{Committer, PreCommitted, TwoPhaseSink};
+use weir_runtime::sink::{Committer, Output, OutputId, TwoPhaseSink};
 use weir_runtime::{Job, JobContext, Result, RuntimeError};
 
 use crate::error::ConnectorError;
@@ -106,30 +105,6 @@ pub(crate) fn write_postgres<'s, D: Serialize + timely::ExchangeData>(
     let client = target.connect(&ctx)?;
     let columns = ctx.block_on(target.prepare(&client))?;
     let insert = target.insert_sql(&columns)?;
-    if ctx.restored().is_none() && ctx.worker() == 0 && target.mode == PgMode::TwoPhase {
-        // A fresh start: ledger rows of an earlier run of this job (whose checkpoints are
-        // gone) would collide with this run's transaction ids.
-        // Its prepared transactions, which no checkpoint covers, are rolled back.
-        let prefix = format!("weir:{}:{}:%", ctx.config().job, target.sink);
-        run(&ctx, async {
-            let left = client
-                .query(
-                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE $1",
-                    &[&prefix],
-                )
-                .await?;
-            for row in left {
-                let gid: String = row.get(0);
-                client
-                    .batch_execute(&format!("ROLLBACK PREPARED {}", literal(&gid)))
-                    .await?;
-            }
-            client
-                .execute("DELETE FROM weir_committed WHERE gid LIKE $1", &[&prefix])
-                .await
-        })
-        .map_err(|e| target.error("clear what an earlier run of the job left", &e, ""))?;
-    }
     let committer = Arc::new(PgCommitter {
         target: target.clone(),
         ctx: ctx.clone(),
@@ -363,27 +338,27 @@ impl Target {
         Ok(sql)
     }
 
-    fn gid(&self, job: &str, epoch: u64, generation: u64, worker: usize) -> String {
-        format!("weir:{job}:{}:e{epoch}:g{generation}:w{worker}", self.sink)
+    /// The prepared transaction of output `id`: `weir:<job>:<sink>:<output name>`.
+    fn gid(&self, job: &str, id: OutputId) -> String {
+        format!("{}{}", self.gid_prefix(job), id.name())
     }
 
-    fn parse_gid(&self, job: &str, gid: &str) -> Option<SinkEntry> {
-        let rest = gid.strip_prefix(&format!("weir:{job}:{}:", self.sink))?;
-        let mut it = rest.split(':');
-        let epoch = it.next()?.strip_prefix('e')?.parse().ok()?;
-        let generation = it.next()?.strip_prefix('g')?.parse().ok()?;
-        let worker = it.next()?.strip_prefix('w')?.parse().ok()?;
-        if it.next().is_some() {
-            return None;
-        }
-        Some(SinkEntry {
-            sink: self.sink.clone(),
-            worker,
-            epoch,
-            generation,
-            handle: gid.to_string(),
-        })
+    /// What every transaction id of this sink starts with.
+    fn gid_prefix(&self, job: &str) -> String {
+        format!("weir:{job}:{}:", self.sink)
     }
+
+    /// The output a transaction id of this sink names.
+    fn parse_gid(&self, job: &str, gid: &str) -> Option<OutputId> {
+        OutputId::parse(gid.strip_prefix(&self.gid_prefix(job))?)
+    }
+}
+
+/// `text` as a `LIKE` pattern that matches only itself (job and sink names may hold `_`).
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 /// Runs a future on the job's I/O runtime, from a worker thread or from inside it.
@@ -407,6 +382,7 @@ struct PgSink<D> {
 
 impl<D: Serialize + 'static> TwoPhaseSink for PgSink<D> {
     type Record = D;
+    type Handle = ();
 
     fn write(&mut self, epoch: u64, record: D) -> Result<()> {
         let value = serde_json::to_value(&record).map_err(|e| RuntimeError::Io {
@@ -420,7 +396,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for PgSink<D> {
         Ok(())
     }
 
-    fn pre_commit(&mut self, epoch: u64) -> Result<Option<PreCommitted>> {
+    fn pre_commit(&mut self, epoch: u64) -> Result<Option<()>> {
         let Some(rows) = self.pending.remove(&epoch) else {
             return Ok(None);
         };
@@ -441,7 +417,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for PgSink<D> {
                 Ok(None)
             }
             PgMode::TwoPhase => {
-                let gid = t.gid(&self.job, epoch, self.ctx.generation().0, self.ctx.worker());
+                let gid = t.gid(&self.job, self.ctx.output(epoch));
                 let client = &self.client;
                 let insert = &self.insert;
                 run(&self.ctx, async {
@@ -461,13 +437,7 @@ impl<D: Serialize + 'static> TwoPhaseSink for PgSink<D> {
                     let _ = run(&self.ctx, self.client.batch_execute("ROLLBACK"));
                     t.error("prepare an epoch's transaction", &e, "")
                 })?;
-                Ok(Some(PreCommitted::new(SinkEntry {
-                    sink: t.sink.clone(),
-                    worker: weir_runtime::WorkerIndex(self.ctx.worker()),
-                    epoch: weir_runtime::Epoch(epoch),
-                    generation: self.ctx.generation(),
-                    handle: gid,
-                })))
+                Ok(Some(()))
             }
         }
     }
@@ -532,10 +502,11 @@ impl PgCommitter {
     }
 }
 
-impl Committer for PgCommitter {
-    fn staged(&self) -> Result<Vec<SinkEntry>> {
-        let prefix = format!("weir:{}:{}:%", self.job, self.target.sink);
-        let gids: Vec<String> = self.with_client(
+impl PgCommitter {
+    /// The prepared transactions of this sink.
+    fn prepared(&self) -> Result<Vec<String>> {
+        let prefix = format!("{}%", like_escape(&self.target.gid_prefix(&self.job)));
+        self.with_client(
             async |c: &Client| {
                 let rows = c
                     .query(
@@ -546,15 +517,49 @@ impl Committer for PgCommitter {
                 Ok(rows.iter().map(|r| r.get(0)).collect())
             },
             "list prepared transactions",
-        )?;
-        Ok(gids
+        )
+    }
+}
+
+impl Committer for PgCommitter {
+    type Handle = ();
+
+    fn staged(&self) -> Result<Vec<Output<()>>> {
+        if self.target.mode != PgMode::TwoPhase {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .prepared()?
             .iter()
             .filter_map(|g| self.target.parse_gid(&self.job, g))
+            .map(|id| Output { id, handle: () })
             .collect())
     }
 
-    fn commit(&self, entry: &SinkEntry) -> Result<()> {
-        let gid = entry.handle.clone();
+    /// A fresh start: the ledger rows of an earlier run of this job (whose checkpoints
+    /// are gone) would make this run's transactions, whose ids may repeat the earlier
+    /// run's, look committed; they are deleted, and the earlier run's prepared
+    /// transactions, which no checkpoint covers, are rolled back.
+    fn fresh_start(&self) -> Result<()> {
+        if self.target.mode != PgMode::TwoPhase {
+            return Ok(());
+        }
+        for gid in self.prepared()? {
+            self.rollback(&gid)?;
+        }
+        let prefix = format!("{}%", like_escape(&self.target.gid_prefix(&self.job)));
+        self.with_client(
+            async |c: &Client| {
+                c.execute("DELETE FROM weir_committed WHERE gid LIKE $1", &[&prefix])
+                    .await
+            },
+            "clear what an earlier run of the job left",
+        )?;
+        Ok(())
+    }
+
+    fn commit(&self, output: &Output<()>) -> Result<()> {
+        let gid = self.target.gid(&self.job, output.id);
         let (prepared, committed): (bool, bool) = self.with_client(
             async |c: &Client| {
                 let prepared = c
@@ -583,7 +588,7 @@ impl Committer for PgCommitter {
             action: "commit a prepared transaction",
             detail: format!(
                 "transaction `{gid}` (epoch {}) is neither prepared nor committed: its rows are lost (rolled back by hand, or another database?)",
-                entry.epoch
+                output.id.epoch
             ),
             hint: String::new(),
             transient: false,
@@ -591,8 +596,15 @@ impl Committer for PgCommitter {
         .into())
     }
 
-    fn abort(&self, entry: &SinkEntry) -> Result<()> {
-        let gid = entry.handle.clone();
+    fn abort(&self, output: &Output<()>) -> Result<()> {
+        self.rollback(&self.target.gid(&self.job, output.id))
+    }
+}
+
+impl PgCommitter {
+    /// Rolls back the prepared transaction `gid`, if it is prepared.
+    fn rollback(&self, gid: &str) -> Result<()> {
+        let gid = gid.to_string();
         self.with_client(
             async |c: &Client| {
                 if c.query_opt("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", &[&gid])
@@ -631,12 +643,18 @@ mod tests {
     fn the_password_never_shows_and_gids_round_trip() {
         let t = target();
         assert_eq!(t.shown, "alice@db.example:6543/bank");
-        let gid = t.gid("bank", 42, 3, 1);
-        assert_eq!(gid, "weir:bank:ledger:e42:g3:w1");
+        let id = OutputId {
+            worker: weir_runtime::WorkerIndex(1),
+            epoch: weir_runtime::Epoch(42),
+            generation: weir_runtime::Generation(3),
+        };
+        let gid = t.gid("bank", id);
+        assert_eq!(gid, "weir:bank:ledger:e00000000000000000042-g3-w1");
         let e = t.parse_gid("bank", &gid).unwrap();
+        assert_eq!(e, id);
         assert_eq!((e.epoch.0, e.generation.0, e.worker.0), (42, 3, 1));
         assert!(t.parse_gid("other", &gid).is_none());
-        assert!(t.parse_gid("bank", "weir:bank:ledger:e1:g0").is_none());
+        assert!(t.parse_gid("bank", "weir:bank:ledger:e1:g0:w0").is_none());
     }
 
     #[test]
