@@ -149,6 +149,26 @@ pub enum ConnectorError {
         /// The URL it should be committed at.
         committed: String,
     },
+    /// A connector's setting is wrong (an output URL, a name).
+    #[error("{connector}: invalid setting `{setting}`: {reason}")]
+    Settings {
+        /// The source or sink name.
+        connector: String,
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// Committed output cannot be read back as what the sink wrote.
+    #[error("{connector}: committed object {object}: {detail}")]
+    Corrupt {
+        /// The sink name.
+        connector: String,
+        /// The object's URL.
+        object: String,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// A record does not fit a sink's Parquet schema, or the schema is unusable.
     #[error("{connector}: Parquet output{at}: {detail}; make the record's fields match the declared ParquetSchema (names, types, nullability)")]
     Parquet {
@@ -186,6 +206,8 @@ impl ConnectorError {
             | ConnectorError::LostOutput { .. }
             | ConnectorError::WriteAhead { .. }
             | ConnectorError::LostObject { .. }
+            | ConnectorError::Settings { .. }
+            | ConnectorError::Corrupt { .. }
             | ConnectorError::Parquet { .. } => Retry::Permanent,
         }
     }

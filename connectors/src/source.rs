@@ -68,7 +68,7 @@ fn restore_positions<S: Serialize + DeserializeOwned + Hash + Eq + Ord + Clone>(
 ) -> Result<std::collections::BTreeMap<S, u64>> {
     let mut positions: std::collections::BTreeMap<S, u64> =
         ctx.restore_keyed::<S, u64>(name)?.into_iter().collect();
-    if ctx.config().delivery == Delivery::AtMostOnce {
+    if ctx.delivery() == Delivery::AtMostOnce {
         if let Some(store) = ctx.store() {
             let root = store.layout().ledger_root(name);
             for (path, bytes) in ctx.block_on(store.read_prefix(&root))? {
@@ -181,7 +181,7 @@ pub(crate) fn source<'s, R: Reader>(
     let ctx = job.ctx().clone();
     let mut positions = restore_positions::<R::Split>(&ctx, name)?;
     let checkpointing = ctx.checkpointing();
-    let at_most_once = ctx.config().delivery == Delivery::AtMostOnce && checkpointing;
+    let at_most_once = ctx.delivery() == Delivery::AtMostOnce;
     let mut builder = OperatorBuilder::new(format!("source:{name}"), job.scope());
     let address = builder.operator_info().address;
     let (data_out, data) = builder.new_output::<Vec<R::Item>>();

@@ -98,6 +98,16 @@ impl JobContext {
     pub fn checkpointing(&self) -> bool {
         self.shared.config.checkpointing()
     }
+    /// The delivery guarantee this run gives, which every source and sink follows: the
+    /// configured one, or at-least-once when checkpoints are off (there is nothing to
+    /// restore, so a restart replays all input).
+    pub fn delivery(&self) -> crate::config::Delivery {
+        if self.checkpointing() {
+            self.shared.config.delivery
+        } else {
+            crate::config::Delivery::AtLeastOnce
+        }
+    }
     /// The checkpoint store, when checkpointing is on.
     pub fn store(&self) -> Option<&CheckpointStore> {
         self.shared.store.as_ref()

@@ -54,7 +54,7 @@ where
     job.register_committer(name, Arc::clone(&committer));
     let ctx = job.ctx().clone();
     let checkpointing = ctx.checkpointing();
-    let exactly_once = ctx.config().delivery == Delivery::ExactlyOnce && checkpointing;
+    let exactly_once = ctx.delivery() == Delivery::ExactlyOnce;
     let mut builder = OperatorBuilder::new(format!("sink:{name}"), job.scope());
     let address = builder.operator_info().address;
     let mut input = builder.new_input(stream, Pipeline);

@@ -98,16 +98,10 @@ pub struct FileCommitter {
 
 impl FileCommitter {
     /// The committer of sink `name` writing into `dir`; creates `dir/.staging`.
-    pub fn new(name: &str, dir: &Path) -> Result<Self> {
+    pub fn new(name: &str, dir: &Path) -> std::result::Result<Self, ConnectorError> {
         let staging = dir.join(".staging");
-        std::fs::create_dir_all(&staging).map_err(|e| {
-            RuntimeError::from(ConnectorError::file(
-                name,
-                "create output directory",
-                &staging,
-                e,
-            ))
-        })?;
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| ConnectorError::file(name, "create output directory", &staging, e))?;
         Ok(FileCommitter {
             name: name.to_string(),
             dir: dir.to_path_buf(),

@@ -163,11 +163,7 @@ pub(crate) fn write_kafka<'s>(
     opts: KafkaSinkOptions,
 ) -> Result<()> {
     let ctx = job.ctx().clone();
-    let delivery = if ctx.checkpointing() {
-        ctx.config().delivery
-    } else {
-        Delivery::AtLeastOnce
-    };
+    let delivery = ctx.delivery();
     let defaults = producer_defaults(delivery, &opts.properties, opts.delivery_timeout)
         .map_err(|e| client::error(name, &opts.brokers, "configure the producer", e, "", false))?;
     client::partitions(

@@ -8,7 +8,9 @@ use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind}
 use async_nats::jetstream::message::PublishMessage;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
-use weir_runtime::{Delivery, Job, JobContext, OutputId, Result, RuntimeError, TwoPhaseSink};
+use weir_runtime::{
+    Committer, Delivery, Job, JobContext, OutputId, Result, RuntimeError, TwoPhaseSink,
+};
 
 use super::Server;
 use crate::error::ConnectorError;
@@ -162,22 +164,32 @@ pub(crate) fn write_nats<'s>(
         sink: name.to_string(),
         rt: ctx.runtime().clone(),
     };
-    let delivery = ctx.config().delivery;
+    let delivery = ctx.delivery();
     match ctx.store() {
-        Some(store) if delivery == Delivery::ExactlyOnce && ctx.checkpointing() => {
+        Some(store) if delivery == Delivery::ExactlyOnce => {
             let wal = Wal::new(store, name);
             let committer = WalCommitter::new(wal.clone(), ctx.runtime().clone(), target);
             let sink = WalSink::<NatsRecord>::new(wal, ctx.clone());
             weir_runtime::sink::sink(job, stream, name, sink, Arc::new(committer))
         }
-        _ => {
+        store => {
+            // Output an earlier exactly-once run of the job left in the write-ahead area
+            // is recovered like any leftover, whatever this run's guarantee.
+            let committer: Arc<dyn Committer<Handle = ()>> = match store {
+                Some(store) => Arc::new(WalCommitter::new(
+                    Wal::new(store, name),
+                    ctx.runtime().clone(),
+                    target.clone(),
+                )),
+                None => Arc::new(weir_runtime::NoStaging),
+            };
             let sink = DirectSink {
                 target,
                 ctx: ctx.clone(),
                 wait: delivery != Delivery::AtMostOnce,
                 open: BTreeMap::new(),
             };
-            weir_runtime::sink::sink(job, stream, name, sink, Arc::new(weir_runtime::NoStaging))
+            weir_runtime::sink::sink(job, stream, name, sink, committer)
         }
     }
 }
@@ -265,6 +277,7 @@ pub(super) async fn check_stream(
 }
 
 /// Publishes for one sink.
+#[derive(Clone)]
 pub(super) struct Target {
     pub(super) server: Server,
     pub(super) js: async_nats::jetstream::Context,

@@ -116,7 +116,7 @@ pub(crate) fn read_nats<'s>(
         .filter(|(_, s)| ctx.owns(s))
         .collect();
     let checkpointing = ctx.checkpointing();
-    let deferred = checkpointing && ctx.config().delivery != Delivery::AtMostOnce;
+    let deferred = checkpointing && ctx.delivery() != Delivery::AtMostOnce;
     let (tx, rx) = tokio::sync::mpsc::channel(PREFETCH);
     let acks = Acks::new(&ctx, js.client(), deferred, &server);
     let reader = NatsReader {

@@ -59,7 +59,9 @@ mod store;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 use timely::dataflow::Stream;
-use weir_runtime::{Job, Result, RuntimeError};
+use weir_runtime::{Job, Result};
+
+use crate::ConnectorError;
 
 pub use self::schema::{ParquetColumn, ParquetSchema, ParquetType};
 use self::store::{store_error, Location, Names};
@@ -189,16 +191,22 @@ pub struct CommittedObject {
 /// assert!(rows.contains(&serde_json::json!("a")) && rows.contains(&serde_json::json!("b")));
 /// assert!(read_committed("memory://doc-read/p", "other").unwrap().is_empty());
 /// ```
-pub fn read_committed(url: &str, name: &str) -> Result<Vec<CommittedObject>> {
+pub fn read_committed(
+    url: &str,
+    name: &str,
+) -> std::result::Result<Vec<CommittedObject>, ConnectorError> {
     let loc = Location::open(name, url)?;
     std::thread::scope(|s| {
         s.spawn(|| {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| RuntimeError::Io {
-                    operator: name.to_string(),
-                    reason: format!("cannot start an I/O runtime: {e}"),
+                .map_err(|e| ConnectorError::File {
+                    connector: name.to_string(),
+                    action: "start an I/O runtime to read",
+                    path: url.into(),
+                    source: e,
+                    hint: "",
                 })?;
             rt.block_on(read_all(&loc, name))
         })
@@ -207,7 +215,10 @@ pub fn read_committed(url: &str, name: &str) -> Result<Vec<CommittedObject>> {
     })
 }
 
-async fn read_all(loc: &Location, sink: &str) -> Result<Vec<CommittedObject>> {
+async fn read_all(
+    loc: &Location,
+    sink: &str,
+) -> std::result::Result<Vec<CommittedObject>, ConnectorError> {
     let root = loc.root();
     let shown_root = root.clone().unwrap_or_default();
     let listing = loc
@@ -243,11 +254,10 @@ async fn read_all(loc: &Location, sink: &str) -> Result<Vec<CommittedObject>> {
         let bytes = async { loc.store.get(&path).await?.bytes().await }
             .await
             .map_err(|e| store_error(sink, loc, "read", &path, &e))?;
-        let bad = |detail: String| -> RuntimeError {
-            RuntimeError::Io {
-                operator: sink.to_string(),
-                reason: format!("committed object `{path}` in {}: {detail}", loc.shown),
-            }
+        let bad = |detail: String| ConnectorError::Corrupt {
+            connector: sink.to_string(),
+            object: loc.url_of(&path),
+            detail,
         };
         let rows = if is_parquet {
             #[cfg(feature = "parquet")]

@@ -94,7 +94,7 @@ impl ObjectCommitter {
     }
 
     fn error(&self, action: &'static str, path: &Path, e: &object_store::Error) -> RuntimeError {
-        store_error(&self.names.sink, &self.loc, action, path, e)
+        store_error(&self.names.sink, &self.loc, action, path, e).into()
     }
 
     /// Writes and deletes a probe object, so that an unreachable store or refused

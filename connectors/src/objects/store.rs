@@ -9,7 +9,6 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::ObjectStore;
 use weir_runtime::OutputId;
-use weir_runtime::RuntimeError;
 
 use crate::error::ConnectorError;
 
@@ -41,8 +40,6 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
 #[derive(Debug, Clone)]
 pub(crate) struct Location {
     pub(crate) store: Arc<dyn ObjectStore>,
-    /// The URL as shown in messages (any `user:password@` removed).
-    pub(crate) shown: String,
     /// The URL of the store's root, which object paths are relative to.
     base: String,
     /// The prefix inside the store ("" for the root).
@@ -73,13 +70,14 @@ fn shown_url(url: &str) -> String {
 impl Location {
     /// Opens `url`: `s3://bucket/prefix` (credentials and endpoint from the `AWS_*`
     /// environment variables), `file:///dir` or a plain path, or `memory://name/prefix`.
-    pub(crate) fn open(sink: &str, url: &str) -> Result<Self, RuntimeError> {
+    pub(crate) fn open(sink: &str, url: &str) -> Result<Self, ConnectorError> {
         let shown = shown_url(url);
         let invalid = |reason: String| {
-            RuntimeError::config(
-                "object sink url",
-                format!("sink `{sink}`: output URL `{shown}` {reason} (use s3://bucket/prefix, file:///dir or memory://name/prefix)"),
-            )
+            ConnectorError::Settings {
+            connector: sink.to_string(),
+            setting: "object sink url",
+            reason: format!("output URL `{shown}` {reason} (use s3://bucket/prefix, file:///dir or memory://name/prefix)"),
+        }
         };
         if url.is_empty() {
             return Err(invalid("is empty".into()));
@@ -92,7 +90,6 @@ impl Location {
             let (name, prefix) = split(rest);
             return Ok(Location {
                 store: memory_store(&name),
-                shown,
                 base: format!("memory://{name}"),
                 prefix,
                 local_root: None,
@@ -113,7 +110,6 @@ impl Location {
                 .map_err(|e| invalid(format!("cannot be opened: {}", redact(&e.to_string()))))?;
             return Ok(Location {
                 store,
-                shown,
                 base: format!("s3://{bucket}"),
                 prefix,
                 local_root: None,
@@ -128,7 +124,6 @@ impl Location {
             .map_err(|e| invalid(format!("cannot be opened: {e}")))?;
         Ok(Location {
             store,
-            shown,
             base: format!("file://{}", dir.display()),
             prefix: String::new(),
             local_root: Some(dir),
@@ -211,7 +206,7 @@ pub(crate) fn store_error(
     action: &'static str,
     object: &Path,
     e: &object_store::Error,
-) -> RuntimeError {
+) -> ConnectorError {
     let transient = is_transient(e);
     let hint = match e {
         object_store::Error::PermissionDenied { .. }
@@ -230,15 +225,14 @@ pub(crate) fn store_error(
         }
         source = inner.source();
     }
-    let err = ConnectorError::ObjectStore {
+    ConnectorError::ObjectStore {
         connector: sink.to_string(),
         action,
         object: loc.url_of(object),
         detail: redact(&detail),
         hint,
         transient,
-    };
-    RuntimeError::from(err)
+    }
 }
 
 /// The names of one sink's objects.
