@@ -22,7 +22,7 @@
 //! fn main() -> anyhow::Result<()> {
 //!     weir::run(JobConfig::new("wordcount", "/tmp/weir-chk"), |job| {
 //!         job.source("input", files::lines("input"))?
-//!             .flat_map(|line| line.split_whitespace().map(|w| (w.to_string(), 1)).collect::<Vec<_>>())
+//!             .flat_map(|line| Vec::from_iter(line.split_whitespace().map(|w| (w.to_string(), 1))))
 //!             .reduce_by_key("count", |count, n| *count += n)?
 //!             .sink("counts", files::jsonl("output"))
 //!     })?;
