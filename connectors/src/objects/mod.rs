@@ -65,8 +65,6 @@ use crate::ConnectorError;
 
 pub use self::schema::{ParquetColumn, ParquetSchema, ParquetType};
 use self::store::{store_error, Location, Names};
-#[cfg(doc)]
-use crate::error::ConnectorError;
 
 /// How an object sink encodes its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
