@@ -70,9 +70,18 @@ pub struct JobConfig {
     pub processes: usize,
     /// This process's index in the cluster.
     pub process: usize,
-    /// A file with one `host:port` line per process (needed when `processes` > 1).
+    /// A file with one `host:port` line per process (the alternative to `peers`).
     pub hostfile: Option<PathBuf>,
-    /// The generation (restart count); `None` derives it from the store.
+    /// Every process's `host:port`, in process order; this process listens on its own
+    /// entry's port. Needed when `processes` > 1, unless `hostfile` is given.
+    pub peers: Vec<String>,
+    /// A peer that sends no heartbeat for this long is taken for lost, and the process
+    /// fails (a supervisor then restarts the cluster).
+    pub peer_timeout_ms: u64,
+    /// How long a process waits at start for every peer to be reachable.
+    pub start_timeout_ms: u64,
+    /// The generation (restart count); `None` derives it from the store (and, in a
+    /// cluster, agrees on it with the peers).
     pub generation: Option<u64>,
 }
 
@@ -93,6 +102,9 @@ impl Default for JobConfig {
             processes: 1,
             process: 0,
             hostfile: None,
+            peers: Vec::new(),
+            peer_timeout_ms: 10_000,
+            start_timeout_ms: 60_000,
             generation: None,
         }
     }
@@ -155,10 +167,26 @@ impl JobConfig {
                 format!("process {} is not in 0..{}", self.process, self.processes),
             ));
         }
-        if self.processes > 1 && self.hostfile.is_none() {
+        if self.processes > 1 && self.hostfile.is_none() && self.peers.is_empty() {
             return Err(RuntimeError::config(
-                "hostfile",
-                "a cluster of several processes needs --hostfile (or use `weir launch`)",
+                "peers",
+                "a cluster of several processes needs --peers HOST:PORT,... (or --hostfile, or `weir launch`)",
+            ));
+        }
+        if !self.peers.is_empty() && self.peers.len() != self.processes {
+            return Err(RuntimeError::config(
+                "peers",
+                format!(
+                    "{} peers are listed for {} processes; the process count is the length of the peer list",
+                    self.peers.len(),
+                    self.processes
+                ),
+            ));
+        }
+        if self.peer_timeout_ms < 100 {
+            return Err(RuntimeError::config(
+                "peer-timeout-ms",
+                "must be at least 100 ms",
             ));
         }
         if self.key_groups == 0 || (self.key_groups as usize) < self.workers * self.processes {
@@ -180,16 +208,32 @@ impl JobConfig {
         Ok(())
     }
 
-    /// The timely configuration for this process.
-    pub fn timely(&self) -> Result<timely::Config> {
-        if self.processes <= 1 {
-            return Ok(if self.workers == 1 {
-                timely::Config::thread()
-            } else {
-                timely::Config::process(self.workers)
-            });
+    /// The timely worker settings.
+    pub fn timely_worker(&self) -> timely::WorkerConfig {
+        timely::WorkerConfig::default()
+    }
+
+    /// The timely configuration of a single process (a cluster is formed by
+    /// `crate::cluster`).
+    pub fn timely(&self) -> timely::Config {
+        if self.workers == 1 {
+            timely::Config::thread()
+        } else {
+            timely::Config::process(self.workers)
         }
-        let hostfile = self.hostfile.as_ref().expect("validated");
+    }
+
+    /// Every process's `host:port`: the peer list, or the host file's lines.
+    pub fn addresses(&self) -> Result<Vec<String>> {
+        if !self.peers.is_empty() {
+            return Ok(self.peers.clone());
+        }
+        let Some(hostfile) = self.hostfile.as_ref() else {
+            return Err(RuntimeError::config(
+                "peers",
+                "a cluster of several processes needs --peers HOST:PORT,... (or --hostfile)",
+            ));
+        };
         let text = std::fs::read_to_string(hostfile).map_err(|e| {
             RuntimeError::config(
                 "hostfile",
@@ -213,16 +257,7 @@ impl JobConfig {
                 ),
             ));
         }
-        Ok(timely::Config {
-            communication: timely::CommunicationConfig::Cluster {
-                threads: self.workers,
-                process: self.process,
-                addresses,
-                report: false,
-                zerocopy: false,
-            },
-            worker: timely::WorkerConfig::default(),
-        })
+        Ok(addresses)
     }
 }
 
@@ -280,9 +315,24 @@ pub struct JobArgs {
     /// Host file with one host:port per process (set by `weir launch`).
     #[arg(long)]
     pub hostfile: Option<PathBuf>,
-    /// Generation number (set by `weir launch`).
+    /// Generation number (set by `weir launch`; without it, the processes of a cluster
+    /// agree on one through the checkpoint store and their handshake).
     #[arg(long)]
     pub generation: Option<u64>,
+    /// Every process's host:port, in process order, comma-separated: the process count
+    /// is the length of the list.
+    #[arg(long, env = "WEIR_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// This process's index in --peers. Without it, the index is taken from a host name
+    /// ending in `-N` (a Kubernetes StatefulSet pod, `$HOSTNAME`).
+    #[arg(long, env = "WEIR_PROCESS_INDEX")]
+    pub process_index: Option<usize>,
+    /// A peer silent for this long (no heartbeat) ends every process with exit code 1.
+    #[arg(long, env = "WEIR_PEER_TIMEOUT_MS")]
+    pub peer_timeout_ms: Option<u64>,
+    /// How long to wait at start for every peer to be reachable.
+    #[arg(long, env = "WEIR_START_TIMEOUT_MS")]
+    pub start_timeout_ms: Option<u64>,
 }
 
 impl JobArgs {
@@ -317,8 +367,47 @@ impl JobArgs {
             key_groups,
             workers,
             processes,
-            process
+            process,
+            peer_timeout_ms,
+            start_timeout_ms
         );
+        if let Some(peers) = self.peers {
+            let peers: Vec<String> = peers
+                .iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
+            let index = match self.process_index {
+                Some(i) => i,
+                None => {
+                    let host = std::env::var("HOSTNAME").unwrap_or_default();
+                    crate::cluster::index_from_host_name(&host).ok_or_else(|| {
+                        RuntimeError::config(
+                            "process-index",
+                            format!("--peers lists {} processes: give this process's index with --process-index (or WEIR_PROCESS_INDEX), or run it on a host whose name ends in -N (HOSTNAME is `{host}`)", peers.len()),
+                        )
+                    })?
+                }
+            };
+            if index >= peers.len() {
+                return Err(RuntimeError::config(
+                    "process-index",
+                    format!(
+                        "process index {index} is outside the peer list of {} processes ({})",
+                        peers.len(),
+                        peers.join(",")
+                    ),
+                ));
+            }
+            c.processes = peers.len();
+            c.process = index;
+            c.peers = peers;
+        } else if self.process_index.is_some() {
+            return Err(RuntimeError::config(
+                "process-index",
+                "--process-index needs --peers (every process's host:port)",
+            ));
+        }
         if self.restore.is_some() {
             c.restore = self.restore;
         }

@@ -64,6 +64,17 @@ pub enum RuntimeError {
     /// (connection refused or lost, a server restarting).
     #[error(transparent)]
     Unavailable(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A peer process of the cluster was lost, went silent, restarted, or could not be
+    /// reached at start: the cluster must reform, so a restart helps.
+    #[error("process {process} at {address} {reason}")]
+    Peer {
+        /// The peer's process index.
+        process: usize,
+        /// The peer's `host:port`.
+        address: String,
+        /// What happened.
+        reason: String,
+    },
     /// The timely cluster could not start or a worker failed.
     #[error("dataflow failed: {0}")]
     Dataflow(String),
@@ -92,6 +103,7 @@ impl RuntimeError {
             RuntimeError::TooManyFailedCheckpoints { .. }
             | RuntimeError::Fenced { .. }
             | RuntimeError::Unavailable(_)
+            | RuntimeError::Peer { .. }
             | RuntimeError::Dataflow(_) => Retry::Transient,
         }
     }

@@ -48,11 +48,25 @@ where
         .build()
         .map_err(|e| RuntimeError::Dataflow(format!("cannot start the I/O runtime: {e}")))?;
     let pre = read_start(&config, &rt)?;
-    crate::failpoint::set_generation(pre.generation.0);
-    let timely_config = config.timely()?;
+    let multi_process = config.processes > 1;
+    // A cluster connects before anything else, and agrees on its generation.
+    let mut formed = if multi_process {
+        let addresses = config.addresses()?;
+        Some(crate::cluster::form(
+            &config.job,
+            &addresses,
+            config.process,
+            pre.generation,
+            pre.restored.as_ref().map(|m| m.epoch),
+            Duration::from_millis(config.start_timeout_ms),
+        )?)
+    } else {
+        None
+    };
+    let generation = formed.as_ref().map_or(pre.generation, |f| f.generation);
+    crate::failpoint::set_generation(generation.0);
     let (local, peers) = local_workers(&config);
     let local_count = local.len();
-    let multi_process = config.processes > 1;
     let restored_parts = if pre.parts.is_empty() {
         RestoredParts::none()
     } else {
@@ -68,7 +82,7 @@ where
             },
         ),
         config,
-        generation: pre.generation,
+        generation,
         store: pre.store,
         restored: pre.restored,
         restored_parts,
@@ -87,7 +101,52 @@ where
     let stopped = Arc::new(Stopped::default());
     let worker_shared = Arc::clone(&shared);
     let worker_stopped = Arc::clone(&stopped);
-    let guards = timely::execute(timely_config, move |worker| {
+    let lost: crate::cluster::OnLost = {
+        let shared = Arc::clone(&shared);
+        Arc::new(move |e| {
+            shared.failure.record("", e);
+        })
+    };
+    let (builders, others, watch) = match formed.take() {
+        Some(mut formed) => {
+            let links = formed.links(&lost);
+            let watch = formed.watch(Duration::from_millis(shared.config.peer_timeout_ms), lost);
+            let threads = shared.config.workers;
+            let hooks = timely::communication::Hooks::default();
+            let process_allocators =
+                timely::communication::allocator::ProcessBuilder::new_typed_vector(
+                    threads,
+                    hooks.refill.clone(),
+                    hooks.spill.clone(),
+                );
+            let (tcp, guard) =
+                timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets(
+                    process_allocators,
+                    links,
+                    shared.config.process,
+                    threads,
+                    hooks,
+                )
+                .map_err(|e| RuntimeError::Dataflow(format!("cannot start the network threads: {e}")))?;
+            let builders: Vec<timely::communication::AllocatorBuilder> = tcp
+                .into_iter()
+                .map(timely::communication::AllocatorBuilder::Tcp)
+                .collect();
+            let others: Box<dyn std::any::Any + Send> = Box::new(guard);
+            (builders, others, Some(watch))
+        }
+        None => {
+            let (builders, others) = shared
+                .config
+                .timely()
+                .communication
+                .try_build()
+                .map_err(RuntimeError::Dataflow)?;
+            (builders, others, None)
+        }
+    };
+    let worker_config = shared.config.timely_worker();
+    let guards = timely::execute::execute_from(builders, others, worker_config, move |worker| {
         let shared = Arc::clone(&worker_shared);
         // Counts this worker as stopped however it leaves, also by a panic.
         let _stopped = worker_stopped.guard(Arc::clone(&shared));
@@ -143,7 +202,12 @@ where
     }
     match shared.failure.take() {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => {
+            if let Some(watch) = watch {
+                watch.finish();
+            }
+            Ok(())
+        }
     }
 }
 

@@ -39,6 +39,7 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod coordinator;

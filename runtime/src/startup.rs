@@ -81,17 +81,12 @@ pub enum RestoreStep {
 ///
 /// The generation is the requested one, or one past the newest marker if that is not
 /// larger (a second supervisor over the same store continues the numbering); without a
-/// request, a single process continues after the newest marker, and a cluster refuses to
-/// start (its processes must agree on one number).
+/// request, it is one past the newest marker. In a cluster that is this process's
+/// proposal: the processes agree on the largest one when they connect
+/// (`crate::cluster::agree`).
 pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
     let newest = facts.markers.iter().copied().max();
     let generation = match facts.requested_generation {
-        None if facts.processes > 1 => {
-            return Err(RuntimeError::config(
-                "generation",
-                "a multi-process job needs --generation (weir launch sets it)",
-            ));
-        }
         None => newest.map_or(Generation(0), Generation::next),
         Some(g) => match newest {
             Some(n) if n >= g => {
@@ -120,9 +115,14 @@ pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
         None => RestoreStep::Fresh,
         Some(target) => RestoreStep::Resolve {
             target: target.clone(),
-            fresh_if_none: facts
-                .requested_generation
-                .is_some_and(|g| g > Generation(0))
+            // A process restarted by `weir launch` whose predecessor completed no
+            // checkpoint, and a cluster without a supervisor (whose processes are always
+            // started with `--restore latest`, the first time too), start from the
+            // beginning when there is no checkpoint yet.
+            fresh_if_none: (facts.processes > 1
+                || facts
+                    .requested_generation
+                    .is_some_and(|g| g > Generation(0)))
                 && *target == RestoreTarget::Latest
                 && facts.complete.is_empty(),
         },
@@ -350,14 +350,38 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_without_a_generation_is_refused() {
+    fn a_cluster_without_a_generation_proposes_one_past_the_newest_marker() {
         let f = StartFacts {
             processes: 2,
+            markers: vec![Generation(0), Generation(3)],
+            restore: Some(RestoreTarget::Latest),
             ..facts()
         };
-        let e = plan_start(&f).unwrap_err();
-        assert!(e.to_string().contains("--generation"), "{e}");
-        assert!(e.is_permanent());
+        let plan = plan_start(&f).unwrap();
+        assert_eq!(plan.generation, Generation(4));
+        // A restarted cluster whose predecessor completed no checkpoint starts afresh.
+        assert_eq!(
+            plan.restore,
+            RestoreStep::Resolve {
+                target: RestoreTarget::Latest,
+                fresh_if_none: true
+            }
+        );
+        let first = StartFacts {
+            processes: 2,
+            restore: Some(RestoreTarget::Latest),
+            ..facts()
+        };
+        let plan = plan_start(&first).unwrap();
+        assert_eq!(plan.generation, Generation(0));
+        // Its first start too: every process of a cluster is started the same way.
+        assert_eq!(
+            plan.restore,
+            RestoreStep::Resolve {
+                target: RestoreTarget::Latest,
+                fresh_if_none: true
+            }
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod harness;
 
 mod bad_input;
 mod cli;
+mod cluster;
 mod custom_sink;
 mod failpoints;
 mod inprocess;

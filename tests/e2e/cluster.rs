@@ -1,0 +1,383 @@
+//! Clusters without a supervisor: wordcount processes started by hand with
+//! `--process-index I --peers A,B,C` and no `--generation`, each under its own restart
+//! loop with Kubernetes' OnFailure semantics (restart on a non-zero exit, stop on 0), the
+//! way a StatefulSet or systemd would run them. Peers on loopback ports here.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+use crate::harness::bins;
+use crate::harness::checkpoints::complete_checkpoints;
+use crate::harness::checks::check_exactly_once;
+use crate::harness::input::{self, InputSpec};
+use crate::harness::job::JobArgs;
+use crate::harness::output::read_committed;
+use crate::harness::process::{is_alive, read_lossy, sigkill, spawn_logged, tail, POLL};
+use crate::harness::scenario;
+use crate::harness::workspace::Workspace;
+
+/// The peer timeout of these tests.
+const PEER_TIMEOUT_MS: u64 = 2_000;
+/// How long a whole cluster test may take.
+const DEADLINE: Duration = Duration::from_secs(240);
+
+/// `n` loopback addresses with ports that were free a moment ago.
+fn peers(n: usize) -> Vec<String> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| format!("127.0.0.1:{}", l.local_addr().unwrap().port()))
+        .collect()
+}
+
+fn command(args: &JobArgs, peers: &[String], index: usize) -> Command {
+    let mut cmd = Command::new(bins::wordcount());
+    cmd.args(args.args())
+        .arg("--peers")
+        .arg(peers.join(","))
+        .arg("--process-index")
+        .arg(index.to_string())
+        .arg("--peer-timeout-ms")
+        .arg(PEER_TIMEOUT_MS.to_string())
+        .arg("--start-timeout-ms")
+        .arg("60000")
+        .arg("--restore")
+        .arg("latest");
+    cmd
+}
+
+/// One "host": a restart loop around one process.
+struct Host {
+    index: usize,
+    /// The process running now (0 while none runs).
+    pid: Arc<AtomicU32>,
+    /// Exit codes of every run, in order (`None`: killed by a signal).
+    exits: Arc<Mutex<Vec<Option<i32>>>>,
+    done: Arc<AtomicBool>,
+    logs: PathBuf,
+}
+
+impl Host {
+    fn start(ws: &Workspace, args: &JobArgs, peers: &[String], index: usize) -> Host {
+        let host = Host {
+            index,
+            pid: Arc::new(AtomicU32::new(0)),
+            exits: Arc::new(Mutex::new(Vec::new())),
+            done: Arc::new(AtomicBool::new(false)),
+            logs: ws.root.join(format!("host-{index}")),
+        };
+        std::fs::create_dir_all(&host.logs).unwrap();
+        let (pid, exits, done, logs) = (
+            Arc::clone(&host.pid),
+            Arc::clone(&host.exits),
+            Arc::clone(&host.done),
+            host.logs.clone(),
+        );
+        let (args, peers) = (args.clone(), peers.to_vec());
+        std::thread::spawn(move || {
+            for run in 0.. {
+                let mut cmd = command(&args, &peers, index);
+                let (out, err) = (
+                    logs.join(format!("run-{run}.out")),
+                    logs.join(format!("run-{run}.err")),
+                );
+                let mut child: Child = spawn_logged(&mut cmd, &out, &err);
+                pid.store(child.id(), Ordering::SeqCst);
+                let status = child.wait().expect("wait for the process");
+                pid.store(0, Ordering::SeqCst);
+                exits.lock().unwrap().push(status.code());
+                if status.success() || run > 60 {
+                    break;
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        host
+    }
+
+    fn stderr_of_runs(&self) -> Vec<String> {
+        let runs = self.exits.lock().unwrap().len();
+        (0..runs)
+            .map(|r| read_lossy(&self.logs.join(format!("run-{r}.err"))))
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        let exits = self.exits.lock().unwrap().clone();
+        let last = self.stderr_of_runs().pop().unwrap_or_default();
+        format!(
+            "host {}: exits {exits:?}\n--- stderr of its last run (tail) ---\n{}",
+            self.index,
+            tail(&last, 15)
+        )
+    }
+}
+
+/// Waits until `f` holds, failing the test with `what` and the hosts' state at `deadline`.
+fn await_until(hosts: &[Host], deadline: Instant, what: &str, mut f: impl FnMut() -> bool) {
+    while !f() {
+        if Instant::now() > deadline {
+            let state: Vec<String> = hosts.iter().map(Host::describe).collect();
+            panic!("timed out waiting for {what}\n{}", state.join("\n"));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn complete(ws: &Workspace) -> usize {
+    complete_checkpoints(&ws.checkpoints, "wordcount").len()
+}
+
+/// No run of any host panicked, and every failed run ended with one clear error line.
+fn assert_clean_exits(hosts: &[Host]) {
+    for host in hosts {
+        for (run, stderr) in host.stderr_of_runs().iter().enumerate() {
+            assert!(
+                !stderr.contains("panicked at") && !stderr.contains("RUST_BACKTRACE"),
+                "host {} run {run} panicked:\n{}",
+                host.index,
+                tail(stderr, 30)
+            );
+        }
+    }
+}
+
+fn workspace(
+    name: &str,
+    seed: u64,
+    processes: usize,
+) -> (Workspace, crate::harness::input::Corpus, JobArgs) {
+    let ws = Workspace::new(name);
+    let corpus = input::generate(&ws.input, seed, &InputSpec::chaos());
+    let args = JobArgs::new(&ws)
+        .workers(2)
+        .interval_ms(scenario::INTERVAL_MS)
+        .rate_limit(corpus.rate_limit_for(2 * processes, scenario::RUN_SECS));
+    (ws, corpus, args)
+}
+
+/// Three processes under restart loops, killed at random (one, process 0, all, all but
+/// one) after checkpoints complete, reform by themselves and commit exactly the oracle.
+#[test]
+fn processes_started_by_hand_reform_after_any_kill_and_stay_exactly_once() {
+    let seed = scenario::seed(0xC_0001);
+    let (ws, corpus, args) = workspace("cluster-kills", seed, 3);
+    let peers = peers(3);
+    let hosts: Vec<Host> = (0..3).map(|i| Host::start(&ws, &args, &peers, i)).collect();
+    let deadline = Instant::now() + DEADLINE;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Who dies in each round: one process, process 0, all of them, all but one.
+    let rounds: Vec<Vec<usize>> = vec![
+        vec![rng.gen_range(1..3)],
+        vec![0],
+        vec![0, 1, 2],
+        vec![1, 2],
+        vec![rng.gen_range(0..3)],
+    ];
+    let mut kills = 0;
+    for victims in rounds {
+        if hosts.iter().all(|h| h.done.load(Ordering::SeqCst)) {
+            break;
+        }
+        // A new checkpoint completes between kills, so that the cluster makes progress.
+        let before = complete(&ws);
+        await_until(&hosts, deadline, "a new complete checkpoint", || {
+            complete(&ws) > before || hosts.iter().all(|h| h.done.load(Ordering::SeqCst))
+        });
+        for v in victims {
+            let pid = hosts[v].pid.load(Ordering::SeqCst);
+            if pid != 0 && sigkill(pid) {
+                kills += 1;
+            }
+        }
+    }
+    await_until(
+        &hosts,
+        deadline,
+        "every host to finish with exit code 0",
+        || hosts.iter().all(|h| h.done.load(Ordering::SeqCst)),
+    );
+    for host in &hosts {
+        assert_eq!(
+            host.exits.lock().unwrap().last().copied().flatten(),
+            Some(0),
+            "{}",
+            host.describe()
+        );
+    }
+    assert!(
+        kills >= 4,
+        "only {kills} kills landed: the input ran out too early"
+    );
+    assert_clean_exits(&hosts);
+    check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
+}
+
+/// A killed peer ends every other process promptly with exit code 1 and one line naming
+/// it; a stopped one within the peer timeout; a pause shorter than the timeout does
+/// nothing; the stopped process, resumed, commits nothing.
+#[test]
+fn a_lost_or_silent_peer_ends_the_others_and_a_short_pause_does_not() {
+    let seed = scenario::seed(0xC_0002);
+    let (ws, corpus, args) = workspace("cluster-silent", seed, 2);
+    let peers = peers(2);
+    let hosts: Vec<Host> = (0..2).map(|i| Host::start(&ws, &args, &peers, i)).collect();
+    let deadline = Instant::now() + DEADLINE;
+    let running = |h: &Host| h.pid.load(Ordering::SeqCst);
+
+    // A pause shorter than the timeout: nobody restarts.
+    await_until(&hosts, deadline, "a first complete checkpoint", || {
+        complete(&ws) > 0
+    });
+    let (p0, p1) = (running(&hosts[0]), running(&hosts[1]));
+    assert!(p0 != 0 && p1 != 0, "both processes run");
+    signal(p1, "-STOP");
+    let paused = Instant::now();
+    while paused.elapsed() < Duration::from_millis(PEER_TIMEOUT_MS / 3) {
+        assert!(
+            is_alive(p0),
+            "process 0 died during a short pause of process 1"
+        );
+        std::thread::sleep(POLL);
+    }
+    signal(p1, "-CONT");
+    let before = complete(&ws);
+    await_until(
+        &hosts,
+        deadline,
+        "a checkpoint after the short pause",
+        || complete(&ws) > before,
+    );
+    assert_eq!(running(&hosts[0]), p0, "a short pause restarted process 0");
+    assert_eq!(running(&hosts[1]), p1, "a short pause restarted process 1");
+
+    // A stop longer than the timeout: process 0 ends with exit 1, naming process 1.
+    signal(p1, "-STOP");
+    let stopped = Instant::now();
+    await_until(
+        &hosts,
+        deadline,
+        "process 0 to notice the stopped peer",
+        || running(&hosts[0]) != p0,
+    );
+    let noticed = stopped.elapsed();
+    assert!(
+        noticed < Duration::from_millis(PEER_TIMEOUT_MS * 3),
+        "process 0 took {noticed:?} to notice a peer silent for {PEER_TIMEOUT_MS} ms"
+    );
+    let first = hosts[0].stderr_of_runs()[0].clone();
+    assert_eq!(
+        hosts[0].exits.lock().unwrap()[0],
+        Some(1),
+        "{}",
+        hosts[0].describe()
+    );
+    assert!(
+        first.contains(&format!("process 1 at {}", peers[1]))
+            && first.contains("sent no heartbeat"),
+        "process 0 should name the silent peer\n{}",
+        tail(&first, 10)
+    );
+    // The zombie, resumed, must not commit: its output files stay as they are until it
+    // has exited.
+    let committed_before: Vec<PathBuf> = committed_files(&ws.output);
+    signal(p1, "-CONT");
+    await_until(&hosts, deadline, "the resumed process to exit", || {
+        running(&hosts[1]) != p1
+    });
+    assert_ne!(
+        hosts[1].exits.lock().unwrap()[0],
+        Some(0),
+        "{}",
+        hosts[1].describe()
+    );
+    let zombie_commits: Vec<PathBuf> = committed_files(&ws.output)
+        .into_iter()
+        .filter(|f| !committed_before.contains(f) && f.to_string_lossy().contains("-g0-"))
+        .collect();
+    assert!(
+        zombie_commits.is_empty(),
+        "the resumed process of generation 0 committed {zombie_commits:?}"
+    );
+
+    // The restarted cluster finishes exactly once.
+    await_until(
+        &hosts,
+        deadline,
+        "every host to finish with exit code 0",
+        || hosts.iter().all(|h| h.done.load(Ordering::SeqCst)),
+    );
+    for host in &hosts {
+        assert_eq!(
+            host.exits.lock().unwrap().last().copied().flatten(),
+            Some(0),
+            "{}",
+            host.describe()
+        );
+    }
+    assert_clean_exits(&hosts);
+    check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
+fn committed_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|x| x == "jsonl"));
+    files.sort();
+    files
+}
+
+/// Misconfigured clusters are refused with exit code 2 and a message that says why.
+#[test]
+fn an_index_outside_the_peers_or_different_peer_lists_are_refused() {
+    let ws = Workspace::new("cluster-bad");
+    input::generate(&ws.input, 1, &InputSpec::small());
+    let args = JobArgs::new(&ws).workers(1);
+    let peers = peers(2);
+    let out = command(&args, &peers, 5).output().expect("run wordcount");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("process index 5 is outside the peer list of 2"),
+        "{stderr}"
+    );
+
+    // Process 1 lists a third peer that process 0 does not know.
+    let mut other = peers.clone();
+    other.push("127.0.0.1:9".into());
+    let spawn = |peers: &[String], index: usize| {
+        command(&args, peers, index)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run wordcount")
+    };
+    let (p0, p1) = (spawn(&peers, 0), spawn(&other, 1));
+    let (a, b) = (
+        p0.wait_with_output().unwrap(),
+        p1.wait_with_output().unwrap(),
+    );
+    for out in [&a, &b] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("same --peers"), "{stderr}");
+    }
+}
