@@ -2,7 +2,8 @@
 # Runs weir's whole test suite on a fresh machine: installs and starts the servers the
 # tests need (scripts/services.sh), checks that the default build compiles no heavy
 # connector dependency, builds the binaries the end-to-end tests drive with every
-# connector feature, then runs unit, end-to-end and documentation tests.
+# connector feature, then runs unit, end-to-end and documentation tests, and validates
+# the Kubernetes manifests in deploy/ against the Kubernetes schemas.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! cargo nextest --version >/dev/null 2>&1; then
@@ -17,6 +18,13 @@ if [ -n "$heavy" ]; then
   echo "$heavy" >&2
   exit 1
 fi
+# The deployment manifests must be valid Kubernetes objects (no unknown fields).
+validator="${HOME}/.cache/weir/kubernetes-validate"
+if [ ! -x "$validator/bin/kubernetes-validate" ]; then
+  python3 -m venv "$validator"
+  "$validator/bin/pip" install --quiet kubernetes-validate==1.37.0
+fi
+"$validator/bin/kubernetes-validate" --strict --quiet deploy/kubernetes/*.yaml
 # The tests use every connector.
 cargo build --release --all-features --bins --examples
 cargo nextest run --release --workspace --all-features --no-fail-fast

@@ -39,7 +39,19 @@ fn peers(n: usize) -> Vec<String> {
 }
 
 fn command(args: &JobArgs, peers: &[String], index: usize) -> Command {
-    let mut cmd = Command::new(bins::wordcount());
+    command_in(None, args, peers, index)
+}
+
+/// The command of process `index`, run inside network namespace `netns` when given.
+fn command_in(netns: Option<&str>, args: &JobArgs, peers: &[String], index: usize) -> Command {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bins::wordcount());
+            c
+        }
+        None => Command::new(bins::wordcount()),
+    };
     cmd.args(args.args())
         .arg("--peers")
         .arg(peers.join(","))
@@ -67,6 +79,16 @@ struct Host {
 
 impl Host {
     fn start(ws: &Workspace, args: &JobArgs, peers: &[String], index: usize) -> Host {
+        Host::start_in(None, ws, args, peers, index)
+    }
+
+    fn start_in(
+        netns: Option<String>,
+        ws: &Workspace,
+        args: &JobArgs,
+        peers: &[String],
+        index: usize,
+    ) -> Host {
         let host = Host {
             index,
             pid: Arc::new(AtomicU32::new(0)),
@@ -84,7 +106,7 @@ impl Host {
         let (args, peers) = (args.clone(), peers.to_vec());
         std::thread::spawn(move || {
             for run in 0.. {
-                let mut cmd = command(&args, &peers, index);
+                let mut cmd = command_in(netns.as_deref(), &args, &peers, index);
                 let (out, err) = (
                     logs.join(format!("run-{run}.out")),
                     logs.join(format!("run-{run}.err")),
@@ -380,4 +402,179 @@ fn an_index_outside_the_peers_or_different_peer_lists_are_refused() {
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("same --peers"), "{stderr}");
     }
+}
+
+/// Hosts simulated with network namespaces: one namespace per process, each with a veth
+/// pair into a bridge of its own, on addresses of a private subnet. Removed on drop.
+struct Net {
+    bridge: String,
+    namespaces: Vec<String>,
+    /// The root-side end of each host's veth pair: setting it down cuts the host off.
+    links: Vec<String>,
+    addresses: Vec<String>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Net {
+    fn new(hosts: usize) -> Net {
+        // Short names (interface names have at most 15 bytes), unique per test process.
+        let tag = format!("{:x}", std::process::id() % 0xfffff);
+        let subnet = 100 + (std::process::id() % 100);
+        let bridge = format!("wbr{tag}");
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&["link", "set", &bridge, "up"]);
+        let mut net = Net {
+            bridge,
+            namespaces: Vec::new(),
+            links: Vec::new(),
+            addresses: Vec::new(),
+        };
+        for h in 0..hosts {
+            let ns = format!("weir{tag}h{h}");
+            let (outer, inner) = (format!("wv{tag}o{h}"), format!("wv{tag}i{h}"));
+            let address = format!("10.{subnet}.0.{}", h + 1);
+            ip(&["netns", "add", &ns]);
+            net.namespaces.push(ns.clone());
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ]);
+            ip(&["link", "set", &inner, "netns", &ns]);
+            ip(&["link", "set", &outer, "master", &net.bridge]);
+            ip(&["link", "set", &outer, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{address}/24"),
+                "dev",
+                &inner,
+            ]);
+            ip(&["-n", &ns, "link", "set", &inner, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            net.links.push(outer);
+            net.addresses.push(address);
+        }
+        net
+    }
+
+    fn peers(&self, port: u16) -> Vec<String> {
+        self.addresses
+            .iter()
+            .map(|a| format!("{a}:{port}"))
+            .collect()
+    }
+
+    fn set_link(&self, host: usize, up: bool) {
+        ip(&[
+            "link",
+            "set",
+            &self.links[host],
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        for link in &self.links {
+            let _ = Command::new("ip").args(["link", "del", link]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+/// Three hosts in network namespaces, each process under its own restart loop: random
+/// kills and a host cut off from the network for longer than the peer timeout; the
+/// cluster reforms by itself and commits exactly the oracle.
+#[test]
+fn three_hosts_in_network_namespaces_reform_after_kills_and_a_cut_link() {
+    let seed = scenario::seed(0xC_0004);
+    let (ws, corpus, args) = workspace("cluster-netns", seed, 3);
+    let net = Net::new(3);
+    let peers = net.peers(7411);
+    let hosts: Vec<Host> = (0..3)
+        .map(|i| Host::start_in(Some(net.namespaces[i].clone()), &ws, &args, &peers, i))
+        .collect();
+    let deadline = Instant::now() + DEADLINE;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut kills = 0;
+    for round in 0..4 {
+        if hosts.iter().all(|h| h.done.load(Ordering::SeqCst)) {
+            break;
+        }
+        let before = complete(&ws);
+        await_until(&hosts, deadline, "a new complete checkpoint", || {
+            complete(&ws) > before || hosts.iter().all(|h| h.done.load(Ordering::SeqCst))
+        });
+        if round == 2 {
+            // Host 2 loses its link for twice the peer timeout.
+            let restarts_before: usize = hosts.iter().map(|h| h.exits.lock().unwrap().len()).sum();
+            net.set_link(2, false);
+            let cut = Instant::now();
+            await_until(&hosts, deadline, "the cut to be noticed", || {
+                hosts
+                    .iter()
+                    .map(|h| h.exits.lock().unwrap().len())
+                    .sum::<usize>()
+                    > restarts_before
+                    || hosts.iter().all(|h| h.done.load(Ordering::SeqCst))
+            });
+            while cut.elapsed() < Duration::from_millis(2 * PEER_TIMEOUT_MS) {
+                std::thread::sleep(POLL);
+            }
+            net.set_link(2, true);
+            continue;
+        }
+        let victim = rng.gen_range(0..3);
+        let pid = hosts[victim].pid.load(Ordering::SeqCst);
+        if pid != 0 && sigkill(pid) {
+            kills += 1;
+        }
+    }
+    await_until(
+        &hosts,
+        deadline,
+        "every host to finish with exit code 0",
+        || hosts.iter().all(|h| h.done.load(Ordering::SeqCst)),
+    );
+    for host in &hosts {
+        assert_eq!(
+            host.exits.lock().unwrap().last().copied().flatten(),
+            Some(0),
+            "{}",
+            host.describe()
+        );
+    }
+    assert!(
+        kills >= 2,
+        "only {kills} kills landed: the input ran out too early"
+    );
+    let silent: usize = hosts
+        .iter()
+        .flat_map(|h| h.stderr_of_runs())
+        .filter(|e| {
+            e.contains("sent no heartbeat")
+                || e.contains("closed its connection")
+                || e.contains("broke its connection")
+        })
+        .count();
+    assert!(silent > 0, "no process reported the cut or killed peer");
+    assert_clean_exits(&hosts);
+    check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
+    drop(net);
 }
