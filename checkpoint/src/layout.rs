@@ -127,6 +127,21 @@ impl Layout {
         Path::from(format!("{}/generations/{:010}", self.job, generation.0))
     }
 
+    /// The prefix holding the failure records of generations (see
+    /// [`Layout::failure`]).
+    pub fn failures(&self) -> Path {
+        Path::from(format!("{}/failures", self.job))
+    }
+
+    /// The record of why process `process` of `generation` failed:
+    /// `failures/<generation, 10 digits>-p<process>`.
+    pub fn failure(&self, generation: Generation, process: usize) -> Path {
+        Path::from(format!(
+            "{}/failures/{:010}-p{process}",
+            self.job, generation.0
+        ))
+    }
+
     /// The prefix holding every savepoint.
     pub fn savepoints(&self) -> Path {
         Path::from(format!("{}/savepoints", self.job))
@@ -195,6 +210,12 @@ pub fn parse_checkpoint_dir(name: &str) -> Option<Epoch> {
 /// The generation of a generation marker's file name, if it is one.
 pub fn parse_generation_marker(name: &str) -> Option<Generation> {
     name.parse().ok()
+}
+
+/// The generation and process of a failure record's name (see [`Layout::failure`]).
+pub fn parse_failure(name: &str) -> Option<(Generation, usize)> {
+    let (generation, process) = name.split_once("-p")?;
+    Some((Generation(generation.parse().ok()?), process.parse().ok()?))
 }
 
 #[cfg(test)]

@@ -80,6 +80,9 @@ pub struct JobConfig {
     pub peer_timeout_ms: u64,
     /// How long a process waits at start for every peer to be reachable.
     pub start_timeout_ms: u64,
+    /// A job whose last this-many generations failed without completing a checkpoint
+    /// is not started again (exit code 2); 0 never gives up.
+    pub max_failed_generations: u32,
     /// The generation (restart count); `None` derives it from the store (and, in a
     /// cluster, agrees on it with the peers).
     pub generation: Option<u64>,
@@ -105,6 +108,7 @@ impl Default for JobConfig {
             peers: Vec::new(),
             peer_timeout_ms: 10_000,
             start_timeout_ms: 60_000,
+            max_failed_generations: 10,
             generation: None,
         }
     }
@@ -333,6 +337,10 @@ pub struct JobArgs {
     /// How long to wait at start for every peer to be reachable.
     #[arg(long, env = "WEIR_START_TIMEOUT_MS")]
     pub start_timeout_ms: Option<u64>,
+    /// Give up (exit code 2) once this many generations in a row failed without
+    /// completing a checkpoint; 0 never gives up.
+    #[arg(long, env = "WEIR_MAX_FAILED_GENERATIONS")]
+    pub max_failed_generations: Option<u32>,
 }
 
 impl JobArgs {
@@ -369,7 +377,8 @@ impl JobArgs {
             processes,
             process,
             peer_timeout_ms,
-            start_timeout_ms
+            start_timeout_ms,
+            max_failed_generations
         );
         if let Some(peers) = self.peers {
             let peers: Vec<String> = peers

@@ -201,7 +201,20 @@ where
         }
     }
     match shared.failure.take() {
-        Some(e) => Err(e),
+        Some(e) => {
+            if let Some(store) = &shared.store {
+                // So that a later start can tell a job that keeps failing from one that
+                // was interrupted (`--max-failed-generations`); best effort, bounded.
+                let text = e.to_string();
+                let record = store.record_failure(shared.generation, shared.config.process, &text);
+                if let Ok(Err(err)) = rt
+                    .block_on(async { tokio::time::timeout(Duration::from_secs(5), record).await })
+                {
+                    tracing::warn!(error = %err, "cannot record the failure in the checkpoint store");
+                }
+            }
+            Err(e)
+        }
         None => {
             if let Some(watch) = watch {
                 watch.finish();

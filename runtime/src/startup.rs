@@ -133,6 +133,45 @@ pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
     })
 }
 
+/// The generations newer than the newest complete checkpoint's generation that recorded
+/// a failure, oldest first, each with its first recorded error: how many times in a row
+/// the job failed without completing a checkpoint. A generation ended from outside
+/// (every process killed) records nothing and is not counted.
+pub fn failed_in_a_row(
+    failures: &[(Generation, usize, String)],
+    newest_checkpoint: Option<Generation>,
+) -> Vec<(Generation, String)> {
+    let mut out: Vec<(Generation, String)> = Vec::new();
+    for (generation, _, error) in failures {
+        if newest_checkpoint.is_some_and(|g| *generation <= g) {
+            continue;
+        }
+        if out.last().is_none_or(|(g, _)| g != generation) {
+            out.push((*generation, error.clone()));
+        }
+    }
+    out
+}
+
+/// Refuses to start a job whose last `max` generations all failed without completing a
+/// checkpoint (`max` 0 never refuses): restarting it again would only fail again.
+pub fn check_failed_generations(failed: &[(Generation, String)], max: u32) -> Result<()> {
+    if max == 0 || failed.len() < max as usize {
+        return Ok(());
+    }
+    let (first, last) = (&failed[0], &failed[failed.len() - 1]);
+    Err(RuntimeError::config(
+        "max-failed-generations",
+        format!(
+            "{} generations in a row ({} to {}) failed without completing a checkpoint; the last failure: {}; fix its cause, then delete the failure records under `<checkpoint-dir>/<job>/failures/` (or raise --max-failed-generations) and start again",
+            failed.len(),
+            first.0,
+            last.0,
+            last.1.trim()
+        ),
+    ))
+}
+
 /// The checkpoint a run restores, as far as the epoch plan needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestoredCheckpoint {
@@ -234,6 +273,14 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
             restore: config.restore.clone(),
         };
         let plan = plan_start(&facts)?;
+        if config.max_failed_generations > 0 {
+            let newest = match facts.complete.last() {
+                Some(epoch) => Some(store.read_manifest(*epoch).await?.generation),
+                None => None,
+            };
+            let failed = failed_in_a_row(&store.failures().await?, newest);
+            check_failed_generations(&failed, config.max_failed_generations)?;
+        }
         // Every part of the chosen checkpoint is read and verified here, so that every
         // process agrees on it (and `latest` falls back past a damaged one); the parts
         // this process's workers restore from are kept, so that they are read only once.
@@ -381,6 +428,35 @@ mod tests {
                 target: RestoreTarget::Latest,
                 fresh_if_none: true
             }
+        );
+    }
+
+    #[test]
+    fn only_generations_after_the_newest_checkpoint_count_as_failed_in_a_row() {
+        let failures = vec![
+            (Generation(1), 0, "old".to_string()),
+            (Generation(3), 0, "peer lost".to_string()),
+            (Generation(3), 1, "sink broken".to_string()),
+            (Generation(4), 1, "sink broken".to_string()),
+        ];
+        let failed = failed_in_a_row(&failures, Some(Generation(2)));
+        assert_eq!(
+            failed,
+            vec![
+                (Generation(3), "peer lost".to_string()),
+                (Generation(4), "sink broken".to_string())
+            ]
+        );
+        assert_eq!(failed_in_a_row(&failures, None).len(), 3);
+        assert!(failed_in_a_row(&failures, Some(Generation(4))).is_empty());
+        assert!(check_failed_generations(&failed, 3).is_ok());
+        assert!(check_failed_generations(&failed, 0).is_ok());
+        let e = check_failed_generations(&failed, 2).unwrap_err();
+        assert!(e.is_permanent(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("2 generations in a row (3 to 4)") && text.contains("sink broken"),
+            "{text}"
         );
     }
 

@@ -59,8 +59,6 @@ fn command_in(netns: Option<&str>, args: &JobArgs, peers: &[String], index: usiz
         .arg(index.to_string())
         .arg("--peer-timeout-ms")
         .arg(PEER_TIMEOUT_MS.to_string())
-        .arg("--start-timeout-ms")
-        .arg("60000")
         .arg("--restore")
         .arg("latest");
     cmd
@@ -158,6 +156,16 @@ fn complete(ws: &Workspace) -> usize {
     complete_checkpoints(&ws.checkpoints, "wordcount").len()
 }
 
+/// The complete checkpoints under a checkpoint URL (a local directory or `s3://`).
+fn complete_at(url: &str) -> usize {
+    let store = weir::checkpoint::CheckpointStore::open(url, "wordcount").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(store.list()).map(|(c, _)| c.len()).unwrap_or(0)
+}
+
 /// No run of any host panicked, and every failed run ended with one clear error line.
 fn assert_clean_exits(hosts: &[Host]) {
     for host in hosts {
@@ -186,35 +194,58 @@ fn workspace(
     (ws, corpus, args)
 }
 
-/// Three processes under restart loops, killed at random (one, process 0, all, all but
-/// one) after checkpoints complete, reform by themselves and commit exactly the oracle.
-#[test]
-fn processes_started_by_hand_reform_after_any_kill_and_stay_exactly_once() {
-    let seed = scenario::seed(0xC_0001);
-    let (ws, corpus, args) = workspace("cluster-kills", seed, 3);
+/// Runs three processes under restart loops with checkpoints under `url`, kills them
+/// (one, process 0, all, all but one, and a process again in the middle of its
+/// rendezvous) after checkpoints complete, and checks that the cluster reformed by itself
+/// and committed exactly the oracle. Returns the number of kills that landed.
+fn kill_rounds(name: &str, seed: u64, url: Option<String>, rounds: usize) -> usize {
+    let seed = scenario::seed(seed);
+    let ws = Workspace::new(name);
+    let corpus = input::generate(&ws.input, seed, &InputSpec::chaos());
+    let url = url.unwrap_or_else(|| ws.checkpoint_url());
+    let args = JobArgs::new(&ws)
+        .set("--checkpoint-dir", &url)
+        .workers(2)
+        .interval_ms(scenario::INTERVAL_MS)
+        .rate_limit(corpus.rate_limit_for(6, 2.0 * scenario::RUN_SECS));
     let peers = peers(3);
     let hosts: Vec<Host> = (0..3).map(|i| Host::start(&ws, &args, &peers, i)).collect();
     let deadline = Instant::now() + DEADLINE;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    // Who dies in each round: one process, process 0, all of them, all but one.
-    let rounds: Vec<Vec<usize>> = vec![
-        vec![rng.gen_range(1..3)],
-        vec![0],
-        vec![0, 1, 2],
-        vec![1, 2],
-        vec![rng.gen_range(0..3)],
-    ];
+    let all_done = |hosts: &[Host]| hosts.iter().all(|h| h.done.load(Ordering::SeqCst));
     let mut kills = 0;
-    for victims in rounds {
-        if hosts.iter().all(|h| h.done.load(Ordering::SeqCst)) {
+    for round in 0..rounds {
+        if all_done(&hosts) {
             break;
         }
         // A new checkpoint completes between kills, so that the cluster makes progress.
-        let before = complete(&ws);
+        let before = complete_at(&url);
         await_until(&hosts, deadline, "a new complete checkpoint", || {
-            complete(&ws) > before || hosts.iter().all(|h| h.done.load(Ordering::SeqCst))
+            complete_at(&url) > before || all_done(&hosts)
         });
-        for v in victims {
+        let victims: Vec<usize> = match round % 5 {
+            0 => vec![rng.gen_range(1..3)],
+            1 => vec![0],
+            2 => vec![0, 1, 2],
+            3 => vec![1, 2],
+            _ => vec![rng.gen_range(0..3)],
+        };
+        for &v in &victims {
+            let pid = hosts[v].pid.load(Ordering::SeqCst);
+            if pid != 0 && sigkill(pid) {
+                kills += 1;
+            }
+        }
+        if round % 5 == 4 {
+            // The victim again, as soon as its restart loop has started it: a kill in
+            // the middle of the rendezvous.
+            let v = victims[0];
+            let runs = hosts[v].exits.lock().unwrap().len();
+            await_until(&hosts, deadline, "the victim to be restarted", || {
+                (hosts[v].exits.lock().unwrap().len() > runs
+                    && hosts[v].pid.load(Ordering::SeqCst) != 0)
+                    || all_done(&hosts)
+            });
             let pid = hosts[v].pid.load(Ordering::SeqCst);
             if pid != 0 && sigkill(pid) {
                 kills += 1;
@@ -225,7 +256,7 @@ fn processes_started_by_hand_reform_after_any_kill_and_stay_exactly_once() {
         &hosts,
         deadline,
         "every host to finish with exit code 0",
-        || hosts.iter().all(|h| h.done.load(Ordering::SeqCst)),
+        || all_done(&hosts),
     );
     for host in &hosts {
         assert_eq!(
@@ -235,12 +266,30 @@ fn processes_started_by_hand_reform_after_any_kill_and_stay_exactly_once() {
             host.describe()
         );
     }
+    assert_clean_exits(&hosts);
+    check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
+    kills
+}
+
+/// Three processes started by hand reform after any kill, rendezvous included.
+#[test]
+fn processes_started_by_hand_reform_after_any_kill_and_stay_exactly_once() {
+    let kills = kill_rounds("cluster-kills", 0xC_0001, None, 10);
+    assert!(
+        kills >= 10,
+        "only {kills} kills landed: the input ran out too early"
+    );
+}
+
+/// The same with checkpoints on the S3 server.
+#[test]
+fn processes_started_by_hand_reform_with_checkpoints_on_s3() {
+    let url = crate::s3::s3_prefix("cluster-s3");
+    let kills = kill_rounds("cluster-s3", 0xC_0005, Some(url), 5);
     assert!(
         kills >= 4,
         "only {kills} kills landed: the input ran out too early"
     );
-    assert_clean_exits(&hosts);
-    check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
 }
 
 /// A killed peer ends every other process promptly with exit code 1 and one line naming
@@ -382,6 +431,24 @@ fn an_index_outside_the_peers_or_different_peer_lists_are_refused() {
         "{stderr}"
     );
 
+    // A peer that is not there: retried until the start timeout, then exit code 1.
+    let started = Instant::now();
+    let out = command(&args, &peers, 1)
+        .args(["--start-timeout-ms", "1500"])
+        .output()
+        .expect("run wordcount");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("process 0 at {}", peers[0])) && stderr.contains("start timeout"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it waited {:?}",
+        started.elapsed()
+    );
+
     // Process 1 lists a third peer that process 0 does not know.
     let mut other = peers.clone();
     other.push("127.0.0.1:9".into());
@@ -402,6 +469,41 @@ fn an_index_outside_the_peers_or_different_peer_lists_are_refused() {
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("same --peers"), "{stderr}");
     }
+
+    // Two processes that both say they are process 1 of three.
+    let peers = self::peers(3);
+    let spawn = |peers: &[String], index: usize| {
+        command(&args, peers, index)
+            .args(["--start-timeout-ms", "3000"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run wordcount")
+    };
+    let (p0, p1, p1b) = (spawn(&peers, 0), spawn(&peers, 1), spawn(&peers, 1));
+    let outs: Vec<_> = [p0, p1, p1b]
+        .into_iter()
+        .map(|p| p.wait_with_output().unwrap())
+        .collect();
+    let refused = outs.iter().any(|o| {
+        o.status.code() == Some(2)
+            && String::from_utf8_lossy(&o.stderr).contains("two processes say they are process 1")
+    });
+    let texts: Vec<String> = outs
+        .iter()
+        .map(|o| {
+            format!(
+                "{:?}: {}",
+                o.status.code(),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .collect();
+    assert!(
+        refused,
+        "a repeated index must be refused with exit code 2:\n{}",
+        texts.join("\n")
+    );
 }
 
 /// Hosts simulated with network namespaces: one namespace per process, each with a veth

@@ -390,3 +390,35 @@ fn a_committer_that_panics_fails_the_run_instead_of_stalling_it() {
     assert_eq!(err.retry(), Retry::Transient, "{text}");
     assert_stopped_early(started);
 }
+
+/// A job that fails every time before completing a checkpoint is given up after
+/// `max_failed_generations` generations, with the last failure in the message, instead
+/// of being restarted forever; one that completes a checkpoint in between is not.
+#[test]
+fn a_job_failing_before_any_checkpoint_is_given_up_after_max_failed_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config("inproc-give-up", dir.path(), 2);
+    config.max_failed_generations = 3;
+    for attempt in 0..3 {
+        let out = Counts::new();
+        // Every pre-commit fails, so that no checkpoint ever completes.
+        let err = run_wordcount(config.clone(), 2_000, None, into(&out, Some(Flaky::new(1))))
+            .expect_err("the sink fails");
+        assert!(
+            err.to_string().contains("the disk is full"),
+            "attempt {attempt}: {err}"
+        );
+        assert!(
+            out.records().is_empty(),
+            "attempt {attempt} committed output"
+        );
+    }
+    let err = run_wordcount(config, 2_000, None, into(&Counts::new(), None))
+        .expect_err("the fourth start is refused");
+    assert!(err.is_permanent(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("3 generations in a row") && text.contains("the disk is full"),
+        "{text}"
+    );
+}

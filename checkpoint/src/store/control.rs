@@ -63,6 +63,46 @@ impl CheckpointStore {
         self.generations().await
     }
 
+    /// Records why `process` of `generation` failed, so that a later start can tell a
+    /// job that keeps failing from one that was interrupted.
+    pub async fn record_failure(
+        &self,
+        generation: Generation,
+        process: usize,
+        error: &str,
+    ) -> Result<()> {
+        self.put_object(
+            &self.layout.failure(generation, process),
+            error.as_bytes().to_vec(),
+        )
+        .await
+    }
+
+    /// Every failure record: generation, process and error, oldest first.
+    pub async fn failures(&self) -> Result<Vec<(Generation, usize, String)>> {
+        let root = self.layout.failures();
+        let objects = self.list_objects(&root).await?;
+        let mut out = Vec::new();
+        for o in objects {
+            let Some((generation, process)) = o.location.filename().and_then(layout::parse_failure)
+            else {
+                continue;
+            };
+            let text = match self.store.get(&o.location).await {
+                Ok(r) => r
+                    .bytes()
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default(),
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(CheckpointError::storage("get", &o.location, e)),
+            };
+            out.push((generation, process, text));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Every generation announced so far.
     pub async fn generations(&self) -> Result<Vec<Generation>> {
         let root = self.layout.generations();
