@@ -194,11 +194,12 @@ fn workspace(
     (ws, corpus, args)
 }
 
-/// Runs three processes under restart loops with checkpoints under `url`, kills them
+/// Runs three processes under restart loops with checkpoints under `url` (input for
+/// `secs` seconds at full pace), kills them
 /// (one, process 0, all, all but one, and a process again in the middle of its
 /// rendezvous) after checkpoints complete, and checks that the cluster reformed by itself
 /// and committed exactly the oracle. Returns the number of kills that landed.
-fn kill_rounds(name: &str, seed: u64, url: Option<String>, rounds: usize) -> usize {
+fn kill_rounds(name: &str, seed: u64, url: Option<String>, rounds: usize, secs: f64) -> usize {
     let seed = scenario::seed(seed);
     let ws = Workspace::new(name);
     let corpus = input::generate(&ws.input, seed, &InputSpec::chaos());
@@ -207,7 +208,7 @@ fn kill_rounds(name: &str, seed: u64, url: Option<String>, rounds: usize) -> usi
         .set("--checkpoint-dir", &url)
         .workers(2)
         .interval_ms(scenario::INTERVAL_MS)
-        .rate_limit(corpus.rate_limit_for(6, 2.0 * scenario::RUN_SECS));
+        .rate_limit(corpus.rate_limit_for(6, secs));
     let peers = peers(3);
     let hosts: Vec<Host> = (0..3).map(|i| Host::start(&ws, &args, &peers, i)).collect();
     let deadline = Instant::now() + DEADLINE;
@@ -274,7 +275,13 @@ fn kill_rounds(name: &str, seed: u64, url: Option<String>, rounds: usize) -> usi
 /// Three processes started by hand reform after any kill, rendezvous included.
 #[test]
 fn processes_started_by_hand_reform_after_any_kill_and_stay_exactly_once() {
-    let kills = kill_rounds("cluster-kills", 0xC_0001, None, 10);
+    let kills = kill_rounds(
+        "cluster-kills",
+        0xC_0001,
+        None,
+        10,
+        4.0 * scenario::RUN_SECS,
+    );
     assert!(
         kills >= 10,
         "only {kills} kills landed: the input ran out too early"
@@ -285,7 +292,13 @@ fn processes_started_by_hand_reform_after_any_kill_and_stay_exactly_once() {
 #[test]
 fn processes_started_by_hand_reform_with_checkpoints_on_s3() {
     let url = crate::s3::s3_prefix("cluster-s3");
-    let kills = kill_rounds("cluster-s3", 0xC_0005, Some(url), 5);
+    let kills = kill_rounds(
+        "cluster-s3",
+        0xC_0005,
+        Some(url),
+        5,
+        2.0 * scenario::RUN_SECS,
+    );
     assert!(
         kills >= 4,
         "only {kills} kills landed: the input ran out too early"
