@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use crate::harness::bins;
-use crate::harness::checkpoints::complete_checkpoints;
 use crate::harness::checks::check_exactly_once;
 use crate::harness::input::{self, InputSpec};
 use crate::harness::job::JobArgs;
@@ -152,18 +151,24 @@ fn await_until(hosts: &[Host], deadline: Instant, what: &str, mut f: impl FnMut(
     }
 }
 
-fn complete(ws: &Workspace) -> usize {
-    complete_checkpoints(&ws.checkpoints, "wordcount").len()
+/// The newest complete checkpoint's epoch in the workspace (0 if none): it grows as
+/// the job makes progress, whatever retention deletes.
+fn complete(ws: &Workspace) -> u64 {
+    complete_at(&ws.checkpoint_url())
 }
 
-/// The complete checkpoints under a checkpoint URL (a local directory or `s3://`).
-fn complete_at(url: &str) -> usize {
+/// The newest complete checkpoint's epoch under a checkpoint URL (a local directory or
+/// `s3://`), 0 if none.
+fn complete_at(url: &str) -> u64 {
     let store = weir::checkpoint::CheckpointStore::open(url, "wordcount").unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(store.list()).map(|(c, _)| c.len()).unwrap_or(0)
+    rt.block_on(store.list())
+        .ok()
+        .and_then(|(c, _)| c.iter().map(|e| e.0).max())
+        .unwrap_or(0)
 }
 
 /// No run of any host panicked, and every failed run ended with one clear error line.
