@@ -57,11 +57,12 @@ EOF
 host_loop() { # job-dir host
   local dir=$1 h=$2 run=0
   while true; do
-    ip netns exec "ws${TAG}h$h" "$BIN" --input "$WORK/in" --output "$dir/out" \
+    start=$(date +%s.%N)
+    RUST_LOG=weir_runtime::cluster=info ip netns exec "ws${TAG}h$h" "$BIN" --input "$WORK/in" --output "$dir/out" \
       --checkpoint-dir "$dir/chk" --restore latest --workers 2 --rate-limit 20000 \
       --checkpoint-interval-ms 200 --peers "$PEERS" --process-index "$h" \
       --peer-timeout-ms "$TIMEOUT_MS" >"$dir/host$h-run$run.log" 2>&1 && rc=0 || rc=$?
-    echo "$rc" >>"$dir/host$h.exits"
+    echo "$rc $start $(date +%s.%N) $dir/host$h-run$run.log" >>"$dir/host$h.exits"
     run=$((run + 1))
     [ "$rc" -eq 0 ] && break
   done
@@ -85,11 +86,11 @@ while [ "$kills" -lt "$KILLS" ]; do
     while :; do
       g=$(newest_generation "$dir")
       [ -n "$g" ] && [ "$g" -gt "$gen" ] && break
-      [ "$(cat "$dir"/host*.exits 2>/dev/null | grep -c '^0$')" -eq 3 ] && break 2
+      [ "$(cat "$dir"/host*.exits 2>/dev/null | grep -c '^0 ')" -eq 3 ] && break 2
       sleep 0.02
     done
     if [ -n "${killed_at:-}" ]; then
-      echo "$(date +%s.%N) - $killed_at" | bc >>"$WORK/resume.txt"
+      echo "$killed_at $(date +%s.%N)" >>"$WORK/resume.txt"
     fi
     victim=$((RANDOM % 3))
     pid=$(ip netns pids "ws${TAG}h$victim" | head -1)
@@ -105,15 +106,27 @@ while [ "$kills" -lt "$KILLS" ]; do
 done
 
 python3 - "$WORK" "$KILLS" <<'EOF'
-import collections, glob, json, statistics, sys
+import collections, datetime, glob, json, re, statistics, sys
 work, kills = sys.argv[1], int(sys.argv[2])
 oracle = collections.Counter()
 for f in glob.glob(f"{work}/in/*"):
     for line in open(f):
         oracle.update(line.split())
 lost = duplicated = restarts = jobs = 0
+runs = []  # (start, end, rc, formed) of every process run
 for job in sorted(glob.glob(f"{work}/job*")):
-    exits = [int(l) for f in glob.glob(f"{job}/host*.exits") for l in open(f)]
+    exits = []
+    for f in glob.glob(f"{job}/host*.exits"):
+        for line in open(f):
+            rc, start, end, log = line.split()
+            formed = None
+            for l in open(log, errors="replace"):
+                if "the cluster is formed" in l:
+                    stamp = re.sub(r"\x1b\[[0-9;]*m", "", l).split()[0].rstrip("Z")
+                    formed = datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.timezone.utc).timestamp()
+                    break
+            runs.append((float(start), float(end), int(rc), formed))
+            exits.append(int(rc))
     restarts += sum(1 for e in exits if e != 0)
     if sum(1 for e in exits if e == 0) < 3:
         continue  # the last job, cut short when the kills were done
@@ -129,11 +142,28 @@ for job in sorted(glob.glob(f"{work}/job*")):
         final = updates[word][max(updates[word])] if updates[word] else 0
         lost += max(0, n - final)
         duplicated += max(0, final - n)
-resume = sorted(float(l) for l in open(f"{work}/resume.txt") if l.strip())
-p99 = resume[min(len(resume) - 1, int(0.99 * len(resume)))] if resume else float("nan")
+total, detect, rendezvous, restore = [], [], [], []
+for line in open(f"{work}/resume.txt"):
+    killed, resumed = map(float, line.split())
+    total.append(resumed - killed)
+    # Detection: the killed process ends at once; the next process to exit noticed it.
+    ends = sorted(e for s, e, rc, f in runs if s < killed <= e and rc != 0)
+    started = [f for s, e, rc, f in runs if s > killed and f is not None and f < resumed]
+    if len(ends) >= 2 and started:
+        detected, formed = ends[1], max(started)
+        detect.append(detected - killed)
+        rendezvous.append(formed - detected)
+        restore.append(resumed - formed)
+def fig(xs):
+    if not xs:
+        return "n/a"
+    xs = sorted(xs)
+    return f"median {statistics.median(xs):.2f} s, p99 {xs[min(len(xs) - 1, int(0.99 * len(xs)))]:.2f} s"
 print(f"kills {kills}, restarts {restarts}, jobs checked {jobs}")
 print(f"lost records {lost}, duplicated records {duplicated}")
-if resume:
-    print(f"kill to output of the next generation: median {statistics.median(resume):.2f} s, p99 {p99:.2f} s ({len(resume)} samples)")
+print(f"kill to output of the next generation: {fig(total)} ({len(total)} samples)")
+print(f"  detection (kill to the first peer's exit): {fig(detect)}")
+print(f"  rendezvous (that exit to the cluster formed again): {fig(rendezvous)}")
+print(f"  restore and first commit (formed to new output): {fig(restore)} ({len(restore)} samples split)")
 sys.exit(0 if lost == 0 and duplicated == 0 and jobs > 0 else 1)
 EOF
