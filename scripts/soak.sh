@@ -7,11 +7,15 @@
 # the figures: kills, restarts, lost and duplicated records, and the time from a kill to
 # the first output committed by the next generation (median and p99).
 #
-#   scripts/soak.sh [KILLS] [PEER_TIMEOUT_MS]      (root: it creates network namespaces)
+#   scripts/soak.sh [KILLS] [PEER_TIMEOUT_MS] [kill|stop]   (root: it creates namespaces)
+#
+# With `stop`, each fault is a SIGSTOP instead of a SIGKILL: the process is resumed
+# (SIGCONT) after twice the peer timeout, by when the others have noticed it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KILLS=${1:-300}
 TIMEOUT_MS=${2:-2000}
+MODE=${3:-kill}
 BIN=target/release/examples/wordcount
 [ -x "$BIN" ] || cargo build --release --example wordcount
 BIN=$(realpath "$BIN")
@@ -97,7 +101,13 @@ while [ "$kills" -lt "$KILLS" ]; do
     [ -z "$pid" ] && continue
     last_gen=$(newest_generation "$dir")
     killed_at=$(date +%s.%N)
-    kill -9 "$pid" 2>/dev/null && kills=$((kills + 1)) || true
+    if [ "$MODE" = stop ]; then
+      kill -STOP "$pid" 2>/dev/null && kills=$((kills + 1)) || true
+      # The fault's duration: twice the peer timeout.
+      (sleep "$(echo "2 * $TIMEOUT_MS / 1000" | bc -l)"; kill -CONT "$pid" 2>/dev/null || true) &
+    else
+      kill -9 "$pid" 2>/dev/null && kills=$((kills + 1)) || true
+    fi
   done
   unset killed_at last_gen
   # The job runs to its end; then its output is checked.
@@ -105,9 +115,9 @@ while [ "$kills" -lt "$KILLS" ]; do
   job=$((job + 1))
 done
 
-python3 - "$WORK" "$KILLS" <<'EOF'
+python3 - "$WORK" "$KILLS" "$MODE" <<'EOF'
 import collections, datetime, glob, json, re, statistics, sys
-work, kills = sys.argv[1], int(sys.argv[2])
+work, kills, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 oracle = collections.Counter()
 for f in glob.glob(f"{work}/in/*"):
     for line in open(f):
@@ -146,11 +156,13 @@ total, detect, rendezvous, restore = [], [], [], []
 for line in open(f"{work}/resume.txt"):
     killed, resumed = map(float, line.split())
     total.append(resumed - killed)
-    # Detection: the killed process ends at once; the next process to exit noticed it.
+    # Detection: the first peer to exit noticed the fault (a killed process itself ends
+    # at once, a stopped one only after it is resumed).
     ends = sorted(e for s, e, rc, f in runs if s < killed <= e and rc != 0)
+    first = 1 if mode == "kill" else 0
     started = [f for s, e, rc, f in runs if s > killed and f is not None and f < resumed]
-    if len(ends) >= 2 and started:
-        detected, formed = ends[1], max(started)
+    if len(ends) > first and started:
+        detected, formed = ends[first], max(started)
         detect.append(detected - killed)
         rendezvous.append(formed - detected)
         restore.append(resumed - formed)
@@ -159,7 +171,7 @@ def fig(xs):
         return "n/a"
     xs = sorted(xs)
     return f"median {statistics.median(xs):.2f} s, p99 {xs[min(len(xs) - 1, int(0.99 * len(xs)))]:.2f} s"
-print(f"kills {kills}, restarts {restarts}, jobs checked {jobs}")
+print(f"{'kills' if mode == 'kill' else 'stops'} {kills}, restarts {restarts}, jobs checked {jobs}")
 print(f"lost records {lost}, duplicated records {duplicated}")
 print(f"kill to output of the next generation: {fig(total)} ({len(total)} samples)")
 print(f"  detection (kill to the first peer's exit): {fig(detect)}")
