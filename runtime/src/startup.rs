@@ -274,10 +274,15 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
         };
         let plan = plan_start(&facts)?;
         if config.max_failed_generations > 0 {
-            let newest = match facts.complete.last() {
-                Some(epoch) => Some(store.read_manifest(*epoch).await?.generation),
-                None => None,
-            };
+            // The newest checkpoint that reads (a damaged one is skipped, as restore
+            // skips it).
+            let mut newest = None;
+            for epoch in facts.complete.iter().rev() {
+                if let Ok(m) = store.read_manifest(*epoch).await {
+                    newest = Some(m.generation);
+                    break;
+                }
+            }
             let failed = failed_in_a_row(&store.failures().await?, newest);
             check_failed_generations(&failed, config.max_failed_generations)?;
         }
