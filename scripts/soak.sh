@@ -95,10 +95,15 @@ while [ "$kills" -lt "$KILLS" ]; do
     done
     if [ -n "${killed_at:-}" ]; then
       echo "$killed_at $(date +%s.%N)" >>"$WORK/resume.txt"
+      unset killed_at
     fi
     victim=$((RANDOM % 3))
     pid=$(ip netns pids "ws${TAG}h$victim" | head -1)
-    [ -z "$pid" ] && continue
+    if [ -z "$pid" ]; then
+      # Between two runs of that host: try again shortly.
+      sleep 0.02
+      continue
+    fi
     last_gen=$(newest_generation "$dir")
     killed_at=$(date +%s.%N)
     if [ "$MODE" = stop ]; then
