@@ -84,13 +84,14 @@ while [ "$kills" -lt "$KILLS" ]; do
   mkdir -p "$dir/out"
   for h in 0 1 2; do host_loop "$dir" "$h" & done
   loops=$(jobs -p)
-  while [ "$kills" -lt "$KILLS" ]; do
+  done_hosts() { cat "$dir"/host*.exits 2>/dev/null | grep -c '^0 ' || true; }
+  while [ "$kills" -lt "$KILLS" ] && [ "$(done_hosts)" -lt 3 ]; do
     # Wait for output of a generation newer than the last one killed.
     gen=${last_gen:--1}
     while :; do
       g=$(newest_generation "$dir")
       [ -n "$g" ] && [ "$g" -gt "$gen" ] && break
-      [ "$(cat "$dir"/host*.exits 2>/dev/null | grep -c '^0 ')" -eq 3 ] && break 2
+      [ "$(done_hosts)" -eq 3 ] && break 2
       sleep 0.02
     done
     if [ -n "${killed_at:-}" ]; then
