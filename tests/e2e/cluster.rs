@@ -17,7 +17,7 @@ use crate::harness::checks::check_exactly_once;
 use crate::harness::input::{self, InputSpec};
 use crate::harness::job::JobArgs;
 use crate::harness::output::read_committed;
-use crate::harness::process::{is_alive, read_lossy, sigkill, spawn_logged, tail, POLL};
+use crate::harness::process::{is_alive, read_lossy, sigkill, signal, spawn_logged, tail, POLL};
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
 
@@ -171,6 +171,25 @@ fn complete_at(url: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until every host's restart loop has ended, and checks that each ended with a
+/// run that exited 0.
+fn await_all_finished(hosts: &[Host], deadline: Instant) {
+    await_until(
+        hosts,
+        deadline,
+        "every host to finish with exit code 0",
+        || hosts.iter().all(|h| h.done.load(Ordering::SeqCst)),
+    );
+    for host in hosts {
+        assert_eq!(
+            host.exits.lock().unwrap().last().copied().flatten(),
+            Some(0),
+            "{}",
+            host.describe()
+        );
+    }
+}
+
 /// No run of any host panicked, and every failed run ended with one clear error line.
 fn assert_clean_exits(hosts: &[Host]) {
     for host in hosts {
@@ -258,20 +277,7 @@ fn kill_rounds(name: &str, seed: u64, url: Option<String>, rounds: usize, secs: 
             }
         }
     }
-    await_until(
-        &hosts,
-        deadline,
-        "every host to finish with exit code 0",
-        || all_done(&hosts),
-    );
-    for host in &hosts {
-        assert_eq!(
-            host.exits.lock().unwrap().last().copied().flatten(),
-            Some(0),
-            "{}",
-            host.describe()
-        );
-    }
+    await_all_finished(&hosts, deadline);
     assert_clean_exits(&hosts);
     check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
     kills
@@ -328,7 +334,7 @@ fn a_lost_or_silent_peer_ends_the_others_and_a_short_pause_does_not() {
     });
     let (p0, p1) = (running(&hosts[0]), running(&hosts[1]));
     assert!(p0 != 0 && p1 != 0, "both processes run");
-    signal(p1, "-STOP");
+    assert!(signal(p1, libc::SIGSTOP), "SIGSTOP {p1}");
     let paused = Instant::now();
     while paused.elapsed() < Duration::from_millis(PEER_TIMEOUT_MS / 3) {
         assert!(
@@ -337,7 +343,7 @@ fn a_lost_or_silent_peer_ends_the_others_and_a_short_pause_does_not() {
         );
         std::thread::sleep(POLL);
     }
-    signal(p1, "-CONT");
+    assert!(signal(p1, libc::SIGCONT), "SIGCONT {p1}");
     let before = complete(&ws);
     await_until(
         &hosts,
@@ -349,7 +355,7 @@ fn a_lost_or_silent_peer_ends_the_others_and_a_short_pause_does_not() {
     assert_eq!(running(&hosts[1]), p1, "a short pause restarted process 1");
 
     // A stop longer than the timeout: process 0 ends with exit 1, naming process 1.
-    signal(p1, "-STOP");
+    assert!(signal(p1, libc::SIGSTOP), "SIGSTOP {p1}");
     let stopped = Instant::now();
     await_until(
         &hosts,
@@ -378,7 +384,7 @@ fn a_lost_or_silent_peer_ends_the_others_and_a_short_pause_does_not() {
     // The zombie, resumed, must not commit: its output files stay as they are until it
     // has exited.
     let committed_before: Vec<PathBuf> = committed_files(&ws.output);
-    signal(p1, "-CONT");
+    assert!(signal(p1, libc::SIGCONT), "SIGCONT {p1}");
     await_until(&hosts, deadline, "the resumed process to exit", || {
         running(&hosts[1]) != p1
     });
@@ -398,31 +404,9 @@ fn a_lost_or_silent_peer_ends_the_others_and_a_short_pause_does_not() {
     );
 
     // The restarted cluster finishes exactly once.
-    await_until(
-        &hosts,
-        deadline,
-        "every host to finish with exit code 0",
-        || hosts.iter().all(|h| h.done.load(Ordering::SeqCst)),
-    );
-    for host in &hosts {
-        assert_eq!(
-            host.exits.lock().unwrap().last().copied().flatten(),
-            Some(0),
-            "{}",
-            host.describe()
-        );
-    }
+    await_all_finished(&hosts, deadline);
     assert_clean_exits(&hosts);
     check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid} failed");
 }
 
 fn committed_files(dir: &Path) -> Vec<PathBuf> {
@@ -646,21 +630,20 @@ fn three_hosts_in_network_namespaces_reform_after_kills_and_a_cut_link() {
             complete(&ws) > before || hosts.iter().all(|h| h.done.load(Ordering::SeqCst))
         });
         if round == 2 {
-            // Host 2 loses its link for twice the peer timeout.
-            let restarts_before: usize = hosts.iter().map(|h| h.exits.lock().unwrap().len()).sum();
+            // Host 2 loses its link until every host has noticed: hosts 0 and 1 miss its
+            // heartbeats, and host 2 misses theirs.
+            let runs: Vec<usize> = hosts
+                .iter()
+                .map(|h| h.exits.lock().unwrap().len())
+                .collect();
             net.set_link(2, false);
-            let cut = Instant::now();
-            await_until(&hosts, deadline, "the cut to be noticed", || {
+            await_until(&hosts, deadline, "every host to notice the cut", || {
                 hosts
                     .iter()
-                    .map(|h| h.exits.lock().unwrap().len())
-                    .sum::<usize>()
-                    > restarts_before
+                    .zip(&runs)
+                    .all(|(h, before)| h.exits.lock().unwrap().len() > *before)
                     || hosts.iter().all(|h| h.done.load(Ordering::SeqCst))
             });
-            while cut.elapsed() < Duration::from_millis(2 * PEER_TIMEOUT_MS) {
-                std::thread::sleep(POLL);
-            }
             net.set_link(2, true);
             continue;
         }
@@ -670,20 +653,7 @@ fn three_hosts_in_network_namespaces_reform_after_kills_and_a_cut_link() {
             kills += 1;
         }
     }
-    await_until(
-        &hosts,
-        deadline,
-        "every host to finish with exit code 0",
-        || hosts.iter().all(|h| h.done.load(Ordering::SeqCst)),
-    );
-    for host in &hosts {
-        assert_eq!(
-            host.exits.lock().unwrap().last().copied().flatten(),
-            Some(0),
-            "{}",
-            host.describe()
-        );
-    }
+    await_all_finished(&hosts, deadline);
     assert!(
         kills >= 2,
         "only {kills} kills landed: the input ran out too early"

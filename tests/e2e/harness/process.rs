@@ -148,9 +148,14 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
-/// Sends SIGKILL to `pid`; true if the signal was delivered.
-pub fn sigkill(pid: u32) -> bool {
+/// Sends `signal` to `pid`; true if it was delivered.
+pub fn signal(pid: u32, signal: libc::c_int) -> bool {
     let pid = libc::pid_t::try_from(pid).expect("pid fits in pid_t");
     // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+    unsafe { libc::kill(pid, signal) == 0 }
+}
+
+/// Sends SIGKILL to `pid`; true if the signal was delivered.
+pub fn sigkill(pid: u32) -> bool {
+    signal(pid, libc::SIGKILL)
 }
