@@ -127,6 +127,22 @@ impl Layout {
         Path::from(format!("{}/generations/{:010}", self.job, generation.0))
     }
 
+    /// The prefix holding the rendezvous claims of every generation (see
+    /// [`Layout::claim`]).
+    pub fn claims(&self) -> Path {
+        Path::from(format!("{}/rendezvous", self.job))
+    }
+
+    /// The claim of process `process` on `generation`, created if absent by the one
+    /// process incarnation that takes that index in that generation:
+    /// `rendezvous/<generation, 10 digits>-p<process>`.
+    pub fn claim(&self, generation: Generation, process: usize) -> Path {
+        Path::from(format!(
+            "{}/rendezvous/{:010}-p{process}",
+            self.job, generation.0
+        ))
+    }
+
     /// The prefix holding the failure records of generations (see
     /// [`Layout::failure`]).
     pub fn failures(&self) -> Path {
@@ -212,7 +228,8 @@ pub fn parse_generation_marker(name: &str) -> Option<Generation> {
     name.parse().ok()
 }
 
-/// The generation and process of a failure record's name (see [`Layout::failure`]).
+/// The generation and process of a failure record's name (see [`Layout::failure`]),
+/// or of a rendezvous claim's (see [`Layout::claim`]), which have the same form.
 pub fn parse_failure(name: &str) -> Option<(Generation, usize)> {
     let (generation, process) = name.split_once("-p")?;
     Some((Generation(generation.parse().ok()?), process.parse().ok()?))

@@ -135,6 +135,36 @@ pub fn is_fenced(generation: Generation, markers: &[Generation]) -> bool {
     markers.iter().any(|m| *m > generation)
 }
 
+/// The generation that process `index` claims when a cluster forms.
+///
+/// A generation is run by exactly one incarnation of each process: its claim on
+/// (generation, index) is an object created if absent. The claim is the newest of
+/// - `floor` (one past the newest announced generation, or what a peer showed),
+/// - the newest generation any process claimed, so that a process that restarts while
+///   its peers run (or form) a generation pulls them all to its own,
+///
+/// or one past that if this index claimed it already: an earlier incarnation of this
+/// process took part in it, and a generation is never joined half-way.
+///
+/// ```
+/// use weir_checkpoint::protocol::claim_target;
+/// use weir_checkpoint::Generation;
+/// let g = Generation;
+/// // Processes 0 and 1 formed generation 4; process 1 restarts: it claims 5.
+/// assert_eq!(claim_target(g(4), &[(g(4), 0), (g(4), 1)], 1), g(5));
+/// // Process 0 then fails too and restarts: it joins 5.
+/// assert_eq!(claim_target(g(4), &[(g(4), 0), (g(4), 1), (g(5), 1)], 0), g(5));
+/// ```
+pub fn claim_target(floor: Generation, claims: &[(Generation, usize)], index: usize) -> Generation {
+    let newest = claims.iter().map(|(g, _)| *g).max().unwrap_or(floor);
+    let target = floor.max(newest);
+    if claims.contains(&(target, index)) {
+        target.next()
+    } else {
+        target
+    }
+}
+
 /// What retention removes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionPlan {
@@ -485,6 +515,33 @@ mod tests {
         assert!(recover_sink(&restored, &[newer], Generation(1))
             .iter()
             .all(|a| matches!(a, SinkAction::Commit(_))));
+    }
+
+    #[test]
+    fn every_incarnation_claims_a_generation_of_its_own() {
+        let g = Generation;
+        // A first start.
+        assert_eq!(claim_target(g(0), &[], 0), g(0));
+        // Every process restarts after generation 3 ran: all claim 4.
+        let ran: Vec<_> = (0..3).map(|i| (g(3), i)).collect();
+        for i in 0..3 {
+            assert_eq!(claim_target(g(4), &ran, i), g(4));
+        }
+        // Generation 3 formed but was never announced (the floor is still 3): nobody
+        // reuses it.
+        for i in 0..3 {
+            assert_eq!(claim_target(g(3), &ran, i), g(4));
+        }
+        // A rendezvous of 4 was cut short after process 0 claimed it: process 0's next
+        // incarnation takes 5, and pulls the others, which would take 4, up with it
+        // during the exchange.
+        let mut cut = ran.clone();
+        cut.push((g(4), 0));
+        assert_eq!(claim_target(g(4), &cut, 0), g(5));
+        assert_eq!(claim_target(g(4), &cut, 1), g(4));
+        assert_eq!(claim_target(g(5), &cut, 1), g(5));
+        // An announced generation newer than every claim wins.
+        assert_eq!(claim_target(g(9), &cut, 2), g(9));
     }
 
     #[test]

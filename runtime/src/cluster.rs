@@ -1,12 +1,20 @@
 //! Forming a cluster of processes without a supervisor, and noticing when it breaks.
 //!
 //! Every process is started with the same peer list (`host:port` per process) and its
-//! own index: by Kubernetes, systemd, a shell loop or `weir launch`. Before timely gets
-//! any socket, each pair of processes connects twice (a data link for timely and a
-//! heartbeat link) and exchanges a [`Hello`]: job, peer list, index, the generation the
-//! process proposes (one past the newest generation marker in the checkpoint store) and
-//! the checkpoint it restores. [`agree`] then decides, identically on every process, the
-//! generation of the cluster (the largest proposal) or why the processes cannot form one.
+//! own index: by Kubernetes, systemd, a shell loop or `weir launch`.
+//!
+//! **Rendezvous.** A process first claims a generation in the checkpoint store: an
+//! object `rendezvous/<generation>-p<index>` created if absent, so that exactly one
+//! incarnation of each index takes part in a generation
+//! (`weir_checkpoint::protocol::claim_target` picks which). Then each pair of processes
+//! connects twice (a data link for timely and a heartbeat link) and exchanges a
+//! [`Hello`]: job, peer list, index, claimed generation and the checkpoint it restores.
+//! - A peer of an older generation is refused (logged, its connection dropped): it sees
+//!   the newer generation in the refusal, claims it too and connects again.
+//! - A peer of a newer generation makes this process drop every link, claim that
+//!   generation and start the exchange again: a process that restarted while the others
+//!   ran pulls them all to a new generation; nobody joins an old one half-way.
+//! - Once every link carries the same generation, [`agree`] checks what else must match.
 //!
 //! Once the dataflow runs:
 //! - a data link that ends without timely's clean-shutdown header (the peer was killed or
@@ -26,6 +34,9 @@
 //! Invariants:
 //! - processes form a cluster only with peers of the same job and the same peer list,
 //!   each index exactly once; anything else is refused with an error naming the address;
+//! - a generation is run by at most one incarnation of each index (the claim in the
+//!   store), so a generation number names one set of processes, and a zombie of an old
+//!   generation is fenced by the newer one's marker;
 //! - every process of a cluster runs the same generation and restores the same
 //!   checkpoint: [`agree`] is a pure function of the hellos, which every process sees
 //!   in full;
@@ -34,7 +45,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,8 +65,8 @@ pub struct Hello {
     pub index: usize,
     /// Which link this connection is.
     pub link: LinkKind,
-    /// The generation the sender proposes.
-    pub proposal: Generation,
+    /// The generation the sender claimed.
+    pub generation: Generation,
     /// The checkpoint the sender restores (`None` for a fresh start).
     pub restores: Option<Epoch>,
 }
@@ -69,36 +80,71 @@ pub enum LinkKind {
     Heartbeat,
 }
 
-/// Decides the cluster's generation from this process's hello and every peer's (one per
-/// peer, in any order): the largest proposal, so that a process that restarted while
-/// the others ran an older generation moves them all past it.
+/// Decides whether this process and its peers (one hello per peer, in any order, all
+/// of the same generation once the exchange is done) form a cluster, and of which
+/// generation.
 ///
 /// It is an error, permanent, when a peer belongs to another job or has another peer
 /// list; and transient when the processes would restore different checkpoints (one
-/// completed while they restarted: the next attempt agrees).
+/// completed while they restarted: the next attempt agrees) or, which the exchange
+/// prevents, claimed different generations.
 pub fn agree(own: &Hello, peers: &[Hello]) -> Result<Generation> {
-    let mut generation = own.proposal;
     for hello in peers {
         check(own, hello)?;
+        let peer_error = |reason: String| RuntimeError::Peer {
+            process: hello.index,
+            address: own.peers.get(hello.index).cloned().unwrap_or_default(),
+            reason,
+        };
+        if hello.generation != own.generation {
+            return Err(peer_error(format!(
+                "claimed generation {}, this process claimed {}",
+                hello.generation, own.generation
+            )));
+        }
         if hello.restores != own.restores {
             let shown = |r: Option<Epoch>| {
                 r.map_or("nothing (a fresh start)".into(), |e| {
                     format!("checkpoint {e}")
                 })
             };
-            return Err(RuntimeError::Peer {
-                process: hello.index,
-                address: own.peers.get(hello.index).cloned().unwrap_or_default(),
-                reason: format!(
-                    "restores {}, this process restores {}: a checkpoint completed while the cluster restarted; the next attempt agrees",
-                    shown(hello.restores),
-                    shown(own.restores)
-                ),
-            });
+            return Err(peer_error(format!(
+                "restores {}, this process restores {}: a checkpoint completed while the cluster restarted; the next attempt agrees",
+                shown(hello.restores),
+                shown(own.restores)
+            )));
         }
-        generation = generation.max(hello.proposal);
     }
-    Ok(generation)
+    Ok(own.generation)
+}
+
+/// How this process's generation compares with a peer's during the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compared {
+    /// Both claimed the same generation: the link is kept.
+    Same,
+    /// The peer is of an older generation: it is refused, and moves up when it reads
+    /// this process's hello.
+    Refuse,
+    /// The peer is of a newer generation: this process claims it and starts again.
+    MoveUp(Generation),
+}
+
+/// Compares this process's claimed generation with a peer's (see [`Compared`]).
+///
+/// ```
+/// use weir_runtime::cluster::{compare, Compared};
+/// use weir_checkpoint::Generation;
+/// assert_eq!(compare(Generation(4), Generation(4)), Compared::Same);
+/// assert_eq!(compare(Generation(4), Generation(3)), Compared::Refuse);
+/// assert_eq!(compare(Generation(4), Generation(6)), Compared::MoveUp(Generation(6)));
+/// ```
+pub fn compare(own: Generation, peer: Generation) -> Compared {
+    match peer.cmp(&own) {
+        std::cmp::Ordering::Equal => Compared::Same,
+        std::cmp::Ordering::Less => Compared::Refuse,
+        std::cmp::Ordering::Greater => Compared::MoveUp(peer),
+    }
 }
 
 /// Whether `hello` comes from a process of this cluster: the same job and peer list.
@@ -190,25 +236,54 @@ fn listen_address(own: &str) -> Result<SocketAddr> {
     Ok(SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
+/// Claims a generation at least as new as the one given (see the module documentation):
+/// returns the generation claimed, or an error if the claim fails.
+pub(crate) type Claim<'a> = dyn FnMut(Generation) -> Result<Generation> + 'a;
+
+/// The exchange in progress: what both its threads share.
+struct Exchange {
+    own: Hello,
+    deadline: Instant,
+    /// Either side's failure ends the other's waiting.
+    give_up: AtomicBool,
+    /// The newest generation a peer showed, if newer than this process's.
+    newer: AtomicU64,
+}
+
+impl Exchange {
+    fn saw_newer(&self, generation: Generation) {
+        self.newer.fetch_max(generation.0, Ordering::Relaxed);
+        self.give_up.store(true, Ordering::Relaxed);
+    }
+
+    fn refuse(&self, hello: &Hello, from: &str) {
+        tracing::info!(
+            process = hello.index,
+            %from,
+            offered = %hello.generation,
+            generation = %self.own.generation,
+            "refused process {} at {from}: it offers generation {}, this process forms generation {}; it moves up when it reads the refusal",
+            hello.index,
+            hello.generation,
+            self.own.generation
+        );
+    }
+}
+
 /// Connects to every peer and agrees on the generation (see the module documentation).
 ///
-/// `proposal` and `restores` are what this process found in the checkpoint store.
+/// `floor` is the oldest generation this run may take (one past the newest marker in
+/// the checkpoint store); `claim` claims one in the store; `restores` is the checkpoint
+/// this process restores.
 pub(crate) fn form(
     job: &str,
     peers: &[String],
     index: usize,
-    proposal: Generation,
+    floor: Generation,
+    claim: &mut Claim<'_>,
     restores: Option<Epoch>,
     start_timeout: Duration,
 ) -> Result<Formed> {
-    let own = Hello {
-        job: job.to_string(),
-        peers: peers.to_vec(),
-        index,
-        link: LinkKind::Data,
-        proposal,
-        restores,
-    };
     let listen = listen_address(&peers[index])?;
     let listener = TcpListener::bind(listen).map_err(|e| {
         RuntimeError::config(
@@ -220,83 +295,107 @@ pub(crate) fn form(
         )
     })?;
     let deadline = Instant::now() + start_timeout;
-    // Either side's failure ends the other's waiting.
-    let give_up = AtomicBool::new(false);
-    let (connected, accepted) = std::thread::scope(|s| {
-        let accepting = s.spawn(|| {
-            let accepted = accept_all(&listener, &own, deadline, &give_up);
-            if accepted.is_err() {
-                give_up.store(true, Ordering::Relaxed);
+    let mut floor = floor;
+    loop {
+        let generation = claim(floor)?;
+        let ex = Exchange {
+            own: Hello {
+                job: job.to_string(),
+                peers: peers.to_vec(),
+                index,
+                link: LinkKind::Data,
+                generation,
+                restores,
+            },
+            deadline,
+            give_up: AtomicBool::new(false),
+            newer: AtomicU64::new(0),
+        };
+        let (connected, accepted) = std::thread::scope(|s| {
+            let accepting = s.spawn(|| {
+                let accepted = accept_all(&listener, &ex);
+                if accepted.is_err() {
+                    ex.give_up.store(true, Ordering::Relaxed);
+                }
+                accepted
+            });
+            let connected = connect_all(&ex);
+            if connected.is_err() {
+                ex.give_up.store(true, Ordering::Relaxed);
             }
-            accepted
+            let accepted = accepting.join().unwrap_or_else(|_| {
+                Err(RuntimeError::Dataflow(
+                    "the thread accepting peers panicked".into(),
+                ))
+            });
+            (connected, accepted)
         });
-        let connected = connect_all(&own, deadline, &give_up);
-        if connected.is_err() {
-            give_up.store(true, Ordering::Relaxed);
+        let newer = Generation(ex.newer.load(Ordering::Relaxed));
+        if newer > generation {
+            // Every link of this attempt is dropped: the peers see them close and
+            // connect again once they have claimed the newer generation too.
+            tracing::info!(
+                generation = %generation,
+                newer = %newer,
+                "a peer runs a newer generation: claiming it and connecting again"
+            );
+            floor = newer;
+            continue;
         }
-        let accepted = accepting.join().unwrap_or_else(|_| {
-            Err(RuntimeError::Dataflow(
-                "the thread accepting peers panicked".into(),
-            ))
+        // The side that failed first names the cause; the other side only gave up.
+        let accepted = accepted?;
+        let mut links: Vec<(Hello, TcpStream)> = connected?;
+        links.extend(accepted);
+        let hellos: Vec<Hello> = links
+            .iter()
+            .filter(|(h, _)| h.link == LinkKind::Data)
+            .map(|(h, _)| h.clone())
+            .collect();
+        let generation = agree(&ex.own, &hellos)?;
+        let mut data: Vec<Option<TcpStream>> = (0..peers.len()).map(|_| None).collect();
+        let mut heartbeats: Vec<Option<TcpStream>> = (0..peers.len()).map(|_| None).collect();
+        for (hello, stream) in links {
+            let _ = stream.set_nodelay(true);
+            match hello.link {
+                LinkKind::Data => data[hello.index] = Some(stream),
+                LinkKind::Heartbeat => heartbeats[hello.index] = Some(stream),
+            }
+        }
+        tracing::info!(
+            generation = %generation,
+            processes = peers.len(),
+            index,
+            "the cluster is formed"
+        );
+        return Ok(Formed {
+            generation,
+            data,
+            heartbeats,
+            listener,
+            own: ex.own,
         });
-        (connected, accepted)
-    });
-    // The side that failed first names the cause; the other side only gave up.
-    let accepted = accepted?;
-    let mut links: Vec<(Hello, TcpStream)> = connected?;
-    links.extend(accepted);
-    let hellos: Vec<Hello> = links
-        .iter()
-        .filter(|(h, _)| h.link == LinkKind::Data)
-        .map(|(h, _)| h.clone())
-        .collect();
-    let generation = agree(&own, &hellos)?;
-    let mut data: Vec<Option<TcpStream>> = (0..peers.len()).map(|_| None).collect();
-    let mut heartbeats: Vec<Option<TcpStream>> = (0..peers.len()).map(|_| None).collect();
-    for (hello, stream) in links {
-        let _ = stream.set_nodelay(true);
-        match hello.link {
-            LinkKind::Data => data[hello.index] = Some(stream),
-            LinkKind::Heartbeat => heartbeats[hello.index] = Some(stream),
-        }
     }
-    tracing::info!(
-        generation = %generation,
-        processes = peers.len(),
-        index,
-        "the cluster is formed"
-    );
-    Ok(Formed {
-        generation,
-        data,
-        heartbeats,
-        listener,
-        own,
-    })
 }
 
-/// Connects to every peer with a lower index, both links, retrying until `deadline`.
-fn connect_all(
-    own: &Hello,
-    deadline: Instant,
-    give_up: &AtomicBool,
-) -> Result<Vec<(Hello, TcpStream)>> {
+/// Connects to every peer with a lower index, both links, retrying until the deadline.
+/// Stops early (with what it has) when a peer shows a newer generation.
+fn connect_all(ex: &Exchange) -> Result<Vec<(Hello, TcpStream)>> {
     let mut out = Vec::new();
-    for peer in 0..own.index {
+    for peer in 0..ex.own.index {
         for link in [LinkKind::Data, LinkKind::Heartbeat] {
-            out.push(connect_one(own, peer, link, deadline, give_up)?);
+            match connect_one(ex, peer, link)? {
+                Some(connected) => out.push(connected),
+                None => return Ok(out),
+            }
         }
     }
     Ok(out)
 }
 
-fn connect_one(
-    own: &Hello,
-    peer: usize,
-    link: LinkKind,
-    deadline: Instant,
-    give_up: &AtomicBool,
-) -> Result<(Hello, TcpStream)> {
+/// One link to `peer`: `None` when a newer generation was seen (on this link or
+/// another), so that the exchange starts again.
+fn connect_one(ex: &Exchange, peer: usize, link: LinkKind) -> Result<Option<(Hello, TcpStream)>> {
+    let own = &ex.own;
     let address = &own.peers[peer];
     let unreachable = |reason: String| RuntimeError::Peer {
         process: peer,
@@ -308,6 +407,9 @@ fn connect_one(
         ..own.clone()
     };
     loop {
+        if ex.newer.load(Ordering::Relaxed) > own.generation.0 {
+            return Ok(None);
+        }
         let attempt = (|| -> io::Result<(Hello, TcpStream)> {
             let target = address.to_socket_addrs()?.next().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address")
@@ -317,7 +419,7 @@ fn connect_one(
             let reply = read_hello(&mut stream, Duration::from_secs(10))?;
             Ok((reply, stream))
         })();
-        match attempt {
+        let failed = match attempt {
             Ok((reply, stream)) => {
                 check(own, &reply)?;
                 if reply.index != peer {
@@ -329,29 +431,38 @@ fn connect_one(
                         ),
                     ));
                 }
-                return Ok((reply, stream));
+                match compare(own.generation, reply.generation) {
+                    Compared::Same => return Ok(Some((reply, stream))),
+                    Compared::MoveUp(newer) => {
+                        ex.saw_newer(newer);
+                        return Ok(None);
+                    }
+                    Compared::Refuse => {
+                        ex.refuse(&reply, address);
+                        format!("it is still at generation {}", reply.generation)
+                    }
+                }
             }
-            Err(e) if Instant::now() >= deadline || give_up.load(Ordering::Relaxed) => {
-                return Err(unreachable(format!(
-                    "cannot be reached within the start timeout: {e}; is it running, and is --peers right?"
-                )));
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= ex.deadline || ex.give_up.load(Ordering::Relaxed) {
+            if ex.newer.load(Ordering::Relaxed) > own.generation.0 {
+                return Ok(None);
             }
-            Err(e) => {
-                tracing::debug!(peer, %address, error = %e, "peer not reachable yet; retrying");
-                // A retry interval, not a wait for a condition: the peer may not listen yet.
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            return Err(unreachable(format!(
+                "cannot be reached within the start timeout: {failed}; is it running, and is --peers right?"
+            )));
         }
+        tracing::debug!(peer, %address, reason = %failed, "peer not ready yet; retrying");
+        // A retry interval, not a wait for a condition: the peer may not listen yet.
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-/// Accepts both links from every peer with a higher index, until `deadline`.
-fn accept_all(
-    listener: &TcpListener,
-    own: &Hello,
-    deadline: Instant,
-    give_up: &AtomicBool,
-) -> Result<Vec<(Hello, TcpStream)>> {
+/// Accepts both links from every peer with a higher index, until the deadline. Stops
+/// early (with what it has) when a peer shows a newer generation.
+fn accept_all(listener: &TcpListener, ex: &Exchange) -> Result<Vec<(Hello, TcpStream)>> {
+    let own = &ex.own;
     let count = own.peers.len();
     let expected = 2 * (count - own.index - 1);
     let mut out: Vec<(Hello, TcpStream)> = Vec::new();
@@ -362,7 +473,7 @@ fn accept_all(
         match listener.accept() {
             Ok((mut stream, from)) => {
                 let _ = stream.set_nonblocking(false);
-                let remaining = deadline.saturating_duration_since(Instant::now());
+                let remaining = ex.deadline.saturating_duration_since(Instant::now());
                 let hello = match read_hello(&mut stream, remaining.min(Duration::from_secs(10))) {
                     Ok(h) => h,
                     Err(e) => {
@@ -381,6 +492,27 @@ fn accept_all(
                         ),
                     ));
                 }
+                let reply = Hello {
+                    link: hello.link,
+                    ..own.clone()
+                };
+                if let Err(e) = write_hello(&mut stream, &reply) {
+                    tracing::warn!(%from, error = %e, "a peer left during the handshake");
+                    continue;
+                }
+                // Answered first, so that the other process learns of a mismatch too.
+                check(own, &hello)?;
+                match compare(own.generation, hello.generation) {
+                    Compared::Same => {}
+                    Compared::Refuse => {
+                        ex.refuse(&hello, &from.to_string());
+                        continue;
+                    }
+                    Compared::MoveUp(newer) => {
+                        ex.saw_newer(newer);
+                        return Ok(out);
+                    }
+                }
                 if out
                     .iter()
                     .any(|(h, _)| h.index == hello.index && h.link == hello.link)
@@ -393,23 +525,13 @@ fn accept_all(
                         ),
                     ));
                 }
-                let reply = Hello {
-                    link: hello.link,
-                    ..own.clone()
-                };
-                if let Err(e) = write_hello(&mut stream, &reply) {
-                    tracing::warn!(%from, error = %e, "a peer left during the handshake");
-                    continue;
-                }
-                // Answered first, so that the other process learns of a mismatch too.
-                check(own, &hello)?;
                 out.push((hello, stream));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if give_up.load(Ordering::Relaxed) {
+                if ex.give_up.load(Ordering::Relaxed) {
                     return Ok(out);
                 }
-                if Instant::now() >= deadline {
+                if Instant::now() >= ex.deadline {
                     let missing: Vec<usize> = (own.index + 1..count)
                         .filter(|i| out.iter().filter(|(h, _)| h.index == *i).count() < 2)
                         .collect();
@@ -660,8 +782,8 @@ fn watch_rejoins(listener: TcpListener, own: Hello, finished: Arc<AtomicBool>, l
             process: hello.index,
             address: own.peers[hello.index].clone(),
             reason: format!(
-                "started again (it proposes generation {}): this generation ends, so that the whole cluster moves to a new one",
-                hello.proposal
+                "started again (it claimed generation {}): this generation ends, so that the whole cluster moves to a new one",
+                hello.generation
             ),
         });
         return;
@@ -683,25 +805,34 @@ impl Watch {
 mod tests {
     use super::*;
 
-    fn hello(index: usize, proposal: u64, restores: Option<u64>) -> Hello {
+    fn hello(index: usize, generation: u64, restores: Option<u64>) -> Hello {
         Hello {
             job: "wc".into(),
             peers: vec!["a:1".into(), "b:1".into(), "c:1".into()],
             index,
             link: LinkKind::Data,
-            proposal: Generation(proposal),
+            generation: Generation(generation),
             restores: restores.map(Epoch),
         }
     }
 
     #[test]
-    fn the_cluster_takes_the_largest_proposal() {
-        let own = hello(0, 3, Some(7));
-        let peers = [hello(1, 5, Some(7)), hello(2, 3, Some(7))];
+    fn a_cluster_forms_only_when_every_process_claimed_the_same_generation() {
+        let own = hello(0, 5, Some(7));
+        let peers = [hello(1, 5, Some(7)), hello(2, 5, Some(7))];
         assert_eq!(agree(&own, &peers).unwrap(), Generation(5));
+        let e = agree(&own, &[hello(1, 5, Some(7)), hello(2, 4, Some(7))]).unwrap_err();
+        assert!(!e.is_permanent(), "{e}");
+        assert!(e.to_string().contains("claimed generation 4"), "{e}");
+    }
+
+    #[test]
+    fn an_older_peer_is_refused_and_a_newer_one_is_followed() {
+        assert_eq!(compare(Generation(5), Generation(5)), Compared::Same);
+        assert_eq!(compare(Generation(5), Generation(0)), Compared::Refuse);
         assert_eq!(
-            agree(&hello(2, 9, Some(7)), &peers[..1]).unwrap(),
-            Generation(9)
+            compare(Generation(5), Generation(7)),
+            Compared::MoveUp(Generation(7))
         );
     }
 

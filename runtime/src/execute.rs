@@ -52,18 +52,24 @@ where
     // A cluster connects before anything else, and agrees on its generation.
     let mut formed = if multi_process {
         let addresses = config.addresses()?;
+        let mut claim = |floor| claim_generation(pre.store.as_ref(), &rt, floor, config.process);
         Some(crate::cluster::form(
             &config.job,
             &addresses,
             config.process,
             pre.generation,
+            &mut claim,
             pre.restored.as_ref().map(|m| m.epoch),
             Duration::from_millis(config.start_timeout_ms),
         )?)
     } else {
         None
     };
-    let generation = formed.as_ref().map_or(pre.generation, |f| f.generation);
+    // A single process claims its generation too, so that no two runs share one.
+    let generation = match &formed {
+        Some(f) => f.generation,
+        None => claim_generation(pre.store.as_ref(), &rt, pre.generation, config.process)?,
+    };
     crate::failpoint::set_generation(generation.0);
     let (local, peers) = local_workers(&config);
     let local_count = local.len();
@@ -222,6 +228,36 @@ where
             Ok(())
         }
     }
+}
+
+/// Claims this process's index in the newest generation it may take (see
+/// `weir_checkpoint::protocol::claim_target`). Without a checkpoint store there is
+/// nothing to fence, and the generation is `floor`.
+fn claim_generation(
+    store: Option<&weir_checkpoint::CheckpointStore>,
+    rt: &tokio::runtime::Runtime,
+    floor: weir_checkpoint::Generation,
+    process: usize,
+) -> Result<weir_checkpoint::Generation> {
+    let Some(store) = store else {
+        return Ok(floor);
+    };
+    rt.block_on(async {
+        let claims = store.claims().await?;
+        let target = weir_checkpoint::protocol::claim_target(floor, &claims, process);
+        if store.claim_generation(target, process).await? {
+            tracing::debug!(generation = %target, process, "claimed");
+            return Ok(target);
+        }
+        // An earlier incarnation of this index claimed nothing this process has not
+        // seen: the claim was taken since, by a process that runs with the same index.
+        Err(RuntimeError::config(
+            "process-index",
+            format!(
+                "another process claimed index {process} in generation {target} first: two processes run with --process-index {process}; every index must be used exactly once"
+            ),
+        ))
+    })
 }
 
 /// Counts the workers of this process that have left their step loop.

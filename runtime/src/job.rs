@@ -125,6 +125,10 @@ impl<'scope> Job<'scope> {
                 // fenced, and abandon checkpoints newer than the restored one, whose
                 // uncommitted output recovery is about to abort.
                 ctx.block_on(store.announce_generation(ctx.generation()))?;
+                // Claims of older generations are read by no rendezvous any more.
+                if let Err(e) = ctx.block_on(store.prune_claims(ctx.generation())) {
+                    tracing::warn!(error = %e, "cannot delete old rendezvous claims");
+                }
                 let restored = ctx.restored().map_or(Epoch(0), |m| m.epoch);
                 let (complete, _) = ctx.block_on(store.list())?;
                 let abandon = crate::startup::abandoned(&complete, restored);

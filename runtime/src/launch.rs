@@ -3,15 +3,17 @@
 //! ## Design
 //!
 //! Timely cannot lose a process and go on, so recovery is a whole-job restart. The
-//! supervisor starts `P` processes of the job binary as one timely cluster on
-//! 127.0.0.1 (fresh ports, a host file), each with `W` worker threads, and watches
-//! them. When one dies, it kills the rest, waits until every one is gone (so that no
-//! process of the old generation can still write), and starts them all again with
-//! `--restore latest` and generation `G + 1`. A process that exits with
-//! [`EXIT_PERMANENT`] failed on its configuration or input: restarting cannot help, so
-//! the supervisor stops. After `max_restarts` restarts it gives up.
+//! supervisor starts `P` processes of the job binary on 127.0.0.1, each with `W` worker
+//! threads, exactly as Kubernetes or a shell loop would start them on several hosts:
+//! the same arguments plus `--peers` (fresh ports) and `--process-index`. The processes
+//! form the cluster and agree on its generation themselves, through the checkpoint
+//! store (see `crate::cluster`), so one code path serves both. When one process dies,
+//! the supervisor kills the rest, waits until every one is gone, and starts them all
+//! again with `--restore latest`. A process that exits with [`EXIT_PERMANENT`] failed
+//! on its configuration or input: restarting cannot help, so the supervisor stops.
+//! After `max_restarts` restarts it gives up.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -71,6 +73,8 @@ fn strip_managed(args: &[String]) -> (Vec<String>, Option<String>) {
             "--process",
             "--hostfile",
             "--generation",
+            "--peers",
+            "--process-index",
             "--workers",
             "-w",
         ];
@@ -118,8 +122,8 @@ fn describe(process: usize, status: ExitStatus) -> String {
 
 fn spawn(
     opts: &LaunchOptions,
-    generation: u64,
-    hostfile: &Path,
+    run: u64,
+    peers: &str,
     args: &[String],
     restore: Option<&str>,
 ) -> std::io::Result<Vec<Child>> {
@@ -128,15 +132,12 @@ fn spawn(
         let mut cmd = Command::new(&opts.binary);
         cmd.args(args)
             .arg("--workers")
-            .arg(opts.workers.to_string())
-            .arg("--processes")
-            .arg(opts.processes.to_string())
-            .arg("--process")
-            .arg(process.to_string())
-            .arg("--generation")
-            .arg(generation.to_string());
+            .arg(opts.workers.to_string());
         if opts.processes > 1 {
-            cmd.arg("--hostfile").arg(hostfile);
+            cmd.arg("--peers")
+                .arg(peers)
+                .arg("--process-index")
+                .arg(process.to_string());
         }
         if let Some(r) = restore {
             cmd.arg("--restore").arg(r);
@@ -158,7 +159,7 @@ fn spawn(
             }
         };
         eprintln!(
-            "weir launch: generation {generation} process {process} pid {}",
+            "weir launch: run {run} process {process} pid {}",
             child.id()
         );
         children.push(child);
@@ -179,27 +180,21 @@ fn kill_all(children: &mut [Child]) {
 /// restarts.
 pub fn launch(opts: &LaunchOptions) -> std::io::Result<Outcome> {
     let (args, first_restore) = strip_managed(&opts.args);
-    let dir = std::env::temp_dir().join(format!("weir-launch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let hostfile = dir.join("hosts");
     let mut restarts = 0u32;
     let mut delay = opts.restart_delay;
-    let mut generation = 0u64;
+    let mut run = 0u64;
     let outcome = loop {
-        let ports = free_ports(opts.processes)?;
-        std::fs::write(
-            &hostfile,
-            ports
-                .iter()
-                .map(|p| format!("127.0.0.1:{p}\n"))
-                .collect::<String>(),
-        )?;
-        let restore = if generation == 0 {
+        let peers = free_ports(opts.processes)?
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let restore = if run == 0 {
             first_restore.clone()
         } else {
             Some("latest".to_string())
         };
-        let mut children = spawn(opts, generation, &hostfile, &args, restore.as_deref())?;
+        let mut children = spawn(opts, run, &peers, &args, restore.as_deref())?;
         let started = Instant::now();
         let mut finished = vec![false; children.len()];
         let failure = loop {
@@ -227,7 +222,7 @@ pub fn launch(opts: &LaunchOptions) -> std::io::Result<Outcome> {
             break Outcome::Finished { restarts };
         };
         eprintln!(
-            "weir launch: generation {generation} failed after {:.1}s: {reason}",
+            "weir launch: run {run} failed after {:.1}s: {reason}",
             started.elapsed().as_secs_f64()
         );
         if permanent {
@@ -237,7 +232,7 @@ pub fn launch(opts: &LaunchOptions) -> std::io::Result<Outcome> {
             break Outcome::GaveUp { restarts, reason };
         }
         restarts += 1;
-        generation += 1;
+        run += 1;
         eprintln!(
             "weir launch: restart {restarts} of at most {} in {} ms, from the latest checkpoint",
             opts.max_restarts,
@@ -246,7 +241,6 @@ pub fn launch(opts: &LaunchOptions) -> std::io::Result<Outcome> {
         std::thread::sleep(delay);
         delay = (delay * 2).min(opts.max_restart_delay.max(opts.restart_delay));
     };
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(outcome)
 }
 
@@ -268,6 +262,9 @@ mod tests {
             "--workers=3",
             "--hostfile",
             "h",
+            "--peers=a:1,b:1",
+            "--process-index",
+            "1",
             "--output",
             "o",
         ]));

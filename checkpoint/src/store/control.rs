@@ -1,7 +1,7 @@
 //! The job's control objects: the stop request (`weir stop`) and the generation markers
 //! that fence older generations.
 
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::CheckpointStore;
 use crate::codec;
@@ -61,6 +61,54 @@ impl CheckpointStore {
             .await
             .map_err(|e| CheckpointError::storage("put", &path, e))?;
         self.generations().await
+    }
+
+    /// Claims index `process` in `generation` for this process incarnation, with an
+    /// atomic create-if-absent: `Ok(false)` if that claim exists already (another
+    /// process took the index in that generation).
+    pub async fn claim_generation(&self, generation: Generation, process: usize) -> Result<bool> {
+        let path = self.layout.claim(generation, process);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from_static(b""), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(CheckpointError::storage("put", &path, e)),
+        }
+    }
+
+    /// Every rendezvous claim: generation and process index, in order.
+    pub async fn claims(&self) -> Result<Vec<(Generation, usize)>> {
+        let objects = self.list_objects(&self.layout.claims()).await?;
+        let mut out: Vec<(Generation, usize)> = objects
+            .iter()
+            .filter_map(|o| o.location.filename().and_then(layout::parse_failure))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Deletes the claims of generations older than `before`, which no rendezvous reads
+    /// any more once `before` is announced.
+    pub async fn prune_claims(&self, before: Generation) -> Result<()> {
+        for (generation, process) in self.claims().await? {
+            if generation >= before {
+                break;
+            }
+            let path = self.layout.claim(generation, process);
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(CheckpointError::storage("delete", &path, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Records why `process` of `generation` failed, so that a later start can tell a

@@ -380,3 +380,19 @@ fn unknown_schemes_are_rejected() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_generation_is_claimed_once_per_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+    assert!(store.claim_generation(Generation(3), 0).await.unwrap());
+    assert!(store.claim_generation(Generation(3), 1).await.unwrap());
+    assert!(!store.claim_generation(Generation(3), 0).await.unwrap());
+    assert!(store.claim_generation(Generation(4), 0).await.unwrap());
+    assert_eq!(
+        store.claims().await.unwrap(),
+        vec![(Generation(3), 0), (Generation(3), 1), (Generation(4), 0)]
+    );
+    store.prune_claims(Generation(4)).await.unwrap();
+    assert_eq!(store.claims().await.unwrap(), vec![(Generation(4), 0)]);
+}

@@ -134,9 +134,9 @@ impl LaunchOutcome {
     }
 }
 
-/// Parses the `weir launch: generation G process I pid PID` lines.
+/// Parses the `weir launch: run G process I pid PID` lines.
 pub fn parse_generations(stderr: &str) -> Generations {
-    const MARK: &str = "weir launch: generation ";
+    const MARK: &str = "weir launch: run ";
     let mut gens = Generations::new();
     for line in stderr.lines() {
         let Some(i) = line.find(MARK) else { continue };
