@@ -92,6 +92,18 @@ pub enum CheckpointError {
         /// Each epoch tried, with why it was rejected.
         tried: Vec<(crate::Epoch, String)>,
     },
+    /// A manifest exists but its checkpoint was never committed: a newer generation
+    /// took the place in the job's history that it needed (see
+    /// [`crate::protocol::Node`]).
+    #[error("checkpoint {epoch} (generation {generation}) was written by a generation that a newer one had already fenced, so it was never committed: {reason}")]
+    Uncommitted {
+        /// The checkpoint.
+        epoch: crate::Epoch,
+        /// The generation that wrote it.
+        generation: crate::Generation,
+        /// What its link says.
+        reason: String,
+    },
     /// A manifest belongs to another job.
     #[error("manifest `{path}` belongs to job `{found}`, not `{expected}`: check --job and --checkpoint-dir")]
     JobMismatch {

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! <root>/<job>/chk-<epoch:020>/<operator>/<part>   state and source positions
-//! <root>/<job>/chk-<epoch:020>/_MANIFEST           written last; its existence completes the checkpoint
+//! <root>/<job>/chk-<epoch:020>/_MANIFEST           written last; committed by the link it names
+//! <root>/<job>/links/<node>                         the successor of a checkpoint (see `protocol::Node`)
+//! <root>/<job>/rendezvous/<generation:010>-p<i>     process i's claim on a generation
 //! <root>/<job>/_STOP                                a request to stop with a final savepoint
 //! <root>/<job>/savepoints/<name>/...                named copies of a checkpoint, kept until deleted by hand
 //! <root>/<job>/chk-<epoch:020>/_ABANDONED_MANIFEST a checkpoint newer than a restored one, set aside
@@ -125,6 +127,17 @@ impl Layout {
     /// The marker object of `generation`.
     pub fn generation_marker(&self, generation: Generation) -> Path {
         Path::from(format!("{}/generations/{:010}", self.job, generation.0))
+    }
+
+    /// The prefix holding the links between checkpoints (see
+    /// [`crate::protocol::Node`]).
+    pub fn links(&self) -> Path {
+        Path::from(format!("{}/links", self.job))
+    }
+
+    /// The link object of a node: `links/<node name>`.
+    pub fn link(&self, node: &crate::protocol::Node) -> Path {
+        Path::from(format!("{}/links/{}", self.job, node.name()))
     }
 
     /// The prefix holding the rendezvous claims of every generation (see

@@ -22,9 +22,12 @@
 //!   [`is_fenced`]; it commits only the outputs of a manifest it has just written, so a
 //!   fenced coordinator commits nothing new. Whatever an older generation pre-committed
 //!   and no restored manifest lists is aborted by the newer generation's
-//!   [`recover_sink`], so it can never become visible later. The check is not atomic with
-//!   the manifest write: it keeps out a process that its supervisor has killed and waited
-//!   for, not an unsupervised one paused between the check and the write.
+//!   [`recover_sink`], so it can never become visible later. The marker check alone is
+//!   not atomic with the manifest write, so a checkpoint is committed only by a
+//!   create-if-absent [`Link`] from the [`Node`] it follows, and a starting generation
+//!   first links the node it restores from to its own restart: a coordinator paused
+//!   between its check and its manifest finds that link taken, and its manifest never
+//!   counts (see [`seal_step`] and [`is_committed`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -162,6 +165,146 @@ pub fn claim_target(floor: Generation, claims: &[(Generation, usize)], index: us
         target.next()
     } else {
         target
+    }
+}
+
+/// A point in a job's history that one successor may follow: a checkpoint, or a restart
+/// of a generation from a checkpoint (epoch 0: from the beginning).
+///
+/// The successor is decided by one create-if-absent object per node, its [`Link`]: a
+/// checkpoint is committed iff the link of the node its manifest names (`Manifest::link`)
+/// names that checkpoint's generation and epoch. A generation that starts creates the
+/// link of the node it restores from first; from then on no older generation can commit
+/// a checkpoint after that node, even one paused between its fence check and its
+/// manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Node {
+    /// Checkpoint `epoch` (0: the job's beginning).
+    Checkpoint(Epoch),
+    /// `generation`'s restart from checkpoint `epoch`.
+    Restart {
+        /// The checkpoint restarted from (0: the beginning).
+        epoch: Epoch,
+        /// The generation that restarted.
+        generation: Generation,
+    },
+}
+
+impl Node {
+    /// The node's name: `<epoch, 20 digits>` or `<epoch>@<generation, 10 digits>`.
+    ///
+    /// ```
+    /// use weir_checkpoint::protocol::Node;
+    /// use weir_checkpoint::{Epoch, Generation};
+    /// let n = Node::Restart { epoch: Epoch(7), generation: Generation(2) };
+    /// assert_eq!(n.name(), "00000000000000000007@0000000002");
+    /// assert_eq!(Node::parse(&n.name()), Some(n));
+    /// assert_eq!(Node::parse("7@x"), None);
+    /// ```
+    pub fn name(&self) -> String {
+        match self {
+            Node::Checkpoint(e) => format!("{:020}", e.0),
+            Node::Restart { epoch, generation } => format!("{:020}@{:010}", epoch.0, generation.0),
+        }
+    }
+
+    /// Parses [`Node::name`].
+    pub fn parse(name: &str) -> Option<Node> {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        match name.split_once('@') {
+            None if digits(name) => Some(Node::Checkpoint(Epoch(name.parse().ok()?))),
+            Some((e, g)) if digits(e) && digits(g) => Some(Node::Restart {
+                epoch: Epoch(e.parse().ok()?),
+                generation: Generation(g.parse().ok()?),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The checkpoint this node is, or restarts from.
+    pub fn epoch(&self) -> Epoch {
+        match self {
+            Node::Checkpoint(e) | Node::Restart { epoch: e, .. } => *e,
+        }
+    }
+}
+
+/// The successor of a [`Node`]: a generation's checkpoint, or (`epoch: None`) its
+/// restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// The generation that created the link.
+    pub generation: Generation,
+    /// The checkpoint that follows; `None` when the generation restarted here.
+    pub epoch: Option<Epoch>,
+}
+
+/// Whether a checkpoint of `generation` and `epoch` whose manifest names a node is
+/// committed, given that node's link (`None`: absent).
+///
+/// ```
+/// use weir_checkpoint::protocol::{is_committed, Link};
+/// use weir_checkpoint::{Epoch, Generation};
+/// let link = Link { generation: Generation(3), epoch: Some(Epoch(9)) };
+/// assert!(is_committed(Generation(3), Epoch(9), Some(&link)));
+/// // A zombie of generation 2 wrote manifest 9 after generation 3 linked its own.
+/// assert!(!is_committed(Generation(2), Epoch(9), Some(&link)));
+/// assert!(!is_committed(Generation(3), Epoch(9), None));
+/// ```
+pub fn is_committed(generation: Generation, epoch: Epoch, link: Option<&Link>) -> bool {
+    link.is_some_and(|l| l.generation == generation && l.epoch == Some(epoch))
+}
+
+/// One step of a starting generation's walk to the node its first checkpoint follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealStep {
+    /// The node has no link: create one naming this generation's restart.
+    Create,
+    /// The node's link names this generation's restart: done.
+    Sealed,
+    /// Another generation restarted here and may still complete its first checkpoint:
+    /// go on to its restart node, and seal that.
+    Follow(Node),
+    /// The link names a checkpoint that existed when this generation planned its start
+    /// and that it does not restore (it did not verify, or an older one was asked for):
+    /// overwrite the link, so that the checkpoint and its successors are abandoned.
+    Overwrite,
+    /// A checkpoint completed after this generation planned its start: restore that one
+    /// instead (a transient failure; the next start picks it).
+    Newer(Epoch),
+}
+
+/// Decides the step of a starting generation `own` at `node`, whose link is `link`;
+/// `seen` are the complete checkpoints listed when the start was planned.
+///
+/// ```
+/// use weir_checkpoint::protocol::{seal_step, Link, Node, SealStep};
+/// use weir_checkpoint::{Epoch, Generation};
+/// let (own, at) = (Generation(5), Node::Checkpoint(Epoch(8)));
+/// assert_eq!(seal_step(own, &at, None, &[Epoch(8)]), SealStep::Create);
+/// let restart = Link { generation: Generation(4), epoch: None };
+/// assert_eq!(
+///     seal_step(own, &at, Some(&restart), &[Epoch(8)]),
+///     SealStep::Follow(Node::Restart { epoch: Epoch(8), generation: Generation(4) })
+/// );
+/// let later = Link { generation: Generation(4), epoch: Some(Epoch(9)) };
+/// assert_eq!(seal_step(own, &at, Some(&later), &[Epoch(8)]), SealStep::Newer(Epoch(9)));
+/// assert_eq!(seal_step(own, &at, Some(&later), &[Epoch(8), Epoch(9)]), SealStep::Overwrite);
+/// ```
+pub fn seal_step(own: Generation, node: &Node, link: Option<&Link>, seen: &[Epoch]) -> SealStep {
+    match link {
+        None => SealStep::Create,
+        Some(l) if l.generation == own => SealStep::Sealed,
+        Some(Link {
+            generation,
+            epoch: None,
+        }) => SealStep::Follow(Node::Restart {
+            epoch: node.epoch(),
+            generation: *generation,
+        }),
+        Some(Link { epoch: Some(e), .. }) if seen.contains(e) => SealStep::Overwrite,
+        Some(Link { epoch: Some(e), .. }) => SealStep::Newer(*e),
     }
 }
 

@@ -83,8 +83,9 @@ pub struct JobConfig {
     /// A job whose last this-many generations failed without completing a checkpoint
     /// is not started again (exit code 2); 0 never gives up.
     pub max_failed_generations: u32,
-    /// The generation (restart count); `None` derives it from the store (and, in a
-    /// cluster, agrees on it with the peers).
+    /// The oldest generation this run may take; `None` derives it from the store. The
+    /// run claims a generation at least this new in the store (in a cluster, agreed
+    /// with the peers).
     pub generation: Option<u64>,
 }
 
@@ -319,8 +320,8 @@ pub struct JobArgs {
     /// Host file with one host:port per process (set by `weir launch`).
     #[arg(long)]
     pub hostfile: Option<PathBuf>,
-    /// Generation number (set by `weir launch`; without it, the processes of a cluster
-    /// agree on one through the checkpoint store and their handshake).
+    /// The oldest generation this run may take (not needed: without it, the processes
+    /// claim one through the checkpoint store and agree on it in their handshake).
     #[arg(long)]
     pub generation: Option<u64>,
     /// Every process's host:port, in process order, comma-separated: the process count

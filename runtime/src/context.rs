@@ -29,6 +29,8 @@ pub struct Shared {
     pub(crate) generation: Generation,
     pub(crate) store: Option<CheckpointStore>,
     pub(crate) restored: Option<Manifest>,
+    /// The complete checkpoints listed when the start was planned.
+    pub(crate) seen: Vec<weir_checkpoint::Epoch>,
     /// The restored checkpoint's verified parts, until the workers have read them.
     pub(crate) restored_parts: RestoredParts,
     pub(crate) clock: EpochClock,

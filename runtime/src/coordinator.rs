@@ -21,7 +21,8 @@ use std::time::Duration;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
-use weir_checkpoint::protocol::{self, SinkAction};
+use weir_checkpoint::protocol::{self, Node, SinkAction};
+use weir_checkpoint::store::Committed;
 use weir_checkpoint::{Assembler, Closed, Epoch, Manifest, Report, WorkerIndex};
 
 use crate::context::JobContext;
@@ -66,6 +67,7 @@ pub(crate) fn install(
     ctx: JobContext,
     names: BTreeSet<String>,
     committers: BTreeMap<String, Arc<dyn Commit>>,
+    follows: Option<Node>,
 ) {
     let is_coordinator = ctx.worker() == 0;
     let expected: Vec<(String, WorkerIndex)> = names
@@ -77,12 +79,14 @@ pub(crate) fn install(
     let completed = Arc::new(std::sync::Mutex::new(Vec::<Epoch>::new()));
     if is_coordinator {
         let operators = names.into_iter().collect();
+        let follows = follows.expect("the coordinator's worker sealed the start");
         let inner = ctx.runtime().spawn(run(
             ctx.clone(),
             operators,
             committers,
             rx,
             Arc::clone(&completed),
+            follows,
         ));
         // The coordinator's error, or its panic (a committer that panics), fails the run:
         // without a coordinator no checkpoint would ever complete again.
@@ -138,6 +142,7 @@ async fn run(
     committers: BTreeMap<String, Arc<dyn Commit>>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Closed>,
     completed: Arc<std::sync::Mutex<Vec<Epoch>>>,
+    mut follows: Node,
 ) -> Result<()> {
     let store = ctx.store().expect("checkpointing is on").clone();
     let config = ctx.config().clone();
@@ -207,15 +212,33 @@ async fn run(
             operators: operators.clone(),
             parts,
             sinks,
+            link: Some(follows.name()),
         };
-        // A manifest write that times out may still have reached the store: the checkpoint
-        // then exists although it counts as failed here. That is safe: its sink outputs
-        // stay owed and are committed with the next complete checkpoint, and a restore
-        // from it commits them too (commits are idempotent).
-        if let Err(e) = within(timeout, store.put_manifest(&manifest)).await {
-            last_committed = Some((epoch, false));
-            failures.fail(format!("checkpoint {epoch}: {e}"))?;
-            continue;
+        // A manifest or link write that times out may still have reached the store: the
+        // checkpoint is then committed although it counts as failed here. That is safe:
+        // its sink outputs stay owed and are committed with the next committed
+        // checkpoint, and a restore from it commits them too (commits are idempotent).
+        match within(timeout, store.commit_manifest(&manifest, follows)).await {
+            Ok(Committed::Yes { next }) => follows = next,
+            Ok(Committed::Fenced { by }) => {
+                return Err(RuntimeError::Fenced {
+                    generation: ctx.generation(),
+                    newer: by,
+                });
+            }
+            Ok(Committed::Earlier { epoch: earlier }) => {
+                follows = Node::Checkpoint(earlier);
+                last_committed = Some((epoch, false));
+                failures.fail(format!(
+                    "checkpoint {epoch}: checkpoint {earlier}, which looked failed, was committed; the next checkpoint follows it"
+                ))?;
+                continue;
+            }
+            Err(e) => {
+                last_committed = Some((epoch, false));
+                failures.fail(format!("checkpoint {epoch}: {e}"))?;
+                continue;
+            }
         }
         failures.succeeded();
         tracing::info!(

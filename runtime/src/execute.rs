@@ -91,6 +91,7 @@ where
         generation,
         store: pre.store,
         restored: pre.restored,
+        seen: pre.seen,
         restored_parts,
         runtime: rt.handle().clone(),
         coordinator: Mutex::new(None),

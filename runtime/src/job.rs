@@ -115,6 +115,7 @@ impl<'scope> Job<'scope> {
             // Another worker failed to build: this run recovers nothing and stops.
             return Ok(());
         }
+        let mut follows = None;
         if ctx.worker() == 0 {
             if let Some(m) = ctx.restored() {
                 check_graph(m, &names)?;
@@ -125,6 +126,17 @@ impl<'scope> Job<'scope> {
                 // fenced, and abandon checkpoints newer than the restored one, whose
                 // uncommitted output recovery is about to abort.
                 ctx.block_on(store.announce_generation(ctx.generation()))?;
+                // Then take this generation's place in the job's history, so that no
+                // older generation can commit a checkpoint after the restored one.
+                let restored = ctx.restored().map(|m| m.epoch);
+                match ctx.block_on(store.seal(ctx.generation(), restored, &ctx.shared.seen))? {
+                    Ok(node) => follows = Some(node),
+                    Err(newer) => {
+                        return Err(RuntimeError::Dataflow(format!(
+                            "checkpoint {newer} was committed after this run planned its start (by a process of an older generation); a restart restores it"
+                        )))
+                    }
+                }
                 // Claims of older generations are read by no rendezvous any more.
                 if let Err(e) = ctx.block_on(store.prune_claims(ctx.generation())) {
                     tracing::warn!(error = %e, "cannot delete old rendezvous claims");
@@ -147,7 +159,7 @@ impl<'scope> Job<'scope> {
             return Ok(());
         }
         let reports = scope.concatenate(reports);
-        crate::coordinator::install(reports, ctx, names, committers);
+        crate::coordinator::install(reports, ctx, names, committers, follows);
         Ok(())
     }
 }

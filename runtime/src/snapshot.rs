@@ -347,6 +347,7 @@ mod tests {
             operators: vec!["op".into()],
             parts,
             sinks: vec![],
+            link: None,
         }
     }
 

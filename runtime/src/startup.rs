@@ -81,9 +81,9 @@ pub enum RestoreStep {
 ///
 /// The generation is the requested one, or one past the newest marker if that is not
 /// larger (a second supervisor over the same store continues the numbering); without a
-/// request, it is one past the newest marker. In a cluster that is this process's
-/// proposal: the processes agree on the largest one when they connect
-/// (`crate::cluster::agree`).
+/// request, it is one past the newest marker. That is the oldest generation the run may
+/// take: it then claims one in the store (`weir_checkpoint::protocol::claim_target`),
+/// and in a cluster the processes agree on it when they connect (`crate::cluster`).
 pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
     let newest = facts.markers.iter().copied().max();
     let generation = match facts.requested_generation {
@@ -240,6 +240,8 @@ pub(crate) struct Start {
     pub(crate) parts: Vec<VerifiedPart>,
     pub(crate) generation: Generation,
     pub(crate) epochs: EpochPlan,
+    /// The complete checkpoints listed when the start was planned.
+    pub(crate) seen: Vec<Epoch>,
 }
 
 /// Reads what the store holds and plans the run (see the module's documentation).
@@ -253,6 +255,7 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
             epochs: EpochPlan {
                 first_epoch: Epoch(1),
             },
+            seen: Vec::new(),
         });
     }
     let store = CheckpointStore::open(&config.checkpoint_url, &config.job)?;
@@ -279,6 +282,9 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
             let mut newest = None;
             for epoch in facts.complete.iter().rev() {
                 if let Ok(m) = store.read_manifest(*epoch).await {
+                    if !matches!(store.is_committed(&m).await, Ok(true)) {
+                        continue;
+                    }
                     newest = Some(m.generation);
                     break;
                 }
@@ -334,6 +340,7 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
             parts,
             generation: plan.generation,
             epochs,
+            seen: facts.complete.clone(),
         })
     })
 }

@@ -496,8 +496,8 @@ fn an_index_outside_the_peers_or_different_peer_lists_are_refused() {
                 "cannot listen on",
                 "two processes run with --process-index 1",
             ]
-                .iter()
-                .any(|m| String::from_utf8_lossy(&o.stderr).contains(m))
+            .iter()
+            .any(|m| String::from_utf8_lossy(&o.stderr).contains(m))
     });
     let texts: Vec<String> = outs
         .iter()

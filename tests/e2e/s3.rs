@@ -59,6 +59,7 @@ fn only_one_of_sixteen_concurrent_manifest_writers_wins_on_s3() {
         operators: vec![],
         parts: vec![],
         sinks: vec![],
+        link: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let wins: usize = rt.block_on(async {

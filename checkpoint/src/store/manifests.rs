@@ -195,6 +195,7 @@ impl CheckpointStore {
         keep: &(dyn Fn(&PartEntry) -> bool + Sync),
     ) -> Result<RestorePoint> {
         let manifest = self.read_manifest(epoch).await?;
+        self.check_committed(&manifest).await?;
         let parts = self.verify_parts(&manifest, keep).await?;
         Ok(RestorePoint { manifest, parts })
     }

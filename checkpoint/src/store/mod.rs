@@ -31,12 +31,14 @@ use crate::layout::{self, Layout};
 use crate::manifest::Manifest;
 
 mod control;
+mod links;
 mod manifests;
 mod parts;
 mod retention;
 mod savepoints;
 mod url;
 
+pub use links::Committed;
 pub use parts::VerifiedPart;
 pub use retention::referenced_dirs;
 pub use url::open_url;

@@ -25,10 +25,24 @@ impl CheckpointStore {
     pub async fn apply_retention(&self, retain: usize) -> Result<Vec<Epoch>> {
         let (complete, all) = self.list().await?;
         let mut facts = Vec::new();
-        // Only the newest `retain` manifests need reading: older ones are not kept.
-        for (i, epoch) in complete.iter().rev().enumerate() {
-            let refs = if i < retain.max(1) {
-                referenced_dirs(&self.read_manifest(*epoch).await?)
+        // Only the newest `retain` committed manifests need reading: older ones are not
+        // kept. A manifest that was never committed (a fenced generation's) is no
+        // checkpoint: its directory goes once it is older than the retained ones.
+        let mut kept = 0;
+        // The oldest node a retained manifest's link hangs from: older links are needed
+        // by no check any more.
+        let mut oldest_link: Option<Epoch> = None;
+        for epoch in complete.iter().rev() {
+            let refs = if kept < retain.max(1) {
+                let manifest = self.read_manifest(*epoch).await?;
+                if !self.is_committed(&manifest).await? {
+                    continue;
+                }
+                kept += 1;
+                if let Some(node) = manifest.link.as_deref().and_then(protocol::Node::parse) {
+                    oldest_link = Some(oldest_link.map_or(node.epoch(), |o| o.min(node.epoch())));
+                }
+                referenced_dirs(&manifest)
             } else {
                 BTreeSet::new()
             };
@@ -45,7 +59,28 @@ impl CheckpointStore {
         for epoch in &plan.delete {
             self.delete_checkpoint(*epoch).await?;
         }
+        if let Some(oldest) = oldest_link {
+            self.prune_links(oldest).await?;
+        }
         Ok(plan.delete)
+    }
+
+    /// Deletes the links of nodes older than checkpoint `oldest`.
+    async fn prune_links(&self, oldest: Epoch) -> Result<()> {
+        for o in self.list_objects(&self.layout.links()).await? {
+            let old = o
+                .location
+                .filename()
+                .and_then(protocol::Node::parse)
+                .is_some_and(|n| n.epoch() < oldest);
+            if old {
+                match self.store.delete(&o.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(CheckpointError::storage("delete", &o.location, e)),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Takes the complete checkpoints `epochs` out of the restorable history: each

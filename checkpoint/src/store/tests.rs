@@ -6,7 +6,8 @@ use super::*;
 use crate::codec;
 use crate::ids::{Epoch, Generation, WorkerIndex};
 use crate::manifest::{PartEntry, SinkEntry};
-use crate::protocol::RestoreTarget;
+use crate::protocol::{Node, RestoreTarget};
+use crate::store::Committed;
 
 fn manifest(job: &str, epoch: u64, parts: Vec<PartEntry>) -> Manifest {
     Manifest {
@@ -25,6 +26,7 @@ fn manifest(job: &str, epoch: u64, parts: Vec<PartEntry>) -> Manifest {
             generation: Generation(0),
             handle: "h".into(),
         }],
+        link: None,
     }
 }
 
@@ -395,4 +397,177 @@ async fn a_generation_is_claimed_once_per_index() {
     );
     store.prune_claims(Generation(4)).await.unwrap();
     assert_eq!(store.claims().await.unwrap(), vec![(Generation(4), 0)]);
+}
+
+/// A checkpoint of `generation` following `follows`, written with its link.
+async fn linked(store: &CheckpointStore, epoch: u64, generation: u64, follows: Node) -> Committed {
+    let path = store
+        .layout()
+        .part(Epoch(epoch), "op", &format!("w0-g{generation}"));
+    let part = store
+        .put_part(
+            path,
+            "op",
+            WorkerIndex(0),
+            (0, 128),
+            codec::encode("t", &vec![epoch; 10]).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut m = manifest("job", epoch, vec![part]);
+    m.generation = Generation(generation);
+    m.link = Some(follows.name());
+    store.commit_manifest(&m, follows).await.unwrap()
+}
+
+async fn latest(store: &CheckpointStore) -> Epoch {
+    store
+        .resolve_restore(&RestoreTarget::Latest)
+        .await
+        .unwrap()
+        .epoch
+}
+
+#[tokio::test]
+async fn a_zombie_of_an_older_generation_can_never_commit_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+    let g = Generation;
+    // Generation 0 starts fresh and commits checkpoints 1 and 2.
+    let start = store.seal(g(0), None, &[]).await.unwrap().unwrap();
+    assert_eq!(
+        start,
+        Node::Restart {
+            epoch: Epoch(0),
+            generation: g(0)
+        }
+    );
+    let Committed::Yes { next } = linked(&store, 1, 0, start).await else {
+        panic!()
+    };
+    let Committed::Yes { next } = linked(&store, 2, 0, next).await else {
+        panic!()
+    };
+    assert_eq!(next, Node::Checkpoint(Epoch(2)));
+
+    // Generation 1 restores 2 while a coordinator of 0 is paused before its manifest 3.
+    let g1 = store
+        .seal(g(1), Some(Epoch(2)), &[Epoch(1), Epoch(2)])
+        .await
+        .unwrap()
+        .unwrap();
+    // The zombie resumes: its manifest lands, but it is not committed.
+    assert_eq!(
+        linked(&store, 3, 0, next).await,
+        Committed::Fenced { by: g(1) }
+    );
+    assert_eq!(latest(&store).await, Epoch(2));
+    let zombie = store.read_manifest(Epoch(3)).await.unwrap();
+    let e = store
+        .check_committed(&zombie)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("checkpoint 3 (generation 0)") && e.contains("generation 1"),
+        "{e}"
+    );
+    // Retention does not count it as a checkpoint either.
+    store.apply_retention(1).await.unwrap();
+    assert_eq!(latest(&store).await, Epoch(2));
+
+    // Generation 1 reaches epoch 3: the zombie's manifest is moved aside.
+    let Committed::Yes { next } = linked(&store, 3, 1, g1).await else {
+        panic!()
+    };
+    assert_eq!(latest(&store).await, Epoch(3));
+
+    // Generation 2 restores 3 and fails before its first checkpoint; generation 3
+    // restores 3 again and fences generation 2's first checkpoint too.
+    let seen = [Epoch(2), Epoch(3)];
+    let g2 = store
+        .seal(g(2), Some(Epoch(3)), &seen)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        g2,
+        Node::Restart {
+            epoch: Epoch(3),
+            generation: g(2)
+        }
+    );
+    let g3 = store
+        .seal(g(3), Some(Epoch(3)), &seen)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        g3,
+        Node::Restart {
+            epoch: Epoch(3),
+            generation: g(3)
+        }
+    );
+    assert_eq!(
+        linked(&store, 4, 2, g2).await,
+        Committed::Fenced { by: g(3) }
+    );
+    assert_eq!(latest(&store).await, Epoch(3));
+    let _ = next;
+
+    // Generation 3 commits 4 (moving 2's manifest aside) after generation 4 planned its
+    // start: generation 4 must restore 4 instead.
+    assert!(matches!(
+        linked(&store, 4, 3, g3).await,
+        Committed::Yes { .. }
+    ));
+    assert_eq!(
+        store.seal(g(4), Some(Epoch(3)), &seen).await.unwrap(),
+        Err(Epoch(4))
+    );
+    // Asked to go back to 3 with 4 listed, generation 5 abandons 4.
+    let g5 = store
+        .seal(g(5), Some(Epoch(3)), &[Epoch(3), Epoch(4)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        g5,
+        Node::Restart {
+            epoch: Epoch(3),
+            generation: g(5)
+        }
+    );
+    assert_eq!(latest(&store).await, Epoch(3));
+}
+
+#[tokio::test]
+async fn retention_keeps_only_the_links_that_retained_checkpoints_hang_from() {
+    let store = CheckpointStore::open("memory://", "job").unwrap();
+    let mut follows = store.seal(Generation(0), None, &[]).await.unwrap().unwrap();
+    for epoch in 1..=6 {
+        let Committed::Yes { next } = linked(&store, epoch, 0, follows).await else {
+            panic!()
+        };
+        follows = next;
+        store.apply_retention(2).await.unwrap();
+    }
+    let links: Vec<String> = store
+        .list_objects(&store.layout().links())
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.location.filename().map(str::to_string))
+        .collect();
+    // Checkpoints 5 and 6 are retained; 6 hangs from 5's link, 5 from 4's.
+    assert_eq!(
+        links,
+        vec![
+            Node::Checkpoint(Epoch(4)).name(),
+            Node::Checkpoint(Epoch(5)).name()
+        ]
+    );
+    assert_eq!(latest(&store).await, Epoch(6));
+    assert!(store.verify(Epoch(5)).await.is_ok());
 }
