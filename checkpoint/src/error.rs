@@ -94,7 +94,7 @@ pub enum CheckpointError {
     },
     /// A manifest exists but its checkpoint was never committed: a newer generation
     /// took the place in the job's history that it needed (see
-    /// [`crate::protocol::Node`]).
+    /// `protocol::Node`).
     #[error("checkpoint {epoch} (generation {generation}) was written by a generation that a newer one had already fenced, so it was never committed: {reason}")]
     Uncommitted {
         /// The checkpoint.

@@ -129,15 +129,15 @@ impl Layout {
         Path::from(format!("{}/generations/{:010}", self.job, generation.0))
     }
 
-    /// The prefix holding the links between checkpoints (see
-    /// [`crate::protocol::Node`]).
+    /// The prefix holding the links between checkpoints (see `protocol::Node`).
     pub fn links(&self) -> Path {
         Path::from(format!("{}/links", self.job))
     }
 
-    /// The link object of a node: `links/<node name>`.
-    pub fn link(&self, node: &crate::protocol::Node) -> Path {
-        Path::from(format!("{}/links/{}", self.job, node.name()))
+    /// The link object of the node named `node` (`Node::name` in the protocol module):
+    /// `links/<node>`.
+    pub fn link(&self, node: &str) -> Path {
+        Path::from(format!("{}/links/{node}", self.job))
     }
 
     /// The prefix holding the rendezvous claims of every generation (see

@@ -66,7 +66,7 @@ pub struct Manifest {
     /// Every pre-committed sink output that this checkpoint commits.
     pub sinks: Vec<SinkEntry>,
     /// The name of the node whose link commits this checkpoint (see
-    /// [`crate::protocol::Node`]); absent in manifests written before links existed,
+    /// `protocol::Node`); absent in manifests written before links existed,
     /// which are committed by existing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,

@@ -34,7 +34,7 @@ pub enum Committed {
 impl CheckpointStore {
     /// The link of `node`, if it has one.
     pub async fn read_link(&self, node: &Node) -> Result<Option<Link>> {
-        let path = self.layout.link(node);
+        let path = self.layout.link(&node.name());
         match self.get(&path).await {
             Ok(bytes) => Ok(Some(codec::decode_json(path.as_ref(), &bytes)?)),
             Err(CheckpointError::Storage {
@@ -48,7 +48,7 @@ impl CheckpointStore {
     /// Creates the link of `node` unless it has one; returns the link that is there
     /// afterwards (`link` itself when this call created it).
     pub async fn create_link(&self, node: &Node, link: Link) -> Result<Link> {
-        let path = self.layout.link(node);
+        let path = self.layout.link(&node.name());
         let bytes = codec::encode_json("link", &link)?;
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -151,7 +151,7 @@ impl CheckpointStore {
                     continue;
                 }
                 SealStep::Overwrite => {
-                    let path = self.layout.link(&node);
+                    let path = self.layout.link(&node.name());
                     self.put_object(&path, codec::encode_json("link", &mine)?)
                         .await?;
                 }
