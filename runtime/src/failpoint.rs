@@ -1,9 +1,11 @@
 //! Failpoints: named places where a test can make a process kill itself with SIGKILL.
 //!
-//! `WEIR_FAILPOINT=<name>[@N][:gG]` kills the process the N-th time (default: the first)
-//! it reaches `<name>`, in generation G only (default 0), so that the restarted job runs
-//! through; several failpoints are separated by commas. The kill is a real `SIGKILL`: no
-//! destructor, flush or unwinding runs. Names in use:
+//! `WEIR_FAILPOINT=<name>[@N][:gG][=stop]` kills the process the N-th time (default: the
+//! first) it reaches `<name>`, in generation G only (default 0), so that the restarted
+//! job runs through; several failpoints are separated by commas. The kill is a real
+//! `SIGKILL`: no destructor, flush or unwinding runs. With `=stop` the process stops
+//! itself with `SIGSTOP` instead, at exactly that point, and goes on where it stopped
+//! when it gets `SIGCONT`: a zombie for fencing tests. Names in use:
 //!
 //! | name | where |
 //! | --- | --- |
@@ -25,14 +27,20 @@ struct Armed {
     name: String,
     nth: u64,
     generation: u64,
+    /// `SIGSTOP` instead of `SIGKILL`.
+    stop: bool,
     hits: AtomicU64,
 }
 
-/// Parses `name[@N][:gG]`, comma-separated.
+/// Parses `name[@N][:gG][=stop]`, comma-separated.
 fn parse(spec: &str) -> Vec<Armed> {
     spec.split(',')
         .filter(|s| !s.is_empty())
         .map(|one| {
+            let (one, stop) = match one.split_once('=') {
+                Some((one, action)) => (one, action == "stop"),
+                None => (one, false),
+            };
             let (rest, generation) = match one.split_once(":g") {
                 Some((rest, g)) => (rest, g.parse().unwrap_or(0)),
                 None => (one, 0),
@@ -45,6 +53,7 @@ fn parse(spec: &str) -> Vec<Armed> {
                 name: name.to_string(),
                 nth: nth.max(1),
                 generation,
+                stop,
                 hits: AtomicU64::new(0),
             }
         })
@@ -84,13 +93,17 @@ pub fn hit(name: &str) {
         return;
     };
     if a.hits.fetch_add(1, Ordering::SeqCst) + 1 == a.nth {
+        let signal = if a.stop { "SIGSTOP" } else { "SIGKILL" };
         eprintln!(
-            "weir: failpoint `{name}` reached: killing process {} with SIGKILL",
+            "weir: failpoint `{name}` reached: signalling process {} with {signal}",
             std::process::id()
         );
         // SAFETY: getpid and kill have no memory-safety preconditions.
         unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
+            libc::kill(
+                libc::getpid(),
+                if a.stop { libc::SIGSTOP } else { libc::SIGKILL },
+            );
         }
     }
 }
@@ -101,17 +114,18 @@ mod tests {
 
     #[test]
     fn specs_name_the_hit_and_the_generation() {
-        let a = parse("after-manifest@3,restore:g1,upload");
-        let got: Vec<(&str, u64, u64)> = a
+        let a = parse("after-manifest@3,restore:g1,upload,before-manifest@2:g0=stop");
+        let got: Vec<(&str, u64, u64, bool)> = a
             .iter()
-            .map(|a| (a.name.as_str(), a.nth, a.generation))
+            .map(|a| (a.name.as_str(), a.nth, a.generation, a.stop))
             .collect();
         assert_eq!(
             got,
             vec![
-                ("after-manifest", 3, 0),
-                ("restore", 1, 1),
-                ("upload", 1, 0)
+                ("after-manifest", 3, 0, false),
+                ("restore", 1, 1, false),
+                ("upload", 1, 0, false),
+                ("before-manifest", 2, 0, true)
             ]
         );
     }

@@ -17,7 +17,9 @@ use crate::harness::checks::check_exactly_once;
 use crate::harness::input::{self, InputSpec};
 use crate::harness::job::JobArgs;
 use crate::harness::output::read_committed;
-use crate::harness::process::{is_alive, read_lossy, sigkill, signal, spawn_logged, tail, POLL};
+use crate::harness::process::{
+    is_alive, is_stopped, read_lossy, sigkill, signal, spawn_logged, tail, POLL,
+};
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
 
@@ -523,6 +525,8 @@ struct Net {
     namespaces: Vec<String>,
     /// The root-side end of each host's veth pair: setting it down cuts the host off.
     links: Vec<String>,
+    /// Each host's end of its veth pair, inside its namespace.
+    inners: Vec<String>,
     addresses: Vec<String>,
 }
 
@@ -548,6 +552,7 @@ impl Net {
             bridge,
             namespaces: Vec::new(),
             links: Vec::new(),
+            inners: Vec::new(),
             addresses: Vec::new(),
         };
         for h in 0..hosts {
@@ -574,6 +579,7 @@ impl Net {
             ip(&["-n", &ns, "link", "set", &inner, "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
             net.links.push(outer);
+            net.inners.push(inner);
             net.addresses.push(address);
         }
         net
@@ -593,6 +599,28 @@ impl Net {
             &self.links[host],
             if up { "up" } else { "down" },
         ]);
+    }
+}
+
+impl Net {
+    /// Host `from` is cut off and host `to` takes over its address, as a replacement
+    /// machine would: the other hosts forget the old hardware address.
+    fn move_address(&self, from: usize, to: usize) {
+        self.set_link(from, false);
+        ip(&[
+            "-n",
+            &self.namespaces[to],
+            "addr",
+            "add",
+            &format!("{}/24", self.addresses[from]),
+            "dev",
+            &self.inners[to],
+        ]);
+        for (h, ns) in self.namespaces.iter().enumerate() {
+            if h != from && h != to {
+                ip(&["-n", ns, "neigh", "flush", "all"]);
+            }
+        }
     }
 }
 
@@ -672,6 +700,80 @@ fn three_hosts_in_network_namespaces_reform_after_kills_and_a_cut_link() {
         })
         .count();
     assert!(silent > 0, "no process reported the cut or killed peer");
+    assert_clean_exits(&hosts);
+    check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
+    drop(net);
+}
+
+/// A zombie across hosts: process 0, the coordinator, stops itself between its fence
+/// check and its manifest; its host is cut off, and a replacement process 0 starts on
+/// another host with the same address, as Kubernetes reschedules a pod from a lost
+/// node. Once the new generation has completed a checkpoint, the zombie resumes: its
+/// manifest is never committed, it commits no output, and the job stays exactly once.
+#[test]
+fn a_coordinator_paused_before_its_manifest_and_replaced_on_another_host_commits_nothing() {
+    let seed = scenario::seed(0xC_0005);
+    let (ws, corpus, args) = workspace("cluster-zombie", seed, 3);
+    let net = Net::new(4);
+    let peers: Vec<String> = net.peers(7421).into_iter().take(3).collect();
+    let mut zombie_cmd = command_in(Some(&net.namespaces[0]), &args, &peers, 0);
+    zombie_cmd.env("WEIR_FAILPOINT", "before-manifest@3=stop");
+    let zombie_logs = (ws.root.join("zombie.out"), ws.root.join("zombie.err"));
+    let mut zombie = spawn_logged(&mut zombie_cmd, &zombie_logs.0, &zombie_logs.1);
+    let zombie_pid = zombie.id();
+    let mut hosts: Vec<Host> = (1..3)
+        .map(|i| Host::start_in(Some(net.namespaces[i].clone()), &ws, &args, &peers, i))
+        .collect();
+    let deadline = Instant::now() + DEADLINE;
+    await_until(
+        &hosts,
+        deadline,
+        "process 0 to stop at its failpoint",
+        || is_stopped(zombie_pid),
+    );
+    let before = complete(&ws);
+
+    net.move_address(0, 3);
+    hosts.push(Host::start_in(
+        Some(net.namespaces[3].clone()),
+        &ws,
+        &args,
+        &peers,
+        0,
+    ));
+    await_until(
+        &hosts,
+        deadline,
+        "a checkpoint of the replacement's generation",
+        || complete(&ws) > before,
+    );
+
+    let committed_before = committed_files(&ws.output);
+    assert!(signal(zombie_pid, libc::SIGCONT), "SIGCONT {zombie_pid}");
+    let status = loop {
+        if let Some(status) = zombie.try_wait().expect("wait for the zombie") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the resumed zombie did not exit");
+        std::thread::sleep(POLL);
+    };
+    let stderr = read_lossy(&zombie_logs.1);
+    assert_eq!(status.code(), Some(1), "{}", tail(&stderr, 20));
+    assert!(
+        stderr.contains("generation 0 was superseded by generation"),
+        "the zombie should find its checkpoint's place taken\n{}",
+        tail(&stderr, 20)
+    );
+    let zombie_commits: Vec<PathBuf> = committed_files(&ws.output)
+        .into_iter()
+        .filter(|f| !committed_before.contains(f) && f.to_string_lossy().contains("-g0-"))
+        .collect();
+    assert!(
+        zombie_commits.is_empty(),
+        "the resumed process of generation 0 committed {zombie_commits:?}"
+    );
+
+    await_all_finished(&hosts, deadline);
     assert_clean_exits(&hosts);
     check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
     drop(net);

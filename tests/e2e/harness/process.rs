@@ -134,18 +134,22 @@ pub fn tail(text: &str, n: usize) -> String {
 
 /// Whether `pid` is a running process (neither gone nor a zombie).
 pub fn is_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
+    state(pid).is_some_and(|s| s != "Z" && s != "X")
+}
+
+/// Whether `pid` is stopped (by `SIGSTOP`).
+pub fn is_stopped(pid: u32) -> bool {
+    state(pid).is_some_and(|s| s == "T" || s == "t")
+}
+
+/// The process state letter of `pid` in `/proc/<pid>/stat`, if it exists.
+fn state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The state is the first field after the command name, which is in parentheses
     // and may itself contain spaces or parentheses.
-    match stat
-        .rfind(')')
+    stat.rfind(')')
         .and_then(|i| stat[i + 1..].split_whitespace().next())
-    {
-        Some(state) => state != "Z" && state != "X",
-        None => false,
-    }
+        .map(str::to_string)
 }
 
 /// Sends `signal` to `pid`; true if it was delivered.
