@@ -4,16 +4,66 @@
 use weir_checkpoint::CheckpointError;
 use weir_connectors::ConnectorError;
 use weir_runtime::error::{EXIT_PERMANENT, EXIT_RETRY};
-use weir_runtime::{Retry, RuntimeError};
+use weir_runtime::{LogFormat, Retry, RuntimeError};
 
-/// Sets up logging to stderr; `RUST_LOG` overrides the default level (`warn`).
+/// Sets up logging to stderr in the format that the command line (`--log-format`) or
+/// `WEIR_LOG_FORMAT` asks for; `RUST_LOG` overrides the default level (`warn`).
 pub fn init_logging() {
+    let args: Vec<String> = std::env::args().collect();
+    let env = std::env::var("WEIR_LOG_FORMAT").ok();
+    init_logging_as(log_format_of(&args, env.as_deref()));
+}
+
+/// Sets up logging to stderr in `format`; `RUST_LOG` overrides the default level
+/// (`warn`).
+pub fn init_logging_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+/// The log format named by `--log-format F` or `--log-format=F` in `args` (the last
+/// one wins), else by `env` (`WEIR_LOG_FORMAT`), else text. Logging starts before the
+/// flags are parsed, so that parse errors are logged too; a value that names no format
+/// is left for the flag parser to reject.
+///
+/// ```
+/// use weir::cli::log_format_of;
+/// use weir_runtime::LogFormat;
+/// let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+/// assert_eq!(log_format_of(&args(&["job", "--log-format", "json"]), None), LogFormat::Json);
+/// assert_eq!(log_format_of(&args(&["job", "--log-format=text"]), Some("json")), LogFormat::Text);
+/// assert_eq!(log_format_of(&args(&["job"]), Some("json")), LogFormat::Json);
+/// assert_eq!(log_format_of(&args(&["job"]), None), LogFormat::Text);
+/// ```
+pub fn log_format_of(args: &[String], env: Option<&str>) -> LogFormat {
+    let mut named = env.map(str::to_string);
+    // Only the job's own flags: what follows `--` belongs to another program.
+    let own = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let mut i = 0;
+    while i < own {
+        if let Some(v) = args[i].strip_prefix("--log-format=") {
+            named = Some(v.to_string());
+        } else if args[i] == "--log-format" {
+            named = args.get(i + 1).cloned();
+            i += 1;
+        }
+        i += 1;
+    }
+    match named.as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
 }
 
 /// Runs a job's main function and turns its error into a message and an exit code:

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use weir_checkpoint::store::Status;
 use weir_checkpoint::{CheckpointStore, Epoch};
 use weir_runtime::launch::{launch, LaunchOptions, Outcome};
+use weir_runtime::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -16,6 +18,9 @@ use weir_runtime::launch::{launch, LaunchOptions, Outcome};
     about = "Exactly-once checkpointing dataflow: launch jobs, inspect checkpoints"
 )]
 struct Cli {
+    /// Log lines as text or as JSON objects, one per line.
+    #[arg(long, global = true, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,17 +88,26 @@ struct Target {
 
 #[derive(Subcommand, Debug)]
 enum Checkpoints {
-    /// Lists the job's checkpoints.
+    /// Lists the job's checkpoints and savepoints: epoch, status (complete,
+    /// uncommitted, abandoned, incomplete, unreadable), workers, generation, bytes and
+    /// sink outputs.
     List {
         #[command(flatten)]
         target: Target,
+        /// Print a JSON array, one object per checkpoint or savepoint.
+        #[arg(long)]
+        json: bool,
     },
-    /// Shows one checkpoint's manifest.
+    /// Shows one checkpoint's manifest (as JSON).
     Show {
         #[command(flatten)]
         target: Target,
         /// The checkpoint's epoch.
         epoch: u64,
+        /// Print one JSON object: the checkpoint's entry in `list --json`, with its
+        /// manifest under `manifest`.
+        #[arg(long)]
+        json: bool,
     },
     /// Deletes one checkpoint, a savepoint, or all of the job's state with --all.
     Delete {
@@ -128,42 +142,62 @@ fn checkpoints(cmd: Checkpoints) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         match cmd {
-            Checkpoints::List { target } => {
+            Checkpoints::List { target, json } => {
                 let store = CheckpointStore::open(&target.url, &target.job)?;
-                let (complete, all) = store.list().await?;
+                let history = store.history().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&history)?);
+                    return Ok(());
+                }
                 println!(
-                    "{:>8}  {:>10}  {:>7}  {:>5}  {:>12}  {:>7}",
+                    "{:>8}  {:>11}  {:>7}  {:>5}  {:>12}  {:>7}",
                     "epoch", "status", "workers", "gen", "bytes", "outputs"
                 );
-                for epoch in all {
-                    if complete.contains(&epoch) {
-                        match store.read_manifest(epoch).await {
-                            Ok(m) => println!(
-                                "{:>8}  {:>10}  {:>7}  {:>5}  {:>12}  {:>7}",
-                                epoch,
-                                "complete",
-                                m.workers,
-                                m.generation,
-                                m.total_bytes(),
-                                m.sinks.len()
-                            ),
-                            Err(e) => println!("{:>8}  {:>10}  {e}", epoch, "unreadable"),
-                        }
-                    } else {
-                        println!("{:>8}  {:>10}", epoch, "no manifest");
-                    }
+                let shown = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                for c in history.iter().filter(|c| c.status != Status::Savepoint) {
+                    println!(
+                        "{:>8}  {:>11}  {:>7}  {:>5}  {:>12}  {:>7}{}",
+                        c.epoch,
+                        c.status.as_str(),
+                        shown(c.workers.map(|w| w.to_string())),
+                        shown(c.generation.map(|g| g.to_string())),
+                        shown(c.bytes.map(|b| b.to_string())),
+                        c.outputs.values().sum::<usize>(),
+                        c.error.as_deref().map(|e| format!("  {e}")).unwrap_or_default()
+                    );
                 }
-                for name in store.list_savepoints().await? {
-                    match store.read_savepoint(&name).await {
-                        Ok(m) => println!("savepoint {name}: epoch {}, {} workers, generation {}, {} bytes, {} outputs", m.epoch, m.workers, m.generation, m.total_bytes(), m.sinks.len()),
-                        Err(e) => println!("savepoint {name}: unreadable: {e}"),
+                for c in history.iter().filter(|c| c.status == Status::Savepoint) {
+                    let name = c.name.as_deref().unwrap_or("?");
+                    match &c.error {
+                        None => println!(
+                            "savepoint {name}: epoch {}, {} workers, generation {}, {} bytes, {} outputs",
+                            c.epoch,
+                            shown(c.workers.map(|w| w.to_string())),
+                            shown(c.generation.map(|g| g.to_string())),
+                            shown(c.bytes.map(|b| b.to_string())),
+                            c.outputs.values().sum::<usize>()
+                        ),
+                        Some(e) => println!("savepoint {name}: unreadable: {e}"),
                     }
                 }
             }
-            Checkpoints::Show { target, epoch } => {
+            Checkpoints::Show { target, epoch, json } => {
                 let store = CheckpointStore::open(&target.url, &target.job)?;
                 let m = store.read_manifest(Epoch(epoch)).await?;
-                println!("{}", serde_json::to_string_pretty(&m)?);
+                if json {
+                    let info = store
+                        .history()
+                        .await?
+                        .into_iter()
+                        .find(|c| c.epoch == m.epoch && c.status != Status::Savepoint);
+                    let mut value = serde_json::to_value(&info)?;
+                    if let Some(object) = value.as_object_mut() {
+                        object.insert("manifest".into(), serde_json::to_value(&m)?);
+                    }
+                    println!("{}", serde_json::to_string(&value)?);
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&m)?);
+                }
             }
             Checkpoints::Delete { target, epoch, savepoint, all } => {
                 let store = CheckpointStore::open(&target.url, &target.job)?;

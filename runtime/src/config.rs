@@ -11,6 +11,16 @@ use weir_checkpoint::RestoreTarget;
 
 use crate::error::{Result, RuntimeError};
 
+/// How a weir binary writes its log lines to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// The delivery guarantee of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -271,6 +281,10 @@ impl JobConfig {
 /// Flatten it into a job's own `clap::Parser` and call [`JobArgs::into_config`].
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct JobArgs {
+    /// Log lines as text or as JSON objects, one per line (read before the other flags,
+    /// by `weir::cli::main_with`).
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// A TOML file with job settings (keys as in `JobConfig`, kebab-case).
     #[arg(long, env = "WEIR_CONFIG")]
     pub config: Option<PathBuf>,

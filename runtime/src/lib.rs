@@ -60,7 +60,7 @@ pub mod tracker;
 pub mod twophase;
 
 pub use clock::EpochClock;
-pub use config::{Delivery, JobArgs, JobConfig};
+pub use config::{Delivery, JobArgs, JobConfig, LogFormat};
 pub use context::JobContext;
 pub use error::{Result, Retry, RuntimeError};
 pub use execute::run;

@@ -83,3 +83,98 @@ fn checkpoints_can_be_listed_shown_and_deleted() {
     );
     missing.assert_clean_failure(&[&epoch, "does not exist"]);
 }
+
+/// `--log-format json` makes every log line a JSON object; `weir checkpoints list --json`
+/// and `show --json` describe exactly the checkpoints the store holds; the S3 secret key
+/// appears in none of them, even at the debug log level.
+#[test]
+fn logs_and_checkpoint_listings_are_json_and_never_show_the_s3_keys() {
+    let url = crate::s3::s3_prefix("cli-json");
+    let key_id = std::env::var("AWS_ACCESS_KEY_ID").unwrap();
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+    let ws = Workspace::new("cli-json");
+    let corpus = input::generate(&ws.input, scenario::seed(0x6_0002), &InputSpec::small());
+    let args = JobArgs::new(&ws)
+        .set("--checkpoint-dir", &url)
+        .set("--log-format", "json")
+        .workers(2)
+        .interval_ms(50)
+        .rate_limit(corpus.rate_limit_for(2, 1.0));
+    let mut cmd = crate::harness::job::wordcount_command(&args);
+    cmd.env("RUST_LOG", "debug");
+    let run = crate::harness::process::run_to_end(
+        cmd,
+        ws.log_paths("job"),
+        std::time::Duration::from_secs(120),
+    );
+    run.assert_success();
+    let mut lines = 0;
+    for line in run.stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+        assert!(
+            event["level"].is_string() && event["timestamp"].is_string(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines > 0, "the job logged nothing at the debug level");
+
+    let target = ["--checkpoint-dir", url.as_str(), "--job", "wordcount"];
+    let list = run_weir(
+        &ws,
+        "list-json",
+        &[&["checkpoints", "list", "--json"][..], &target].concat(),
+    );
+    list.assert_success();
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&list.stdout).expect("list --json prints a JSON array");
+    let store = weir::checkpoint::CheckpointStore::open(&url, "wordcount").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (complete, _) = rt.block_on(store.list()).unwrap();
+    let listed_complete: Vec<u64> = listed
+        .iter()
+        .filter(|c| c["status"] == "complete")
+        .map(|c| c["epoch"].as_u64().expect("an epoch"))
+        .collect();
+    let stored: Vec<u64> = complete.iter().map(|e| e.0).collect();
+    assert!(!stored.is_empty(), "the job completed no checkpoint");
+    assert_eq!(listed_complete, stored, "{}", list.stdout);
+    for c in listed.iter().filter(|c| c["status"] == "complete") {
+        assert!(
+            c["generation"].is_u64() && c["bytes"].as_u64().is_some_and(|b| b > 0),
+            "{c}"
+        );
+    }
+
+    let newest = stored.last().unwrap().to_string();
+    let show = run_weir(
+        &ws,
+        "show-json",
+        &[
+            &["checkpoints", "show", "--json"][..],
+            &target,
+            &[newest.as_str()],
+        ]
+        .concat(),
+    );
+    show.assert_success();
+    let shown: serde_json::Value = serde_json::from_str(&show.stdout).expect("one JSON object");
+    assert_eq!(shown["status"], "complete", "{shown}");
+    assert_eq!(shown["manifest"]["epoch"].to_string(), newest, "{shown}");
+    assert_eq!(shown["manifest"]["job"], "wordcount", "{shown}");
+
+    for (what, text) in [
+        ("the job's log", &run.stderr),
+        ("list --json", &list.stdout),
+        ("show --json", &show.stdout),
+    ] {
+        // The key id is no secret (and the test server's is a common word), but it must
+        // not show as a request's credential either.
+        assert!(!text.contains(secret.as_str()), "{what} shows the S3 secret key");
+        assert!(
+            !text.contains(&format!("Credential={key_id}")),
+            "{what} shows a signed request's credential"
+        );
+    }
+}

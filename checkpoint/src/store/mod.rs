@@ -31,6 +31,7 @@ use crate::layout::{self, Layout};
 use crate::manifest::Manifest;
 
 mod control;
+mod history;
 mod links;
 mod manifests;
 mod parts;
@@ -38,6 +39,7 @@ mod retention;
 mod savepoints;
 mod url;
 
+pub use history::{CheckpointInfo, Status};
 pub use links::Committed;
 pub use parts::VerifiedPart;
 pub use retention::referenced_dirs;
