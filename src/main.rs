@@ -45,6 +45,9 @@ enum Command {
         /// Upper bound of the restart delay in ms.
         #[arg(long, default_value_t = 10_000)]
         max_restart_delay_ms: u64,
+        /// Serve each process's Prometheus metrics: process I on HOST and PORT + I.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
         /// The job binary and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "BINARY [ARGS]")]
         command: Vec<String>,
@@ -268,8 +271,21 @@ fn main() {
                 max_restarts,
                 restart_delay_ms,
                 max_restart_delay_ms,
+                metrics_addr,
                 command,
             } => {
+                let metrics = match metrics_addr {
+                    Some(addr) => {
+                        let (host, port) = addr.rsplit_once(':').ok_or_else(|| {
+                            anyhow::anyhow!("--metrics-addr `{addr}` is not HOST:PORT")
+                        })?;
+                        let port: u16 = port.parse().with_context(|| {
+                            format!("--metrics-addr `{addr}`: the port is not a number")
+                        })?;
+                        Some((host.to_string(), port))
+                    }
+                    None => None,
+                };
                 let binary = PathBuf::from(&command[0]);
                 let args = command[1..].to_vec();
                 anyhow::ensure!(
@@ -284,6 +300,7 @@ fn main() {
                     max_restart_delay: Duration::from_millis(max_restart_delay_ms),
                     binary: binary.clone(),
                     args,
+                    metrics,
                 };
                 match launch(&opts)
                     .with_context(|| format!("cannot launch {}", binary.display()))?

@@ -204,6 +204,7 @@ pub(crate) fn source<'s, R: Reader>(
     let first_epoch = ctx.first_epoch();
     let key_groups = ctx.key_groups();
     let source = format!("source `{name}`");
+    let read_records = ctx.metrics().source_counter(ctx.worker(), &name);
     builder.build(move |mut caps| {
         let mut report_cap: Option<Capability<u64>> = caps.pop();
         let mut data_cap: Option<Capability<u64>> = caps.pop();
@@ -281,6 +282,7 @@ pub(crate) fn source<'s, R: Reader>(
                         }
                     }
                     emitted += batch.len() as u64;
+                    read_records.add(batch.len());
                     if !batch.is_empty() {
                         data_out
                             .activate()

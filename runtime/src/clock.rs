@@ -49,6 +49,15 @@ impl EpochClock {
         self.first + self.elapsed_ms() / self.epoch_ms
     }
 
+    /// When `epoch` ended (its barrier), if the clock has started and epochs end.
+    pub fn ended_at(&self, epoch: u64) -> Option<Instant> {
+        let start = *self.start.get()?;
+        if self.epoch_ms == 0 || epoch < self.first {
+            return None;
+        }
+        Some(start + Duration::from_millis((epoch - self.first + 1) * self.epoch_ms))
+    }
+
     /// Time until the next epoch begins (`None` if epochs never end).
     pub fn until_next(&self) -> Option<Duration> {
         if self.epoch_ms == 0 {

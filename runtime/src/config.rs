@@ -93,6 +93,9 @@ pub struct JobConfig {
     /// A job whose last this-many generations failed without completing a checkpoint
     /// is not started again (exit code 2); 0 never gives up.
     pub max_failed_generations: u32,
+    /// Serve Prometheus metrics on `http://<this>/metrics` (`HOST:PORT`); off when
+    /// `None`.
+    pub metrics_addr: Option<String>,
     /// The oldest generation this run may take; `None` derives it from the store. The
     /// run claims a generation at least this new in the store (in a cluster, agreed
     /// with the peers).
@@ -119,6 +122,7 @@ impl Default for JobConfig {
             peers: Vec::new(),
             peer_timeout_ms: 10_000,
             start_timeout_ms: 60_000,
+            metrics_addr: None,
             max_failed_generations: 10,
             generation: None,
         }
@@ -356,6 +360,9 @@ pub struct JobArgs {
     /// completing a checkpoint; 0 never gives up.
     #[arg(long, env = "WEIR_MAX_FAILED_GENERATIONS")]
     pub max_failed_generations: Option<u32>,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics.
+    #[arg(long, env = "WEIR_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 impl JobArgs {
@@ -434,6 +441,9 @@ impl JobArgs {
         }
         if self.restore.is_some() {
             c.restore = self.restore;
+        }
+        if self.metrics_addr.is_some() {
+            c.metrics_addr = self.metrics_addr;
         }
         if self.hostfile.is_some() {
             c.hostfile = self.hostfile;

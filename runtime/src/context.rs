@@ -40,6 +40,8 @@ pub struct Shared {
     pub(crate) stop: std::sync::atomic::AtomicBool,
     /// The run's first fatal failure (see [`JobContext::fail`]).
     pub(crate) failure: crate::failure::FailureSlot,
+    /// The process's metrics.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A worker's view of the running job.
@@ -51,6 +53,11 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// The process's metrics, for connectors that count what they read and write.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.shared.metrics
+    }
+
     pub(crate) fn new(shared: Arc<Shared>, worker: usize, peers: usize) -> Self {
         JobContext {
             shared,

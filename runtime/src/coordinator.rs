@@ -147,7 +147,9 @@ async fn run(
     let store = ctx.store().expect("checkpointing is on").clone();
     let config = ctx.config().clone();
     let timeout = Duration::from_millis(config.checkpoint_timeout_ms.max(1));
+    let metrics = Arc::clone(ctx.metrics());
     let mut failures = FailedCheckpoints::new(config.tolerable_failed_checkpoints);
+    failures.counter = Some(metrics.checkpoints_failed.clone());
     // Whether the newest epoch closed so far ended committed; at the end of the input it
     // must, or the job's last output would never become visible.
     let mut last_committed: Option<(Epoch, bool)> = None;
@@ -178,6 +180,12 @@ async fn run(
                 continue;
             }
         };
+        let closed_at = std::time::Instant::now();
+        if let Some(barrier) = ctx.clock().ended_at(epoch.0) {
+            metrics
+                .snapshot_seconds
+                .observe(closed_at.saturating_duration_since(barrier).as_secs_f64());
+        }
         match within(timeout, store.generations()).await {
             Ok(gens) if protocol::is_fenced(ctx.generation(), &gens) => {
                 let newer = gens.iter().copied().max().unwrap_or_default();
@@ -218,6 +226,7 @@ async fn run(
         // checkpoint is then committed although it counts as failed here. That is safe:
         // its sink outputs stay owed and are committed with the next committed
         // checkpoint, and a restore from it commits them too (commits are idempotent).
+        let writing = std::time::Instant::now();
         match within(timeout, store.commit_manifest(&manifest, follows)).await {
             Ok(Committed::Yes { next }) => follows = next,
             Ok(Committed::Fenced { by }) => {
@@ -241,6 +250,25 @@ async fn run(
             }
         }
         failures.succeeded();
+        metrics
+            .manifest_seconds
+            .observe(writing.elapsed().as_secs_f64());
+        metrics
+            .checkpoint_seconds
+            .observe(closed_at.elapsed().as_secs_f64());
+        metrics.completed(epoch.0);
+        metrics.checkpoint_bytes.set(manifest.total_bytes() as i64);
+        let own_dir = weir_checkpoint::layout::checkpoint_dir_name(epoch);
+        metrics.uploaded_bytes.inc_by(
+            manifest
+                .parts
+                .iter()
+                .filter(|p| p.path.split('/').any(|s| s == own_dir))
+                .map(|p| p.size)
+                .sum(),
+        );
+        metrics.pending_outputs.set(manifest.sinks.len() as i64);
+        let committing = std::time::Instant::now();
         tracing::info!(
             epoch = %epoch,
             parts = manifest.parts.len(),
@@ -271,6 +299,10 @@ async fn run(
                 ))
             })?;
         }
+        metrics
+            .commit_seconds
+            .observe(committing.elapsed().as_secs_f64());
+        metrics.pending_outputs.set(0);
         last_committed = Some((epoch, true));
         match within(timeout, store.apply_retention(config.retain)).await {
             Ok(deleted) if !deleted.is_empty() => {
@@ -301,6 +333,8 @@ async fn run(
 struct FailedCheckpoints {
     failed: u32,
     tolerated: u32,
+    /// Counts every failed checkpoint for the metrics.
+    counter: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl FailedCheckpoints {
@@ -308,6 +342,7 @@ impl FailedCheckpoints {
         FailedCheckpoints {
             failed: 0,
             tolerated,
+            counter: None,
         }
     }
 
@@ -327,6 +362,9 @@ impl FailedCheckpoints {
 
     /// Logs a failed checkpoint; an error (retryable) once too many failed in a row.
     fn fail(&mut self, reason: String) -> Result<()> {
+        if let Some(c) = &self.counter {
+            c.inc();
+        }
         tracing::warn!(failed = self.failed + 1, tolerated = self.tolerated, reason = %reason, "checkpoint failed");
         self.count(reason).map(|_| ())
     }

@@ -48,6 +48,10 @@ where
         .build()
         .map_err(|e| RuntimeError::Dataflow(format!("cannot start the I/O runtime: {e}")))?;
     let pre = read_start(&config, &rt)?;
+    let metrics = Arc::new(crate::metrics::Metrics::new(&config.job, config.process));
+    if let Some(addr) = &config.metrics_addr {
+        crate::metrics::serve(Arc::clone(&metrics), addr, &rt)?;
+    }
     let multi_process = config.processes > 1;
     // A cluster connects before anything else, and agrees on its generation.
     let mut formed = if multi_process {
@@ -71,6 +75,9 @@ where
         None => claim_generation(pre.store.as_ref(), &rt, pre.generation, config.process)?,
     };
     crate::failpoint::set_generation(generation.0);
+    metrics.generation.set(generation.0 as i64);
+    metrics.restarts.set(pre.earlier_generations as i64);
+    metrics.started();
     let (local, peers) = local_workers(&config);
     let local_count = local.len();
     let restored_parts = if pre.parts.is_empty() {
@@ -97,6 +104,7 @@ where
         coordinator: Mutex::new(None),
         stop: std::sync::atomic::AtomicBool::new(false),
         failure: Default::default(),
+        metrics,
     });
     if let Some(store) = shared.store.clone() {
         rt.spawn(poll_stop_request(
@@ -226,6 +234,13 @@ where
             if let Some(watch) = watch {
                 watch.finish();
             }
+            let (read, written) = shared.metrics.totals();
+            tracing::info!(
+                generation = %shared.generation,
+                records_read = read,
+                records_written = written,
+                "the run ended: every source's input is done"
+            );
             Ok(())
         }
     }

@@ -36,6 +36,9 @@ pub struct LaunchOptions {
     pub binary: PathBuf,
     /// The job's own arguments.
     pub args: Vec<String>,
+    /// Metrics endpoints: process `i` serves Prometheus metrics on this host and the
+    /// port plus `i`.
+    pub metrics: Option<(String, u16)>,
 }
 
 /// How a supervised job ended.
@@ -75,6 +78,7 @@ fn strip_managed(args: &[String]) -> (Vec<String>, Option<String>) {
             "--generation",
             "--peers",
             "--process-index",
+            "--metrics-addr",
             "--workers",
             "-w",
         ];
@@ -142,6 +146,9 @@ fn spawn(
         if let Some(r) = restore {
             cmd.arg("--restore").arg(r);
         }
+        if let Some(addr) = metrics_addr(opts, process) {
+            cmd.arg("--metrics-addr").arg(addr);
+        }
         // Children die with the supervisor, so that no orphan of an old generation lives on.
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
@@ -167,6 +174,13 @@ fn spawn(
     Ok(children)
 }
 
+/// The metrics address of process `process`, if metrics are asked for.
+fn metrics_addr(opts: &LaunchOptions, process: usize) -> Option<String> {
+    let (host, port) = opts.metrics.as_ref()?;
+    let port = port.checked_add(u16::try_from(process).ok()?)?;
+    Some(format!("{host}:{port}"))
+}
+
 fn kill_all(children: &mut [Child]) {
     for c in children.iter_mut() {
         let _ = c.kill();
@@ -180,6 +194,11 @@ fn kill_all(children: &mut [Child]) {
 /// restarts.
 pub fn launch(opts: &LaunchOptions) -> std::io::Result<Outcome> {
     let (args, first_restore) = strip_managed(&opts.args);
+    for process in 0..opts.processes {
+        if let Some(addr) = metrics_addr(opts, process) {
+            eprintln!("weir launch: process {process} metrics at http://{addr}/metrics");
+        }
+    }
     let mut restarts = 0u32;
     let mut delay = opts.restart_delay;
     let mut run = 0u64;

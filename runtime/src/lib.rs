@@ -51,6 +51,7 @@ pub mod flow;
 pub mod job;
 pub mod keygroup;
 pub mod launch;
+pub mod metrics;
 mod restore;
 pub mod sink;
 pub mod snapshot;

@@ -66,6 +66,7 @@ where
     let name = name.to_string();
     let first_epoch = ctx.first_epoch();
     let restored = ctx.restored().map(|m| m.epoch.0);
+    let written = ctx.metrics().sink_counter(ctx.worker(), &name);
     builder.build(move |mut caps| {
         let mut tracker = EpochTracker::new(caps.pop().expect("one output"), first_epoch);
         let mut open: BTreeSet<u64> = BTreeSet::new();
@@ -87,6 +88,7 @@ where
                 }
                 tracker.saw(epoch);
                 open.insert(epoch);
+                written.add(data.len());
                 for record in data.drain(..) {
                     if let Err(e) = sink.write(epoch, record) {
                         failure = Some(e);

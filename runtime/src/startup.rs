@@ -242,6 +242,8 @@ pub(crate) struct Start {
     pub(crate) epochs: EpochPlan,
     /// The complete checkpoints listed when the start was planned.
     pub(crate) seen: Vec<Epoch>,
+    /// Generations of the job that announced themselves before this run.
+    pub(crate) earlier_generations: usize,
 }
 
 /// Reads what the store holds and plans the run (see the module's documentation).
@@ -256,6 +258,7 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
                 first_epoch: Epoch(1),
             },
             seen: Vec::new(),
+            earlier_generations: 0,
         });
     }
     let store = CheckpointStore::open(&config.checkpoint_url, &config.job)?;
@@ -341,6 +344,7 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
             generation: plan.generation,
             epochs,
             seen: facts.complete.clone(),
+            earlier_generations: facts.markers.len(),
         })
     })
 }

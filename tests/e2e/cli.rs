@@ -171,7 +171,10 @@ fn logs_and_checkpoint_listings_are_json_and_never_show_the_s3_keys() {
     ] {
         // The key id is no secret (and the test server's is a common word), but it must
         // not show as a request's credential either.
-        assert!(!text.contains(secret.as_str()), "{what} shows the S3 secret key");
+        assert!(
+            !text.contains(secret.as_str()),
+            "{what} shows the S3 secret key"
+        );
         assert!(
             !text.contains(&format!("Credential={key_id}")),
             "{what} shows a signed request's credential"

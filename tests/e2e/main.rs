@@ -18,6 +18,7 @@ mod inprocess;
 mod kafka;
 mod kills;
 mod layering;
+mod metrics;
 mod nats;
 mod objects;
 mod operators;

@@ -1,0 +1,341 @@
+//! Prometheus metrics of a job process, served as text exposition on `--metrics-addr`.
+//!
+//! Every metric carries the labels `job` and `process`; per-worker ones add `worker` and
+//! the source's or sink's name. Counters are counted per batch, never per record: an
+//! operator adds a batch's length with one atomic add.
+//!
+//! ## Design
+//!
+//! One [`Metrics`] per process, created with the run and shared through the job's
+//! context. The coordinator records checkpoint figures as it completes or fails them;
+//! sources and sinks take their counter handles once, when they are built. A scrape
+//! encodes the registry; the seconds since the last completed checkpoint are computed at
+//! scrape time.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::error::{Result, RuntimeError};
+
+/// The labels of a per-worker operator metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperatorLabels {
+    /// The worker's global index.
+    pub worker: u64,
+    /// The source's, sink's or operator's name.
+    pub operator: String,
+}
+
+/// Counts the records of one operator on one worker, one add per batch.
+#[derive(Clone)]
+pub struct RecordCounter {
+    counter: Counter,
+    total: Arc<AtomicU64>,
+}
+
+impl RecordCounter {
+    /// Counts a batch of `n` records.
+    pub fn add(&self, n: usize) {
+        self.counter.inc_by(n as u64);
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// The metrics of one job process.
+pub struct Metrics {
+    registry: Registry,
+    /// Records read per source and worker.
+    pub source_records: Family<OperatorLabels, Counter>,
+    /// Records written per sink and worker.
+    pub sink_records: Family<OperatorLabels, Counter>,
+    /// Checkpoints completed (committed) by this process's coordinator.
+    pub checkpoints_completed: Counter,
+    /// Checkpoints that failed (a part, the manifest or its link could not be written).
+    pub checkpoints_failed: Counter,
+    /// The epoch of the last completed checkpoint.
+    pub last_completed_epoch: Gauge,
+    /// Time from an epoch's close (every part reported) to its manifest committed.
+    pub checkpoint_seconds: Histogram,
+    /// Time to write the manifest and its link.
+    pub manifest_seconds: Histogram,
+    /// Time from an epoch's barrier to its last part reported (snapshot and upload).
+    pub snapshot_seconds: Histogram,
+    /// The size of the last completed checkpoint's parts.
+    pub checkpoint_bytes: Gauge,
+    /// Bytes of parts written for completed checkpoints (parts reused from older
+    /// checkpoints are not counted again).
+    pub uploaded_bytes: Counter,
+    /// Time to commit one checkpoint's sink outputs.
+    pub commit_seconds: Histogram,
+    /// Sink outputs waiting for their checkpoint to commit them.
+    pub pending_outputs: Gauge,
+    /// This run's generation.
+    pub generation: Gauge,
+    /// Generations of this job that started before this one: restarts so far.
+    pub restarts: Gauge,
+    last_completed_ms: Arc<AtomicU64>,
+    since_last: Gauge<f64, AtomicU64>,
+    read_total: Arc<AtomicU64>,
+    written_total: Arc<AtomicU64>,
+}
+
+impl Metrics {
+    /// The metrics of process `process` of job `job`.
+    pub fn new(job: &str, process: usize) -> Self {
+        let labels = [
+            (Cow::Borrowed("job"), Cow::Owned(job.to_string())),
+            (Cow::Borrowed("process"), Cow::Owned(process.to_string())),
+        ];
+        let mut registry = Registry::with_prefix_and_labels("weir", labels.into_iter());
+        let m = Metrics {
+            source_records: Family::default(),
+            sink_records: Family::default(),
+            checkpoints_completed: Counter::default(),
+            checkpoints_failed: Counter::default(),
+            last_completed_epoch: Gauge::default(),
+            checkpoint_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            manifest_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            snapshot_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            checkpoint_bytes: Gauge::default(),
+            uploaded_bytes: Counter::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            pending_outputs: Gauge::default(),
+            generation: Gauge::default(),
+            restarts: Gauge::default(),
+            last_completed_ms: Arc::new(AtomicU64::new(0)),
+            since_last: Gauge::default(),
+            read_total: Arc::default(),
+            written_total: Arc::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "source_records",
+            "Records read, per source and worker",
+            m.source_records.clone(),
+        );
+        registry.register(
+            "sink_records",
+            "Records written, per sink and worker",
+            m.sink_records.clone(),
+        );
+        registry.register(
+            "checkpoints_completed",
+            "Checkpoints completed and committed",
+            m.checkpoints_completed.clone(),
+        );
+        registry.register(
+            "checkpoints_failed",
+            "Checkpoints that failed",
+            m.checkpoints_failed.clone(),
+        );
+        registry.register(
+            "checkpoint_last_completed_epoch",
+            "The epoch of the last completed checkpoint",
+            m.last_completed_epoch.clone(),
+        );
+        registry.register(
+            "checkpoint_seconds_since_last_completed",
+            "Seconds since the last checkpoint completed (since the start before the first)",
+            m.since_last.clone(),
+        );
+        registry.register(
+            "checkpoint_duration_seconds",
+            "From an epoch's last part reported to its manifest committed",
+            m.checkpoint_seconds.clone(),
+        );
+        registry.register(
+            "checkpoint_manifest_seconds",
+            "Writing a checkpoint's manifest and its link",
+            m.manifest_seconds.clone(),
+        );
+        registry.register(
+            "checkpoint_snapshot_seconds",
+            "From an epoch's barrier to its last part reported: snapshot and upload",
+            m.snapshot_seconds.clone(),
+        );
+        registry.register(
+            "checkpoint_size_bytes",
+            "The size of the last completed checkpoint's parts",
+            m.checkpoint_bytes.clone(),
+        );
+        registry.register(
+            "checkpoint_uploaded_bytes",
+            "Bytes of parts written for completed checkpoints",
+            m.uploaded_bytes.clone(),
+        );
+        registry.register(
+            "sink_commit_seconds",
+            "Committing one checkpoint's sink outputs",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "sink_pending_outputs",
+            "Sink outputs waiting for their checkpoint to commit them",
+            m.pending_outputs.clone(),
+        );
+        registry.register("generation", "This run's generation", m.generation.clone());
+        registry.register(
+            "restarts",
+            "Generations of this job that started before this one",
+            m.restarts.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The counter of the records that source `name` reads on `worker`.
+    pub fn source_counter(&self, worker: usize, name: &str) -> RecordCounter {
+        RecordCounter {
+            counter: self
+                .source_records
+                .get_or_create(&labels(worker, name))
+                .clone(),
+            total: Arc::clone(&self.read_total),
+        }
+    }
+
+    /// The counter of the records that sink `name` writes on `worker`.
+    pub fn sink_counter(&self, worker: usize, name: &str) -> RecordCounter {
+        RecordCounter {
+            counter: self
+                .sink_records
+                .get_or_create(&labels(worker, name))
+                .clone(),
+            total: Arc::clone(&self.written_total),
+        }
+    }
+
+    /// Records read by every source of this process, and written by every sink.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.read_total.load(Ordering::Relaxed),
+            self.written_total.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Records that a checkpoint of `epoch` completed now.
+    pub fn completed(&self, epoch: u64) {
+        self.checkpoints_completed.inc();
+        self.last_completed_epoch.set(epoch as i64);
+        self.last_completed_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Starts the clock of "seconds since the last completed checkpoint".
+    pub fn started(&self) {
+        self.last_completed_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let last = self.last_completed_ms.load(Ordering::Relaxed);
+        self.since_last
+            .set(Duration::from_millis(now_ms().saturating_sub(last)).as_secs_f64());
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn labels(worker: usize, name: &str) -> OperatorLabels {
+    OperatorLabels {
+        worker: worker as u64,
+        operator: name.to_string(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Serves `metrics` as Prometheus text on `http://<addr>/metrics` from the I/O runtime,
+/// until the process exits.
+pub(crate) fn serve(
+    metrics: Arc<Metrics>,
+    addr: &str,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<SocketAddr> {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|e| {
+            RuntimeError::config(
+                "metrics-addr",
+                format!("cannot listen on {addr} for metrics: {e}; choose a free HOST:PORT"),
+            )
+        })?;
+    let bound = listener.local_addr().map_err(|e| {
+        RuntimeError::config(
+            "metrics-addr",
+            format!("cannot read the bound address: {e}"),
+        )
+    })?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    runtime.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    tracing::info!(address = %bound, "serving metrics at http://{bound}/metrics");
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_carries_the_job_and_process_and_counts_per_batch() {
+        let m = Metrics::new("wc", 2);
+        let records = m.source_counter(3, "input");
+        records.add(4096);
+        records.add(10);
+        assert_eq!(m.totals(), (4106, 0));
+        m.completed(7);
+        m.generation.set(4);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"weir_source_records_total{job="wc",process="2",worker="3",operator="input"} 4106"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_checkpoint_last_completed_epoch{job="wc",process="2"} 7"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_checkpoints_completed_total{job="wc",process="2"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_generation{job="wc",process="2"} 4"#),
+            "{text}"
+        );
+    }
+}

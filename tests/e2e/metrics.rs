@@ -1,0 +1,261 @@
+//! The Prometheus endpoint of every job process (`--metrics-addr`, given per process by
+//! `weir launch --metrics-addr`): its values follow what the job did, and across a
+//! SIGKILL the generation and the restart count go up.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::harness::bins;
+use crate::harness::checkpoints::complete_checkpoints;
+use crate::harness::input::{self, InputSpec};
+use crate::harness::job::JobArgs;
+use crate::harness::launch::parse_generations;
+use crate::harness::process::{read_lossy, sigkill, spawn_logged, tail, POLL};
+use crate::harness::scenario;
+use crate::harness::workspace::Workspace;
+
+/// One scrape: `(name, labels, value)` per sample.
+struct Scrape(Vec<(String, String, f64)>);
+
+impl Scrape {
+    /// The sum of every sample of `name`.
+    fn sum(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|s| s.2)
+            .sum()
+    }
+
+    /// The one sample of `name` (the job-level metrics have no other labels).
+    fn value(&self, name: &str) -> f64 {
+        let samples: Vec<_> = self.0.iter().filter(|(n, _, _)| n == name).collect();
+        assert_eq!(samples.len(), 1, "one sample of {name}");
+        samples[0].2
+    }
+}
+
+/// GETs `http://addr/metrics` and parses the text exposition; `None` if nobody answers.
+fn scrape(addr: &str) -> Option<Scrape> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    let mut samples = Vec::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("a sample line");
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        for needed in ["job=\"wordcount\"", "process=\""] {
+            assert!(labels.contains(needed), "{line} lacks {needed}");
+        }
+        samples.push((
+            name.to_string(),
+            labels.to_string(),
+            value.parse().expect("a number"),
+        ));
+    }
+    Some(Scrape(samples))
+}
+
+struct Launched {
+    child: Child,
+    stderr: std::path::PathBuf,
+}
+
+impl Launched {
+    fn start(ws: &Workspace, args: &JobArgs, metrics_port: u16) -> Launched {
+        let mut cmd = Command::new(bins::weir());
+        cmd.env("RUST_LOG", "weir_runtime=info");
+        cmd.args([
+            "launch",
+            "--processes",
+            "2",
+            "--workers",
+            "1",
+            "--restart-delay-ms",
+            "50",
+        ])
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{metrics_port}"))
+        .arg("--")
+        .arg(bins::wordcount())
+        .args(args.args())
+        .env_remove("WEIR_FAILPOINT");
+        let (out, err) = ws.log_paths("launch");
+        let child = spawn_logged(&mut cmd, &out, &err);
+        Launched { child, stderr: err }
+    }
+
+    fn finished(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("wait for weir launch")
+            .is_some()
+    }
+
+    /// Waits, until `deadline`, for a scrape of `addr` that satisfies `f`.
+    fn await_scrape(
+        &mut self,
+        addr: &str,
+        deadline: Instant,
+        what: &str,
+        f: impl Fn(&Scrape) -> bool,
+    ) -> Scrape {
+        loop {
+            if let Some(s) = scrape(addr) {
+                if f(&s) {
+                    return s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline && !self.finished(),
+                "no scrape of {addr} showed {what}\n{}",
+                tail(&read_lossy(&self.stderr), 20)
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+fn free_port_pair() -> u16 {
+    loop {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[test]
+fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
+    let ws = Workspace::new("metrics");
+    let corpus = input::generate(&ws.input, scenario::seed(0xD_0001), &InputSpec::small());
+    let lines = corpus.lines as f64;
+    let port = free_port_pair();
+    let (p0, p1) = (
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{}", port + 1),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+
+    // A run without faults: every line is counted once by the sources, and the count
+    // of completed checkpoints is the count of manifests in the store.
+    let args = JobArgs::new(&ws)
+        .set("--log-format", "json")
+        .interval_ms(300)
+        .retain(10_000)
+        .rate_limit(corpus.rate_limit_for(2, 3.0));
+    let mut run = Launched::start(&ws, &args, port);
+    let read_all = run.await_scrape(&p1, deadline, "process 1 serving", |_| true);
+    assert_eq!(read_all.value("weir_generation"), 0.0);
+    loop {
+        let a = run.await_scrape(&p0, deadline, "a checkpoint", |s| {
+            s.value("weir_checkpoints_completed_total") >= 1.0
+        });
+        let stored = complete_checkpoints(&ws.checkpoints, "wordcount").len() as f64;
+        let Some(b) = scrape(&p0) else { continue };
+        let completed = a.value("weir_checkpoints_completed_total");
+        // A manifest is in the store a moment before the counter counts it.
+        assert!(
+            stored >= completed && stored <= b.value("weir_checkpoints_completed_total") + 1.0,
+            "{stored} manifests in the store, scrapes counted {completed} then {}",
+            b.value("weir_checkpoints_completed_total")
+        );
+        if completed == b.value("weir_checkpoints_completed_total") && stored == completed {
+            let newest = complete_checkpoints(&ws.checkpoints, "wordcount")
+                .last()
+                .unwrap()
+                .epoch;
+            assert_eq!(
+                a.value("weir_checkpoint_last_completed_epoch"),
+                newest as f64
+            );
+            assert!(a.value("weir_checkpoint_size_bytes") > 0.0);
+            assert!(a.value("weir_checkpoint_uploaded_bytes_total") > 0.0);
+            assert!(a.value("weir_checkpoint_duration_seconds_count") >= completed);
+            assert!(a.value("weir_checkpoint_seconds_since_last_completed") < 60.0);
+            break;
+        }
+    }
+    // While it runs, the sources have read some of the lines and never more.
+    let live = run.await_scrape(&p0, deadline, "records read", |s| {
+        s.sum("weir_source_records_total") > 0.0
+    });
+    assert!(live.sum("weir_source_records_total") <= lines);
+    assert!(
+        run.child.wait().unwrap().success(),
+        "{}",
+        read_lossy(&run.stderr)
+    );
+    // A process's endpoint ends with it, so the totals of the finished run come from
+    // each process's last log line.
+    let ended: Vec<serde_json::Value> = read_lossy(&run.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("the run ended"))
+        })
+        .collect();
+    assert_eq!(
+        ended.len(),
+        2,
+        "one end per process\n{}",
+        read_lossy(&run.stderr)
+    );
+    let read: f64 = ended
+        .iter()
+        .map(|e| e["records_read"].as_f64().unwrap())
+        .sum();
+    assert_eq!(
+        read, lines,
+        "records read by the sources against the input's lines"
+    );
+
+    // A second run on the same store, with a SIGKILL: generation and restarts go up.
+    let ws2 = Workspace::new("metrics-kill");
+    input::generate(&ws2.input, scenario::seed(0xD_0002), &InputSpec::small());
+    let args = JobArgs::new(&ws2)
+        .interval_ms(100)
+        .rate_limit(corpus.rate_limit_for(2, 6.0));
+    let mut run = Launched::start(&ws2, &args, port);
+    let before = run.await_scrape(&p0, deadline, "a checkpoint", |s| {
+        s.value("weir_checkpoints_completed_total") >= 1.0
+    });
+    let gens = parse_generations(&read_lossy(&run.stderr));
+    let victim = *gens
+        .get(&0)
+        .and_then(|g| g.get(&1))
+        .expect("process 1's pid");
+    assert!(sigkill(victim), "SIGKILL {victim}");
+    let after = run.await_scrape(&p0, deadline, "a new generation", |s| {
+        s.value("weir_generation") > before.value("weir_generation")
+    });
+    assert!(
+        after.value("weir_restarts") > before.value("weir_restarts"),
+        "restarts {} then {}",
+        before.value("weir_restarts"),
+        after.value("weir_restarts")
+    );
+    assert!(
+        run.child.wait().unwrap().success(),
+        "{}",
+        read_lossy(&run.stderr)
+    );
+}
