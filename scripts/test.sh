@@ -3,7 +3,8 @@
 # tests need (scripts/services.sh), checks that the default build compiles no heavy
 # connector dependency, builds the binaries the end-to-end tests drive with every
 # connector feature, then runs unit, end-to-end and documentation tests, and validates
-# the Kubernetes manifests in deploy/ against the Kubernetes schemas.
+# the Kubernetes manifests in deploy/ against the Kubernetes schemas. The dashboard
+# test saves a screenshot of the page to target/dashboard.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! cargo nextest --version >/dev/null 2>&1; then
@@ -11,6 +12,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 scripts/services.sh up
 eval "$(scripts/services.sh env)"
+# The dashboard test drives a real headless browser: Debian's chromium and its
+# WebDriver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
+fi
 # The default build must stay light: no client library of an external system.
 heavy=$(cargo tree --locked -p weir -e normal --prefix none | grep -E '^(rdkafka-sys|aws-lc-sys|aws-lc-rs|reqwest|parquet|tokio-postgres|async-nats|redis) ' || true)
 if [ -n "$heavy" ]; then

@@ -68,6 +68,19 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
     },
+    /// Serves a page and a JSON API over a job's checkpoint history and its processes'
+    /// metrics: `/`, `/api/job`, `/api/checkpoints`, `/api/metrics`.
+    Dashboard {
+        #[command(flatten)]
+        target: Target,
+        /// Where to serve the page.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// The metrics endpoints of the job's processes (`http://host:port/metrics`),
+        /// comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
+    },
     /// Lists, shows and deletes checkpoints.
     Checkpoints {
         #[command(subcommand)]
@@ -261,6 +274,34 @@ fn stop(target: Target, savepoint: String, wait: bool, timeout: Duration) -> any
     })
 }
 
+fn dashboard(target: Target, addr: String, metrics: Vec<String>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let options = weir::dashboard::Options {
+        checkpoint_url: target.url,
+        job: target.job,
+        metrics,
+    };
+    rt.block_on(async {
+        // Problems are reported here and on the page, which shows them until they clear.
+        for problem in weir::dashboard::check(&options).await {
+            eprintln!("weir dashboard: {problem}");
+        }
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--addr)"))?;
+        eprintln!(
+            "weir dashboard: job `{}` at http://{}/",
+            options.job,
+            listener.local_addr()?
+        );
+        axum::serve(listener, weir::dashboard::router(options)).await?;
+        Ok(())
+    })
+}
+
 fn main() {
     weir::cli::main_with(|| {
         let cli = Cli::parse();
@@ -330,6 +371,11 @@ fn main() {
                 Duration::from_secs(timeout_secs),
             ),
             Command::Checkpoints { command } => checkpoints(command),
+            Command::Dashboard {
+                target,
+                addr,
+                metrics,
+            } => dashboard(target, addr, metrics),
         }
     })
 }

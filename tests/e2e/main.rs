@@ -13,6 +13,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod custom_sink;
+mod dashboard;
 mod failpoints;
 mod inprocess;
 mod kafka;
