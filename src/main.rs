@@ -48,6 +48,10 @@ enum Command {
         /// Serve each process's Prometheus metrics: process I on HOST and PORT + I.
         #[arg(long, value_name = "HOST:PORT")]
         metrics_addr: Option<String>,
+        /// Serve the job's dashboard (see `weir dashboard`) here while it runs; the
+        /// processes then serve metrics, on free ports unless --metrics-addr is given.
+        #[arg(long, value_name = "HOST:PORT")]
+        dashboard: Option<String>,
         /// The job binary and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "BINARY [ARGS]")]
         command: Vec<String>,
@@ -302,6 +306,64 @@ fn dashboard(target: Target, addr: String, metrics: Vec<String>) -> anyhow::Resu
     })
 }
 
+/// The first of `n` consecutive ports that are free now on 127.0.0.1.
+fn free_port_run(n: usize) -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let free = (1..n).all(|i| {
+            (first as usize + i) <= u16::MAX as usize
+                && std::net::TcpListener::bind(("127.0.0.1", first + i as u16)).is_ok()
+        });
+        if free {
+            return Ok(first);
+        }
+    }
+    anyhow::bail!("found no {n} consecutive free ports for the metrics; give --metrics-addr")
+}
+
+/// Serves the dashboard of the launched job from a thread of its own.
+fn serve_dashboard_in_background(
+    addr: &str,
+    binary: &str,
+    args: &[String],
+    metrics: Vec<String>,
+) -> anyhow::Result<()> {
+    let (checkpoint_url, job) =
+        weir::dashboard::job_target(args, binary, |k| std::env::var(k).ok()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "weir launch --dashboard needs the job's --checkpoint-dir (or WEIR_CHECKPOINT_URL)"
+            )
+        })?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("cannot listen on {addr} (--dashboard)"))?;
+    eprintln!(
+        "weir launch: dashboard of job `{job}` at http://{}/",
+        listener.local_addr()?
+    );
+    let options = weir::dashboard::Options {
+        checkpoint_url,
+        job,
+        metrics,
+    };
+    std::thread::Builder::new()
+        .name("weir-dashboard".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                if let Err(e) = axum::serve(listener, weir::dashboard::router(options)).await {
+                    eprintln!("weir launch: the dashboard stopped: {e}");
+                }
+            })
+        })?;
+    Ok(())
+}
+
 fn main() {
     weir::cli::main_with(|| {
         let cli = Cli::parse();
@@ -313,8 +375,13 @@ fn main() {
                 restart_delay_ms,
                 max_restart_delay_ms,
                 metrics_addr,
+                dashboard,
                 command,
             } => {
+                let metrics_addr = match (&metrics_addr, &dashboard) {
+                    (None, Some(_)) => Some(format!("127.0.0.1:{}", free_port_run(processes)?)),
+                    _ => metrics_addr,
+                };
                 let metrics = match metrics_addr {
                     Some(addr) => {
                         let (host, port) = addr.rsplit_once(':').ok_or_else(|| {
@@ -333,6 +400,13 @@ fn main() {
                     processes >= 1 && workers >= 1,
                     "--processes and --workers must be at least 1"
                 );
+                if let Some(addr) = dashboard {
+                    let (host, port) = metrics.clone().expect("metrics are on with a dashboard");
+                    let urls = (0..processes)
+                        .map(|i| format!("http://{host}:{}/metrics", port as usize + i))
+                        .collect();
+                    serve_dashboard_in_background(&addr, &command[0], &command[1..], urls)?;
+                }
                 let opts = LaunchOptions {
                     processes,
                     workers,

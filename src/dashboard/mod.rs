@@ -266,3 +266,53 @@ pub fn parse_exposition(text: &str) -> Vec<(String, BTreeMap<String, String>, f6
     }
     out
 }
+
+/// The checkpoint URL and job name of a job command line, as `weir launch --dashboard`
+/// reads them: `--checkpoint-dir` (or `--checkpoint-url`) and `--job`, with `=` or a
+/// space, else `WEIR_CHECKPOINT_URL` and `WEIR_JOB` from `env`; the job name defaults
+/// to the binary's file name (weir's examples name their jobs after themselves).
+///
+/// ```
+/// use weir::dashboard::job_target;
+/// let args: Vec<String> = ["--input", "in", "--checkpoint-dir=/tmp/c"].iter().map(|s| s.to_string()).collect();
+/// assert_eq!(
+///     job_target(&args, "target/release/examples/wordcount", |_| None),
+///     Some(("/tmp/c".to_string(), "wordcount".to_string()))
+/// );
+/// let args: Vec<String> = ["--job", "bank"].iter().map(|s| s.to_string()).collect();
+/// let env = |k: &str| (k == "WEIR_CHECKPOINT_URL").then(|| "s3://b/c".to_string());
+/// assert_eq!(job_target(&args, "x", env), Some(("s3://b/c".to_string(), "bank".to_string())));
+/// assert_eq!(job_target(&[], "x", |_| None), None);
+/// ```
+pub fn job_target(
+    args: &[String],
+    binary: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<(String, String)> {
+    let flag = |names: &[&str]| {
+        let mut found = None;
+        let mut i = 0;
+        while i < args.len() {
+            for name in names {
+                if let Some(v) = args[i].strip_prefix(&format!("{name}=")) {
+                    found = Some(v.to_string());
+                } else if args[i] == *name {
+                    found = args.get(i + 1).cloned();
+                }
+            }
+            i += 1;
+        }
+        found
+    };
+    let url =
+        flag(&["--checkpoint-dir", "--checkpoint-url"]).or_else(|| env("WEIR_CHECKPOINT_URL"))?;
+    let job = flag(&["--job"])
+        .or_else(|| env("WEIR_JOB"))
+        .unwrap_or_else(|| {
+            std::path::Path::new(binary)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    Some((url, job))
+}

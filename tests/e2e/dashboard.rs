@@ -286,6 +286,9 @@ fn the_dashboard_shows_the_stores_checkpoints_live_throughput_and_a_restart() {
         .interval_ms(300)
         .retain(10_000)
         .rate_limit(corpus.rate_limit_for(2, 14.0));
+    // The browser looks at the dashboard `weir launch` serves; the API is checked on a
+    // `weir dashboard` started after the job.
+    let launch_dashboard = format!("127.0.0.1:{}", free_port());
     let mut launch_cmd = Command::new(bins::weir());
     launch_cmd
         .args([
@@ -299,6 +302,8 @@ fn the_dashboard_shows_the_stores_checkpoints_live_throughput_and_a_restart() {
         ])
         .arg("--metrics-addr")
         .arg(format!("127.0.0.1:{metrics_port}"))
+        .arg("--dashboard")
+        .arg(&launch_dashboard)
         .arg("--")
         .arg(bins::wordcount())
         .args(args.args())
@@ -351,8 +356,15 @@ fn the_dashboard_shows_the_stores_checkpoints_live_throughput_and_a_restart() {
     assert!(endpoints.iter().all(|e| e["ok"] == true), "{scraped}");
 
     // The page, in a browser.
+    assert!(
+        read_lossy(&launch_err).contains(&format!(
+            "dashboard of job `wordcount` at http://{launch_dashboard}/"
+        )),
+        "{}",
+        read_lossy(&launch_err)
+    );
     let browser = Browser::start();
-    browser.open(&format!("http://{addr}/"));
+    browser.open(&format!("http://{launch_dashboard}/"));
     let stored = complete_epochs(&ws);
     browser.await_value(
         "return Array.from(document.querySelectorAll('#checkpoints tbody tr[data-status=complete]')).map(r => Number(r.dataset.epoch))",
