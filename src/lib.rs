@@ -49,6 +49,7 @@ pub use weir_runtime::{
 
 pub mod cli;
 pub mod dashboard;
+pub mod progress;
 
 /// What most jobs import: the job and its flows, every connector this build has, every
 /// operator, and timely's operators for the timely-level streams a flow wraps.

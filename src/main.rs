@@ -378,8 +378,11 @@ fn main() {
                 dashboard,
                 command,
             } => {
-                let metrics_addr = match (&metrics_addr, &dashboard) {
-                    (None, Some(_)) => Some(format!("127.0.0.1:{}", free_port_run(processes)?)),
+                // The dashboard and the progress bar (shown only on a terminal) read the
+                // processes' metrics.
+                let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let metrics_addr = match (&metrics_addr, dashboard.is_some() || terminal) {
+                    (None, true) => Some(format!("127.0.0.1:{}", free_port_run(processes)?)),
                     _ => metrics_addr,
                 };
                 let metrics = match metrics_addr {
@@ -400,13 +403,20 @@ fn main() {
                     processes >= 1 && workers >= 1,
                     "--processes and --workers must be at least 1"
                 );
+                let urls: Vec<String> = match &metrics {
+                    Some((host, port)) => (0..processes)
+                        .map(|i| format!("http://{host}:{}/metrics", *port as usize + i))
+                        .collect(),
+                    None => Vec::new(),
+                };
                 if let Some(addr) = dashboard {
-                    let (host, port) = metrics.clone().expect("metrics are on with a dashboard");
-                    let urls = (0..processes)
-                        .map(|i| format!("http://{host}:{}/metrics", port as usize + i))
-                        .collect();
-                    serve_dashboard_in_background(&addr, &command[0], &command[1..], urls)?;
+                    serve_dashboard_in_background(&addr, &command[0], &command[1..], urls.clone())?;
                 }
+                let progress = if terminal {
+                    Some(weir::progress::show(urls)?)
+                } else {
+                    None
+                };
                 let opts = LaunchOptions {
                     processes,
                     workers,
@@ -417,9 +427,11 @@ fn main() {
                     args,
                     metrics,
                 };
-                match launch(&opts)
-                    .with_context(|| format!("cannot launch {}", binary.display()))?
-                {
+                let outcome = launch(&opts);
+                if let Some(p) = progress {
+                    p.finish();
+                }
+                match outcome.with_context(|| format!("cannot launch {}", binary.display()))? {
                     Outcome::Finished { restarts } => {
                         eprintln!("weir launch: job finished after {restarts} restart(s)");
                         Ok(())

@@ -51,6 +51,23 @@ pub trait Reader: 'static {
         max: usize,
         out: &mut Vec<Self::Item>,
     ) -> Result<bool>;
+
+    /// How much of this worker's input has been read and how much there is, in bytes,
+    /// for a source that knows (files do): the metrics' source lag and `weir launch`'s
+    /// progress. `None` (the default) when the input has no known end.
+    fn backlog(&self, positions: &std::collections::BTreeMap<Self::Split, u64>) -> Option<Backlog> {
+        let _ = positions;
+        None
+    }
+}
+
+/// Bytes of a source's input read so far and in all (see [`Reader::backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Bytes read.
+    pub done: u64,
+    /// Bytes in all.
+    pub total: u64,
 }
 
 /// Options every source takes.
@@ -205,6 +222,11 @@ pub(crate) fn source<'s, R: Reader>(
     let key_groups = ctx.key_groups();
     let source = format!("source `{name}`");
     let read_records = ctx.metrics().source_counter(ctx.worker(), &name);
+    let (read_bytes, left_bytes) = ctx.metrics().source_bytes(ctx.worker(), &name);
+    if let Some(b) = reader.backlog(&positions) {
+        read_bytes.set(b.done as i64);
+        left_bytes.set(b.total.saturating_sub(b.done) as i64);
+    }
     builder.build(move |mut caps| {
         let mut report_cap: Option<Capability<u64>> = caps.pop();
         let mut data_cap: Option<Capability<u64>> = caps.pop();
@@ -283,6 +305,10 @@ pub(crate) fn source<'s, R: Reader>(
                     }
                     emitted += batch.len() as u64;
                     read_records.add(batch.len());
+                    if let Some(b) = reader.backlog(&positions) {
+                        read_bytes.set(b.done as i64);
+                        left_bytes.set(b.total.saturating_sub(b.done) as i64);
+                    }
                     if !batch.is_empty() {
                         data_out
                             .activate()

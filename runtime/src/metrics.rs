@@ -58,6 +58,10 @@ pub struct Metrics {
     pub source_records: Family<OperatorLabels, Counter>,
     /// Records written per sink and worker.
     pub sink_records: Family<OperatorLabels, Counter>,
+    /// Bytes of input read per source and worker (sources that know their input's size).
+    pub source_bytes_read: Family<OperatorLabels, Gauge>,
+    /// Bytes of input left per source and worker: the source's lag.
+    pub source_bytes_left: Family<OperatorLabels, Gauge>,
     /// Checkpoints completed (committed) by this process's coordinator.
     pub checkpoints_completed: Counter,
     /// Checkpoints that failed (a part, the manifest or its link could not be written).
@@ -100,6 +104,8 @@ impl Metrics {
         let m = Metrics {
             source_records: Family::default(),
             sink_records: Family::default(),
+            source_bytes_read: Family::default(),
+            source_bytes_left: Family::default(),
             checkpoints_completed: Counter::default(),
             checkpoints_failed: Counter::default(),
             last_completed_epoch: Gauge::default(),
@@ -127,6 +133,16 @@ impl Metrics {
             "sink_records",
             "Records written, per sink and worker",
             m.sink_records.clone(),
+        );
+        registry.register(
+            "source_bytes_read",
+            "Bytes of input read, per source and worker (sources that know their size)",
+            m.source_bytes_read.clone(),
+        );
+        registry.register(
+            "source_bytes_left",
+            "Bytes of input left to read, per source and worker: the source's lag",
+            m.source_bytes_left.clone(),
         );
         registry.register(
             "checkpoints_completed",
@@ -212,6 +228,19 @@ impl Metrics {
                 .clone(),
             total: Arc::clone(&self.written_total),
         }
+    }
+
+    /// The gauges of the bytes that source `name` has read on `worker`, and has left
+    /// (its lag, for a source whose input has a known end).
+    pub fn source_bytes(&self, worker: usize, name: &str) -> (Gauge, Gauge) {
+        (
+            self.source_bytes_read
+                .get_or_create(&labels(worker, name))
+                .clone(),
+            self.source_bytes_left
+                .get_or_create(&labels(worker, name))
+                .clone(),
+        )
     }
 
     /// Records read by every source of this process, and written by every sink.

@@ -193,7 +193,7 @@ async fn metrics(State(d): State<Arc<Dashboard>>) -> Json<serde_json::Value> {
 
 /// GETs a weir metrics endpoint (`http://host:port/path`, HTTP/1.0, no TLS: the job
 /// processes serve nothing else), within two seconds.
-async fn fetch(url: &str) -> Result<String, String> {
+pub(crate) async fn fetch(url: &str) -> Result<String, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| "only http:// URLs are scraped".to_string())?;

@@ -192,11 +192,27 @@ fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
             break;
         }
     }
-    // While it runs, the sources have read some of the lines and never more.
+    // While it runs, the sources have read some of the lines and never more, and the
+    // bytes read and left add up to the input's size.
     let live = run.await_scrape(&p0, deadline, "records read", |s| {
         s.sum("weir_source_records_total") > 0.0
     });
     assert!(live.sum("weir_source_records_total") <= lines);
+    let input_bytes: u64 = corpus
+        .files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    if let (Some(a), Some(b)) = (scrape(&p0), scrape(&p1)) {
+        let bytes = a.sum("weir_source_bytes_read")
+            + a.sum("weir_source_bytes_left")
+            + b.sum("weir_source_bytes_read")
+            + b.sum("weir_source_bytes_left");
+        assert_eq!(
+            bytes, input_bytes as f64,
+            "bytes read and left against the input"
+        );
+    }
     assert!(
         run.child.wait().unwrap().success(),
         "{}",
@@ -226,6 +242,11 @@ fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
     assert_eq!(
         read, lines,
         "records read by the sources against the input's lines"
+    );
+    // Its stderr is no terminal: no progress bar.
+    assert!(
+        !read_lossy(&run.stderr).contains("ETA"),
+        "a progress bar on a pipe"
     );
 
     // A second run on the same store, with a SIGKILL: generation and restarts go up.
@@ -257,5 +278,37 @@ fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
         run.child.wait().unwrap().success(),
         "{}",
         read_lossy(&run.stderr)
+    );
+}
+
+/// On a terminal (a pseudo-terminal made by `script`), `weir launch` shows a progress
+/// bar of the bytes read, with its rate, ETA and the last checkpoint.
+#[test]
+fn weir_launch_shows_a_progress_bar_on_a_terminal() {
+    let ws = Workspace::new("progress");
+    let corpus = input::generate(&ws.input, scenario::seed(0xD_0003), &InputSpec::small());
+    let args = JobArgs::new(&ws)
+        .interval_ms(200)
+        .rate_limit(corpus.rate_limit_for(2, 3.0));
+    let mut line = vec![
+        bins::weir().display().to_string(),
+        "launch".into(),
+        "--processes".into(),
+        "2".into(),
+        "--".into(),
+        bins::wordcount().display().to_string(),
+    ];
+    line.extend(args.args().iter().cloned());
+    let out = Command::new("script")
+        .args(["-qfec", &line.join(" "), "/dev/null"])
+        .env_remove("WEIR_FAILPOINT")
+        .output()
+        .expect("script (util-linux) runs the launch on a pseudo-terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", tail(&text, 20));
+    assert!(
+        text.contains("ETA") && text.contains("checkpoint"),
+        "no progress bar on the terminal:\n{}",
+        tail(&text, 20)
     );
 }

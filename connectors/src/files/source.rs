@@ -22,7 +22,7 @@ use weir_runtime::{Job, Result};
 
 use crate::error::ConnectorError;
 
-use crate::source::{source, Reader, SourceOptions};
+use crate::source::{source, Backlog, Reader, SourceOptions};
 
 /// Every file of `dir` (names not starting with `.`), one `String` per line (without its
 /// line end), at the epoch in which it was read.
@@ -93,8 +93,15 @@ pub(crate) fn read_lines<'s>(
             hint: "; check that it exists and is readable",
         })?;
     }
+    let mut sizes = BTreeMap::new();
+    for (file_name, path) in &owned {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ConnectorError::file(name, "read input file", path, e))?;
+        sizes.insert(file_name.clone(), meta.len());
+    }
     let reader = LineReader {
         name: name.to_string(),
+        sizes,
         files: owned,
         open: Vec::new(),
         turn: 0,
@@ -146,6 +153,8 @@ const RUN: usize = 64;
 
 struct LineReader {
     name: String,
+    /// The size of every file this worker reads, as listed at start.
+    sizes: BTreeMap<String, u64>,
     /// Files not finished yet, in name order.
     files: Vec<(String, PathBuf)>,
     /// Readers of the first `OPEN_AT_ONCE` files, opened on first use.
@@ -160,6 +169,16 @@ struct LineReader {
 impl Reader for LineReader {
     type Split = String;
     type Item = String;
+
+    fn backlog(&self, positions: &BTreeMap<String, u64>) -> Option<Backlog> {
+        let total: u64 = self.sizes.values().sum();
+        let done = self
+            .sizes
+            .iter()
+            .map(|(f, size)| positions.get(f).copied().unwrap_or(0).min(*size))
+            .sum();
+        Some(Backlog { done, total })
+    }
 
     fn read(
         &mut self,
