@@ -62,6 +62,8 @@ pub struct Metrics {
     pub source_bytes_read: Family<OperatorLabels, Gauge>,
     /// Bytes of input left per source and worker: the source's lag.
     pub source_bytes_left: Family<OperatorLabels, Gauge>,
+    /// The size of the newest snapshot of each operator's state on each worker.
+    pub state_bytes: Family<OperatorLabels, Gauge>,
     /// Checkpoints completed (committed) by this process's coordinator.
     pub checkpoints_completed: Counter,
     /// Checkpoints that failed (a part, the manifest or its link could not be written).
@@ -106,6 +108,7 @@ impl Metrics {
             sink_records: Family::default(),
             source_bytes_read: Family::default(),
             source_bytes_left: Family::default(),
+            state_bytes: Family::default(),
             checkpoints_completed: Counter::default(),
             checkpoints_failed: Counter::default(),
             last_completed_epoch: Gauge::default(),
@@ -143,6 +146,11 @@ impl Metrics {
             "source_bytes_left",
             "Bytes of input left to read, per source and worker: the source's lag",
             m.source_bytes_left.clone(),
+        );
+        registry.register(
+            "state_bytes",
+            "The size of the newest snapshot of the state, per operator and worker",
+            m.state_bytes.clone(),
         );
         registry.register(
             "checkpoints_completed",
@@ -241,6 +249,13 @@ impl Metrics {
                 .get_or_create(&labels(worker, name))
                 .clone(),
         )
+    }
+
+    /// The gauge of the size of `name`'s newest state snapshot on `worker`.
+    pub fn state_bytes(&self, worker: usize, name: &str) -> Gauge {
+        self.state_bytes
+            .get_or_create(&labels(worker, name))
+            .clone()
     }
 
     /// Records read by every source of this process, and written by every sink.

@@ -75,6 +75,8 @@ pub struct Snapshotter {
     /// Uploads known to have failed, by ticket.
     failed: BTreeSet<u64>,
     seq: u64,
+    /// The size of this worker's newest snapshot of the operator, for the metrics.
+    state_bytes: prometheus_client::metrics::gauge::Gauge,
 }
 
 struct LastPart {
@@ -108,6 +110,7 @@ impl Snapshotter {
             last: None,
             failed: BTreeSet::new(),
             seq: 0,
+            state_bytes: ctx.metrics().state_bytes(worker.index(), name),
         }
     }
 
@@ -164,6 +167,9 @@ impl Snapshotter {
         is_final: bool,
     ) {
         let epoch = *cap.time();
+        if let Some(bytes) = &state {
+            self.state_bytes.set(bytes.len() as i64);
+        }
         let mut report = Report {
             epoch: Epoch(epoch),
             operator: self.name.clone(),
