@@ -97,6 +97,7 @@ pub(crate) fn keyed<'s, S: Store>(
     // The store holds exactly the restored state: while it is unchanged, snapshots report
     // the restored part again instead of uploading the same state anew.
     let restored_unchanged = checkpointing && snapshotter.reuse_restored(range);
+    let (records_in, records_out) = ctx.metrics().operator_records(ctx.worker(), name);
     let name = name.to_string();
 
     builder.build(move |mut caps| {
@@ -122,6 +123,7 @@ pub(crate) fn keyed<'s, S: Store>(
             if !std::mem::replace(&mut replayed, true) {
                 if let (Some((epoch, replay)), Some(c)) = (store.replay(), data_cap.as_ref()) {
                     // The data capability is still at its initial time, below any epoch.
+                    records_out.inc_by(replay.len() as u64);
                     session_out
                         .session(&c.delayed(&epoch))
                         .give_iterator(replay.into_iter());
@@ -147,6 +149,7 @@ pub(crate) fn keyed<'s, S: Store>(
                 seen.remove(&epoch);
                 store.end_epoch(epoch, &mut out);
                 if !out.is_empty() {
+                    records_out.inc_by(out.len() as u64);
                     session_out.session(&c).give_iterator(out.drain(..));
                 }
             }
@@ -158,6 +161,7 @@ pub(crate) fn keyed<'s, S: Store>(
                         changed = true;
                     }
                     if !out.is_empty() {
+                        records_out.inc_by(out.len() as u64);
                         session_out
                             .session(&c.delayed(&due.epoch))
                             .give_iterator(out.drain(..));
@@ -186,12 +190,14 @@ pub(crate) fn keyed<'s, S: Store>(
                     }
                     if !out.is_empty() {
                         let c = data_cap.as_ref().expect("open epoch").delayed(&epoch);
+                        records_out.inc_by(out.len() as u64);
                         session_out.session(&c).give_iterator(out.drain(..));
                     }
                 }
             }
             input.for_each(|cap, batch| {
                 let Some(&epoch) = cap.least() else { return };
+                records_in.inc_by(batch.len() as u64);
                 tracker.saw(epoch);
                 if Some(epoch) == oldest {
                     changed = true;
@@ -201,6 +207,7 @@ pub(crate) fn keyed<'s, S: Store>(
                     }
                     if !out.is_empty() {
                         let c = data_cap.as_ref().expect("open epoch").delayed(&epoch);
+                        records_out.inc_by(out.len() as u64);
                         session_out.session(&c).give_iterator(out.drain(..));
                     }
                 } else {

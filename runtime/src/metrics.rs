@@ -64,6 +64,10 @@ pub struct Metrics {
     pub source_bytes_left: Family<OperatorLabels, Gauge>,
     /// The size of the newest snapshot of each operator's state on each worker.
     pub state_bytes: Family<OperatorLabels, Gauge>,
+    /// Records into each keyed operator, per worker.
+    pub operator_records_in: Family<OperatorLabels, Counter>,
+    /// Records out of each keyed operator, per worker.
+    pub operator_records_out: Family<OperatorLabels, Counter>,
     /// Checkpoints completed (committed) by this process's coordinator.
     pub checkpoints_completed: Counter,
     /// Checkpoints that failed (a part, the manifest or its link could not be written).
@@ -109,6 +113,8 @@ impl Metrics {
             source_bytes_read: Family::default(),
             source_bytes_left: Family::default(),
             state_bytes: Family::default(),
+            operator_records_in: Family::default(),
+            operator_records_out: Family::default(),
             checkpoints_completed: Counter::default(),
             checkpoints_failed: Counter::default(),
             last_completed_epoch: Gauge::default(),
@@ -146,6 +152,16 @@ impl Metrics {
             "source_bytes_left",
             "Bytes of input left to read, per source and worker: the source's lag",
             m.source_bytes_left.clone(),
+        );
+        registry.register(
+            "operator_records_in",
+            "Records into each keyed operator, per worker",
+            m.operator_records_in.clone(),
+        );
+        registry.register(
+            "operator_records_out",
+            "Records out of each keyed operator, per worker",
+            m.operator_records_out.clone(),
         );
         registry.register(
             "state_bytes",
@@ -246,6 +262,19 @@ impl Metrics {
                 .get_or_create(&labels(worker, name))
                 .clone(),
             self.source_bytes_left
+                .get_or_create(&labels(worker, name))
+                .clone(),
+        )
+    }
+
+    /// The counters of the records into and out of keyed operator `name` on `worker`
+    /// (counted per batch).
+    pub fn operator_records(&self, worker: usize, name: &str) -> (Counter, Counter) {
+        (
+            self.operator_records_in
+                .get_or_create(&labels(worker, name))
+                .clone(),
+            self.operator_records_out
                 .get_or_create(&labels(worker, name))
                 .clone(),
         )

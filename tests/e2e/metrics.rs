@@ -190,6 +190,10 @@ fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
                 a.sum("weir_state_bytes") > 0.0,
                 "no operator reported its state size"
             );
+            assert!(
+                a.sum("weir_operator_records_in_total") > 0.0,
+                "the count counted no input"
+            );
             assert!(a.value("weir_checkpoint_uploaded_bytes_total") > 0.0);
             assert!(a.value("weir_checkpoint_duration_seconds_count") >= completed);
             assert!(a.value("weir_checkpoint_seconds_since_last_completed") < 60.0);
