@@ -15,6 +15,7 @@ eval "$(scripts/services.sh env)"
 # The dashboard test drives a real headless browser: Debian's chromium and its
 # WebDriver.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
 fi
 # The default build must stay light: no client library of an external system.
