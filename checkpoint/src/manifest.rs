@@ -58,6 +58,10 @@ pub struct Manifest {
     pub key_groups: u32,
     /// Wall-clock milliseconds since the Unix epoch when the manifest was written.
     pub created_ms: u64,
+    /// Wall-clock milliseconds since the Unix epoch of the epoch's barrier, when known:
+    /// `created_ms - barrier_ms` is the checkpoint's duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub barrier_ms: Option<u64>,
     /// The names of the job's checkpointed operators, sources and sinks, so that a
     /// restore into a changed job graph is detected.
     pub operators: Vec<String>,

@@ -207,16 +207,23 @@ async fn run(
         if ctx.failed() {
             return Ok(());
         }
+        let created_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        // The barrier's wall-clock time, from how long ago the epoch ended.
+        let barrier_ms = ctx
+            .clock()
+            .ended_at(epoch.0)
+            .map(|b| created_ms.saturating_sub(b.elapsed().as_millis() as u64));
         let manifest = Manifest {
             job: config.job.clone(),
             epoch,
             generation: ctx.generation(),
             workers: ctx.peers(),
             key_groups: config.key_groups,
-            created_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            created_ms,
+            barrier_ms,
             operators: operators.clone(),
             parts,
             sinks,

@@ -350,6 +350,7 @@ mod tests {
             workers,
             key_groups: 128,
             created_ms: 0,
+            barrier_ms: None,
             operators: vec!["op".into()],
             parts,
             sinks: vec![],

@@ -330,6 +330,13 @@ fn the_dashboard_shows_the_stores_checkpoints_live_throughput_and_a_restart() {
             for field in ["epoch", "status", "generation", "bytes"] {
                 assert!(c.get(field).is_some(), "{field} missing from {c}");
             }
+            if c["status"] == "complete" {
+                // Barrier to manifest: a checkpoint takes no longer than the test.
+                assert!(
+                    c["duration_ms"].as_u64().is_some_and(|d| d < 120_000),
+                    "a complete checkpoint without its duration: {c}"
+                );
+            }
         }
         assert!(
             stored.iter().all(|e| listed.contains(e)),

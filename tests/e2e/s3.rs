@@ -56,6 +56,7 @@ fn only_one_of_sixteen_concurrent_manifest_writers_wins_on_s3() {
         workers: 1,
         key_groups: 128,
         created_ms: 0,
+        barrier_ms: None,
         operators: vec![],
         parts: vec![],
         sinks: vec![],

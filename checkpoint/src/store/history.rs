@@ -62,6 +62,9 @@ pub struct CheckpointInfo {
     pub workers: Option<usize>,
     /// When its manifest was written, in milliseconds since the Unix epoch.
     pub created_ms: Option<u64>,
+    /// From its barrier to its manifest, in milliseconds, when the manifest records
+    /// its barrier.
+    pub duration_ms: Option<u64>,
     /// The size of its parts in bytes.
     pub bytes: Option<u64>,
     /// The number of its parts.
@@ -82,6 +85,7 @@ impl CheckpointInfo {
             generation: None,
             workers: None,
             created_ms: None,
+            duration_ms: None,
             bytes: None,
             parts: None,
             outputs: BTreeMap::new(),
@@ -98,6 +102,9 @@ impl CheckpointInfo {
             generation: Some(manifest.generation),
             workers: Some(manifest.workers),
             created_ms: Some(manifest.created_ms),
+            duration_ms: manifest
+                .barrier_ms
+                .map(|b| manifest.created_ms.saturating_sub(b)),
             bytes: Some(manifest.total_bytes()),
             parts: Some(manifest.parts.len()),
             outputs,

@@ -17,6 +17,7 @@ fn manifest(job: &str, epoch: u64, parts: Vec<PartEntry>) -> Manifest {
         workers: 1,
         key_groups: 128,
         created_ms: 0,
+        barrier_ms: None,
         operators: vec!["op".into()],
         parts,
         sinks: vec![SinkEntry {
