@@ -234,24 +234,12 @@ impl Metrics {
 
     /// The counter of the records that source `name` reads on `worker`.
     pub fn source_counter(&self, worker: usize, name: &str) -> RecordCounter {
-        RecordCounter {
-            counter: self
-                .source_records
-                .get_or_create(&labels(worker, name))
-                .clone(),
-            total: Arc::clone(&self.read_total),
-        }
+        record_counter(&self.source_records, &self.read_total, worker, name)
     }
 
     /// The counter of the records that sink `name` writes on `worker`.
     pub fn sink_counter(&self, worker: usize, name: &str) -> RecordCounter {
-        RecordCounter {
-            counter: self
-                .sink_records
-                .get_or_create(&labels(worker, name))
-                .clone(),
-            total: Arc::clone(&self.written_total),
-        }
+        record_counter(&self.sink_records, &self.written_total, worker, name)
     }
 
     /// The gauges of the bytes that source `name` has read on `worker`, and has left
@@ -316,6 +304,18 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+fn record_counter(
+    family: &Family<OperatorLabels, Counter>,
+    total: &Arc<AtomicU64>,
+    worker: usize,
+    name: &str,
+) -> RecordCounter {
+    RecordCounter {
+        counter: family.get_or_create(&labels(worker, name)).clone(),
+        total: Arc::clone(total),
     }
 }
 

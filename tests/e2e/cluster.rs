@@ -18,7 +18,7 @@ use crate::harness::input::{self, InputSpec};
 use crate::harness::job::JobArgs;
 use crate::harness::output::read_committed;
 use crate::harness::process::{
-    is_alive, is_stopped, read_lossy, sigkill, signal, spawn_logged, tail, POLL,
+    await_value, is_alive, is_stopped, read_lossy, sigkill, signal, spawn_logged, tail, POLL,
 };
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
@@ -144,13 +144,15 @@ impl Host {
 
 /// Waits until `f` holds, failing the test with `what` and the hosts' state at `deadline`.
 fn await_until(hosts: &[Host], deadline: Instant, what: &str, mut f: impl FnMut() -> bool) {
-    while !f() {
-        if Instant::now() > deadline {
+    await_value(
+        deadline,
+        what,
+        || {
             let state: Vec<String> = hosts.iter().map(Host::describe).collect();
-            panic!("timed out waiting for {what}\n{}", state.join("\n"));
-        }
-        std::thread::sleep(POLL);
-    }
+            state.join("\n")
+        },
+        || f().then_some(()),
+    );
 }
 
 /// The newest complete checkpoint's epoch in the workspace (0 if none): it grows as
@@ -396,19 +398,25 @@ fn a_lost_or_silent_peer_ends_the_others_and_a_short_pause_does_not() {
         "{}",
         hosts[1].describe()
     );
-    let zombie_commits: Vec<PathBuf> = committed_files(&ws.output)
-        .into_iter()
-        .filter(|f| !committed_before.contains(f) && f.to_string_lossy().contains("-g0-"))
-        .collect();
-    assert!(
-        zombie_commits.is_empty(),
-        "the resumed process of generation 0 committed {zombie_commits:?}"
-    );
+    assert_no_new_commits_of_generation_0(&ws.output, &committed_before);
 
     // The restarted cluster finishes exactly once.
     await_all_finished(&hosts, deadline);
     assert_clean_exits(&hosts);
     check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
+}
+
+/// Panics if a resumed zombie of generation 0 committed an output file that was not
+/// there before it was resumed.
+fn assert_no_new_commits_of_generation_0(output: &Path, before: &[PathBuf]) {
+    let zombie_commits: Vec<PathBuf> = committed_files(output)
+        .into_iter()
+        .filter(|f| !before.contains(f) && f.to_string_lossy().contains("-g0-"))
+        .collect();
+    assert!(
+        zombie_commits.is_empty(),
+        "the resumed process of generation 0 committed {zombie_commits:?}"
+    );
 }
 
 fn committed_files(dir: &Path) -> Vec<PathBuf> {
@@ -750,13 +758,12 @@ fn a_coordinator_paused_before_its_manifest_and_replaced_on_another_host_commits
 
     let committed_before = committed_files(&ws.output);
     assert!(signal(zombie_pid, libc::SIGCONT), "SIGCONT {zombie_pid}");
-    let status = loop {
-        if let Some(status) = zombie.try_wait().expect("wait for the zombie") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the resumed zombie did not exit");
-        std::thread::sleep(POLL);
-    };
+    let status = await_value(
+        deadline,
+        "the resumed zombie to exit",
+        || tail(&read_lossy(&zombie_logs.1), 20),
+        || zombie.try_wait().expect("wait for the zombie"),
+    );
     let stderr = read_lossy(&zombie_logs.1);
     assert_eq!(status.code(), Some(1), "{}", tail(&stderr, 20));
     assert!(
@@ -764,14 +771,7 @@ fn a_coordinator_paused_before_its_manifest_and_replaced_on_another_host_commits
         "the zombie should find its checkpoint's place taken\n{}",
         tail(&stderr, 20)
     );
-    let zombie_commits: Vec<PathBuf> = committed_files(&ws.output)
-        .into_iter()
-        .filter(|f| !committed_before.contains(f) && f.to_string_lossy().contains("-g0-"))
-        .collect();
-    assert!(
-        zombie_commits.is_empty(),
-        "the resumed process of generation 0 committed {zombie_commits:?}"
-    );
+    assert_no_new_commits_of_generation_0(&ws.output, &committed_before);
 
     await_all_finished(&hosts, deadline);
     assert_clean_exits(&hosts);

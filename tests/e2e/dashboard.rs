@@ -14,8 +14,10 @@ use crate::harness::bins;
 use crate::harness::checkpoints::complete_checkpoints;
 use crate::harness::input::{self, InputSpec};
 use crate::harness::job::JobArgs;
-use crate::harness::launch::parse_generations;
-use crate::harness::process::{read_lossy, sigkill, spawn_logged, tail, POLL};
+use crate::harness::launch::{parse_generations, spawn_launch};
+use crate::harness::process::{
+    await_value, free_port, free_ports, read_lossy, sigkill, spawn_logged, tail,
+};
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
 
@@ -103,14 +105,6 @@ fn get_json(addr: &str, path: &str) -> (u16, Value) {
     (status, value)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A process that is killed when the test ends.
 struct Owned(Child);
 
@@ -142,15 +136,12 @@ fn start_dashboard(
     }
     let (out, err) = ws.log_paths("dashboard");
     let child = Owned(spawn_logged(&mut cmd, &out, &err));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http(&addr, "GET", "/", None).is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the dashboard does not answer\n{}",
-            read_lossy(&err)
-        );
-        std::thread::sleep(POLL);
-    }
+    await_value(
+        Instant::now() + Duration::from_secs(30),
+        "the dashboard to answer",
+        || read_lossy(&err),
+        || http(&addr, "GET", "/", None),
+    );
     (child, addr, err)
 }
 
@@ -172,16 +163,15 @@ impl Browser {
             .expect("chromedriver (Debian's chromium-driver) is installed by scripts/test.sh");
         let driver = Owned(driver);
         let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some((200, body)) = http(&addr, "GET", "/status", None) {
-                if body.contains("\"ready\":true") {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "chromedriver did not get ready");
-            std::thread::sleep(POLL);
-        }
+        await_value(
+            Instant::now() + Duration::from_secs(30),
+            "chromedriver to get ready",
+            String::new,
+            || {
+                http(&addr, "GET", "/status", None)
+                    .filter(|(status, body)| *status == 200 && body.contains("\"ready\":true"))
+            },
+        );
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -231,17 +221,18 @@ impl Browser {
         what: &str,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        loop {
-            let v = self.eval(script);
-            if done(&v) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the page never showed {what}: last {v}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let last = std::cell::RefCell::new(Value::Null);
+        await_value(
+            deadline,
+            &format!("the page to show {what}"),
+            || format!("last: {}", last.borrow()),
+            || {
+                let v = self.eval(script);
+                let shown = done(&v).then(|| v.clone());
+                *last.borrow_mut() = v;
+                shown
+            },
+        )
     }
 
     fn screenshot(&self, path: &std::path::Path) {
@@ -277,7 +268,7 @@ fn complete_epochs(ws: &Workspace) -> Vec<u64> {
 fn the_dashboard_shows_the_stores_checkpoints_live_throughput_and_a_restart() {
     let ws = Workspace::new("dashboard");
     let corpus = input::generate(&ws.input, scenario::seed(0xD_0101), &InputSpec::small());
-    let metrics_port = free_port();
+    let metrics_port = free_ports(2);
     let metrics = vec![
         format!("http://127.0.0.1:{metrics_port}/metrics"),
         format!("http://127.0.0.1:{}/metrics", metrics_port + 1),
@@ -289,69 +280,55 @@ fn the_dashboard_shows_the_stores_checkpoints_live_throughput_and_a_restart() {
     // The browser looks at the dashboard `weir launch` serves; the API is checked on a
     // `weir dashboard` started after the job.
     let launch_dashboard = format!("127.0.0.1:{}", free_port());
-    let mut launch_cmd = Command::new(bins::weir());
-    launch_cmd
-        .args([
-            "launch",
-            "--processes",
-            "2",
-            "--workers",
-            "1",
-            "--restart-delay-ms",
-            "50",
-        ])
-        .arg("--metrics-addr")
-        .arg(format!("127.0.0.1:{metrics_port}"))
-        .arg("--dashboard")
-        .arg(&launch_dashboard)
-        .arg("--")
-        .arg(bins::wordcount())
-        .args(args.args())
-        .env_remove("WEIR_FAILPOINT");
-    let (out, launch_err) = ws.log_paths("launch");
-    let mut launch = Owned(spawn_logged(&mut launch_cmd, &out, &launch_err));
+    let (launch, launch_err) = spawn_launch(
+        &ws,
+        &args,
+        &[
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--dashboard".into(),
+            launch_dashboard.clone(),
+        ],
+    );
+    let mut launch = Owned(launch);
     let (_dashboard, addr, _) = start_dashboard(&ws, &ws.checkpoint_url(), &metrics);
     let deadline = Instant::now() + Duration::from_secs(120);
 
-    // The JSON API.
-    let mut listed;
-    loop {
-        let stored = complete_epochs(&ws);
-        let (status, api) = get_json(&addr, "/api/checkpoints");
-        assert_eq!(status, 200, "{api}");
-        listed = api
-            .as_array()
-            .expect("a list")
-            .iter()
-            .filter(|c| c["status"] == "complete")
-            .map(|c| c["epoch"].as_u64().unwrap())
-            .collect::<Vec<_>>();
-        for c in api.as_array().unwrap() {
-            for field in ["epoch", "status", "generation", "bytes"] {
-                assert!(c.get(field).is_some(), "{field} missing from {c}");
+    // The JSON API: every complete checkpoint of the store is listed, with its fields.
+    await_value(
+        deadline,
+        "a complete checkpoint in the API",
+        || tail(&read_lossy(&launch_err), 20),
+        || {
+            let stored = complete_epochs(&ws);
+            let (status, api) = get_json(&addr, "/api/checkpoints");
+            assert_eq!(status, 200, "{api}");
+            let listed: Vec<u64> = api
+                .as_array()
+                .expect("a list")
+                .iter()
+                .filter(|c| c["status"] == "complete")
+                .map(|c| c["epoch"].as_u64().unwrap())
+                .collect();
+            for c in api.as_array().unwrap() {
+                for field in ["epoch", "status", "generation", "bytes"] {
+                    assert!(c.get(field).is_some(), "{field} missing from {c}");
+                }
+                if c["status"] == "complete" {
+                    // Barrier to manifest: a checkpoint takes no longer than the test.
+                    assert!(
+                        c["duration_ms"].as_u64().is_some_and(|d| d < 120_000),
+                        "a complete checkpoint without its duration: {c}"
+                    );
+                }
             }
-            if c["status"] == "complete" {
-                // Barrier to manifest: a checkpoint takes no longer than the test.
-                assert!(
-                    c["duration_ms"].as_u64().is_some_and(|d| d < 120_000),
-                    "a complete checkpoint without its duration: {c}"
-                );
-            }
-        }
-        assert!(
-            stored.iter().all(|e| listed.contains(e)),
-            "store {stored:?}, API {listed:?}"
-        );
-        if !listed.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint completed\n{}",
-            tail(&read_lossy(&launch_err), 20)
-        );
-        std::thread::sleep(POLL);
-    }
+            assert!(
+                stored.iter().all(|e| listed.contains(e)),
+                "store {stored:?}, API {listed:?}"
+            );
+            (!listed.is_empty()).then_some(())
+        },
+    );
     let (status, job) = get_json(&addr, "/api/job");
     assert_eq!(status, 200, "{job}");
     assert_eq!(job["job"], "wordcount");
@@ -449,12 +426,11 @@ fn the_dashboard_shows_the_stores_checkpoints_live_throughput_and_a_restart() {
     );
     drop(browser);
 
-    let status = loop {
-        if let Some(s) = launch.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the job did not finish");
-        std::thread::sleep(POLL);
-    };
+    let status = await_value(
+        deadline,
+        "the job to finish",
+        || tail(&read_lossy(&launch_err), 20),
+        || launch.0.try_wait().unwrap(),
+    );
     assert!(status.success(), "{}", tail(&read_lossy(&launch_err), 20));
 }

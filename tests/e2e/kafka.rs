@@ -18,6 +18,7 @@ use crate::harness::bins;
 use crate::harness::job::JobArgs;
 use crate::harness::keyed::{check_each_once, check_keyed_final, Update};
 use crate::harness::launch::{launch, ChaosPlan, LaunchOutcome, LaunchSpec};
+use crate::harness::process::free_port;
 use crate::harness::process::{run_to_end, Finished};
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
@@ -502,14 +503,6 @@ fn brokers_that_are_down_at_start_fail_the_job_with_a_retryable_error() {
         "{}",
         done.stderr
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A broker of the test's own, which it can stop.

@@ -11,8 +11,8 @@ use crate::harness::bins;
 use crate::harness::checkpoints::complete_checkpoints;
 use crate::harness::input::{self, InputSpec};
 use crate::harness::job::JobArgs;
-use crate::harness::launch::parse_generations;
-use crate::harness::process::{read_lossy, sigkill, spawn_logged, tail, POLL};
+use crate::harness::launch::{parse_generations, spawn_launch};
+use crate::harness::process::{await_value, free_ports, read_lossy, sigkill, tail};
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
 
@@ -78,33 +78,12 @@ struct Launched {
 
 impl Launched {
     fn start(ws: &Workspace, args: &JobArgs, metrics_port: u16) -> Launched {
-        let mut cmd = Command::new(bins::weir());
-        cmd.env("RUST_LOG", "weir_runtime=info");
-        cmd.args([
-            "launch",
-            "--processes",
-            "2",
-            "--workers",
-            "1",
-            "--restart-delay-ms",
-            "50",
-        ])
-        .arg("--metrics-addr")
-        .arg(format!("127.0.0.1:{metrics_port}"))
-        .arg("--")
-        .arg(bins::wordcount())
-        .args(args.args())
-        .env_remove("WEIR_FAILPOINT");
-        let (out, err) = ws.log_paths("launch");
-        let child = spawn_logged(&mut cmd, &out, &err);
-        Launched { child, stderr: err }
-    }
-
-    fn finished(&mut self) -> bool {
-        self.child
-            .try_wait()
-            .expect("wait for weir launch")
-            .is_some()
+        let (child, stderr) = spawn_launch(
+            ws,
+            args,
+            &["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")],
+        );
+        Launched { child, stderr }
     }
 
     /// Waits, until `deadline`, for a scrape of `addr` that satisfies `f`.
@@ -115,29 +94,25 @@ impl Launched {
         what: &str,
         f: impl Fn(&Scrape) -> bool,
     ) -> Scrape {
-        loop {
-            if let Some(s) = scrape(addr) {
-                if f(&s) {
-                    return s;
+        let stderr = self.stderr.clone();
+        let child = &mut self.child;
+        await_value(
+            deadline,
+            &format!("a scrape of {addr} that shows {what}"),
+            || tail(&read_lossy(&stderr), 20),
+            || {
+                if let Some(s) = scrape(addr).filter(|s| f(s)) {
+                    return Some(s);
                 }
-            }
-            assert!(
-                Instant::now() < deadline && !self.finished(),
-                "no scrape of {addr} showed {what}\n{}",
-                tail(&read_lossy(&self.stderr), 20)
-            );
-            std::thread::sleep(POLL);
-        }
-    }
-}
-
-fn free_port_pair() -> u16 {
-    loop {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
+                let ended = child.try_wait().expect("wait for weir launch");
+                assert!(
+                    ended.is_none(),
+                    "weir launch ended first\n{}",
+                    tail(&read_lossy(&stderr), 20)
+                );
+                None
+            },
+        )
     }
 }
 
@@ -146,7 +121,7 @@ fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
     let ws = Workspace::new("metrics");
     let corpus = input::generate(&ws.input, scenario::seed(0xD_0001), &InputSpec::small());
     let lines = corpus.lines as f64;
-    let port = free_port_pair();
+    let port = free_ports(2);
     let (p0, p1) = (
         format!("127.0.0.1:{port}"),
         format!("127.0.0.1:{}", port + 1),

@@ -9,7 +9,6 @@ use super::CheckpointStore;
 use crate::codec;
 use crate::error::{CheckpointError, Result};
 use crate::ids::{Epoch, Generation};
-use crate::layout;
 use crate::manifest::Manifest;
 
 /// What state a checkpoint directory or savepoint is in.
@@ -123,26 +122,8 @@ impl CheckpointInfo {
 impl CheckpointStore {
     /// Every checkpoint directory of the job, oldest first, then every savepoint.
     pub async fn history(&self) -> Result<Vec<CheckpointInfo>> {
-        let root = self.layout.job_root();
-        let listing = self
-            .store
-            .list_with_delimiter(Some(&root))
-            .await
-            .map_err(|e| CheckpointError::storage("list", &root, e))?;
-        let mut dirs: Vec<Epoch> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().and_then(layout::parse_checkpoint_dir))
-            .collect();
-        dirs.sort_unstable();
         let mut out = Vec::new();
-        for epoch in dirs {
-            let objects = self
-                .list_objects(&self.layout.checkpoint_dir(epoch))
-                .await?;
-            if objects.is_empty() {
-                continue;
-            }
+        for (epoch, objects) in self.checkpoint_dirs().await? {
             let has = |path: &object_store::path::Path| objects.iter().any(|o| &o.location == path);
             let info = if has(&self.layout.manifest(epoch)) {
                 match self.read_manifest(epoch).await {

@@ -86,8 +86,12 @@ impl CheckpointStore {
         Ok(manifest)
     }
 
-    /// Lists the job's checkpoint directories: `(complete, all)` epochs, ascending.
-    pub async fn list(&self) -> Result<(Vec<Epoch>, Vec<Epoch>)> {
+    /// The job's checkpoint directories that hold objects, ascending, each with its
+    /// objects. Some stores (local directories, filer-backed S3 servers) keep empty
+    /// directories after their objects are deleted: they are not checkpoints.
+    pub(super) async fn checkpoint_dirs(
+        &self,
+    ) -> Result<Vec<(Epoch, Vec<object_store::ObjectMeta>)>> {
         let root = self.layout.job_root();
         let listing = self
             .store
@@ -100,16 +104,23 @@ impl CheckpointStore {
             .filter_map(|p| p.filename().and_then(layout::parse_checkpoint_dir))
             .collect();
         dirs.sort_unstable();
+        let mut out = Vec::new();
+        for epoch in dirs {
+            let objects = self
+                .list_objects(&self.layout.checkpoint_dir(epoch))
+                .await?;
+            if !objects.is_empty() {
+                out.push((epoch, objects));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lists the job's checkpoint directories: `(complete, all)` epochs, ascending.
+    pub async fn list(&self) -> Result<(Vec<Epoch>, Vec<Epoch>)> {
         let mut all = Vec::new();
         let mut complete = Vec::new();
-        for epoch in dirs {
-            let dir = self.layout.checkpoint_dir(epoch);
-            let objects = self.list_objects(&dir).await?;
-            // Some stores (local directories, filer-backed S3 servers) keep empty
-            // directories after their objects are deleted: they are not checkpoints.
-            if objects.is_empty() {
-                continue;
-            }
+        for (epoch, objects) in self.checkpoint_dirs().await? {
             all.push(epoch);
             let manifest = self.layout.manifest(epoch);
             if objects.iter().any(|o| o.location == manifest) {

@@ -59,7 +59,9 @@ impl CheckpointStore {
         for epoch in &plan.delete {
             self.delete_checkpoint(*epoch).await?;
         }
-        if let Some(oldest) = oldest_link {
+        // Links become unneeded only when checkpoints go: no listing otherwise.
+        let removed = !(plan.delete.is_empty() && plan.demote.is_empty());
+        if let (Some(oldest), true) = (oldest_link, removed) {
             self.prune_links(oldest).await?;
         }
         Ok(plan.delete)

@@ -31,9 +31,10 @@ fn manifest(job: &str, epoch: u64, parts: Vec<PartEntry>) -> Manifest {
     }
 }
 
-async fn checkpoint(store: &CheckpointStore, epoch: u64) -> Manifest {
-    let path = store.layout().part(Epoch(epoch), "op", "w0");
-    let part = store
+/// Writes the one part of a checkpoint of `epoch`, named `name`.
+async fn write_part(store: &CheckpointStore, epoch: u64, name: &str) -> PartEntry {
+    let path = store.layout().part(Epoch(epoch), "op", name);
+    store
         .put_part(
             path,
             "op",
@@ -42,7 +43,11 @@ async fn checkpoint(store: &CheckpointStore, epoch: u64) -> Manifest {
             codec::encode("t", &vec![epoch; 10]).unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn checkpoint(store: &CheckpointStore, epoch: u64) -> Manifest {
+    let part = write_part(store, epoch, "w0").await;
     let m = manifest("job", epoch, vec![part]);
     store.put_manifest(&m).await.unwrap();
     m
@@ -402,19 +407,7 @@ async fn a_generation_is_claimed_once_per_index() {
 
 /// A checkpoint of `generation` following `follows`, written with its link.
 async fn linked(store: &CheckpointStore, epoch: u64, generation: u64, follows: Node) -> Committed {
-    let path = store
-        .layout()
-        .part(Epoch(epoch), "op", &format!("w0-g{generation}"));
-    let part = store
-        .put_part(
-            path,
-            "op",
-            WorkerIndex(0),
-            (0, 128),
-            codec::encode("t", &vec![epoch; 10]).unwrap(),
-        )
-        .await
-        .unwrap();
+    let part = write_part(store, epoch, &format!("w0-g{generation}")).await;
     let mut m = manifest("job", epoch, vec![part]);
     m.generation = Generation(generation);
     m.link = Some(follows.name());

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -323,4 +323,28 @@ fn assert_no_survivors(outcome: &LaunchOutcome) {
         "weir launch exited but left processes running {REAP_DEADLINE:?} later (now killed): {survivors:?}\n{}",
         outcome.summary()
     );
+}
+
+/// Starts `weir launch --processes 2 --workers 1 <extra>` over the wordcount binary with
+/// `args`, in the background, logging to the workspace (the runtime's `info` lines
+/// included); returns the launcher and its stderr's path.
+pub fn spawn_launch(ws: &Workspace, args: &JobArgs, extra: &[String]) -> (Child, PathBuf) {
+    let mut cmd = Command::new(bins::weir());
+    cmd.args([
+        "launch",
+        "--processes",
+        "2",
+        "--workers",
+        "1",
+        "--restart-delay-ms",
+        "50",
+    ])
+    .args(extra)
+    .arg("--")
+    .arg(bins::wordcount())
+    .args(args.args())
+    .env_remove("WEIR_FAILPOINT")
+    .env("RUST_LOG", "weir_runtime=info");
+    let (out, err) = ws.log_paths("launch");
+    (spawn_logged(&mut cmd, &out, &err), err)
 }

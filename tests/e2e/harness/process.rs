@@ -163,3 +163,48 @@ pub fn signal(pid: u32, signal: libc::c_int) -> bool {
 pub fn sigkill(pid: u32) -> bool {
     signal(pid, libc::SIGKILL)
 }
+
+/// Looks at `check` every [`POLL`] until it returns a value, and returns it; panics with
+/// `what` (and `context()`, read then) once `deadline` has passed. The one place where
+/// a test waits for a condition.
+pub fn await_value<T>(
+    deadline: Instant,
+    what: &str,
+    context: impl Fn() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a port on 127.0.0.1")
+        .port()
+}
+
+/// The first of `n` consecutive ports on 127.0.0.1 that were free a moment ago.
+pub fn free_ports(n: u16) -> u16 {
+    loop {
+        let first = free_port();
+        let free = (1..n).all(|i| {
+            first
+                .checked_add(i)
+                .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        });
+        if free {
+            return first;
+        }
+    }
+}
