@@ -6,17 +6,43 @@
 # medians, their ratio and the median of the ratios of each interleaved pair. (Sources and sinks count their records per batch either
 # way: the counters are part of every run.)
 #
+# `benches/metrics_overhead.sh callgrind [LINES]` counts instructions instead, which the
+# shared machine's noise does not move: the same job over LINES lines (default 200 000)
+# under valgrind's callgrind, once without --metrics-addr and once with it (no scraper:
+# under callgrind a run lasts a minute, and a scrape a second would count ~50 times its
+# share), and prints both totals and their ratio.
+#
 #   cargo build --release --bins --examples
 #   benches/metrics_overhead.sh [RUNS]
+#   benches/metrics_overhead.sh callgrind [LINES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${1:-5}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; jobs -p | xargs -r kill 2>/dev/null || true' EXIT
 mkdir -p "$WORK/input"
+LINES=2000000
+[ "${1:-}" = callgrind ] && LINES=${2:-200000}
 for f in 0 1 2 3; do
-  awk -v seed="$f" 'BEGIN { srand(seed); for (i = 0; i < 500000; i++) { line = ""; for (j = 0; j < 8; j++) line = line " w" int(rand() * rand() * 100000); print line } }' >"$WORK/input/part-$f.txt"
+  awk -v seed="$f" -v n="$((LINES / 4))" 'BEGIN { srand(seed); for (i = 0; i < n; i++) { line = ""; for (j = 0; j < 8; j++) line = line " w" int(rand() * rand() * 100000); print line } }' >"$WORK/input/part-$f.txt"
 done
+if [ "${1:-}" = callgrind ]; then
+  count() { # count on|off -> instructions, all threads
+    rm -rf "$WORK/output" "$WORK/chk"
+    local extra=()
+    [ "$1" = on ] && extra=(--metrics-addr 127.0.0.1:0)
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$1" \
+      target/release/examples/wordcount --input "$WORK/input" --output "$WORK/output" \
+      --checkpoint-dir "$WORK/chk" --checkpoint-interval-ms 1000 --workers 2 "${extra[@]}" \
+      2>"$WORK/$1.log" >/dev/null || { echo "the $1 run failed:" >&2; tail -20 "$WORK/$1.log" >&2; exit 1; }
+    [ "$(cat "$WORK"/output/*.jsonl | wc -l)" -gt 0 ] || { echo "the $1 run committed nothing" >&2; exit 1; }
+    callgrind_annotate "$WORK/cg.$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }'
+  }
+  off=$(count off) || exit 1
+  on=$(count on) || exit 1
+  echo "instructions over $LINES lines: metrics off $off, on $on, on/off $(echo "scale=4; $on / $off" | bc)"
+  exit 0
+fi
+RUNS=${1:-5}
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 run() { # run on|off -> seconds
   rm -rf "$WORK/output" "$WORK/chk"

@@ -1,9 +1,10 @@
-//! The progress bar of `weir launch`: bytes of input read out of the total, rate, ETA
-//! and the last checkpoint, from the launched processes' metrics.
+//! The progress bar of `weir launch`: input read out of the total, rate, ETA and the last
+//! checkpoint, from the launched processes' metrics.
 //!
 //! Shown only when stderr is a terminal, and only for sources that know their input's
-//! size (files): the bar follows `weir_source_bytes_read` against `weir_source_bytes_read
-//! + weir_source_bytes_left` over every process.
+//! size: files in bytes (`weir_source_bytes_read` against `weir_source_bytes_read +
+//! weir_source_bytes_left` over every process), else Kafka in records
+//! (`weir_source_offsets_read` and `weir_source_offsets_left`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,10 +17,12 @@ use crate::dashboard::{fetch, parse_exposition};
 /// What one look at the processes' metrics says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Bytes read, over every source and worker that reports it.
+    /// Read so far, over every source and worker that reports it.
     pub done: u64,
-    /// Bytes in all.
+    /// In all.
     pub total: u64,
+    /// Whether `done` and `total` count records (Kafka offsets) rather than bytes.
+    pub records: bool,
     /// The newest completed checkpoint any process reports.
     pub checkpoint: Option<u64>,
 }
@@ -33,22 +36,34 @@ pub struct Progress {
 ///     "weir_source_bytes_read{worker=\"1\"} 5\nweir_source_bytes_left{worker=\"1\"} 5\n".to_string(),
 /// ]);
 /// assert_eq!((p.done, p.total, p.checkpoint), (15, 50, Some(4)));
+/// assert!(!p.records);
+/// // Kafka counts its input in offsets.
+/// let p = weir::progress::progress_of(&[
+///     "weir_source_offsets_read{worker=\"0\"} 700\nweir_source_offsets_left{worker=\"0\"} 300\n".to_string(),
+/// ]);
+/// assert_eq!((p.done, p.total, p.records), (700, 1000, true));
 /// ```
 pub fn progress_of(expositions: &[String]) -> Progress {
     let mut p = Progress::default();
-    let mut left = 0.0;
-    let mut done = 0.0;
+    let (mut done, mut left) = (0.0, 0.0);
+    let (mut offsets_done, mut offsets_left) = (0.0, 0.0);
     for text in expositions {
         for (name, _, value) in parse_exposition(text) {
             match name.as_str() {
                 "weir_source_bytes_read" => done += value,
                 "weir_source_bytes_left" => left += value,
+                "weir_source_offsets_read" => offsets_done += value,
+                "weir_source_offsets_left" => offsets_left += value,
                 "weir_checkpoint_last_completed_epoch" if value > 0.0 => {
                     p.checkpoint = Some(p.checkpoint.unwrap_or(0).max(value as u64));
                 }
                 _ => {}
             }
         }
+    }
+    if done + left == 0.0 && offsets_done + offsets_left > 0.0 {
+        (done, left) = (offsets_done, offsets_left);
+        p.records = true;
     }
     p.done = done as u64;
     p.total = (done + left) as u64;
@@ -80,12 +95,10 @@ pub fn show(metrics: Vec<String>) -> std::io::Result<Shown> {
         .name("weir-progress".into())
         .spawn(move || {
             let bar = ProgressBar::hidden();
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            let style = |template: &str| {
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+            };
             let mut shown = false;
             while !stop.load(Ordering::Relaxed) {
                 let texts: Vec<String> = rt.block_on(async {
@@ -100,6 +113,11 @@ pub fn show(metrics: Vec<String>) -> std::io::Result<Shown> {
                 let p = progress_of(&texts);
                 if p.total > 0 {
                     if !shown {
+                        bar.set_style(if p.records {
+                            style("{bar:40.cyan/blue} {human_pos}/{human_len} records {per_sec} ETA {eta} {msg}")
+                        } else {
+                            style("{bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
+                        });
                         bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                         shown = true;
                     }

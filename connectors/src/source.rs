@@ -24,6 +24,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 use weir_runtime::checkpoint::Report;
+use weir_runtime::metrics::Gauge;
 use weir_runtime::{encode_keyed, Delivery, Job, JobContext, Result, RuntimeError, Snapshotter};
 
 /// What a source reads from, one split (file, partition, generator slice) at a time.
@@ -52,22 +53,34 @@ pub trait Reader: 'static {
         out: &mut Vec<Self::Item>,
     ) -> Result<bool>;
 
-    /// How much of this worker's input has been read and how much there is, in bytes,
-    /// for a source that knows (files do): the metrics' source lag and `weir launch`'s
-    /// progress. `None` (the default) when the input has no known end.
+    /// How much of this worker's input has been read and how much there is, for a source
+    /// that knows (files in bytes, Kafka in offsets): the metrics' source lag and `weir
+    /// launch`'s progress. `None` (the default) when the source cannot tell.
     fn backlog(&self, positions: &std::collections::BTreeMap<Self::Split, u64>) -> Option<Backlog> {
         let _ = positions;
         None
     }
 }
 
-/// Bytes of a source's input read so far and in all (see [`Reader::backlog`]).
+/// How much of a source's input was read so far and how much there is (see
+/// [`Reader::backlog`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog {
-    /// Bytes read.
+    /// Read so far.
     pub done: u64,
-    /// Bytes in all.
+    /// In all, as far as the source knows now (an unbounded source's end moves on).
     pub total: u64,
+    /// What `done` and `total` count.
+    pub unit: BacklogUnit,
+}
+
+/// What a [`Backlog`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BacklogUnit {
+    /// Bytes of input (files): the `weir_source_bytes_*` metrics.
+    Bytes,
+    /// Offsets, one per record (Kafka): the `weir_source_offsets_*` metrics.
+    Offsets,
 }
 
 /// Options every source takes.
@@ -222,11 +235,9 @@ pub(crate) fn source<'s, R: Reader>(
     let key_groups = ctx.key_groups();
     let source = format!("source `{name}`");
     let read_records = ctx.metrics().source_counter(ctx.worker(), &name);
-    let (read_bytes, left_bytes) = ctx.metrics().source_bytes(ctx.worker(), &name);
-    if let Some(b) = reader.backlog(&positions) {
-        read_bytes.set(b.done as i64);
-        left_bytes.set(b.total.saturating_sub(b.done) as i64);
-    }
+    let mut lag = Lag::new(&ctx, &name);
+    lag.show(reader.backlog(&positions));
+    let backpressure = ctx.metrics().source_backpressure(ctx.worker(), &name);
     builder.build(move |mut caps| {
         let mut report_cap: Option<Capability<u64>> = caps.pop();
         let mut data_cap: Option<Capability<u64>> = caps.pop();
@@ -254,11 +265,17 @@ pub(crate) fn source<'s, R: Reader>(
             snapshotter.snapshot(cap, range, bytes, Vec::new(), is_final);
             Ok(())
         };
+        // Since when the source had a full batch ready and waited for the worker.
+        let mut ready_since: Option<std::time::Instant> = None;
         move |_frontiers| {
+            if let Some(since) = ready_since.take() {
+                backpressure.inc_by(since.elapsed().as_secs_f64());
+            }
             if ctx.failed() {
                 return;
             }
             if let (Some(dc), Some(rc)) = (data_cap.as_mut(), report_cap.as_mut()) {
+                let mut full = false;
                 // Barrier injection: close every epoch the clock has passed.
                 let now = ctx.clock().current();
                 if now > *dc.time() {
@@ -305,10 +322,10 @@ pub(crate) fn source<'s, R: Reader>(
                     }
                     emitted += batch.len() as u64;
                     read_records.add(batch.len());
-                    if let Some(b) = reader.backlog(&positions) {
-                        read_bytes.set(b.done as i64);
-                        left_bytes.set(b.total.saturating_sub(b.done) as i64);
-                    }
+                    lag.show(reader.backlog(&positions));
+                    // A full batch: more input is ready as soon as this worker gets
+                    // back to the source.
+                    full = batch.len() == budget;
                     if !batch.is_empty() {
                         data_out
                             .activate()
@@ -333,6 +350,9 @@ pub(crate) fn source<'s, R: Reader>(
                     activator.activate_after(wait);
                 } else {
                     activator.activate();
+                    if full {
+                        ready_since = Some(std::time::Instant::now());
+                    }
                 }
             }
             let mut reports = report_out.activate();
@@ -343,4 +363,34 @@ pub(crate) fn source<'s, R: Reader>(
         job.register_reports(reports);
     }
     Ok(data)
+}
+
+/// The gauges of a source's lag on one worker, in the unit its reader counts, created at
+/// its first report (a source that cannot tell has none).
+struct Lag {
+    metrics: std::sync::Arc<weir_runtime::metrics::Metrics>,
+    worker: usize,
+    name: String,
+    gauges: Option<(Gauge, Gauge)>,
+}
+
+impl Lag {
+    fn new(ctx: &JobContext, name: &str) -> Self {
+        Lag {
+            metrics: std::sync::Arc::clone(ctx.metrics()),
+            worker: ctx.worker(),
+            name: name.to_string(),
+            gauges: None,
+        }
+    }
+
+    fn show(&mut self, backlog: Option<Backlog>) {
+        let Some(b) = backlog else { return };
+        let (read, left) = self.gauges.get_or_insert_with(|| match b.unit {
+            BacklogUnit::Bytes => self.metrics.source_bytes(self.worker, &self.name),
+            BacklogUnit::Offsets => self.metrics.source_offsets(self.worker, &self.name),
+        });
+        read.set(b.done as i64);
+        left.set(b.total.saturating_sub(b.done) as i64);
+    }
 }

@@ -165,6 +165,9 @@ where
         let shared = Arc::clone(&worker_shared);
         // Counts this worker as stopped however it leaves, also by a panic.
         let _stopped = worker_stopped.guard(Arc::clone(&shared));
+        if shared.config.metrics_addr.is_some() {
+            crate::observe::Observer::register(worker, Arc::clone(&shared.metrics));
+        }
         let built = worker.dataflow::<u64, _, _>(|scope| {
             let mut job = Job::new(scope, Arc::clone(&shared));
             build(&mut job)?;

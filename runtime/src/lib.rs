@@ -11,6 +11,8 @@
 //!   [`Flow`], [`Source`], [`Sink`]) and what its operators see at run time ([`context`]);
 //! - the two-phase commit contract of sinks ([`twophase`]), the sink operator ([`sink`])
 //!   and the checkpoint coordinator ([`coordinator`]);
+//! - the process's Prometheus metrics ([`metrics`]) and what every operator does, read
+//!   from timely's event log ([`observe`]);
 //! - running a job ([`run`]), failures as values (`failure`), in-process test helpers
 //!   ([`testing`]) and supervising a cluster of processes on one host ([`launch`]).
 //!
@@ -52,6 +54,7 @@ pub mod job;
 pub mod keygroup;
 pub mod launch;
 pub mod metrics;
+pub mod observe;
 mod restore;
 pub mod sink;
 pub mod snapshot;

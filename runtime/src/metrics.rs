@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -35,6 +35,59 @@ pub struct OperatorLabels {
     /// The source's, sink's or operator's name.
     pub operator: String,
 }
+
+/// The labels of an operator of the dataflow, as timely's event log names it (the runtime's
+/// `observe` module reads that log).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DataflowLabels {
+    /// The worker's global index.
+    pub worker: u64,
+    /// The operator's identifier on its worker (the same on every worker).
+    pub id: u64,
+    /// The operator's name, such as `Map`, `Exchange`, `source:lines` or `keyed:counts`.
+    pub operator: String,
+    /// The operator's address: scope indices from the root, joined by dots.
+    pub address: String,
+}
+
+/// The labels of an output port of an operator of the dataflow.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputLabels {
+    /// The worker's global index.
+    pub worker: u64,
+    /// The operator's identifier on its worker.
+    pub id: u64,
+    /// The operator's name.
+    pub operator: String,
+    /// The operator's address.
+    pub address: String,
+    /// The output port: weir's sources and keyed operators send their records on port
+    /// 0 and their snapshot reports to the coordinator on port 1.
+    pub port: u64,
+}
+
+/// The labels of a channel between two operators of the dataflow.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    /// The worker's global index.
+    pub worker: u64,
+    /// The channel's identifier on its worker.
+    pub channel: u64,
+    /// The `id` of the operator the channel leaves (`?` if unknown).
+    pub source: String,
+    /// The `id` of the operator the channel feeds (`?` if unknown).
+    pub target: String,
+}
+
+/// The labels of a per-worker metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    /// The worker's global index.
+    pub worker: u64,
+}
+
+/// A counter of seconds.
+pub type SecondsCounter = Counter<f64, AtomicU64>;
 
 /// Counts the records of one operator on one worker, one add per batch.
 #[derive(Clone)]
@@ -62,6 +115,26 @@ pub struct Metrics {
     pub source_bytes_read: Family<OperatorLabels, Gauge>,
     /// Bytes of input left per source and worker: the source's lag.
     pub source_bytes_left: Family<OperatorLabels, Gauge>,
+    /// Records not read yet per source and worker, for sources that count their input in
+    /// offsets (Kafka: the end offset minus the position, summed over partitions).
+    pub source_offsets_left: Family<OperatorLabels, Gauge>,
+    /// Offsets read per source and worker, from the start of the partitions' retained
+    /// records (Kafka).
+    pub source_offsets_read: Family<OperatorLabels, Gauge>,
+    /// Seconds a source had input ready but waited for its worker to run the operators
+    /// downstream of it: the time it was held back by backpressure.
+    pub source_backpressured: Family<OperatorLabels, SecondsCounter>,
+    /// Records into every operator of the dataflow (timely's and weir's), per worker;
+    /// only while metrics are served.
+    pub dataflow_records_in: Family<DataflowLabels, Counter>,
+    /// Records out of every output port of every operator of the dataflow, per worker.
+    pub dataflow_records_out: Family<OutputLabels, Counter>,
+    /// Seconds each operator of the dataflow ran, per worker.
+    pub dataflow_busy: Family<DataflowLabels, SecondsCounter>,
+    /// Records sent on each channel between two operators, per sending worker.
+    pub dataflow_channel_records: Family<ChannelLabels, Counter>,
+    /// Seconds each worker was parked with nothing to do.
+    pub worker_parked: Family<WorkerLabels, SecondsCounter>,
     /// The size of the newest snapshot of each operator's state on each worker.
     pub state_bytes: Family<OperatorLabels, Gauge>,
     /// Records into each keyed operator, per worker.
@@ -113,6 +186,14 @@ impl Metrics {
             source_bytes_read: Family::default(),
             source_bytes_left: Family::default(),
             state_bytes: Family::default(),
+            source_offsets_left: Family::default(),
+            source_offsets_read: Family::default(),
+            source_backpressured: Family::default(),
+            dataflow_records_in: Family::default(),
+            dataflow_records_out: Family::default(),
+            dataflow_busy: Family::default(),
+            dataflow_channel_records: Family::default(),
+            worker_parked: Family::default(),
             operator_records_in: Family::default(),
             operator_records_out: Family::default(),
             checkpoints_completed: Counter::default(),
@@ -152,6 +233,46 @@ impl Metrics {
             "source_bytes_left",
             "Bytes of input left to read, per source and worker: the source's lag",
             m.source_bytes_left.clone(),
+        );
+        registry.register(
+            "source_offsets_read",
+            "Offsets read, per source and worker, from the partitions' oldest retained record (Kafka)",
+            m.source_offsets_read.clone(),
+        );
+        registry.register(
+            "source_offsets_left",
+            "Records left to read, per source and worker: the end offset minus the position, summed over partitions (Kafka's lag)",
+            m.source_offsets_left.clone(),
+        );
+        registry.register(
+            "source_backpressured_seconds",
+            "Seconds a source had input ready but waited for its worker to run the operators downstream",
+            m.source_backpressured.clone(),
+        );
+        registry.register(
+            "dataflow_records_in",
+            "Records into every operator of the dataflow, per worker (served metrics only)",
+            m.dataflow_records_in.clone(),
+        );
+        registry.register(
+            "dataflow_records_out",
+            "Records out of every output port of every operator of the dataflow, per worker (served metrics only)",
+            m.dataflow_records_out.clone(),
+        );
+        registry.register(
+            "dataflow_busy_seconds",
+            "Seconds each operator of the dataflow ran, per worker; a scope includes its operators (served metrics only)",
+            m.dataflow_busy.clone(),
+        );
+        registry.register(
+            "dataflow_channel_records",
+            "Records sent on each channel between two operators, per sending worker (served metrics only)",
+            m.dataflow_channel_records.clone(),
+        );
+        registry.register(
+            "worker_parked_seconds",
+            "Seconds each worker was parked with nothing to do (served metrics only)",
+            m.worker_parked.clone(),
         );
         registry.register(
             "operator_records_in",
@@ -253,6 +374,36 @@ impl Metrics {
                 .get_or_create(&labels(worker, name))
                 .clone(),
         )
+    }
+
+    /// The gauges of the offsets that source `name` has read on `worker`, and has left
+    /// (its lag, for a source that counts its input in offsets).
+    pub fn source_offsets(&self, worker: usize, name: &str) -> (Gauge, Gauge) {
+        (
+            self.source_offsets_read
+                .get_or_create(&labels(worker, name))
+                .clone(),
+            self.source_offsets_left
+                .get_or_create(&labels(worker, name))
+                .clone(),
+        )
+    }
+
+    /// The counter of the seconds source `name` on `worker` was held back by
+    /// backpressure.
+    pub fn source_backpressure(&self, worker: usize, name: &str) -> SecondsCounter {
+        self.source_backpressured
+            .get_or_create(&labels(worker, name))
+            .clone()
+    }
+
+    /// The counter of the seconds `worker` was parked.
+    pub fn worker_parked(&self, worker: usize) -> SecondsCounter {
+        self.worker_parked
+            .get_or_create(&WorkerLabels {
+                worker: worker as u64,
+            })
+            .clone()
     }
 
     /// The counters of the records into and out of keyed operator `name` on `worker`

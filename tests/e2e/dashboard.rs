@@ -369,6 +369,33 @@ fn the_dashboard_shows_the_stores_checkpoints_live_throughput_and_a_restart() {
         browser.eval("return document.getElementById('restarts').textContent"),
         json!("0")
     );
+    // The operator graph: the source, the count and the sink, joined by channels, with
+    // their rates; and the source's lag in bytes.
+    browser.await_value(
+        "const g = document.getElementById('graph'); \
+         return {edges: Number(g.dataset.edges), \
+                 names: Array.from(g.querySelectorAll('g.node')).map(n => n.dataset.name), \
+                 rate: Math.max(0, ...Array.from(g.querySelectorAll('g.node')).map(n => Number(n.dataset.inRate)))}",
+        deadline,
+        "the operator graph with the source, the count and the sink",
+        |v| {
+            let names: Vec<&str> = v["names"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            ["source:lines", "keyed:counts", "sink:output"]
+                .iter()
+                .all(|n| names.contains(n))
+                && v["edges"].as_u64().is_some_and(|e| e >= 3)
+                && v["rate"].as_f64().is_some_and(|r| r > 0.0)
+        },
+    );
+    browser.await_value(
+        "const c = document.querySelector('#operators tr[data-kind=source] td.lag'); return c ? c.textContent : ''",
+        deadline,
+        "the source's lag in bytes",
+        |v| v.as_str().is_some_and(|t| t.ends_with(" bytes")),
+    );
 
     // A SIGKILL: the restart appears.
     let gens = parse_generations(&read_lossy(&launch_err));

@@ -18,10 +18,11 @@ use crate::harness::bins;
 use crate::harness::job::JobArgs;
 use crate::harness::keyed::{check_each_once, check_keyed_final, Update};
 use crate::harness::launch::{launch, ChaosPlan, LaunchOutcome, LaunchSpec};
-use crate::harness::process::free_port;
+use crate::harness::process::{await_value, free_port};
 use crate::harness::process::{run_to_end, Finished};
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
+use crate::metrics::scrape_job;
 use crate::postgres::{psql, url as pg_url};
 
 /// The opening balance of every account (as in the example).
@@ -453,6 +454,54 @@ fn bank_transfers_killed_in_the_middle_of_a_publication_resume_it_without_duplic
         "the restarted job did not resume the interrupted publication\n{}",
         outcome.summary()
     );
+    check(&names);
+}
+
+#[test]
+fn the_kafka_source_reports_its_lag_in_offsets_while_it_reads() {
+    let ws = Workspace::new("kafka-lag");
+    let names = Names::new("bank-lag");
+    generate(&ws, &names, 1_500, 2, scenario::seed(0xB_0010));
+    let records = read_topic(&names.input).len() as f64;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args = names
+        .job_args(&ws)
+        .set("--rate-limit", 150)
+        .set("--metrics-addr", &addr)
+        .interval_ms(500);
+    let (stdout, stderr) = ws.log_paths("lag");
+    let mut child = crate::harness::process::spawn_logged(
+        Command::new(bins::bank_transfers()).args(args.args()),
+        &stdout,
+        &stderr,
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let log = || crate::harness::process::tail(&crate::harness::process::read_lossy(&stderr), 20);
+    let mut lag = |what: &str, f: &dyn Fn(f64, f64) -> bool| {
+        await_value(deadline, what, log, || {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the job ended before: {}",
+                log()
+            );
+            let s = scrape_job(&addr, &names.job)?;
+            let (read, left) = (
+                s.sum("weir_source_offsets_read"),
+                s.sum("weir_source_offsets_left"),
+            );
+            f(read, left).then_some((read, left))
+        })
+    };
+    // Offsets read and left add up to the topic's records (its oldest offsets are 0).
+    let (_, first) = lag("a lag that adds up to the topic", &|read, left| {
+        left > 0.0 && read + left == records
+    });
+    let (_, later) = lag("a smaller lag", &|read, left| {
+        left < first && read + left == records
+    });
+    assert!(later < first);
+    let ended = child.wait().unwrap();
+    assert!(ended.success(), "{}", log());
     check(&names);
 }
 

@@ -16,17 +16,43 @@ use crate::harness::process::{await_value, free_ports, read_lossy, sigkill, tail
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
 
+/// The labels of the records the source sends on (its port 1 carries its snapshot
+/// reports).
+const SOURCE_DATA: &[&str] = &["operator=\"source:lines\"", "port=\"0\""];
+
 /// One scrape: `(name, labels, value)` per sample.
-struct Scrape(Vec<(String, String, f64)>);
+pub(crate) struct Scrape(Vec<(String, String, f64)>);
 
 impl Scrape {
     /// The sum of every sample of `name`.
-    fn sum(&self, name: &str) -> f64 {
+    pub(crate) fn sum(&self, name: &str) -> f64 {
         self.0
             .iter()
             .filter(|(n, _, _)| n == name)
             .map(|s| s.2)
             .sum()
+    }
+
+    /// The sum of the samples of `name` whose labels include each of `labels`
+    /// (`key="value"`).
+    fn sum_with(&self, name: &str, labels: &[&str]) -> f64 {
+        self.0
+            .iter()
+            .filter(|(n, l, _)| n == name && labels.iter().all(|label| l.contains(label)))
+            .map(|s| s.2)
+            .sum()
+    }
+
+    /// The `id` label of the operator named `operator` in the dataflow series.
+    fn operator_id(&self, operator: &str) -> String {
+        let needle = format!("operator=\"{operator}\"");
+        let (_, labels, _) = self
+            .0
+            .iter()
+            .find(|(n, l, _)| n == "weir_dataflow_records_in_total" && l.contains(&needle))
+            .unwrap_or_else(|| panic!("no dataflow series of {operator}"));
+        let id = labels.split("id=\"").nth(1).expect("an id label");
+        id[..id.find('"').unwrap()].to_string()
     }
 
     /// The one sample of `name` (the job-level metrics have no other labels).
@@ -37,8 +63,14 @@ impl Scrape {
     }
 }
 
-/// GETs `http://addr/metrics` and parses the text exposition; `None` if nobody answers.
+/// GETs `http://addr/metrics` of a wordcount process.
 fn scrape(addr: &str) -> Option<Scrape> {
+    scrape_job(addr, "wordcount")
+}
+
+/// GETs `http://addr/metrics` and parses the text exposition, checking that every sample
+/// carries the labels of job `job`; `None` if nobody answers.
+pub(crate) fn scrape_job(addr: &str, job: &str) -> Option<Scrape> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
@@ -59,8 +91,8 @@ fn scrape(addr: &str) -> Option<Scrape> {
             Some((n, l)) => (n, l.trim_end_matches('}')),
             None => (series, ""),
         };
-        for needed in ["job=\"wordcount\"", "process=\""] {
-            assert!(labels.contains(needed), "{line} lacks {needed}");
+        for needed in [format!("job=\"{job}\""), "process=\"".to_string()] {
+            assert!(labels.contains(&needed), "{line} lacks {needed}");
         }
         samples.push((
             name.to_string(),
@@ -134,7 +166,8 @@ fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
         .set("--log-format", "json")
         .interval_ms(300)
         .retain(10_000)
-        .rate_limit(corpus.rate_limit_for(2, 3.0));
+        .rate_limit(corpus.rate_limit_for(2, 5.0));
+    let started = Instant::now();
     let mut run = Launched::start(&ws, &args, port);
     let read_all = run.await_scrape(&p1, deadline, "process 1 serving", |_| true);
     assert_eq!(read_all.value("weir_generation"), 0.0);
@@ -181,6 +214,68 @@ fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
         s.sum("weir_source_records_total") > 0.0
     });
     assert!(live.sum("weir_source_records_total") <= lines);
+    // Every operator of the dataflow, from timely's log: the graph's edges, records in and
+    // out, busy time. A source's batches reach the log at the end of its worker's step,
+    // after its own counter counted them.
+    let live = run.await_scrape(&p0, deadline, "the source's batches in the log", |s| {
+        s.sum_with("weir_dataflow_records_out_total", SOURCE_DATA) > 0.0
+    });
+    let from_log = live.sum_with("weir_dataflow_records_out_total", SOURCE_DATA);
+    assert!(
+        from_log <= live.sum("weir_source_records_total"),
+        "the log saw {from_log} records out of the source, its counter {}",
+        live.sum("weir_source_records_total")
+    );
+    let (source, count) = (
+        live.operator_id("source:lines"),
+        live.operator_id("keyed:counts"),
+    );
+    let edges: Vec<&String> = live
+        .0
+        .iter()
+        .filter(|(n, _, _)| n == "weir_dataflow_channel_records_total")
+        .map(|(_, l, _)| l)
+        .collect();
+    assert!(
+        edges
+            .iter()
+            .any(|l| l.contains(&format!("source=\"{source}\""))),
+        "no channel out of the source (operator {source}): {edges:?}"
+    );
+    assert!(
+        edges
+            .iter()
+            .any(|l| l.contains(&format!("target=\"{count}\""))),
+        "no channel into the count (operator {count}): {edges:?}"
+    );
+    // Lines become words between the source and the count.
+    let split = run.await_scrape(&p0, deadline, "words split from lines", |s| {
+        s.sum_with("weir_dataflow_records_out_total", &["operator=\"FlatMap\""])
+            > s.sum_with("weir_dataflow_records_out_total", SOURCE_DATA)
+    });
+    assert!(
+        split.sum_with(
+            "weir_dataflow_busy_seconds_total",
+            &["operator=\"keyed:counts\""]
+        ) > 0.0,
+        "the count never ran"
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    for series in [
+        "weir_source_backpressured_seconds_total",
+        "weir_worker_parked_seconds_total",
+    ] {
+        let per_worker: Vec<f64> = split
+            .0
+            .iter()
+            .filter(|(n, _, _)| n == series)
+            .map(|s| s.2)
+            .collect();
+        assert!(
+            !per_worker.is_empty() && per_worker.iter().all(|&v| (0.0..=elapsed).contains(&v)),
+            "{series}: {per_worker:?} against {elapsed} s of the run"
+        );
+    }
     let input_bytes: u64 = corpus
         .files
         .iter()

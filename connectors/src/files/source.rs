@@ -22,7 +22,7 @@ use weir_runtime::{Job, Result};
 
 use crate::error::ConnectorError;
 
-use crate::source::{source, Backlog, Reader, SourceOptions};
+use crate::source::{source, Backlog, BacklogUnit, Reader, SourceOptions};
 
 /// Every file of `dir` (names not starting with `.`), one `String` per line (without its
 /// line end), at the epoch in which it was read.
@@ -177,7 +177,11 @@ impl Reader for LineReader {
             .iter()
             .map(|(f, size)| positions.get(f).copied().unwrap_or(0).min(*size))
             .sum();
-        Some(Backlog { done, total })
+        Some(Backlog {
+            done,
+            total,
+            unit: BacklogUnit::Bytes,
+        })
     }
 
     fn read(

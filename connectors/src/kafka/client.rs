@@ -1,5 +1,6 @@
 //! What the Kafka source and sink share: client settings, broker health, topic metadata.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -7,16 +8,18 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
 use crate::error::ConnectorError;
 
-/// A client context that remembers since when the brokers have been unreachable and what
-/// failed deliveries reported.
+/// A client context that remembers since when the brokers have been unreachable, what
+/// failed deliveries reported, and each partition's offsets from the client's statistics.
 #[derive(Default)]
 pub(crate) struct Health {
     down_since: Mutex<Option<(Instant, String)>>,
     failed: Mutex<Vec<String>>,
+    offsets: Mutex<HashMap<(String, i32), (i64, i64)>>,
 }
 
 impl Health {
@@ -42,6 +45,14 @@ impl Health {
             .map(|(t, why)| (t.elapsed(), why.clone()))
     }
 
+    /// Partition `p` of `topic`'s oldest and end offsets, as of the client's last
+    /// statistics (`statistics.interval.ms`); `None` before they report it.
+    pub(crate) fn offsets(&self, topic: &str, p: i32) -> Option<(u64, u64)> {
+        let offsets = self.offsets.lock().expect("poisoned");
+        let &(low, high) = offsets.get(&(topic.to_string(), p))?;
+        Some((u64::try_from(low).ok()?, u64::try_from(high).ok()?))
+    }
+
     /// Takes the delivery failures reported since the last call.
     pub(crate) fn take_failures(&self) -> Vec<String> {
         std::mem::take(&mut *self.failed.lock().expect("poisoned"))
@@ -49,6 +60,18 @@ impl Health {
 }
 
 impl ClientContext for Health {
+    fn stats(&self, statistics: Statistics) {
+        let mut offsets = self.offsets.lock().expect("poisoned");
+        for (name, topic) in statistics.topics {
+            for (p, s) in topic.partitions {
+                // Partition -1 is the client's own; offsets below 0 are not known yet.
+                if p >= 0 && s.lo_offset >= 0 && s.hi_offset >= 0 {
+                    offsets.insert((name.clone(), p), (s.lo_offset, s.hi_offset));
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
         if code == Some(RDKafkaErrorCode::PartitionEOF) {

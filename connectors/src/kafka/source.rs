@@ -13,7 +13,7 @@ use timely::dataflow::Stream;
 use weir_runtime::{Job, Result};
 
 use super::client::{self, Health};
-use crate::source::{source, Reader, SourceOptions};
+use crate::source::{source, Backlog, BacklogUnit, Reader, SourceOptions};
 
 /// Where a partition without a checkpointed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -193,6 +193,8 @@ pub(crate) fn read_kafka<'s>(
                 ("fetch.wait.max.ms", "100".into()),
                 ("allow.auto.create.topics", "false".into()),
                 ("enable.partition.eof", "true".into()),
+                // Each partition's end offset for the lag, reported once a second.
+                ("statistics.interval.ms", "1000".into()),
             ],
             &opts.properties,
         )
@@ -437,6 +439,27 @@ impl Reader for KafkaReader {
             self.check_health()?;
         }
         Ok(!(self.opts.bounded && self.open.is_empty()))
+    }
+
+    /// The offsets read and the offsets there are, from each partition's oldest retained
+    /// record to its end as the client's statistics last reported it: the end minus the
+    /// position is the lag. `None` until every partition's end is known.
+    fn backlog(&self, positions: &BTreeMap<(String, i32), u64>) -> Option<Backlog> {
+        let consumer = self.consumer.as_ref().filter(|_| self.assigned)?;
+        let (mut done, mut total) = (0u64, 0u64);
+        for ((topic, p), &at) in positions {
+            if *topic != self.opts.topic || !self.owned.contains(p) {
+                continue;
+            }
+            let (low, high) = consumer.context().offsets(topic, *p)?;
+            done += at.saturating_sub(low);
+            total += high.max(at).saturating_sub(low);
+        }
+        Some(Backlog {
+            done,
+            total,
+            unit: BacklogUnit::Offsets,
+        })
     }
 }
 
