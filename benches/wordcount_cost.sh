@@ -22,8 +22,9 @@
 #   benches/wordcount_cost.sh [RUNS] [VARIANT...]     (RUNS defaults to 3)
 #
 # WORDCOUNT_LINES changes the 2M lines; WORDCOUNT_KEEP=1 keeps the temporary directory.
-# To compare two builds in one run, set WORDCOUNT_BEFORE to another build's wordcount
-# binary and name variants VARIANT:before (for example `eo-2w:before eo-2w`).
+# To compare builds in one run, name variants VARIANT:TAG and set WORDCOUNT_TAG to that
+# build's wordcount binary (for example `WORDCOUNT_BEFORE=/tmp/wordcount ... eo-2w:before
+# eo-2w`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -51,10 +52,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # One timed process: appends "wall user sys maxrss_kb" to $WORK/t.
 timed() { /usr/bin/time -f '%e %U %S %M' -a -o "$WORK/t" "$@"; }
 
-run() { # run VARIANT[:before] -> prints "wall cpu rss_mb"
-  local v=${1%:before} out="$WORK/out" chk="$WORK/chk" wordcount="$BIN/wordcount"
+run() { # run VARIANT[:TAG] -> prints "wall cpu rss_mb"
+  local v=${1%%:*} out="$WORK/out" chk="$WORK/chk" wordcount="$BIN/wordcount"
   if [ "$1" != "$v" ]; then
-    wordcount=${WORDCOUNT_BEFORE:?set WORDCOUNT_BEFORE to run $1}
+    local var="WORDCOUNT_$(echo "${1#*:}" | tr '[:lower:]-' '[:upper:]_')"
+    wordcount=${!var:?set $var to the wordcount binary that $1 runs}
   fi
   rm -rf "$out" "$chk" "$WORK/t"
   local job=(--input "$WORK/input" --output "$out" --checkpoint-dir "$chk")
