@@ -133,7 +133,8 @@ fn generate(dir: &Path, lines: u64, files: u64, distinct: u64) -> anyhow::Result
 }
 
 fn input_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("list {}", dir.display()))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
     files.retain(|p| p.is_file());
