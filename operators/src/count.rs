@@ -4,9 +4,13 @@
 //!
 //! A [`crate::ReduceByKey`] with addition: the count per key is keyed state, checkpointed
 //! per key group, and each key whose count changed in an epoch is reported once, as of
-//! the end of that epoch.
+//! the end of that epoch. Each worker counts the records of a key it reads within an
+//! epoch before sending one `(key, count)` to the key's owner (see `combine`), which adds
+//! it to the key's count.
 
+use std::cell::RefCell;
 use std::hash::Hash;
+use std::rc::Rc;
 
 use weir_runtime::{Flow, Result};
 
@@ -38,7 +42,10 @@ where
     K: timely::ExchangeData + Hash + Eq + Clone,
 {
     fn count_by_key(self, name: &str) -> Result<Changes<'s, K, u64>> {
-        self.map(|k| (k, ()))
-            .fold_by_key(name, |count: &mut u64, ()| *count += 1)
+        let job = self.job().clone();
+        let ones = self.map(|k| (k, 1u64)).into_stream();
+        let add = Rc::new(RefCell::new(|count: &mut u64, n: u64| *count += n));
+        job.flow(crate::combine::combine(ones, add))
+            .fold_by_key(name, |count: &mut u64, n: u64| *count += n)
     }
 }

@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 pub mod collection;
+mod combine;
 pub mod count;
 pub mod dedup;
 pub mod event_time;

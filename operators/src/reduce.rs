@@ -8,8 +8,15 @@
 //! after every record of epochs `<= e`; a restore resumes from the aggregates of the
 //! restored checkpoint, so the reports after it continue exactly where the committed
 //! ones stopped.
+//!
+//! `reduce_by_key` merges each epoch's values of a key on the worker that reads them
+//! before they cross the exchange (see `combine`): one record per key, epoch and
+//! sending worker reaches the key's owner instead of one per value. That needs the
+//! reduce function to be associative, which its documentation requires.
 
+use std::cell::RefCell;
 use std::hash::Hash;
+use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -43,6 +50,13 @@ pub trait ReduceByKey<'s, K, V> {
     /// Combines the values of each key with `reduce`: a key's aggregate is its first
     /// value, and every later value is reduced into it. `name` must be unique in the
     /// job; it names the operator's checkpointed state.
+    ///
+    /// `reduce` must be associative: reducing `b` and then `c` into `a` must give what
+    /// reducing into `a` the result of reducing `c` into `b` gives. Each worker reduces
+    /// the values of a key it reads within an epoch into one before sending them to the
+    /// worker that owns the key, in the order it read them. (As values from different
+    /// workers arrive in no fixed order, a reduction whose result depends on the order
+    /// of its values was already not deterministic with more than one worker.)
     fn reduce_by_key<F>(self, name: &str, reduce: F) -> Result<Changes<'s, K, V>>
     where
         V: Clone + Serialize + DeserializeOwned,
@@ -75,19 +89,23 @@ where
     K: timely::ExchangeData + Hash + Eq + Clone,
     V: timely::ExchangeData,
 {
-    fn reduce_by_key<F>(self, name: &str, mut reduce: F) -> Result<Changes<'s, K, V>>
+    fn reduce_by_key<F>(self, name: &str, reduce: F) -> Result<Changes<'s, K, V>>
     where
         V: Clone + Serialize + DeserializeOwned,
         F: FnMut(&mut V, V) + 'static,
     {
         let job = self.job().clone();
+        // The combiner and the keyed operator run on the same worker thread, one at a
+        // time: they share the one reduce function.
+        let reduce = Rc::new(RefCell::new(reduce));
+        let combined = crate::combine::combine(self.into_stream(), Rc::clone(&reduce));
         let out = crate::keyed::per_key(
-            self.into_stream(),
+            combined,
             &job,
             name,
             crate::Ttl::Never,
             move |_k: &K, s: &mut Option<V>, v: V, _out: &mut Vec<(K, V, u64)>| match s {
-                Some(s) => reduce(s, v),
+                Some(s) => (reduce.borrow_mut())(s, v),
                 None => *s = Some(v),
             },
             |k: &K, s: &Option<V>, epoch: u64, out: &mut Vec<(K, V, u64)>| {

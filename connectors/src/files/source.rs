@@ -200,30 +200,45 @@ impl Reader for LineReader {
             let i = self.turn % active;
             let (file_name, path) = &self.files[i];
             let mut finished = false;
+            // The file's position is read once per run and stored once after it, not per
+            // line: the split's name is not cloned for every line.
+            let start = positions.get(file_name).copied().unwrap_or(0);
+            let mut offset = start;
+            let io = |offset: u64, source: std::io::Error| ConnectorError::Read {
+                connector: self.name.clone(),
+                path: path.clone(),
+                offset,
+                source,
+            };
             while self.in_turn < RUN && n < max {
-                let offset = *positions.get(file_name).unwrap_or(&0);
-                let io = |source: std::io::Error| ConnectorError::Read {
-                    connector: self.name.clone(),
-                    path: path.clone(),
-                    offset,
-                    source,
-                };
                 if self.open[i].is_none() {
-                    let mut file = std::fs::File::open(path).map_err(io)?;
-                    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+                    let mut file = std::fs::File::open(path).map_err(|e| io(offset, e))?;
+                    file.seek(SeekFrom::Start(offset))
+                        .map_err(|e| io(offset, e))?;
                     self.open[i] = Some(BufReader::with_capacity(1 << 16, file));
                 }
                 let reader = self.open[i].as_mut().expect("opened");
                 self.line.clear();
-                let read = reader.read_line(&mut self.line).map_err(io)?;
+                let read = match reader.read_line(&mut self.line) {
+                    Ok(read) => read,
+                    Err(e) => {
+                        if offset != start {
+                            positions.insert(file_name.clone(), offset);
+                        }
+                        return Err(io(offset, e).into());
+                    }
+                };
                 if read == 0 {
                     finished = true;
                     break;
                 }
-                positions.insert(file_name.clone(), offset + read as u64);
+                offset += read as u64;
                 out.push(self.line.trim_end_matches(['\n', '\r']).to_string());
                 n += 1;
                 self.in_turn += 1;
+            }
+            if offset != start {
+                positions.insert(file_name.clone(), offset);
             }
             if finished {
                 self.files.remove(i);

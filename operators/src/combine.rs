@@ -1,0 +1,100 @@
+//! The combiner in front of associative keyed aggregations: each worker merges the values
+//! of a key within an epoch before they cross the exchange to the key's owner.
+//!
+//! ## Design
+//!
+//! The combiner holds, per open epoch, one partial aggregate per key (and a capability
+//! at that epoch). When its input frontier passes an epoch, it sends that epoch's
+//! partials on and drops the capability; when an epoch's map reaches [`FLUSH_AT`] keys,
+//! it sends them on early, so its memory stays bounded. Invariants:
+//! - a partial carries exactly the epoch of the values merged into it, so the keyed
+//!   operator after it sees each epoch's values (merged) at the same epoch as without
+//!   the combiner;
+//! - values of one key are merged in arrival order, and partials of one key leave in the
+//!   order their values arrived: with an associative `merge`, the aggregate the owner
+//!   computes is the one it would compute from the values themselves;
+//! - it keeps nothing across epochs: after a crash, the source replays every value that
+//!   a partial in flight held, so nothing needs to be checkpointed here.
+
+use std::cell::RefCell;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::rc::Rc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+
+use crate::Records;
+
+/// Keys an epoch's map holds before its partials are sent on early.
+pub(crate) const FLUSH_AT: usize = 1 << 16;
+
+/// The hasher of per-key maps that never leave the process: foldhash, seeded per map.
+///
+/// It is several times cheaper than std's SipHash on short keys, but it only resists
+/// simple collision attacks: an attacker who controls the keys and can observe timing
+/// may, unlike with SipHash, find keys that collide. (Key groups, and with them every
+/// checkpoint's layout, use the stable hash of `weir_runtime::keygroup`, not this one.)
+pub(crate) type FastHash = foldhash::fast::RandomState;
+
+/// One epoch's partial aggregates, by key.
+type Partials<K, V> = HashMap<K, V, FastHash>;
+
+/// Merges the values of each key within each epoch with `merge`, which must be
+/// associative; the output holds one value per key and epoch (or a few, when an epoch's
+/// keys exceed [`FLUSH_AT`]).
+pub(crate) fn combine<'s, K, V, F>(
+    stream: Records<'s, (K, V)>,
+    merge: Rc<RefCell<F>>,
+) -> Records<'s, (K, V)>
+where
+    K: timely::ExchangeData + Hash + Eq,
+    V: timely::ExchangeData,
+    F: FnMut(&mut V, V) + 'static,
+{
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<(K, V)>>, _, _, _>(
+        Pipeline,
+        "combine",
+        move |_cap, _info| {
+            let mut open: BTreeMap<u64, (Capability<u64>, Partials<K, V>)> = BTreeMap::new();
+            // Maps of flushed epochs, kept for their allocation.
+            let mut spare: Vec<Partials<K, V>> = Vec::new();
+            move |(input, frontier), output| {
+                let mut merge = merge.borrow_mut();
+                input.for_each(|cap, batch| {
+                    let Some(&epoch) = cap.least() else {
+                        // Sent under no capability: no epoch to merge it into, and the keyed
+                        // operator drops such records too.
+                        return;
+                    };
+                    let (cap, map) = open.entry(epoch).or_insert_with(|| {
+                        let cap = cap.retain_least(0).expect("a least time");
+                        (cap, spare.pop().unwrap_or_default())
+                    });
+                    for (k, v) in batch.drain(..) {
+                        match map.entry(k) {
+                            Entry::Occupied(mut e) => merge(e.get_mut(), v),
+                            Entry::Vacant(e) => {
+                                e.insert(v);
+                            }
+                        }
+                    }
+                    if map.len() >= FLUSH_AT {
+                        output.session(&*cap).give_iterator(map.drain());
+                    }
+                });
+                while let Some(entry) = open.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let (cap, mut map) = entry.remove();
+                    output.session(&cap).give_iterator(map.drain());
+                    spare.push(map);
+                }
+            }
+        },
+    )
+}
