@@ -46,6 +46,8 @@ use weir::connectors::postgres::tokio_postgres;
 use weir::connectors::postgres::{PgMode, PostgresOptions};
 use weir::prelude::*;
 
+weir::global_allocator!();
+
 /// Every account's opening balance, in cents.
 const OPENING: i64 = 1_000_000_000;
 

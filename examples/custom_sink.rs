@@ -47,6 +47,8 @@ use weir::runtime::{
     two_phase, Committer, JobContext, Output, OutputId, Result, RuntimeError, TwoPhaseSink,
 };
 
+weir::global_allocator!();
+
 #[derive(Parser, Debug)]
 #[command(about = "Counts words into Redis, exactly once, through a sink of its own")]
 struct Args {

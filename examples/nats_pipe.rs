@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use weir::connectors::nats::{async_nats, NatsRecord, NatsSinkOptions, NatsSourceOptions};
 use weir::prelude::*;
 
+weir::global_allocator!();
+
 #[derive(Parser, Debug)]
 #[command(
     about = "A NATS JetStream pipeline, exactly once",

@@ -28,6 +28,8 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use weir::prelude::*;
 
+weir::global_allocator!();
+
 #[derive(Parser, Debug)]
 #[command(about = "Runs one of weir's stateful operators over JSON-lines events")]
 struct Args {

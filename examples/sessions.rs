@@ -31,6 +31,8 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use weir::prelude::*;
 
+weir::global_allocator!();
+
 /// Out-of-order jitter of generated event times.
 const JITTER: u64 = 50;
 /// The watermark's allowed out-of-orderness.

@@ -22,6 +22,8 @@ use serde::Serialize;
 use weir::connectors::objects::{ObjectFormat, ObjectSinkOptions, ParquetSchema, ParquetType};
 use weir::prelude::*;
 
+weir::global_allocator!();
+
 #[derive(Parser, Debug)]
 #[command(about = "Counts words exactly once")]
 struct Args {

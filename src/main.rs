@@ -11,6 +11,8 @@ use weir_checkpoint::{CheckpointStore, Epoch};
 use weir_runtime::launch::{launch, LaunchOptions, Outcome};
 use weir_runtime::LogFormat;
 
+weir::global_allocator!();
+
 #[derive(Parser, Debug)]
 #[command(
     name = "weir",
