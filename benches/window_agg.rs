@@ -28,6 +28,9 @@ use std::time::Instant;
 
 use weir::prelude::*;
 
+// Allocate as weir's binaries do.
+weir::global_allocator!();
+
 /// Distinct keys.
 const KEYS: u64 = 100_000;
 /// Worker threads.

@@ -16,6 +16,9 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Probe;
 use weir::prelude::*;
 
+// Allocate as weir's binaries do.
+weir::global_allocator!();
+
 const DISTINCT: u64 = 100_000;
 const WORKERS: usize = 2;
 

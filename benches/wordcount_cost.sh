@@ -6,6 +6,9 @@
 # run:
 #
 #   baseline        the hand-written word count, one thread
+#   baseline-jemalloc  the same, started with Debian's jemalloc preloaded
+#                   (LD_PRELOAD=libjemalloc.so.2, package libjemalloc2): weir's binaries
+#                   allocate with jemalloc, so this is the baseline on the same allocator
 #   off-1w off-2w   weir, checkpointing off, 1 and 2 worker threads
 #   eo-1w  eo-2w    weir exactly-once, 1 s checkpoints in a local directory
 #   alo-1w alo-2w   weir at-least-once, 1 s checkpoints
@@ -73,6 +76,10 @@ run() { # run VARIANT[:TAG] -> prints "wall cpu rss_mb"
   start=$(date +%s.%N)
   case $v in
     baseline) timed "$BIN/wordcount_cost" count "$WORK/input" "$WORK/base.jsonl" 2>"$WORK/log" ;;
+    baseline-jemalloc)
+      local je=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+      [ -e "$je" ] || { echo "baseline-jemalloc needs $je: apt-get install libjemalloc2" >&2; exit 1; }
+      timed env LD_PRELOAD="$je" "$BIN/wordcount_cost" count "$WORK/input" "$WORK/base.jsonl" 2>"$WORK/log" ;;
     *-2p)
       local peers p0 p1
       p0=$(free_port)
@@ -87,7 +94,7 @@ run() { # run VARIANT[:TAG] -> prints "wall cpu rss_mb"
     *) timed "$wordcount" "${job[@]}" 2>"$WORK/log" ;;
   esac || { echo "variant $v failed:" >&2; tail -20 "$WORK/log" >&2; exit 1; }
   end=$(date +%s.%N)
-  if [ "$v" = baseline ]; then
+  if [ "${v%-jemalloc}" = baseline ]; then
     cmp -s <(sort "$WORK/base.jsonl") <(sort "$WORK/expected.jsonl") || { echo "the baseline's counts changed between runs" >&2; exit 1; }
   else
     "$BIN/wordcount_cost" check "$WORK/expected.jsonl" "$out" >/dev/null || { echo "variant $v: output differs from the baseline's counts" >&2; exit 1; }
@@ -126,6 +133,7 @@ def ratio(name, a, b):
         print(f"{name}: {med[b][0] / med[a][0]:.3f}")
 print()
 ratio("EO 2 workers / baseline (throughput)", "eo-2w", "baseline")
+ratio("EO 2 workers / baseline on jemalloc (throughput)", "eo-2w", "baseline-jemalloc")
 ratio("EO / off, 2 workers", "eo-2w", "off-2w")
 ratio("EO / off, 1 worker", "eo-1w", "off-1w")
 ratio("ALO / off, 2 workers", "alo-2w", "off-2w")

@@ -258,7 +258,7 @@ pub(crate) fn source<'s, R: Reader>(
                 return Ok(());
             }
             let bytes = if std::mem::take(changed) {
-                Some(encode_keyed(&name, key_groups, positions.iter())?)
+                Some(snapshotter.sync(|| encode_keyed(&name, key_groups, positions.iter()))?)
             } else {
                 None
             };

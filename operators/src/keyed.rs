@@ -169,7 +169,7 @@ pub(crate) fn keyed<'s, S: Store>(
                 }
                 if checkpointing {
                     let bytes = if std::mem::take(&mut changed) {
-                        match store.encode(&name, n) {
+                        match snapshotter.sync(|| store.encode(&name, n)) {
                             Ok(b) => Some(b),
                             Err(e) => return ctx.fail(&format!("snapshot of `{name}`"), e),
                         }

@@ -153,6 +153,11 @@ pub struct Metrics {
     pub manifest_seconds: Histogram,
     /// Time from an epoch's barrier to its last part reported (snapshot and upload).
     pub snapshot_seconds: Histogram,
+    /// Time an operator spent copying and encoding its state at an epoch's barrier (the
+    /// synchronous part of a snapshot, which holds up its records), per snapshot.
+    pub sync_seconds: Histogram,
+    /// Time to upload one part of a snapshot (in the background), per part.
+    pub upload_seconds: Histogram,
     /// The size of the last completed checkpoint's parts.
     pub checkpoint_bytes: Gauge,
     /// Bytes of parts written for completed checkpoints (parts reused from older
@@ -202,6 +207,8 @@ impl Metrics {
             checkpoint_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             manifest_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             snapshot_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            upload_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             checkpoint_bytes: Gauge::default(),
             uploaded_bytes: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
@@ -323,6 +330,16 @@ impl Metrics {
             "checkpoint_snapshot_seconds",
             "From an epoch's barrier to its last part reported: snapshot and upload",
             m.snapshot_seconds.clone(),
+        );
+        registry.register(
+            "checkpoint_sync_seconds",
+            "An operator's copy and encoding of its state at an epoch's barrier, per snapshot (it holds up the operator's records)",
+            m.sync_seconds.clone(),
+        );
+        registry.register(
+            "checkpoint_upload_seconds",
+            "Uploading one part of a snapshot, in the background",
+            m.upload_seconds.clone(),
         );
         registry.register(
             "checkpoint_size_bytes",

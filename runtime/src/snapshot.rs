@@ -214,12 +214,17 @@ impl Snapshotter {
             let timeout = Duration::from_millis(self.ctx.config().checkpoint_timeout_ms.max(1));
             let (name, worker) = (self.name.clone(), self.ctx.worker());
             let upload = bytes.clone();
+            let upload_seconds = self.ctx.metrics().upload_seconds.clone();
             self.ctx.runtime().spawn(async move {
                 crate::failpoint::hit("upload");
+                let started = std::time::Instant::now();
                 let put =
                     store.put_part(path.clone(), &name, WorkerIndex(worker), key_groups, upload);
                 let result = match tokio::time::timeout(timeout, put).await {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(_)) => {
+                        upload_seconds.observe(started.elapsed().as_secs_f64());
+                        Ok(())
+                    }
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!(
                         "upload of `{path}` timed out after {timeout:?} (checkpoint-timeout-ms)"
@@ -242,6 +247,19 @@ impl Snapshotter {
             report,
             ticket,
         });
+    }
+
+    /// Runs `encode`, the copy and encoding of the operator's state at a barrier, and
+    /// counts its time in `weir_checkpoint_sync_seconds`: the part of a snapshot that
+    /// holds up the operator's records.
+    pub fn sync<T>(&self, encode: impl FnOnce() -> T) -> T {
+        let started = std::time::Instant::now();
+        let out = encode();
+        self.ctx
+            .metrics()
+            .sync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        out
     }
 
     /// Emits every report whose parts are durable, in order. Call on every activation.

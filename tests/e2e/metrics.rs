@@ -204,6 +204,9 @@ fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
             );
             assert!(a.value("weir_checkpoint_uploaded_bytes_total") > 0.0);
             assert!(a.value("weir_checkpoint_duration_seconds_count") >= completed);
+            // Each completed checkpoint had its state copied at the barrier and uploaded.
+            assert!(a.value("weir_checkpoint_sync_seconds_count") >= completed);
+            assert!(a.value("weir_checkpoint_upload_seconds_count") >= 1.0);
             assert!(a.value("weir_checkpoint_seconds_since_last_completed") < 60.0);
             break;
         }
