@@ -291,7 +291,7 @@ where
     let input = events.keyed_input(key, 0, |d| d);
     let logic = WindowLogic {
         windows,
-        state: HashMap::new(),
+        state: HashMap::default(),
         timers: BTreeSet::new(),
         fold,
         merge,
@@ -316,21 +316,12 @@ type Open<A> = BTreeMap<u64, (u64, A)>;
 
 struct WindowLogic<K, A, D, FF, FM> {
     windows: Windows,
-    state: HashMap<K, Open<A>>,
+    state: HashMap<K, Open<A>, crate::combine::FastHash>,
     /// (fire at, key, window start) for every open window.
     timers: BTreeSet<(u64, K, u64)>,
     fold: FF,
     merge: FM,
     _marker: std::marker::PhantomData<fn(D)>,
-}
-
-impl<K, A, D, FF, FM> WindowLogic<K, A, D, FF, FM>
-where
-    K: Ord + Clone,
-{
-    fn fire_at(&self, end: u64) -> u64 {
-        end.saturating_add(self.windows.allowed_lateness)
-    }
 }
 
 impl<K, A, D, FF, FM> Logic for WindowLogic<K, A, D, FF, FM>
@@ -370,23 +361,22 @@ where
                     WindowKind::Sliding { slide, .. } => slide,
                     _ => size,
                 };
+                // The windows that hold `ts` start at `last_start` and every `slide` below
+                // it; they are walked twice (is any still open, then fold), allocating
+                // nothing per record.
                 let last_start = ts - ts % slide;
-                let mut starts = Vec::new();
-                let mut start = last_start;
-                loop {
-                    if start.saturating_add(size) > ts {
-                        starts.push(start);
-                    }
-                    if start < slide || start.saturating_add(size) <= ts {
-                        break;
-                    }
-                    start -= slide;
-                }
-                let open: Vec<u64> = starts
-                    .into_iter()
-                    .filter(|s| !closed(s.saturating_add(size)))
-                    .collect();
-                if open.is_empty() {
+                let holding = move || {
+                    let mut next = Some(last_start);
+                    std::iter::from_fn(move || loop {
+                        let start = next?;
+                        next = (start >= slide && start.saturating_add(size) > ts)
+                            .then(|| start - slide);
+                        if start.saturating_add(size) > ts {
+                            return Some(start);
+                        }
+                    })
+                };
+                if holding().all(|s| closed(s.saturating_add(size))) {
                     let reason = format!(
                         "event time {ts} is past its window's end + allowed lateness {lateness} (watermark {})",
                         split_wm.max(fired)
@@ -394,13 +384,13 @@ where
                     out.push(late(reason, data));
                     return;
                 }
-                let fire_at: Vec<u64> = open
-                    .iter()
-                    .map(|s| self.fire_at(s.saturating_add(size)))
-                    .collect();
-                let windows = self.state.entry(key.clone()).or_default();
-                for (s, at) in open.into_iter().zip(fire_at) {
+                if !self.state.contains_key(&key) {
+                    self.state.insert(key.clone(), Open::new());
+                }
+                let windows = self.state.get_mut(&key).expect("inserted");
+                for s in holding().filter(|s| !closed(s.saturating_add(size))) {
                     let (_, acc) = windows.entry(s).or_insert_with(|| {
+                        let at = s.saturating_add(size).saturating_add(lateness);
                         self.timers.insert((at, key.clone(), s));
                         (s.saturating_add(size), A::default())
                     });
