@@ -2,8 +2,8 @@
 # What a checkpoint costs when little of a large keyed state changes: the state_churn
 # example loads KEYS keys of 240-byte values (4M keys: about 1 GiB of encoded state) at
 # 2 worker threads, then rewrites 1% of the keys per second for SECONDS seconds, with 1 s
-# exactly-once checkpoints in a local directory. A scraper reads the job's metrics twice
-# a second; the last scrape gives the figures of the run:
+# exactly-once checkpoints in a local directory. The figures of the run come from the
+# final metrics the job writes when it ends (--metrics-file):
 #
 # - bytes of parts uploaded per completed checkpoint, against the state's size;
 # - the barrier's synchronous copy and encoding (weir_checkpoint_sync_seconds), and the
@@ -23,21 +23,13 @@ BIN=target/release/examples/state_churn
 [ -x "$BIN" ] || { echo "build first: cargo build --release --bin weir --example state_churn" >&2; exit 1; }
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; jobs -p | xargs -r kill 2>/dev/null || true' EXIT
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 job=(--keys "$KEYS" --seconds "$SECS" --output "$WORK/out" --checkpoint-dir "$WORK/chk"
   --checkpoint-interval-ms 1000 --workers 2 --log-format json)
 
-(while true; do
-  curl -sf "http://127.0.0.1:$PORT/metrics" >"$WORK/m.tmp" 2>/dev/null && mv "$WORK/m.tmp" "$WORK/metrics.txt"
-  sleep 0.5
-done) &
-scraper=$!
 start=$(date +%s.%N)
-RUST_LOG=info "$BIN" "${job[@]}" --metrics-addr "127.0.0.1:$PORT" 2>"$WORK/run.log" >/dev/null ||
+RUST_LOG=info "$BIN" "${job[@]}" --metrics-file "$WORK/metrics.txt" 2>"$WORK/run.log" >/dev/null ||
   { echo "the run failed:" >&2; tail -20 "$WORK/run.log" >&2; exit 1; }
 end=$(date +%s.%N)
-kill "$scraper" 2>/dev/null || true
-[ -s "$WORK/metrics.txt" ] || { echo "no scrape of the job's metrics" >&2; exit 1; }
 echo "run: $KEYS keys, $SECS s of 1% rewrites per second, $(echo "$end - $start" | bc) s wall"
 
 # The restore of the newest checkpoint, and a bare read of its part files.

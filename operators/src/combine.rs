@@ -32,16 +32,8 @@ use crate::Records;
 /// Keys an epoch's map holds before its partials are sent on early.
 pub(crate) const FLUSH_AT: usize = 1 << 16;
 
-/// The hasher of per-key maps that never leave the process: foldhash, seeded per map.
-///
-/// It is several times cheaper than std's SipHash on short keys, but it only resists
-/// simple collision attacks: an attacker who controls the keys and can observe timing
-/// may, unlike with SipHash, find keys that collide. (Key groups, and with them every
-/// checkpoint's layout, use the stable hash of `weir_runtime::keygroup`, not this one.)
-pub(crate) type FastHash = foldhash::fast::RandomState;
-
 /// One epoch's partial aggregates, by key.
-type Partials<K, V> = HashMap<K, V, FastHash>;
+type Partials<K, V> = HashMap<K, V, crate::FastHash>;
 
 /// Merges the values of each key within each epoch with `merge`, which must be
 /// associative; the output holds one value per key and epoch (or a few, when an epoch's

@@ -267,7 +267,7 @@ pub(crate) fn now_ms() -> u64 {
 /// The plain per-key store: one state per key, `on_record` per record, `on_epoch` per
 /// key changed in an epoch, optional expiry.
 pub(crate) struct PerKey<K, V, S, O, R, E> {
-    state: HashMap<K, Entry<S>, crate::combine::FastHash>,
+    state: HashMap<K, Entry<S>, crate::FastHash>,
     dirty: BTreeMap<u64, Vec<K>>,
     on_record: R,
     on_epoch: E,

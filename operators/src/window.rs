@@ -316,7 +316,7 @@ type Open<A> = BTreeMap<u64, (u64, A)>;
 
 struct WindowLogic<K, A, D, FF, FM> {
     windows: Windows,
-    state: HashMap<K, Open<A>, crate::combine::FastHash>,
+    state: HashMap<K, Open<A>, crate::FastHash>,
     /// (fire at, key, window start) for every open window.
     timers: BTreeSet<(u64, K, u64)>,
     fold: FF,

@@ -96,6 +96,11 @@ pub struct JobConfig {
     /// Serve Prometheus metrics on `http://<this>/metrics` (`HOST:PORT`); off when
     /// `None`.
     pub metrics_addr: Option<String>,
+    /// When the run ends, write its final metrics to this file as Prometheus text (for
+    /// bounded jobs, and node_exporter's textfile collector); process `I` of a cluster
+    /// writes `<file>.I`. Off when `None`.
+    #[serde(default)]
+    pub metrics_file: Option<std::path::PathBuf>,
     /// The oldest generation this run may take; `None` derives it from the store. The
     /// run claims a generation at least this new in the store (in a cluster, agreed
     /// with the peers).
@@ -123,6 +128,7 @@ impl Default for JobConfig {
             peer_timeout_ms: 10_000,
             start_timeout_ms: 60_000,
             metrics_addr: None,
+            metrics_file: None,
             max_failed_generations: 10,
             generation: None,
         }
@@ -363,6 +369,10 @@ pub struct JobArgs {
     /// Serve Prometheus metrics on http://HOST:PORT/metrics.
     #[arg(long, env = "WEIR_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// When the run ends, write its final metrics to this file as Prometheus text
+    /// (process I of a cluster writes FILE.I).
+    #[arg(long, env = "WEIR_METRICS_FILE")]
+    pub metrics_file: Option<std::path::PathBuf>,
 }
 
 impl JobArgs {
@@ -444,6 +454,9 @@ impl JobArgs {
         }
         if self.metrics_addr.is_some() {
             c.metrics_addr = self.metrics_addr;
+        }
+        if self.metrics_file.is_some() {
+            c.metrics_file = self.metrics_file;
         }
         if self.hostfile.is_some() {
             c.hostfile = self.hostfile;

@@ -165,7 +165,7 @@ where
         let shared = Arc::clone(&worker_shared);
         // Counts this worker as stopped however it leaves, also by a panic.
         let _stopped = worker_stopped.guard(Arc::clone(&shared));
-        if shared.config.metrics_addr.is_some() {
+        if shared.config.metrics_addr.is_some() || shared.config.metrics_file.is_some() {
             crate::observe::Observer::register(worker, Arc::clone(&shared.metrics));
         }
         let built = worker.dataflow::<u64, _, _>(|scope| {
@@ -236,6 +236,9 @@ where
         None => {
             if let Some(watch) = watch {
                 watch.finish();
+            }
+            if let Some(path) = &shared.config.metrics_file {
+                write_metrics_file(&shared.config, path, &shared.metrics)?;
             }
             let (read, written) = shared.metrics.totals();
             tracing::info!(
@@ -342,4 +345,33 @@ async fn poll_stop_request(
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// Writes the run's final metrics to `path` (`path.I` for process `I` of a cluster),
+/// through a temporary file renamed into place, so a reader never sees half of it.
+fn write_metrics_file(
+    config: &JobConfig,
+    path: &std::path::Path,
+    metrics: &crate::metrics::Metrics,
+) -> Result<()> {
+    let path = if config.processes > 1 || config.peers.len() > 1 {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{}", config.process));
+        std::path::PathBuf::from(name)
+    } else {
+        path.to_path_buf()
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let written =
+        std::fs::write(&tmp, metrics.encode()).and_then(|()| std::fs::rename(&tmp, &path));
+    written.map_err(|e| {
+        RuntimeError::config(
+            "metrics-file",
+            format!(
+                "cannot write the final metrics to {}: {e}; give a writable path",
+                path.display()
+            ),
+        )
+    })
 }

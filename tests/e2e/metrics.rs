@@ -81,6 +81,11 @@ pub(crate) fn scrape_job(addr: &str, job: &str) -> Option<Scrape> {
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
         "{head}"
     );
+    Some(parse(body, job))
+}
+
+/// The samples of a text exposition, each checked to carry the labels of job `job`.
+fn parse(body: &str, job: &str) -> Scrape {
     let mut samples = Vec::new();
     for line in body
         .lines()
@@ -100,7 +105,7 @@ pub(crate) fn scrape_job(addr: &str, job: &str) -> Option<Scrape> {
             value.parse().expect("a number"),
         ));
     }
-    Some(Scrape(samples))
+    Scrape(samples)
 }
 
 struct Launched {
@@ -162,8 +167,10 @@ fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
 
     // A run without faults: every line is counted once by the sources, and the count
     // of completed checkpoints is the count of manifests in the store.
+    let final_metrics = ws.root.join("final.prom");
     let args = JobArgs::new(&ws)
         .set("--log-format", "json")
+        .set("--metrics-file", final_metrics.display())
         .interval_ms(300)
         .retain(10_000)
         .rate_limit(corpus.rate_limit_for(2, 5.0));
@@ -323,6 +330,30 @@ fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
     assert_eq!(
         read, lines,
         "records read by the sources against the input's lines"
+    );
+    // Each process wrote its final metrics when it ended: they hold every checkpoint of
+    // the store and every line of the input.
+    let finals: Vec<Scrape> = (0..2)
+        .map(|i| {
+            let path = format!("{}.{i}", final_metrics.display());
+            parse(
+                &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")),
+                "wordcount",
+            )
+        })
+        .collect();
+    assert_eq!(
+        finals[0].value("weir_checkpoints_completed_total"),
+        complete_checkpoints(&ws.checkpoints, "wordcount").len() as f64,
+        "the final checkpoint count of process 0 against the store's manifests"
+    );
+    assert_eq!(
+        finals
+            .iter()
+            .map(|f| f.sum("weir_source_records_total"))
+            .sum::<f64>(),
+        lines,
+        "the final records read against the input's lines"
     );
     // Its stderr is no terminal: no progress bar.
     assert!(

@@ -13,13 +13,16 @@ use rdkafka::ClientContext;
 
 use crate::error::ConnectorError;
 
+/// Per partition of a topic: its oldest and its end offset.
+type PartitionOffsets = HashMap<i32, (i64, i64)>;
+
 /// A client context that remembers since when the brokers have been unreachable, what
 /// failed deliveries reported, and each partition's offsets from the client's statistics.
 #[derive(Default)]
 pub(crate) struct Health {
     down_since: Mutex<Option<(Instant, String)>>,
     failed: Mutex<Vec<String>>,
-    offsets: Mutex<HashMap<(String, i32), (i64, i64)>>,
+    offsets: Mutex<HashMap<String, PartitionOffsets>>,
 }
 
 impl Health {
@@ -49,7 +52,7 @@ impl Health {
     /// statistics (`statistics.interval.ms`); `None` before they report it.
     pub(crate) fn offsets(&self, topic: &str, p: i32) -> Option<(u64, u64)> {
         let offsets = self.offsets.lock().expect("poisoned");
-        let &(low, high) = offsets.get(&(topic.to_string(), p))?;
+        let &(low, high) = offsets.get(topic)?.get(&p)?;
         Some((u64::try_from(low).ok()?, u64::try_from(high).ok()?))
     }
 
@@ -63,10 +66,11 @@ impl ClientContext for Health {
     fn stats(&self, statistics: Statistics) {
         let mut offsets = self.offsets.lock().expect("poisoned");
         for (name, topic) in statistics.topics {
+            let known = offsets.entry(name).or_default();
             for (p, s) in topic.partitions {
                 // Partition -1 is the client's own; offsets below 0 are not known yet.
                 if p >= 0 && s.lo_offset >= 0 && s.hi_offset >= 0 {
-                    offsets.insert((name.clone(), p), (s.lo_offset, s.hi_offset));
+                    known.insert(p, (s.lo_offset, s.hi_offset));
                 }
             }
         }
