@@ -2,51 +2,78 @@
 # What a checkpoint costs when little of a large keyed state changes: the state_churn
 # example loads KEYS keys of 240-byte values (4M keys: about 1 GiB of encoded state) at
 # 2 worker threads, then rewrites 1% of the keys per second for SECONDS seconds, with 1 s
-# exactly-once checkpoints in a local directory. The figures of the run come from the
-# final metrics the job writes when it ends (--metrics-file):
+# exactly-once checkpoints. MODE is `incremental` (the default: deltas and staggered new
+# bases) or `whole` (--incremental-checkpoints false: every changed worker's whole state
+# per checkpoint); STORE is `dir` (a local directory) or `s3` (the test S3 server of
+# scripts/services.sh; run `eval "$(scripts/services.sh env)"` first). The figures come
+# from the final metrics the job writes when it ends (--metrics-file):
 #
-# - bytes of parts uploaded per completed checkpoint, against the state's size;
+# - bytes of parts uploaded per completed checkpoint, new bases included, against the
+#   state's size (the sum of the workers' newest bases, weir_state_bytes);
 # - the barrier's synchronous copy and encoding (weir_checkpoint_sync_seconds), and the
 #   barrier to the last part and the last part to the manifest (their histograms: mean,
 #   and the p99 as the upper bound of its bucket);
 # - the restore of the last checkpoint: a second run that restores it and reads nothing
-#   more, from its "restoring" log line to "the run ended", against `cat` of the same
-#   part files into /dev/null (warm page cache).
+#   more, from its "restoring" log line to "the run ended"; on a directory, against `cat`
+#   of the same part files into /dev/null (warm page cache), and the read amplification:
+#   bytes of the parts the manifest lists, over the state's size.
 #
 #   cargo build --release --bin weir --example state_churn
-#   benches/incremental_state.sh [KEYS] [SECONDS]
+#   benches/incremental_state.sh [KEYS] [SECONDS] [MODE] [STORE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${1:-4000000}
 SECS=${2:-60}
+MODE=${3:-incremental}
+STORE=${4:-dir}
 BIN=target/release/examples/state_churn
 [ -x "$BIN" ] || { echo "build first: cargo build --release --bin weir --example state_churn" >&2; exit 1; }
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; jobs -p | xargs -r kill 2>/dev/null || true' EXIT
-job=(--keys "$KEYS" --seconds "$SECS" --output "$WORK/out" --checkpoint-dir "$WORK/chk"
-  --checkpoint-interval-ms 1000 --workers 2 --log-format json)
+case "$MODE" in
+  incremental) incremental=true ;;
+  whole) incremental=false ;;
+  *) echo "MODE is incremental or whole, not $MODE" >&2; exit 2 ;;
+esac
+case "$STORE" in
+  dir) CHK="$WORK/chk" ;;
+  s3)
+    : "${WEIR_TEST_S3_ENDPOINT:?run eval \"\$(scripts/services.sh env)\" first}"
+    export AWS_ENDPOINT=$WEIR_TEST_S3_ENDPOINT AWS_ACCESS_KEY_ID=$WEIR_TEST_S3_ACCESS_KEY_ID \
+      AWS_SECRET_ACCESS_KEY=$WEIR_TEST_S3_SECRET_ACCESS_KEY AWS_REGION=us-east-1
+    CHK="s3://$WEIR_TEST_S3_BUCKET/bench/state-$$-$(date +%s)" ;;
+  *) echo "STORE is dir or s3, not $STORE" >&2; exit 2 ;;
+esac
+job=(--keys "$KEYS" --output "$WORK/out" --checkpoint-dir "$CHK" --checkpoint-interval-ms 1000
+  --workers 2 --log-format json --incremental-checkpoints "$incremental")
 
 start=$(date +%s.%N)
-RUST_LOG=info "$BIN" "${job[@]}" --metrics-file "$WORK/metrics.txt" 2>"$WORK/run.log" >/dev/null ||
+RUST_LOG=info "$BIN" "${job[@]}" --seconds "$SECS" --metrics-file "$WORK/metrics.txt" 2>"$WORK/run.log" >/dev/null ||
   { echo "the run failed:" >&2; tail -20 "$WORK/run.log" >&2; exit 1; }
 end=$(date +%s.%N)
-echo "run: $KEYS keys, $SECS s of 1% rewrites per second, $(echo "$end - $start" | bc) s wall"
+echo "run ($MODE, $STORE): $KEYS keys, $SECS s of 1% rewrites per second, $(echo "$end - $start" | bc) s wall"
 
 # The restore of the newest checkpoint, and a bare read of its part files.
-latest=$(target/release/weir checkpoints list --checkpoint-dir "$WORK/chk" --job state_churn --json |
+latest=$(target/release/weir checkpoints list --checkpoint-dir "$CHK" --job state_churn --json |
   python3 -c 'import json,sys; print(max(c["epoch"] for c in json.load(sys.stdin) if c["status"] == "complete"))')
-RUST_LOG=info "$BIN" --keys "$KEYS" --seconds 0 --output "$WORK/out" --checkpoint-dir "$WORK/chk" \
-  --checkpoint-interval-ms 1000 --workers 2 --log-format json --restore "$latest" \
+RUST_LOG=info "$BIN" "${job[@]}" --seconds 0 --restore "$latest" \
   2>"$WORK/restore.log" >/dev/null || { echo "the restore failed:" >&2; tail -20 "$WORK/restore.log" >&2; exit 1; }
-parts=$(find "$WORK/chk/state_churn" -path "*chk-*$latest/*" -type f)
-bare_start=$(date +%s.%N)
-# shellcheck disable=SC2086
-cat $parts >/dev/null
-bare=$(echo "$(date +%s.%N) - $bare_start" | bc)
-# shellcheck disable=SC2086
-part_bytes=$(cat $parts | wc -c)
+bare=nan
+part_bytes=0
+if [ "$STORE" = dir ]; then
+  manifest=$(printf '%s/state_churn/chk-%020d/_MANIFEST' "$CHK" "$latest")
+  # The manifest is a 20-byte header and JSON: the parts it lists, wherever they are.
+  mapfile -t parts < <(python3 -c 'import json,sys
+m = json.loads(open(sys.argv[1], "rb").read()[20:])
+for p in m["parts"]:
+    print(sys.argv[2] + "/" + p["path"])' "$manifest" "$CHK")
+  bare_start=$(date +%s.%N)
+  cat "${parts[@]}" >/dev/null
+  bare=$(echo "$(date +%s.%N) - $bare_start" | bc)
+  part_bytes=$(cat "${parts[@]}" | wc -c)
+fi
 
-python3 - "$WORK/metrics.txt" "$WORK/restore.log" "$bare" "$part_bytes" <<'EOF'
+python3 - "$WORK/metrics.txt" "$WORK/restore.log" "$bare" "$part_bytes" "$WORK/run.log" <<'EOF'
 import json, re, sys
 from datetime import datetime
 
@@ -78,8 +105,8 @@ def mean(hist):
 
 done = samples.get("weir_checkpoints_completed_total", 0)
 uploaded = samples.get("weir_checkpoint_uploaded_bytes_total", 0)
-state = samples.get("weir_checkpoint_size_bytes", 0)
-print(f"checkpoints completed: {done:.0f}; state (last checkpoint's parts): {state / 2**20:.0f} MiB")
+state = samples.get("weir_state_bytes", 0)
+print(f"checkpoints completed: {done:.0f}; state (the workers' newest bases): {state / 2**20:.0f} MiB")
 if done:
     print(f"uploaded per checkpoint: {uploaded / done / 2**20:.0f} MiB = {100 * uploaded / done / state:.0f}% of the state")
 for hist, what in [
@@ -88,6 +115,37 @@ for hist, what in [
     ("weir_checkpoint_duration_seconds", "last part reported to manifest"),
 ]:
     print(f"{what}: mean {mean(hist):.3f} s, p99 <= {p99(hist)} s ({samples.get(hist + '_count', 0):.0f} observed)")
+
+# Per checkpoint, from the run's "checkpoint complete" lines: bytes uploaded (its own
+# directory's objects) and barrier to manifest.
+ups, b2m = [], []
+for line in open(sys.argv[5]):
+    if "checkpoint complete" not in line:
+        continue
+    rec = json.loads(line)
+    f = rec.get("fields", rec)
+    ups.append(int(f.get("uploaded", 0)))
+    if f.get("barrier_to_manifest_ms") is not None:
+        b2m.append(int(f["barrier_to_manifest_ms"]))
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+if ups and state:
+    later = ups[1:]
+    print(f"uploaded per checkpoint after the first (whose part holds the whole load): median {pct(later, 0.5) / 2**20:.1f} MiB "
+          f"= {100 * pct(later, 0.5) / state:.2f}%, mean {sum(later) / max(1, len(later)) / 2**20:.1f} MiB "
+          f"= {100 * sum(later) / max(1, len(later)) / state:.2f}%, max {max(later, default=0) / 2**20:.1f} MiB of the state")
+if b2m:
+    print(f"barrier to manifest: median {pct(b2m, 0.5)} ms, p99 {pct(b2m, 0.99)} ms, max {max(b2m)} ms ({len(b2m)} checkpoints)")
+# The second half of the run's checkpoints, well after the load: the steady state.
+half = len(ups) // 2
+if half and state:
+    tail_ups, tail_b2m = ups[half:], b2m[half:]
+    print(f"second half ({len(tail_ups)} checkpoints): uploaded mean {100 * sum(tail_ups) / len(tail_ups) / state:.2f}%, "
+          f"max {100 * max(tail_ups) / state:.2f}% of the state; barrier to manifest median {pct(tail_b2m, 0.5)} ms, "
+          f"p99 {pct(tail_b2m, 0.99)} ms, max {max(tail_b2m, default=0)} ms")
 
 def at(line):
     return datetime.fromisoformat(json.loads(line)["timestamp"].replace("Z", "+00:00")).timestamp()
@@ -100,8 +158,11 @@ for line in open(sys.argv[2]):
 bare, part_bytes = float(sys.argv[3]), int(sys.argv[4])
 if restoring and ended:
     took = ended - restoring
-    print(f"restore of {part_bytes / 2**20:.0f} MiB of parts: {took:.2f} s ({part_bytes / took / 1e9:.2f} GB/s); "
-          f"cat of the same files: {bare:.2f} s ({part_bytes / bare / 1e9:.2f} GB/s)")
+    print(f"restore of {state / 2**20:.0f} MiB of state: {took:.2f} s ({state / took / 1e9:.2f} GB/s of state)")
+    if part_bytes:
+        print(f"  parts read: {part_bytes / 2**20:.0f} MiB, read amplification {part_bytes / state:.2f}; "
+              f"cat of the same files: {bare:.2f} s ({part_bytes / bare / 1e9:.2f} GB/s), "
+              f"{state / bare / 1e9:.2f} GB/s of state")
 else:
     print("restore: no 'restoring' or 'the run ended' line in its log")
 EOF

@@ -139,7 +139,8 @@ fn cat(files: &[PathBuf]) -> f64 {
 /// as the operator's own entry type is in bincode.
 type Entry = (String, u64, u64);
 
-/// A `stateful_map` part: the entries of each key group.
+/// A `stateful_map` part: the entries of each key group (a whole part, or the base
+/// sections of a packed one).
 type Part = Vec<(u32, Vec<(u64, Entry)>)>;
 
 /// One restore's steps, timed one after the other on this thread over every part of
@@ -165,7 +166,16 @@ fn breakdown(chk: &Path) -> (f64, f64, f64, f64) {
         let verified = rt.block_on(store.get_part(part)).unwrap();
         get += start.elapsed().as_secs_f64();
         let start = Instant::now();
-        let groups: Part = verified.decode().unwrap();
+        let groups: Part = if part.packed.is_some() {
+            // One section per key group; the first checkpoint holds only bases.
+            let sections = verified.sections().unwrap();
+            sections
+                .iter()
+                .map(|s| (s.group, verified.decode_section(s).unwrap()))
+                .collect()
+        } else {
+            verified.decode().unwrap()
+        };
         drop(verified);
         decode += start.elapsed().as_secs_f64();
         let start = Instant::now();

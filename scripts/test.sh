@@ -2,9 +2,10 @@
 # Runs weir's whole test suite on a fresh machine: installs and starts the servers the
 # tests need (scripts/services.sh), checks that the default build compiles no heavy
 # connector dependency, builds the binaries the end-to-end tests drive with every
-# connector feature, then runs unit, end-to-end and documentation tests, and validates
-# the Kubernetes manifests in deploy/ against the Kubernetes schemas. The dashboard
-# test saves a screenshot of the page to target/dashboard.png.
+# connector feature, then runs unit, end-to-end and documentation tests, fuzzes the
+# decoders of stored objects briefly (scripts/fuzz.sh), and validates the Kubernetes
+# manifests in deploy/ against the Kubernetes schemas. The dashboard test saves a
+# screenshot of the page to target/dashboard.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! cargo nextest --version >/dev/null 2>&1; then
@@ -36,3 +37,6 @@ fi
 cargo build --release --all-features --bins --examples
 cargo nextest run --release --workspace --all-features --no-fail-fast
 cargo test --release --workspace --all-features --doc
+# Every decoder of what weir reads back from storage, fuzzed for a few seconds per target
+# (checkpoint/fuzz; longer runs by hand: checkpoint/fuzz/README.md). A crash fails.
+scripts/fuzz.sh "${WEIR_FUZZ_SECONDS:-10}"

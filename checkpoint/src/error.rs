@@ -37,13 +37,13 @@ pub enum CheckpointError {
         reason: String,
     },
     /// An object was written by a format version this build cannot read.
-    #[error("checkpoint object `{path}` has format version {found}, this build reads version {supported}")]
+    #[error("checkpoint object `{path}` has format version {found}; this build reads versions 1 to {supported}: read it with the weir version that wrote it")]
     VersionMismatch {
         /// The object.
         path: String,
         /// The version in its header.
         found: u16,
-        /// The version this build reads.
+        /// The newest version this build reads.
         supported: u16,
     },
     /// A value could not be encoded.
@@ -61,12 +61,15 @@ pub enum CheckpointError {
         path: String,
     },
     /// Restore was asked for but the job has no complete checkpoint.
-    #[error("job `{job}` has no complete checkpoint under `{url}`; start without --restore to run from the beginning")]
+    #[error("job `{job}` has no complete checkpoint under `{url}`{}; start without --restore to run from the beginning", uncommitted_note(.uncommitted))]
     NoCheckpoint {
         /// The job name.
         job: String,
         /// The checkpoint URL.
         url: String,
+        /// Checkpoints whose manifests exist but were never committed: their generation
+        /// stopped, or was fenced, before it linked them into the job's history.
+        uncommitted: Vec<crate::Epoch>,
     },
     /// The requested checkpoint does not exist or is incomplete.
     #[error("checkpoint {epoch} of job `{job}` does not exist or is incomplete (no manifest); `weir checkpoints list` shows the complete ones")]
@@ -164,4 +167,15 @@ impl CheckpointError {
             source,
         }
     }
+}
+
+fn uncommitted_note(uncommitted: &[crate::Epoch]) -> String {
+    if uncommitted.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = uncommitted.iter().map(|e| format!("chk-{e}")).collect();
+    format!(
+        " (the manifests of {} were written but never committed: their run stopped before linking them)",
+        list.join(", ")
+    )
 }

@@ -29,6 +29,7 @@ pub mod error;
 pub mod ids;
 pub mod layout;
 pub mod manifest;
+pub mod pack;
 pub mod protocol;
 pub mod store;
 

@@ -524,6 +524,7 @@ mod tests {
             path: format!("j/chk-{e}/{op}/w{w}"),
             size: 1,
             crc32: 0,
+            packed: None,
         }
     }
 
@@ -875,5 +876,412 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    /// A model of a job's checkpoint storage for the retention property: the set of
+    /// object paths (named by [`Layout`]) and the manifests written.
+    mod retention_model {
+        use super::*;
+        use crate::layout::{self, Layout};
+        use crate::manifest::Manifest;
+        use crate::store::referenced_dirs;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        /// What happens to a job's storage.
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// A checkpoint uploads its own packed object and lists, before it, objects
+            /// of the chain that its generation can see (in the checkpoint it continues
+            /// from, the directories that one references, and its own uploads since);
+            /// `complete`: its manifest is written, and retention runs, as the
+            /// coordinator does.
+            Checkpoint { complete: bool, reuse: Vec<Index> },
+            /// `weir checkpoints savepoint`: a complete checkpoint is copied to a savepoint.
+            Savepoint(Index),
+            /// `weir checkpoints delete --savepoint`.
+            DeleteSavepoint(Index),
+            /// A new generation restores a complete checkpoint and abandons the newer ones.
+            Restore(Index),
+            /// Retention runs with another `--retain` (`all_refs`: the facts list every
+            /// complete checkpoint's references, not only the retained ones').
+            Retention { retain: usize, all_refs: bool },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                8 => (prop::bool::weighted(0.75), prop::collection::vec(any::<Index>(), 0..4))
+                    .prop_map(|(complete, reuse)| Op::Checkpoint { complete, reuse }),
+                1 => any::<Index>().prop_map(Op::Savepoint),
+                1 => any::<Index>().prop_map(Op::DeleteSavepoint),
+                2 => any::<Index>().prop_map(Op::Restore),
+                1 => (0usize..5, any::<bool>())
+                    .prop_map(|(retain, all_refs)| Op::Retention { retain, all_refs }),
+            ]
+        }
+
+        struct Model {
+            layout: Layout,
+            /// Every object in storage.
+            objects: BTreeSet<String>,
+            /// Every manifest ever written; a checkpoint is complete while its manifest
+            /// object exists.
+            manifests: BTreeMap<Epoch, Manifest>,
+            savepoints: BTreeMap<String, Manifest>,
+            /// The checkpoint the running generation continues from.
+            base: Option<Epoch>,
+            /// The running generation's checkpoints since `base` that did not complete.
+            uploaded: BTreeSet<Epoch>,
+            next_epoch: u64,
+            next_savepoint: usize,
+            generation: Generation,
+            /// The job's `--retain`.
+            retain: usize,
+        }
+
+        impl Model {
+            fn new(retain: usize) -> Self {
+                Model {
+                    layout: Layout::new("job"),
+                    objects: BTreeSet::new(),
+                    manifests: BTreeMap::new(),
+                    savepoints: BTreeMap::new(),
+                    base: None,
+                    uploaded: BTreeSet::new(),
+                    next_epoch: 1,
+                    next_savepoint: 0,
+                    generation: Generation(0),
+                    retain,
+                }
+            }
+
+            /// Complete checkpoints, ascending.
+            fn complete(&self) -> Vec<Epoch> {
+                self.manifests
+                    .keys()
+                    .copied()
+                    .filter(|e| self.objects.contains(self.layout.manifest(*e).as_ref()))
+                    .collect()
+            }
+
+            /// Checkpoint directories holding objects, ascending.
+            fn dirs(&self) -> Vec<Epoch> {
+                let dirs: BTreeSet<Epoch> = self
+                    .objects
+                    .iter()
+                    .filter_map(|o| o.split('/').nth(1).and_then(layout::parse_checkpoint_dir))
+                    .collect();
+                dirs.into_iter().collect()
+            }
+
+            /// A state part stored in checkpoint directory `dir`.
+            fn part_in(&self, dir: Epoch) -> String {
+                let prefix = format!("{}/", self.layout.checkpoint_dir(dir));
+                self.objects
+                    .iter()
+                    .find(|o| o.starts_with(&prefix) && !o.ends_with(layout::MANIFEST))
+                    .unwrap_or_else(|| panic!("checkpoint directory {dir} holds no part"))
+                    .clone()
+            }
+
+            fn delete_prefix(&mut self, prefix: &str) {
+                let prefix = format!("{prefix}/");
+                self.objects.retain(|o| !o.starts_with(&prefix));
+            }
+
+            fn apply(&mut self, op: Op) {
+                match op {
+                    Op::Checkpoint { complete, reuse } => self.checkpoint(complete, &reuse),
+                    Op::Savepoint(i) => {
+                        let complete = self.complete();
+                        if complete.is_empty() {
+                            return;
+                        }
+                        let epoch = complete[i.index(complete.len())];
+                        let name = format!("sp{}", self.next_savepoint);
+                        self.next_savepoint += 1;
+                        // As `CheckpointStore::create_savepoint` copies it.
+                        let mut copy = self.manifests[&epoch].clone();
+                        for part in &mut copy.parts {
+                            assert!(
+                                self.objects.contains(&part.path),
+                                "savepoint of {epoch}: {} is gone",
+                                part.path
+                            );
+                            // The objects of a chain share their file name across
+                            // directories: a copy carries its directory's epoch.
+                            let dir = part
+                                .path
+                                .split('/')
+                                .find_map(layout::parse_checkpoint_dir)
+                                .unwrap();
+                            let file = part.path.rsplit('/').next().unwrap();
+                            let file = format!("e{}-{file}", dir.0);
+                            let to = self.layout.savepoint_part(
+                                &name,
+                                &part.operator,
+                                &layout::savepoint_part_name(part.worker, &file),
+                            );
+                            part.path = to.to_string();
+                            self.objects.insert(part.path.clone());
+                        }
+                        self.objects
+                            .insert(self.layout.savepoint_manifest(&name).to_string());
+                        let copies: BTreeSet<&str> =
+                            copy.parts.iter().map(|p| p.path.as_str()).collect();
+                        assert_eq!(copies.len(), copy.parts.len(), "two parts share a copy");
+                        // A savepoint's parts are its own: it references no checkpoint
+                        // directory, so it keeps none from retention.
+                        assert!(copy.parts.iter().all(|p| !p
+                            .path
+                            .split('/')
+                            .any(|s| layout::parse_checkpoint_dir(s).is_some())));
+                        self.savepoints.insert(name, copy);
+                    }
+                    Op::DeleteSavepoint(i) => {
+                        if self.savepoints.is_empty() {
+                            return;
+                        }
+                        let name = self
+                            .savepoints
+                            .keys()
+                            .nth(i.index(self.savepoints.len()))
+                            .unwrap()
+                            .clone();
+                        self.delete_prefix(self.layout.savepoint_dir(&name).as_ref());
+                        self.savepoints.remove(&name);
+                    }
+                    Op::Restore(i) => {
+                        let complete = self.complete();
+                        if complete.is_empty() {
+                            return;
+                        }
+                        let restored = complete[i.index(complete.len())];
+                        for part in &self.manifests[&restored].parts {
+                            assert!(
+                                self.objects.contains(&part.path),
+                                "restore of {restored}: {} is gone",
+                                part.path
+                            );
+                        }
+                        // `startup::abandoned`, then `CheckpointStore::abandon`.
+                        for e in complete.iter().filter(|e| **e > restored) {
+                            self.objects.remove(self.layout.manifest(*e).as_ref());
+                            self.objects
+                                .insert(self.layout.abandoned_manifest(*e).to_string());
+                        }
+                        self.generation = self.generation.next();
+                        self.base = Some(restored);
+                        self.uploaded.clear();
+                    }
+                    Op::Retention { retain, all_refs } => self.retention(retain, all_refs),
+                }
+            }
+
+            fn checkpoint(&mut self, complete: bool, reuse: &[Index]) {
+                let epoch = Epoch(self.next_epoch);
+                self.next_epoch += 1;
+                let mut visible: BTreeSet<Epoch> = self.uploaded.clone();
+                if let Some(base) = self.base {
+                    visible.extend(referenced_dirs(&self.manifests[&base]));
+                }
+                let visible: Vec<Epoch> = visible.into_iter().collect();
+                let mut reused = BTreeSet::new();
+                if !visible.is_empty() {
+                    reused.extend(reuse.iter().map(|i| visible[i.index(visible.len())]));
+                }
+                let own = self.layout.part(
+                    epoch,
+                    "count",
+                    &layout::part_name(WorkerIndex(0), self.generation),
+                );
+                self.objects.insert(own.to_string());
+                let mut parts = vec![PartEntry {
+                    operator: "count".into(),
+                    worker: WorkerIndex(0),
+                    key_group_start: 0,
+                    key_group_end: 1,
+                    path: own.to_string(),
+                    size: 1,
+                    crc32: 0,
+                    packed: Some(vec![]),
+                }];
+                // The operator's chain: the objects it still needs from older
+                // directories, all named like the worker's objects (`w0-g<generation>`).
+                for dir in &reused {
+                    let path = self.part_in(*dir);
+                    parts.insert(
+                        parts.len() - 1,
+                        PartEntry {
+                            path,
+                            ..parts[0].clone()
+                        },
+                    );
+                }
+                if !complete {
+                    self.uploaded.insert(epoch);
+                    return;
+                }
+                let manifest = Manifest {
+                    job: "job".into(),
+                    epoch,
+                    generation: self.generation,
+                    workers: 1,
+                    key_groups: 1,
+                    created_ms: 0,
+                    barrier_ms: None,
+                    operators: parts.iter().map(|p| p.operator.clone()).collect(),
+                    parts,
+                    sinks: vec![],
+                    link: None,
+                };
+                let mut expected = reused.clone();
+                expected.insert(epoch);
+                assert_eq!(referenced_dirs(&manifest), expected);
+                self.objects.insert(self.layout.manifest(epoch).to_string());
+                self.manifests.insert(epoch, manifest);
+                self.base = Some(epoch);
+                self.uploaded.clear();
+                self.retention(self.retain, false);
+            }
+
+            /// Runs [`retention`] on the facts `apply_retention` reads, checks the plan
+            /// against its specification, and carries it out.
+            fn retention(&mut self, retain: usize, all_refs: bool) {
+                let complete = self.complete();
+                let dirs = self.dirs();
+                let kept = retain.max(1);
+                let facts: Vec<(Epoch, BTreeSet<Epoch>)> = complete
+                    .iter()
+                    .rev()
+                    .enumerate()
+                    .map(|(i, e)| {
+                        let refs = if all_refs || i < kept {
+                            referenced_dirs(&self.manifests[e])
+                        } else {
+                            BTreeSet::new()
+                        };
+                        (*e, refs)
+                    })
+                    .collect();
+                let plan = retention(&facts, &dirs, retain);
+                let Some(&newest) = complete.last() else {
+                    assert_eq!(plan, RetentionPlan::default());
+                    return;
+                };
+                let retained: BTreeSet<Epoch> = complete.iter().rev().take(kept).copied().collect();
+                let referenced: BTreeSet<Epoch> = retained
+                    .iter()
+                    .flat_map(|e| referenced_dirs(&self.manifests[e]))
+                    .collect();
+                for d in plan.delete.iter().chain(&plan.demote) {
+                    assert!(
+                        *d < newest,
+                        "{d} is not older than the newest complete checkpoint {newest}: {plan:?}"
+                    );
+                }
+                for d in &plan.delete {
+                    assert!(
+                        !referenced.contains(d),
+                        "{d} is referenced by a retained checkpoint: {plan:?}"
+                    );
+                }
+                // Every unreferenced directory older than the newest complete checkpoint
+                // goes (whatever savepoints exist); nothing else does.
+                let unreferenced: Vec<Epoch> = dirs
+                    .iter()
+                    .copied()
+                    .filter(|d| *d < newest && !referenced.contains(d))
+                    .collect();
+                assert_eq!(plan.delete, unreferenced);
+                let demote: Vec<Epoch> = complete
+                    .iter()
+                    .copied()
+                    .filter(|e| !retained.contains(e) && referenced.contains(e))
+                    .collect();
+                assert_eq!(plan.demote, demote);
+                let newer_before: Vec<String> = self.objects_newer_than(newest);
+                for e in &plan.demote {
+                    self.objects.remove(self.layout.manifest(*e).as_ref());
+                }
+                for e in &plan.delete {
+                    self.delete_prefix(self.layout.checkpoint_dir(*e).as_ref());
+                }
+                assert_eq!(
+                    self.objects_newer_than(newest),
+                    newer_before,
+                    "retention touched a checkpoint newer than {newest}"
+                );
+                assert_eq!(
+                    self.complete().into_iter().collect::<BTreeSet<_>>(),
+                    retained
+                );
+            }
+
+            /// The objects of checkpoint directories newer than `epoch`.
+            fn objects_newer_than(&self, epoch: Epoch) -> Vec<String> {
+                self.objects
+                    .iter()
+                    .filter(|o| {
+                        o.split('/')
+                            .nth(1)
+                            .and_then(layout::parse_checkpoint_dir)
+                            .is_some_and(|d| d > epoch)
+                    })
+                    .cloned()
+                    .collect()
+            }
+
+            /// What holds after every step: every complete checkpoint and every savepoint
+            /// can be restored (all their parts exist), and so can the running
+            /// generation's uploads.
+            fn check(&self) {
+                for e in self.complete() {
+                    for part in &self.manifests[&e].parts {
+                        assert!(
+                            self.objects.contains(&part.path),
+                            "complete checkpoint {e} lost {}",
+                            part.path
+                        );
+                    }
+                }
+                for (name, sp) in &self.savepoints {
+                    for part in &sp.parts {
+                        assert!(
+                            self.objects.contains(&part.path),
+                            "savepoint {name} lost {}",
+                            part.path
+                        );
+                    }
+                }
+                for e in &self.uploaded {
+                    assert!(
+                        self.dirs().contains(e),
+                        "the running generation's upload {e} is gone"
+                    );
+                }
+            }
+        }
+
+        proptest! {
+            /// Over random histories of checkpoints (reusing parts of older ones),
+            /// savepoints, restores and retention runs, retention deletes exactly the
+            /// directories older than the newest complete checkpoint that no retained
+            /// checkpoint references, demotes exactly the complete checkpoints beyond
+            /// retention that retained ones reference, never touches anything newer than
+            /// the newest complete checkpoint, and leaves every complete checkpoint and
+            /// every savepoint restorable.
+            #[test]
+            fn retention_deletes_only_what_no_retained_checkpoint_references(
+                retain in 0usize..4,
+                ops in prop::collection::vec(op(), 1..60),
+            ) {
+                let mut model = Model::new(retain);
+                for op in ops {
+                    model.apply(op);
+                    model.check();
+                }
+            }
+        }
     }
 }

@@ -36,7 +36,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
-use weir_runtime::{encode_keyed, Flow, Job, Result};
+use weir_runtime::{Flow, Job, KeyedState, Part, Result};
 
 use crate::keyed::{keyed, Store};
 
@@ -74,10 +74,9 @@ where
     fn to_collection(self, name: &str) -> Result<DurableCollection<'s, D>> {
         let job = self.job().clone();
         let ctx = job.ctx().clone();
-        let restored: Vec<(D, isize)> = ctx.restore_keyed(name)?;
         let replay_at = ctx.restored().map(|m| m.epoch.0);
         let store = Inputs {
-            counts: restored.into_iter().collect(),
+            counts: KeyedState::restore(&ctx, name)?,
             replay_at,
         };
         let collection = keyed(self.into_stream(), &job, name, store)?.as_collection();
@@ -168,7 +167,7 @@ pub fn changes<'s, D: timely::ExchangeData + Clone>(
 
 /// The consolidated input collection on one worker.
 struct Inputs<D> {
-    counts: std::collections::HashMap<D, isize>,
+    counts: KeyedState<D, isize, crate::FastHash>,
     replay_at: Option<u64>,
 }
 
@@ -184,16 +183,27 @@ where
         if diff == 0 {
             return;
         }
-        let count = self.counts.entry(d.clone()).or_insert(0);
+        let group = self.counts.group_of(&d);
+        let counts = self.counts.group_mut(group);
+        let count = counts.entry(d.clone()).or_insert(0);
         *count += diff;
         if *count == 0 {
-            self.counts.remove(&d);
+            counts.remove(&d);
         }
+        self.counts.changed(group, d.clone());
         out.push((d, epoch, diff));
     }
 
-    fn encode(&self, name: &str, key_groups: u32) -> Result<Vec<u8>> {
-        encode_keyed(name, key_groups, self.counts.iter())
+    fn encode(&mut self, _name: &str, _key_groups: u32, full: bool) -> Result<Option<Part>> {
+        self.counts.encode(full)
+    }
+
+    fn restored_parts_dropped(&mut self) {
+        self.counts.restored_chain_dropped();
+    }
+
+    fn background(&mut self) -> bool {
+        self.counts.background()
     }
 
     fn replay(&mut self) -> Option<(u64, Vec<Self::Out>)> {

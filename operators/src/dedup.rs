@@ -33,11 +33,11 @@
 //! workers) still drops repeats of keys seen before the checkpoint; memory is bounded by
 //! the keys of one window plus one slot.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::Hash;
 
 use timely::dataflow::operators::vec::Map;
-use weir_runtime::{keygroup, Flow, Result};
+use weir_runtime::{keygroup, Flow, KeyedState, Result};
 
 use crate::event_time::{EventStream, Timed};
 use crate::keyed::{keyed, now_ms};
@@ -132,8 +132,8 @@ impl<'s, D: timely::ExchangeData> Deduplicate<'s, D> for EventStream<'s, D> {
         let senders = self.senders;
         let watermarks = self.watermarks.clone();
         let input = self.keyed_input(move |d| keygroup::stable_hash(&key(d)), 0, |d| d);
-        let logic = DedupLogic::new(window, false);
-        let store = TimedStore::restore(job.ctx(), name, senders, logic)?;
+        let logic = DedupLogic::new(window, false, KeyedState::restore(job.ctx(), name)?);
+        let store = TimedStore::restore(senders, logic)?;
         let out = keyed(input, job, name, store)?;
         let (records, late) = crate::timed::split(out, |o| o);
         Ok((
@@ -171,30 +171,43 @@ impl<'s, D: timely::ExchangeData> DeduplicateProcessingTime<'s, D> for Flow<'s, 
                 },
             )
         });
-        let logic = DedupLogic::new(window.as_millis() as u64, true);
-        let store = TimedStore::restore(job.ctx(), name, 0, logic)?.on_processing_time();
+        let logic = DedupLogic::new(
+            window.as_millis() as u64,
+            true,
+            KeyedState::restore(job.ctx(), name)?,
+        );
+        let store = TimedStore::restore(0, logic)?.on_processing_time();
         let out = keyed(input, job, name, store)?;
         Ok(job
             .flow(out.flat_map(|o: std::result::Result<Timed<D>, Late<D>>| o.ok().map(|t| t.data))))
     }
 }
 
-/// Remembered key hashes, by slot.
+/// Remembered key hashes: the slot each was first seen in, and the hashes of each slot
+/// in the order they expire.
 struct DedupLogic<D> {
     window: u64,
     slot: u64,
     processing_time: bool,
-    slots: BTreeMap<u64, HashSet<u64>>,
+    /// Hash -> slot: the checkpointed state.
+    seen: KeyedState<u64, u64, crate::FastHash>,
+    /// Slot -> hashes, derived from `seen`.
+    slots: BTreeMap<u64, Vec<u64>>,
     _marker: std::marker::PhantomData<fn(D)>,
 }
 
 impl<D> DedupLogic<D> {
-    fn new(window: u64, processing_time: bool) -> Self {
+    fn new(
+        window: u64,
+        processing_time: bool,
+        seen: KeyedState<u64, u64, crate::FastHash>,
+    ) -> Self {
         let window = window.max(1);
         DedupLogic {
             window,
             slot: (window / SLOTS).max(1),
             processing_time,
+            seen,
             slots: BTreeMap::new(),
             _marker: std::marker::PhantomData,
         }
@@ -205,8 +218,8 @@ impl<D: timely::ExchangeData> Logic for DedupLogic<D> {
     type Key = u64;
     type Value = D;
     type Out = std::result::Result<Timed<D>, Late<D>>;
-    /// (hash, slot)
-    type Entry = (u64, u64);
+    type StateKey = u64;
+    type StateValue = u64;
 
     fn apply(
         &mut self,
@@ -230,10 +243,16 @@ impl<D: timely::ExchangeData> Logic for DedupLogic<D> {
             }));
             return;
         }
-        if self.slots.values().any(|s| s.contains(&hash)) {
-            return;
+        let slot = ts / self.slot;
+        let group = self.seen.group_of(&hash);
+        match self.seen.group_mut(group).entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => return,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(slot);
+            }
         }
-        self.slots.entry(ts / self.slot).or_default().insert(hash);
+        self.seen.changed(group, hash);
+        self.slots.entry(slot).or_default().push(hash);
         out.push(Ok(Timed { ts, split_wm, data }));
     }
 
@@ -248,26 +267,21 @@ impl<D: timely::ExchangeData> Logic for DedupLogic<D> {
             {
                 break;
             }
-            self.slots.pop_first();
-        }
-    }
-
-    fn entries(&self, key_groups: u32) -> BTreeMap<u32, Vec<Self::Entry>> {
-        let mut groups: BTreeMap<u32, Vec<Self::Entry>> = BTreeMap::new();
-        for (slot, hashes) in &self.slots {
-            for h in hashes {
-                groups
-                    .entry(crate::timed::group_of(h, key_groups))
-                    .or_default()
-                    .push((*h, *slot));
+            if let Some((_, hashes)) = self.slots.pop_first() {
+                for h in hashes {
+                    self.seen.remove(&h);
+                }
             }
         }
-        groups
     }
 
-    fn restore(&mut self, entries: Vec<Self::Entry>) {
-        for (h, slot) in entries {
-            self.slots.entry(slot).or_default().insert(h);
+    fn state(&mut self) -> &mut KeyedState<u64, u64, crate::FastHash> {
+        &mut self.seen
+    }
+
+    fn restored(&mut self) {
+        for (h, slot) in self.seen.iter() {
+            self.slots.entry(*slot).or_default().push(*h);
         }
     }
 }

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
-use weir_runtime::{encode_keyed, keygroup, Flow, Job, Result};
+use weir_runtime::{encode_keyed, keygroup, Flow, Job, Part, Result};
 
 use crate::keyed::{keyed, Store};
 pub use crate::timed::Mark;
@@ -494,8 +494,8 @@ where
         false
     }
 
-    fn encode(&self, name: &str, key_groups: u32) -> Result<Vec<u8>> {
+    fn encode(&mut self, name: &str, key_groups: u32, _full: bool) -> Result<Option<Part>> {
         let sorted: BTreeMap<&P, &u64> = self.max_ts.iter().collect();
-        encode_keyed(name, key_groups, sorted)
+        encode_keyed(name, key_groups, sorted).map(|b| Some(Part::whole(b)))
     }
 }

@@ -25,7 +25,6 @@
 //! record is dropped from the state only when no later partner can match it (the
 //! watermark passed its interval, or its key's TTL expired).
 
-use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
@@ -33,11 +32,12 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
-use weir_runtime::{Flow, Job, Result};
+use weir_runtime::state::Update;
+use weir_runtime::{Flow, Job, KeyedState, Result};
 
 use crate::event_time::{EventStream, Timed};
 use crate::keyed::{keyed, per_key, Ttl};
-use crate::timed::{group_of, Logic, TimedStore};
+use crate::timed::{Logic, TimedStore};
 use crate::window::Late;
 
 /// A record of either side of a join.
@@ -211,9 +211,9 @@ where
     let logic = IntervalLogic {
         lower,
         upper,
-        state: HashMap::new(),
+        state: KeyedState::restore(job.ctx(), name)?,
     };
-    let store = TimedStore::restore(job.ctx(), name, senders, logic)?;
+    let store = TimedStore::restore(senders, logic)?;
     let out = keyed(left.concat(right), job, name, store)?;
     Ok(crate::timed::split(out, |o| o))
 }
@@ -237,7 +237,7 @@ impl<A, B> Default for Buffers<A, B> {
 struct IntervalLogic<K, A, B> {
     lower: i64,
     upper: i64,
-    state: HashMap<K, Buffers<A, B>>,
+    state: KeyedState<K, Buffers<A, B>, crate::FastHash>,
 }
 
 fn stamp<D>(ts: u64, data: D) -> Timed<D> {
@@ -266,7 +266,8 @@ where
     type Key = K;
     type Value = Side<A, B>;
     type Out = std::result::Result<(K, Timed<A>, Timed<B>), Late<Side<A, B>>>;
-    type Entry = (K, Buffers<A, B>);
+    type StateKey = K;
+    type StateValue = Buffers<A, B>;
 
     fn apply(
         &mut self,
@@ -292,7 +293,8 @@ where
             }));
             return;
         }
-        let buffers = self.state.entry(key.clone()).or_default();
+        let group = self.state.group_of(&key);
+        let buffers = self.state.group_mut(group).entry(key.clone()).or_default();
         let (lower, upper) = (self.lower, self.upper);
         match value {
             Side::Left(a) => {
@@ -322,31 +324,30 @@ where
                 buffers.right.push((ts, b));
             }
         }
+        self.state.changed(group, key);
     }
 
     fn advance(&mut self, wm: u64, _out: &mut Vec<Self::Out>) {
         let (lower, upper) = (self.lower, self.upper);
-        self.state.retain(|_, b| {
+        self.state.update_all(|_, b| {
+            let before = (b.left.len(), b.right.len());
             b.left.retain(|(ts, _)| shift(*ts, upper) >= wm);
             b.right.retain(|(ts, _)| shift(*ts, lower) >= wm);
-            !(b.left.is_empty() && b.right.is_empty())
+            if b.left.is_empty() && b.right.is_empty() {
+                Update::Removed
+            } else if (b.left.len(), b.right.len()) != before {
+                Update::Changed
+            } else {
+                Update::Kept
+            }
         });
     }
 
-    fn entries(&self, key_groups: u32) -> BTreeMap<u32, Vec<Self::Entry>> {
-        let mut groups: BTreeMap<u32, Vec<Self::Entry>> = BTreeMap::new();
-        for (k, b) in &self.state {
-            groups
-                .entry(group_of(k, key_groups))
-                .or_default()
-                .push(((*k).clone(), b.clone()));
-        }
-        groups
+    fn state(&mut self) -> &mut KeyedState<K, Buffers<A, B>, crate::FastHash> {
+        &mut self.state
     }
 
-    fn restore(&mut self, entries: Vec<Self::Entry>) {
-        self.state.extend(entries);
-    }
+    fn restored(&mut self) {}
 }
 
 /// Joins two keyed streams, keeping each key's records until its state expires.

@@ -19,7 +19,7 @@
 //! timestamp `<= e`; so after a restore from `e`, nothing emitted at `<= e` is emitted
 //! again and nothing emitted later is lost.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
@@ -31,7 +31,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 use weir_runtime::checkpoint::Report;
 use weir_runtime::keygroup;
-use weir_runtime::{encode_keyed, EpochTracker, Job, JobContext, Result, Snapshotter};
+use weir_runtime::{EpochTracker, Job, JobContext, KeyedState, Part, Result, Snapshotter};
 
 /// The state of one keyed operator on one worker.
 pub(crate) trait Store: 'static {
@@ -56,8 +56,18 @@ pub(crate) trait Store: 'static {
     fn close(&mut self, _epoch: u64, _is_final: bool, _out: &mut Vec<Self::Out>) -> bool {
         false
     }
-    /// Encodes the state as a checkpoint part.
-    fn encode(&self, name: &str, key_groups: u32) -> Result<Vec<u8>>;
+    /// Encodes the state as a checkpoint part: a whole part, or a packed object of a
+    /// chain (see [`weir_runtime::state`]); `None` if there is nothing to write. `full`
+    /// asks a chain for a base of every key group (an upload of the chain failed).
+    fn encode(&mut self, name: &str, key_groups: u32, full: bool) -> Result<Option<Part>>;
+    /// The snapshotter could not take over the restored parts (another number of
+    /// workers, a savepoint): a chain's next snapshot must write every key group's base.
+    fn restored_parts_dropped(&mut self) {}
+    /// Does a step of the work a snapshot left to do off the barrier (new bases of key
+    /// groups); returns whether more is left, and the operator then runs again.
+    fn background(&mut self) -> bool {
+        false
+    }
     /// Output to emit once, before anything else, at the given epoch (which may be
     /// earlier than this run's first epoch): a replay of restored state.
     fn replay(&mut self) -> Option<(u64, Vec<Self::Out>)> {
@@ -94,9 +104,13 @@ pub(crate) fn keyed<'s, S: Store>(
     let mut report_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<Report>>>::from(report_out);
     let mut snapshotter = Snapshotter::new(&ctx, name, &address, job.scope().worker());
+    let activator = job.scope().activator_for(address.clone());
     // The store holds exactly the restored state: while it is unchanged, snapshots report
     // the restored part again instead of uploading the same state anew.
     let restored_unchanged = checkpointing && snapshotter.reuse_restored(range);
+    if !restored_unchanged {
+        store.restored_parts_dropped();
+    }
     let (records_in, records_out) = ctx.metrics().operator_records(ctx.worker(), name);
     let name = name.to_string();
 
@@ -168,15 +182,16 @@ pub(crate) fn keyed<'s, S: Store>(
                     }
                 }
                 if checkpointing {
-                    let bytes = if std::mem::take(&mut changed) {
-                        match snapshotter.sync(|| store.encode(&name, n)) {
-                            Ok(b) => Some(b),
+                    let full = snapshotter.needs_base();
+                    let part = if std::mem::take(&mut changed) || full {
+                        match snapshotter.sync(|| store.encode(&name, n, full)) {
+                            Ok(part) => part,
                             Err(e) => return ctx.fail(&format!("snapshot of `{name}`"), e),
                         }
                     } else {
                         None
                     };
-                    snapshotter.snapshot(due.cap, range, bytes, Vec::new(), due.is_final);
+                    snapshotter.snapshot_part(due.cap, range, part, Vec::new(), due.is_final);
                 }
             }
             // Records that arrived before their epoch became the oldest open one came
@@ -222,6 +237,10 @@ pub(crate) fn keyed<'s, S: Store>(
             }
             let mut reports = report_out.activate();
             snapshotter.poll(|cap, report| reports.session(cap).give(report));
+            drop(reports);
+            if checkpointing && store.background() {
+                activator.activate();
+            }
         }
     });
     if checkpointing {
@@ -265,10 +284,12 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// The plain per-key store: one state per key, `on_record` per record, `on_epoch` per
-/// key changed in an epoch, optional expiry.
+/// key changed in an epoch, optional expiry; checkpointed incrementally through
+/// [`KeyedState`].
 pub(crate) struct PerKey<K, V, S, O, R, E> {
-    state: HashMap<K, Entry<S>, crate::FastHash>,
-    dirty: BTreeMap<u64, Vec<K>>,
+    state: KeyedState<K, Entry<S>, crate::FastHash>,
+    /// Keys first changed in each open epoch, with their group's index.
+    dirty: BTreeMap<u64, Vec<(usize, K)>>,
     on_record: R,
     on_epoch: E,
     ttl: Ttl,
@@ -288,12 +309,8 @@ where
         on_record: R,
         on_epoch: E,
     ) -> Result<Self> {
-        let state = ctx
-            .restore_keyed::<K, Entry<S>>(name)?
-            .into_iter()
-            .collect();
         Ok(PerKey {
-            state,
+            state: KeyedState::restore(ctx, name)?,
             dirty: BTreeMap::new(),
             on_record,
             on_epoch,
@@ -317,10 +334,12 @@ where
     type Out = O;
 
     fn apply(&mut self, epoch: u64, k: K, v: V, out: &mut Vec<O>) {
+        let group = self.state.group_of(&k);
+        let map = self.state.group_mut(group);
         // Look up before inserting, so that a known key is not cloned.
-        let entry = match self.state.get_mut(&k) {
+        let entry = match map.get_mut(&k) {
             Some(entry) => entry,
-            None => self.state.entry(k.clone()).or_insert_with(|| Entry {
+            None => map.entry(k.clone()).or_insert_with(|| Entry {
                 state: S::default(),
                 updated_ms: 0,
                 updated_epoch: u64::MAX,
@@ -332,34 +351,45 @@ where
         }
         if entry.updated_epoch != epoch {
             entry.updated_epoch = epoch;
-            self.dirty.entry(epoch).or_default().push(k);
+            self.dirty.entry(epoch).or_default().push((group, k));
         }
     }
 
     fn end_epoch(&mut self, epoch: u64, out: &mut Vec<O>) {
-        for k in self.dirty.remove(&epoch).unwrap_or_default() {
-            (self.on_epoch)(&k, &self.state[&k].state, epoch, out);
+        for (group, k) in self.dirty.remove(&epoch).unwrap_or_default() {
+            if let Some(entry) = self.state.group_mut(group).get(&k) {
+                (self.on_epoch)(&k, &entry.state, epoch, out);
+            }
+            // The key goes into the next snapshot's delta.
+            self.state.changed(group, k);
         }
     }
 
     fn close(&mut self, epoch: u64, _is_final: bool, _out: &mut Vec<O>) -> bool {
-        let before = self.state.len();
-        match self.ttl {
-            Ttl::Never => {}
+        let removed = match self.ttl {
+            Ttl::Never => 0,
             Ttl::ProcessingTime(ms) => {
                 let now = now_ms();
                 self.state
-                    .retain(|_, e| e.updated_ms.saturating_add(ms) > now);
+                    .retain(|_, e| e.updated_ms.saturating_add(ms) > now)
             }
             Ttl::Epochs(n) => self
                 .state
                 .retain(|_, e| e.updated_epoch.saturating_add(n) > epoch),
-        }
-        self.state.len() != before
+        };
+        removed > 0
     }
 
-    fn encode(&self, name: &str, key_groups: u32) -> Result<Vec<u8>> {
-        encode_keyed(name, key_groups, self.state.iter())
+    fn encode(&mut self, _name: &str, _key_groups: u32, full: bool) -> Result<Option<Part>> {
+        self.state.encode(full)
+    }
+
+    fn restored_parts_dropped(&mut self) {
+        self.state.restored_chain_dropped();
+    }
+
+    fn background(&mut self) -> bool {
+        self.state.background()
     }
 }
 

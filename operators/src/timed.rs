@@ -7,16 +7,18 @@
 //! The job's watermark is the least watermark over the senders that are not idle; it is
 //! recomputed when epochs close, and only then do windows fire and state expire
 //! ([`Logic::advance`]), so firing happens at epoch boundaries and its output belongs to
-//! the epoch that closed. The watermark the operator last advanced to (`fired`) is stored
-//! in every key group's part; after a restore it is the largest stored value, so nothing
-//! that fired before the checkpoint fires again, whatever the new number of workers.
+//! the epoch that closed. The logic keeps its state in a [`KeyedState`], checkpointed
+//! incrementally. The watermark the operator last advanced to (`fired`) is stored in
+//! every object it writes (and an object is written whenever it moved); after a restore
+//! it is the largest stored value, so nothing that fired before the checkpoint fires
+//! again, whatever the new number of workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use weir_runtime::{encode_groups, JobContext, Result};
+use weir_runtime::{KeyedState, Part, Result};
 
 use crate::keyed::Store;
 
@@ -50,8 +52,10 @@ pub(crate) trait Logic: 'static {
     type Key: timely::ExchangeData + Hash;
     type Value: timely::ExchangeData;
     type Out: timely::ExchangeData;
-    /// One entry of the checkpointed state.
-    type Entry: Serialize + DeserializeOwned;
+    /// The key of the checkpointed state.
+    type StateKey: Hash + Eq + Clone + Serialize + DeserializeOwned;
+    /// The value of the checkpointed state.
+    type StateValue: Serialize + DeserializeOwned;
 
     /// Applies a record with event time `ts`, read when its split was at `split_wm`;
     /// the operator has fired up to `fired`.
@@ -68,10 +72,11 @@ pub(crate) trait Logic: 'static {
     );
     /// The watermark has reached `wm`: fire and expire.
     fn advance(&mut self, wm: u64, out: &mut Vec<Self::Out>);
-    /// The state, as entries grouped by key group.
-    fn entries(&self, key_groups: u32) -> BTreeMap<u32, Vec<Self::Entry>>;
-    /// Takes back restored entries.
-    fn restore(&mut self, entries: Vec<Self::Entry>);
+    /// The checkpointed state, which the logic keeps itself and reports changes to.
+    fn state(&mut self) -> &mut KeyedState<Self::StateKey, Self::StateValue, crate::FastHash>;
+    /// Rebuilds what the logic derives from its state (timers, expiry order) once the
+    /// state was restored.
+    fn restored(&mut self);
 }
 
 /// A [`Store`] around a [`Logic`].
@@ -80,28 +85,26 @@ pub(crate) struct TimedStore<L> {
     senders: usize,
     marks: HashMap<usize, Mark>,
     fired: u64,
-    range: (u32, u32),
     processing_time: bool,
 }
 
 impl<L: Logic> TimedStore<L> {
-    /// A store for operator `name` with `senders` watermark senders, restored from the
-    /// checkpoint this run started from.
-    pub(crate) fn restore(
-        ctx: &JobContext,
-        name: &str,
-        senders: usize,
-        mut logic: L,
-    ) -> Result<Self> {
-        let groups = ctx.restore_groups::<(u64, Vec<L::Entry>)>(name)?;
-        let fired = groups.iter().map(|(_, (f, _))| *f).max().unwrap_or(0);
-        logic.restore(groups.into_iter().flat_map(|(_, (_, e))| e).collect());
+    /// A store with `senders` watermark senders around `logic`, whose state was restored
+    /// (with [`KeyedState::restore`]) from the checkpoint this run started from.
+    pub(crate) fn restore(senders: usize, mut logic: L) -> Result<Self> {
+        // Every object records `fired`; the newest (largest) one is where firing stopped.
+        let fired = logic
+            .state()
+            .restored_meta::<u64>()?
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        logic.restored();
         Ok(TimedStore {
             logic,
             senders,
             marks: HashMap::new(),
             fired,
-            range: ctx.key_group_range(),
             processing_time: false,
         })
     }
@@ -179,18 +182,18 @@ impl<L: Logic> Store for TimedStore<L> {
         true
     }
 
-    fn encode(&self, name: &str, key_groups: u32) -> Result<Vec<u8>> {
-        let mut entries = self.logic.entries(key_groups);
-        // Every owned group records `fired`, even one without entries.
-        let groups = (self.range.0..self.range.1)
-            .map(|g| (g, (self.fired, entries.remove(&g).unwrap_or_default())));
-        encode_groups(name, groups)
+    fn encode(&mut self, _name: &str, _key_groups: u32, full: bool) -> Result<Option<Part>> {
+        let fired = self.fired;
+        self.logic.state().encode_with_meta(full, &fired)
     }
-}
 
-/// The key group of `key`.
-pub(crate) fn group_of<K: Hash>(key: &K, key_groups: u32) -> u32 {
-    weir_runtime::keygroup::key_group(key, key_groups)
+    fn restored_parts_dropped(&mut self) {
+        self.logic.state().restored_chain_dropped();
+    }
+
+    fn background(&mut self) -> bool {
+        self.logic.state().background()
+    }
 }
 
 /// Splits a stream in two by `f`.

@@ -23,17 +23,17 @@
 //! epoch as it fires; a record is either added to a window, or sent to the late output
 //! with a reason.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
-use weir_runtime::{Flow, Job, Result};
+use weir_runtime::{Flow, Job, KeyedState, Result};
 
 use crate::event_time::{EventStream, Timed};
 use crate::keyed::keyed;
-use crate::timed::{group_of, Logic, TimedStore};
+use crate::timed::{Logic, TimedStore};
 
 /// The shape of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,13 +291,13 @@ where
     let input = events.keyed_input(key, 0, |d| d);
     let logic = WindowLogic {
         windows,
-        state: HashMap::default(),
+        state: KeyedState::restore(job.ctx(), name)?,
         timers: BTreeSet::new(),
         fold,
         merge,
         _marker: std::marker::PhantomData,
     };
-    let store = TimedStore::restore(job.ctx(), name, senders, logic)?;
+    let store = TimedStore::restore(senders, logic)?;
     let out = keyed(input, job, name, store)?;
     Ok(crate::timed::split(out, |o| match o {
         WindowOut::Fired(f) => Ok(f),
@@ -316,7 +316,7 @@ type Open<A> = BTreeMap<u64, (u64, A)>;
 
 struct WindowLogic<K, A, D, FF, FM> {
     windows: Windows,
-    state: HashMap<K, Open<A>, crate::FastHash>,
+    state: KeyedState<K, Open<A>, crate::FastHash>,
     /// (fire at, key, window start) for every open window.
     timers: BTreeSet<(u64, K, u64)>,
     fold: FF,
@@ -335,7 +335,8 @@ where
     type Key = K;
     type Value = D;
     type Out = WindowOut<K, A, D>;
-    type Entry = (K, Vec<(u64, u64, A)>);
+    type StateKey = K;
+    type StateValue = Open<A>;
 
     fn apply(
         &mut self,
@@ -384,10 +385,12 @@ where
                     out.push(late(reason, data));
                     return;
                 }
-                if !self.state.contains_key(&key) {
-                    self.state.insert(key.clone(), Open::new());
+                let group = self.state.group_of(&key);
+                let map = self.state.group_mut(group);
+                if !map.contains_key(&key) {
+                    map.insert(key.clone(), Open::new());
                 }
-                let windows = self.state.get_mut(&key).expect("inserted");
+                let windows = map.get_mut(&key).expect("inserted");
                 for s in holding().filter(|s| !closed(s.saturating_add(size))) {
                     let (_, acc) = windows.entry(s).or_insert_with(|| {
                         let at = s.saturating_add(size).saturating_add(lateness);
@@ -396,6 +399,7 @@ where
                     });
                     (self.fold)(acc, &data);
                 }
+                self.state.changed(group, key);
             }
             WindowKind::Session { gap } => {
                 if ts.saturating_add(lateness) <= split_wm.max(fired) {
@@ -409,7 +413,8 @@ where
                 let (mut start, mut end) = (ts, ts.saturating_add(gap));
                 let mut acc = A::default();
                 (self.fold)(&mut acc, &data);
-                let windows = self.state.entry(key.clone()).or_default();
+                let group = self.state.group_of(&key);
+                let windows = self.state.group_mut(group).entry(key.clone()).or_default();
                 // Sessions that touch [start, end) merge into it.
                 let touching: Vec<u64> = windows
                     .range(..=end)
@@ -426,7 +431,8 @@ where
                 }
                 windows.insert(start, (end, acc));
                 self.timers
-                    .insert((end.saturating_add(lateness), key, start));
+                    .insert((end.saturating_add(lateness), key.clone(), start));
+                self.state.changed(group, key);
             }
         }
     }
@@ -437,7 +443,9 @@ where
                 break;
             }
             let (_, key, start) = self.timers.pop_first().expect("first exists");
-            let Some(windows) = self.state.get_mut(&key) else {
+            let group = self.state.group_of(&key);
+            let map = self.state.group_mut(group);
+            let Some(windows) = map.get_mut(&key) else {
                 continue;
             };
             if let Some((end, value)) = windows.remove(&start) {
@@ -449,36 +457,22 @@ where
                 }));
             }
             if windows.is_empty() {
-                self.state.remove(&key);
+                map.remove(&key);
             }
+            self.state.changed(group, key);
         }
     }
 
-    fn entries(&self, key_groups: u32) -> BTreeMap<u32, Vec<Self::Entry>> {
-        let mut groups: BTreeMap<u32, Vec<Self::Entry>> = BTreeMap::new();
-        for (k, windows) in &self.state {
-            let list = windows
-                .iter()
-                .map(|(s, (e, a))| (*s, *e, a.clone()))
-                .collect();
-            groups
-                .entry(group_of(k, key_groups))
-                .or_default()
-                .push((k.clone(), list));
-        }
-        groups
+    fn state(&mut self) -> &mut KeyedState<K, Open<A>, crate::FastHash> {
+        &mut self.state
     }
 
-    fn restore(&mut self, entries: Vec<Self::Entry>) {
-        for (k, list) in entries {
-            let windows = self.state.entry(k.clone()).or_default();
-            for (s, e, a) in list {
-                self.timers.insert((
-                    e.saturating_add(self.windows.allowed_lateness),
-                    k.clone(),
-                    s,
-                ));
-                windows.insert(s, (e, a));
+    fn restored(&mut self) {
+        let lateness = self.windows.allowed_lateness;
+        for (k, windows) in self.state.iter() {
+            for (s, (e, _)) in windows {
+                self.timers
+                    .insert((e.saturating_add(lateness), k.clone(), *s));
             }
         }
     }

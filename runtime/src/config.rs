@@ -65,6 +65,11 @@ pub struct JobConfig {
     /// Minimum time between two checkpoint barriers; the effective interval is the larger
     /// of this and `checkpoint-interval-ms`.
     pub min_pause_ms: u64,
+    /// How many checkpoints' snapshot uploads may run at once in a process. While that
+    /// many are still uploading, the next barrier waits (records keep flowing; the open
+    /// epoch lasts longer), so that a slow store is not handed ever more checkpoints at
+    /// once. At least 1.
+    pub max_concurrent_checkpoints: u32,
     /// How many complete checkpoints to keep (at least one).
     pub retain: usize,
     /// How many checkpoints in a row may fail before the job fails.
@@ -74,6 +79,14 @@ pub struct JobConfig {
     /// The number of key groups keyed state is split into: the maximum parallelism.
     /// Fixed at the job's first start.
     pub key_groups: u32,
+    /// Checkpoint keyed state incrementally: each checkpoint uploads only the entries
+    /// changed since the previous one (plus a few key groups' new bases); `false` uploads
+    /// every worker's whole state at every checkpoint in which it changed.
+    pub incremental_checkpoints: bool,
+    /// A key group gets a new base once the deltas written since its base exceed this
+    /// fraction of the base's size: lower means more upload, higher means more to read
+    /// at restore.
+    pub compaction_ratio: f64,
     /// Worker threads per process.
     pub workers: usize,
     /// Processes in the cluster.
@@ -116,10 +129,13 @@ impl Default for JobConfig {
             checkpoint_interval_ms: 1000,
             checkpoint_timeout_ms: 60_000,
             min_pause_ms: 0,
+            max_concurrent_checkpoints: 2,
             retain: 3,
             tolerable_failed_checkpoints: 3,
             restore: None,
             key_groups: 128,
+            incremental_checkpoints: true,
+            compaction_ratio: 0.5,
             workers: 1,
             processes: 1,
             process: 0,
@@ -224,6 +240,21 @@ impl JobConfig {
                 ),
             ));
         }
+        if self.max_concurrent_checkpoints == 0 {
+            return Err(RuntimeError::config(
+                "max-concurrent-checkpoints",
+                "must be at least 1 (the checkpoint being uploaded)",
+            ));
+        }
+        if !(self.compaction_ratio.is_finite() && self.compaction_ratio > 0.0) {
+            return Err(RuntimeError::config(
+                "compaction-ratio",
+                format!(
+                    "{} is not a positive number; 0.5 writes a key group's new base once its deltas reach half its size",
+                    self.compaction_ratio
+                ),
+            ));
+        }
         if self.restore.is_some() && !self.checkpointing() {
             return Err(RuntimeError::config(
                 "restore",
@@ -320,6 +351,10 @@ pub struct JobArgs {
     /// Minimum pause between checkpoint barriers in ms.
     #[arg(long, env = "WEIR_MIN_PAUSE_MS")]
     pub min_pause_ms: Option<u64>,
+    /// Checkpoints whose snapshot uploads may run at once; the next barrier waits for
+    /// the oldest.
+    #[arg(long, env = "WEIR_MAX_CONCURRENT_CHECKPOINTS")]
+    pub max_concurrent_checkpoints: Option<u32>,
     /// Complete checkpoints to retain.
     #[arg(long, env = "WEIR_RETAIN")]
     pub retain: Option<usize>,
@@ -332,6 +367,12 @@ pub struct JobArgs {
     /// Number of key groups (maximum parallelism), fixed at the job's first start.
     #[arg(long, env = "WEIR_KEY_GROUPS")]
     pub key_groups: Option<u32>,
+    /// Checkpoint keyed state incrementally (true) or whole (false).
+    #[arg(long, env = "WEIR_INCREMENTAL_CHECKPOINTS", action = clap::ArgAction::Set)]
+    pub incremental_checkpoints: Option<bool>,
+    /// A key group gets a new base once its deltas exceed this fraction of its base.
+    #[arg(long, env = "WEIR_COMPACTION_RATIO")]
+    pub compaction_ratio: Option<f64>,
     /// Worker threads per process.
     #[arg(long, short = 'w', env = "WEIR_WORKERS")]
     pub workers: Option<usize>,
@@ -402,9 +443,12 @@ impl JobArgs {
             checkpoint_interval_ms,
             checkpoint_timeout_ms,
             min_pause_ms,
+            max_concurrent_checkpoints,
             retain,
             tolerable_failed_checkpoints,
             key_groups,
+            incremental_checkpoints,
+            compaction_ratio,
             workers,
             processes,
             process,
@@ -530,5 +574,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("restore"));
+    }
+
+    #[test]
+    fn checkpoints_in_flight_come_from_the_file_or_the_flag_and_zero_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("job.toml");
+        std::fs::write(&file, "max-concurrent-checkpoints = 3\n").unwrap();
+        let from_file = JobArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        assert_eq!(
+            from_file
+                .into_config("j")
+                .unwrap()
+                .max_concurrent_checkpoints,
+            3
+        );
+        assert_eq!(JobConfig::default().max_concurrent_checkpoints, 2);
+        let err = JobArgs {
+            max_concurrent_checkpoints: Some(0),
+            ..Default::default()
+        }
+        .into_config("j")
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max-concurrent-checkpoints"), "{err}");
     }
 }

@@ -195,6 +195,15 @@ impl JobContext {
         &self.shared.runtime
     }
 
+    /// Takes the restored part of `entry` that the run read and verified when it chose
+    /// its checkpoint, if it is still kept (see `restore::RestoredParts`).
+    pub(crate) fn take_restored_part(
+        &self,
+        entry: &weir_checkpoint::PartEntry,
+    ) -> Option<weir_checkpoint::store::VerifiedPart> {
+        self.shared.restored_parts.take(entry)
+    }
+
     /// Reads the keyed state of operator `name` that this worker owns from the restored
     /// checkpoint, whatever the number of workers that wrote it.
     ///

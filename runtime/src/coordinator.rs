@@ -234,7 +234,12 @@ async fn run(
         // its sink outputs stay owed and are committed with the next committed
         // checkpoint, and a restore from it commits them too (commits are idempotent).
         let writing = std::time::Instant::now();
-        match within(timeout, store.commit_manifest(&manifest, follows)).await {
+        let commit = async {
+            store.write_manifest(&manifest).await?;
+            crate::failpoint::hit("before-link");
+            store.link_manifest(&manifest, follows).await
+        };
+        match within(timeout, commit).await {
             Ok(Committed::Yes { next }) => follows = next,
             Ok(Committed::Fenced { by }) => {
                 return Err(RuntimeError::Fenced {
@@ -266,20 +271,21 @@ async fn run(
         metrics.completed(epoch.0);
         metrics.checkpoint_bytes.set(manifest.total_bytes() as i64);
         let own_dir = weir_checkpoint::layout::checkpoint_dir_name(epoch);
-        metrics.uploaded_bytes.inc_by(
-            manifest
-                .parts
-                .iter()
-                .filter(|p| p.path.split('/').any(|s| s == own_dir))
-                .map(|p| p.size)
-                .sum(),
-        );
+        let uploaded: u64 = manifest
+            .parts
+            .iter()
+            .filter(|p| p.path.split('/').any(|s| s == own_dir))
+            .map(|p| p.size)
+            .sum();
+        metrics.uploaded_bytes.inc_by(uploaded);
         metrics.pending_outputs.set(manifest.sinks.len() as i64);
         let committing = std::time::Instant::now();
         tracing::info!(
             epoch = %epoch,
             parts = manifest.parts.len(),
             bytes = manifest.total_bytes(),
+            uploaded,
+            barrier_to_manifest_ms = manifest.barrier_ms.map(|b| manifest.created_ms.saturating_sub(b)),
             outputs = manifest.sinks.len(),
             "checkpoint complete"
         );

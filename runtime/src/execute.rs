@@ -93,7 +93,9 @@ where
             } else {
                 0
             },
-        ),
+        )
+        .with_max_in_flight(config.max_concurrent_checkpoints.into())
+        .with_held_seconds(metrics.barrier_held.clone()),
         config,
         generation,
         store: pre.store,

@@ -6,7 +6,8 @@
 //! - the epoch clock that cuts streams into checkpoints ([`clock`]) and the tracker that
 //!   says when an operator's snapshot is due ([`tracker`]);
 //! - key groups ([`keygroup`]), the restored checkpoint's parts (`restore`) and snapshots
-//!   uploaded in the background ([`snapshot`]);
+//!   uploaded in the background ([`snapshot`]), and keyed state that checkpoints
+//!   incrementally ([`state`]);
 //! - the job under construction ([`job`]), the stream API that carries it ([`flow`]:
 //!   [`Flow`], [`Source`], [`Sink`]) and what its operators see at run time ([`context`]);
 //! - the two-phase commit contract of sinks ([`twophase`]), the sink operator ([`sink`])
@@ -23,7 +24,7 @@
 //!
 //! Modules depend on each other one way (a test in the end-to-end suite checks that
 //! there is no cycle): `clock`, `restore`, `failure` and `config` know nothing of the
-//! others; `context` holds them; `snapshot` and `tracker` serve operators; `job` builds
+//! others; `context` holds them; `snapshot` and `tracker` serve operators, `state` builds on `snapshot`; `job` builds
 //! on `context` and `twophase`; `sink` and `coordinator` on those; `flow` on `job` and
 //! `sink`; `execute` and
 //! `startup` on everything. The invariants the runtime keeps are DESIGN's:
@@ -59,6 +60,7 @@ mod restore;
 pub mod sink;
 pub mod snapshot;
 pub mod startup;
+pub mod state;
 pub mod testing;
 pub mod tracker;
 pub mod twophase;
@@ -70,7 +72,8 @@ pub use error::{Result, Retry, RuntimeError};
 pub use execute::run;
 pub use flow::{two_phase, Flow, Sink, Source};
 pub use job::Job;
-pub use snapshot::{encode_groups, encode_keyed, Snapshotter};
+pub use snapshot::{encode_groups, encode_keyed, Part, Snapshotter};
+pub use state::KeyedState;
 pub use tracker::{Due, EpochTracker};
 pub use twophase::{Committer, NoStaging, Output, OutputId, PreCommitted, TwoPhaseSink};
 /// The checkpoint crate, re-exported for operators and connectors.

@@ -163,6 +163,9 @@ pub struct Metrics {
     /// Bytes of parts written for completed checkpoints (parts reused from older
     /// checkpoints are not counted again).
     pub uploaded_bytes: Counter,
+    /// Seconds the next checkpoint barrier waited for the snapshot uploads of earlier
+    /// checkpoints (`max-concurrent-checkpoints` of them were still running).
+    pub barrier_held: SecondsCounter,
     /// Time to commit one checkpoint's sink outputs.
     pub commit_seconds: Histogram,
     /// Sink outputs waiting for their checkpoint to commit them.
@@ -211,6 +214,7 @@ impl Metrics {
             upload_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             checkpoint_bytes: Gauge::default(),
             uploaded_bytes: Counter::default(),
+            barrier_held: SecondsCounter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             pending_outputs: Gauge::default(),
             generation: Gauge::default(),
@@ -350,6 +354,11 @@ impl Metrics {
             "checkpoint_uploaded_bytes",
             "Bytes of parts written for completed checkpoints",
             m.uploaded_bytes.clone(),
+        );
+        registry.register(
+            "checkpoint_barrier_held_seconds",
+            "Seconds the next checkpoint barrier waited for the snapshot uploads of earlier checkpoints (max-concurrent-checkpoints)",
+            m.barrier_held.clone(),
         );
         registry.register(
             "sink_commit_seconds",

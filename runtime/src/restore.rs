@@ -133,6 +133,7 @@ pub(crate) fn test_part(op: &str, worker: usize, range: (u32, u32), path: &str) 
         path: path.into(),
         size: 0,
         crc32: 0,
+        packed: None,
     }
 }
 

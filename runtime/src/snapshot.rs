@@ -53,6 +53,31 @@ pub fn encode_groups<T: Serialize>(
     Ok(codec::encode(name, &groups)?)
 }
 
+/// A snapshot's object, as an operator hands it to [`Snapshotter::snapshot_part`].
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// The encoded object.
+    pub bytes: Vec<u8>,
+    /// `None` for a whole part, which replaces the operator's previous part; for a packed
+    /// object (see `weir_checkpoint::pack`), the key group ranges it holds bases for: it
+    /// is appended to the operator's chain.
+    pub bases: Option<Vec<(u32, u32)>>,
+    /// The size of the state it brings the checkpoint to, for the metrics.
+    pub state_bytes: u64,
+}
+
+impl Part {
+    /// A whole part.
+    pub fn whole(bytes: Vec<u8>) -> Self {
+        let state_bytes = bytes.len() as u64;
+        Part {
+            bytes,
+            bases: None,
+            state_bytes,
+        }
+    }
+}
+
 /// Uploads an operator's snapshots in the background and reports them, in epoch order,
 /// once they are durable.
 ///
@@ -70,8 +95,9 @@ pub struct Snapshotter {
     activator: timely::scheduling::SyncActivator,
     queue: std::collections::VecDeque<Pending>,
     done: Arc<Mutex<BTreeMap<u64, std::result::Result<(), String>>>>,
-    /// The newest part, its bytes (to upload again if its upload fails) and its upload.
-    last: Option<LastPart>,
+    /// The parts the operator's next report lists, oldest first: one whole part, or a
+    /// chain of packed objects (see `weir_checkpoint::pack`).
+    chain: Vec<LastPart>,
     /// Uploads known to have failed, by ticket.
     failed: BTreeSet<u64>,
     seq: u64,
@@ -81,6 +107,8 @@ pub struct Snapshotter {
 
 struct LastPart {
     entry: weir_checkpoint::PartEntry,
+    /// A whole part's bytes, to upload again if its upload fails; empty for a packed
+    /// object, whose failed upload is replaced by new bases instead.
     bytes: bytes::Bytes,
     /// The part's upload; `None` for the restored part (durable and verified already).
     ticket: Option<u64>,
@@ -89,8 +117,8 @@ struct LastPart {
 struct Pending {
     cap: timely::dataflow::operators::Capability<u64>,
     report: Report,
-    /// The upload this report's part depends on (its own, or the one it reuses).
-    ticket: Option<u64>,
+    /// The uploads this report's parts depend on (its own, or the ones it reuses).
+    tickets: Vec<u64>,
 }
 
 impl Snapshotter {
@@ -107,7 +135,7 @@ impl Snapshotter {
             activator: worker.sync_activator_for(address.to_vec()),
             queue: Default::default(),
             done: Default::default(),
-            last: None,
+            chain: Vec::new(),
             failed: BTreeSet::new(),
             seq: 0,
             state_bytes: ctx.metrics().state_bytes(worker.index(), name),
@@ -132,7 +160,7 @@ impl Snapshotter {
         let (Some(manifest), Some(store)) = (self.ctx.restored(), self.ctx.store()) else {
             return false;
         };
-        let Some(entry) = reusable_part(
+        let Some(chain) = reusable_chain(
             manifest,
             store.layout().job(),
             &self.name,
@@ -142,13 +170,24 @@ impl Snapshotter {
         ) else {
             return false;
         };
-        tracing::debug!(operator = %self.name, worker = self.ctx.worker(), path = %entry.path, "reusing the restored part until the state changes");
-        self.last = Some(LastPart {
-            entry: entry.clone(),
-            bytes: bytes::Bytes::new(),
-            ticket: None,
-        });
+        tracing::debug!(operator = %self.name, worker = self.ctx.worker(), parts = chain.len(), "reusing the restored parts until the state changes");
+        self.chain = chain
+            .into_iter()
+            .map(|entry| LastPart {
+                entry: entry.clone(),
+                bytes: bytes::Bytes::new(),
+                ticket: None,
+            })
+            .collect();
         true
+    }
+
+    /// Whether the next snapshot must write a base of every key group: an upload of the
+    /// operator's chain failed, so the chain is broken.
+    pub fn needs_base(&self) -> bool {
+        self.chain
+            .iter()
+            .any(|l| l.entry.packed.is_some() && l.ticket.is_some_and(|t| self.failed.contains(&t)))
     }
 
     /// Takes a snapshot for `cap`'s epoch.
@@ -166,9 +205,23 @@ impl Snapshotter {
         sinks: Vec<weir_checkpoint::SinkEntry>,
         is_final: bool,
     ) {
+        self.snapshot_part(cap, key_groups, state.map(Part::whole), sinks, is_final)
+    }
+
+    /// [`Self::snapshot`] for any [`Part`]: a whole part replaces the operator's parts,
+    /// a packed object joins its chain, and the parts that no key group needs any more
+    /// (every group has a newer base) leave the chain.
+    pub fn snapshot_part(
+        &mut self,
+        cap: timely::dataflow::operators::Capability<u64>,
+        key_groups: (u32, u32),
+        state: Option<Part>,
+        sinks: Vec<weir_checkpoint::SinkEntry>,
+        is_final: bool,
+    ) {
         let epoch = *cap.time();
-        if let Some(bytes) = &state {
-            self.state_bytes.set(bytes.len() as i64);
+        if let Some(part) = &state {
+            self.state_bytes.set(part.state_bytes as i64);
         }
         let mut report = Report {
             epoch: Epoch(epoch),
@@ -179,15 +232,20 @@ impl Snapshotter {
             is_final,
             error: None,
         };
-        let reupload = self
-            .last
-            .as_ref()
-            .filter(|l| l.ticket.is_some_and(|t| self.failed.contains(&t)))
-            .map(|l| l.bytes.clone());
-        let mut ticket = self.last.as_ref().and_then(|l| l.ticket);
-        if let (Some(bytes), Some(store)) =
-            (state.map(bytes::Bytes::from).or(reupload), self.ctx.store())
-        {
+        // A whole part whose upload failed is uploaded again under this epoch.
+        let reupload = match self.chain.as_slice() {
+            [last]
+                if last.entry.packed.is_none()
+                    && last.ticket.is_some_and(|t| self.failed.contains(&t)) =>
+            {
+                Some((last.bytes.clone(), None))
+            }
+            _ => None,
+        };
+        let upload = state
+            .map(|p| (bytes::Bytes::from(p.bytes), p.bases))
+            .or(reupload);
+        if let (Some((bytes, bases)), Some(store)) = (upload, self.ctx.store()) {
             let path = store.layout().part(
                 Epoch(epoch),
                 &self.name,
@@ -204,10 +262,10 @@ impl Snapshotter {
                 path: path.to_string(),
                 size: bytes.len() as u64,
                 crc32: crc32(&bytes),
+                packed: bases.clone(),
             };
             self.seq += 1;
             let seq = self.seq;
-            ticket = Some(seq);
             let store = store.clone();
             let done = Arc::clone(&self.done);
             let activator = self.activator.clone();
@@ -215,11 +273,29 @@ impl Snapshotter {
             let (name, worker) = (self.name.clone(), self.ctx.worker());
             let upload = bytes.clone();
             let upload_seconds = self.ctx.metrics().upload_seconds.clone();
+            // New bases of some key groups but not all: a compaction.
+            let compaction = bases
+                .as_ref()
+                .is_some_and(|b| !b.is_empty() && b.as_slice() != [key_groups]);
+            // Counted by the clock until the upload ends, so that the barrier waits
+            // while too many epochs are still uploading.
+            let upload_running = self.ctx.clock().upload(epoch);
             self.ctx.runtime().spawn(async move {
+                let _upload_running = upload_running;
                 crate::failpoint::hit("upload");
+                if compaction {
+                    crate::failpoint::hit("compaction");
+                }
                 let started = std::time::Instant::now();
-                let put =
-                    store.put_part(path.clone(), &name, WorkerIndex(worker), key_groups, upload);
+                let slow = crate::failpoint::delay("upload");
+                let put = async {
+                    if let Some(slow) = slow {
+                        tokio::time::sleep(slow).await;
+                    }
+                    store
+                        .put_part(path.clone(), &name, WorkerIndex(worker), key_groups, upload)
+                        .await
+                };
                 let result = match tokio::time::timeout(timeout, put).await {
                     Ok(Ok(_)) => {
                         upload_seconds.observe(started.elapsed().as_secs_f64());
@@ -233,19 +309,35 @@ impl Snapshotter {
                 done.lock().expect("poisoned").insert(seq, result);
                 let _ = activator.activate();
             });
-            self.last = Some(LastPart {
+            let link = LastPart {
                 entry,
-                bytes,
+                // A packed object is never uploaded again: new bases replace it.
+                bytes: if bases.is_some() {
+                    bytes::Bytes::new()
+                } else {
+                    bytes
+                },
                 ticket: Some(seq),
-            });
+            };
+            // A packed object joins the chain (which may start with a whole part written
+            // before packed objects existed); a whole part stands alone.
+            if bases.is_some() {
+                self.chain.push(link);
+                let entries: Vec<&PartEntry> = self.chain.iter().map(|l| &l.entry).collect();
+                let start = weir_checkpoint::manifest::chain_start(&entries, key_groups);
+                self.chain.drain(..start);
+            } else {
+                self.chain = vec![link];
+            }
         }
         report
             .parts
-            .extend(self.last.as_ref().map(|l| l.entry.clone()));
+            .extend(self.chain.iter().map(|l| l.entry.clone()));
+        let tickets = self.chain.iter().filter_map(|l| l.ticket).collect();
         self.queue.push_back(Pending {
             cap,
             report,
-            ticket,
+            tickets,
         });
     }
 
@@ -272,33 +364,32 @@ impl Snapshotter {
         mut emit: F,
     ) {
         while let Some(front) = self.queue.front_mut() {
-            if let Some(ticket) = front.ticket {
-                if !self.failed.contains(&ticket) {
-                    match self.done.lock().expect("poisoned").get(&ticket) {
-                        None => return,
-                        Some(Ok(())) => {}
-                        Some(Err(e)) => {
-                            tracing::warn!(operator = %self.name, epoch = %front.report.epoch, error = %e, "snapshot upload failed");
-                            self.failed.insert(ticket);
-                            front.report.error = Some(e.clone());
-                        }
+            for ticket in &front.tickets {
+                if self.failed.contains(ticket) {
+                    front.report.error.get_or_insert_with(|| {
+                        format!("it reuses a part whose upload failed (ticket {ticket})")
+                    });
+                    continue;
+                }
+                match self.done.lock().expect("poisoned").get(ticket) {
+                    None => return,
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(operator = %self.name, epoch = %front.report.epoch, error = %e, "snapshot upload failed");
+                        self.failed.insert(*ticket);
+                        front.report.error.get_or_insert_with(|| e.clone());
                     }
-                } else {
-                    front.report.error = Some(format!(
-                        "it reuses a part whose upload failed (ticket {ticket})"
-                    ));
                 }
             }
             let Pending { cap, report, .. } = self.queue.pop_front().expect("front exists");
             emit(&cap, report);
         }
-        // Forget results nobody waits for anymore (the newest part's stays for reuse).
-        let keep = self.last.as_ref().and_then(|l| l.ticket);
+        // Forget results nobody waits for anymore (the chain's stay for reuse).
         let waiting: BTreeSet<u64> = self
             .queue
             .iter()
-            .filter_map(|p| p.ticket)
-            .chain(keep)
+            .flat_map(|p| p.tickets.iter().copied())
+            .chain(self.chain.iter().filter_map(|l| l.ticket))
             .collect();
         self.done
             .lock()
@@ -319,38 +410,42 @@ fn crc32(bytes: &[u8]) -> u32 {
     weir_checkpoint::codec::object_crc32(bytes)
 }
 
-/// The restored part that a [`Snapshotter`] of operator `name` on `worker` of `peers` may
-/// report again while the state over `key_groups` is unchanged (see
-/// [`Snapshotter::reuse_restored`]).
-fn reusable_part<'m>(
+/// The restored parts that a [`Snapshotter`] of operator `name` on `worker` of `peers`
+/// may report again while the state over `key_groups` is unchanged, and extend with
+/// deltas (see [`Snapshotter::reuse_restored`]): every part of the operator that covers
+/// any of `key_groups`, if each was written by this worker for exactly `key_groups` in a
+/// checkpoint directory, by as many workers.
+fn reusable_chain<'m>(
     manifest: &'m Manifest,
     job: &str,
     name: &str,
     worker: usize,
     peers: usize,
     key_groups: (u32, u32),
-) -> Option<&'m PartEntry> {
+) -> Option<Vec<&'m PartEntry>> {
     if manifest.workers != peers {
         return None;
     }
-    let mut covering = manifest
+    let chain: Vec<&PartEntry> = manifest
         .parts
         .iter()
-        .filter(|p| p.operator == name && overlaps(p, key_groups));
-    let entry = covering.next()?;
-    if covering.next().is_some()
-        || entry.worker != WorkerIndex(worker)
-        || (entry.key_group_start, entry.key_group_end) != key_groups
-    {
-        return None;
-    }
-    let mut segments = entry.path.split('/');
-    let in_checkpoint = segments.next() == Some(job)
-        && segments
-            .next()
-            .and_then(weir_checkpoint::layout::parse_checkpoint_dir)
-            .is_some();
-    in_checkpoint.then_some(entry)
+        .filter(|p| p.operator == name && overlaps(p, key_groups))
+        .collect();
+    let reusable = |entry: &PartEntry| {
+        let mut segments = entry.path.split('/');
+        let in_checkpoint = segments.next() == Some(job)
+            && segments
+                .next()
+                .and_then(weir_checkpoint::layout::parse_checkpoint_dir)
+                .is_some();
+        in_checkpoint
+            && entry.worker == WorkerIndex(worker)
+            && (entry.key_group_start, entry.key_group_end) == key_groups
+    };
+    // A chain is packed objects, possibly after one whole part; a whole part is never
+    // a delta over anything.
+    let shaped = chain.iter().skip(1).all(|p| p.packed.is_some());
+    (!chain.is_empty() && shaped && chain.iter().all(|p| reusable(p))).then_some(chain)
 }
 
 #[cfg(test)]
@@ -387,12 +482,12 @@ mod tests {
                 part("src", 0, (0, 64), "job/chk-00000000000000000007/src/w0-g0"),
             ],
         );
-        let reused = reusable_part(&m, "job", "op", 1, 2, (64, 128));
-        assert_eq!(reused.map(|p| p.path.as_str()), Some(chk(1).as_str()));
+        let reused = reusable_chain(&m, "job", "op", 1, 2, (64, 128));
+        assert_eq!(reused.map(|c| c[0].path.as_str()), Some(chk(1).as_str()));
         // Another number of workers, another range, another operator.
-        assert!(reusable_part(&m, "job", "op", 0, 4, (0, 32)).is_none());
-        assert!(reusable_part(&m, "job", "op", 0, 1, (0, 128)).is_none());
-        assert!(reusable_part(&m, "job", "other", 0, 2, (0, 64)).is_none());
+        assert!(reusable_chain(&m, "job", "op", 0, 4, (0, 32)).is_none());
+        assert!(reusable_chain(&m, "job", "op", 0, 1, (0, 128)).is_none());
+        assert!(reusable_chain(&m, "job", "other", 0, 2, (0, 64)).is_none());
         // Written by as many workers, but not with this worker's range.
         let skewed = manifest(
             2,
@@ -401,7 +496,7 @@ mod tests {
                 part("op", 1, (60, 128), &chk(1)),
             ],
         );
-        assert!(reusable_part(&skewed, "job", "op", 1, 2, (64, 128)).is_none());
+        assert!(reusable_chain(&skewed, "job", "op", 1, 2, (64, 128)).is_none());
         // A part reused from an older checkpoint directory is still in one.
         let older = manifest(
             2,
@@ -412,12 +507,41 @@ mod tests {
                 "job/chk-00000000000000000003/op/w0-g0",
             )],
         );
-        assert!(reusable_part(&older, "job", "op", 0, 2, (0, 64)).is_some());
+        assert!(reusable_chain(&older, "job", "op", 0, 2, (0, 64)).is_some());
         // A savepoint can be deleted by hand: its parts are never reused.
         let savepoint = manifest(
             2,
             vec![part("op", 0, (0, 64), "job/savepoints/sp/op/w0-w0-g0")],
         );
-        assert!(reusable_part(&savepoint, "job", "op", 0, 2, (0, 64)).is_none());
+        assert!(reusable_chain(&savepoint, "job", "op", 0, 2, (0, 64)).is_none());
+        // A chain of packed objects is reused whole; two whole parts are no chain.
+        let packed = |path: &str| PartEntry {
+            packed: Some(vec![]),
+            ..part("op", 0, (0, 64), path)
+        };
+        let chain = manifest(
+            2,
+            vec![
+                packed("job/chk-00000000000000000003/op/w0-g0"),
+                packed("job/chk-00000000000000000005/op/w0-g1"),
+            ],
+        );
+        assert_eq!(
+            reusable_chain(&chain, "job", "op", 0, 2, (0, 64)).map(|c| c.len()),
+            Some(2)
+        );
+        let mut two = chain.clone();
+        two.parts.iter_mut().for_each(|p| p.packed = None);
+        assert!(reusable_chain(&two, "job", "op", 0, 2, (0, 64)).is_none());
+        // A whole part written before packed objects existed may start a chain.
+        let mut upgraded = chain.clone();
+        upgraded.parts[0].packed = None;
+        assert_eq!(
+            reusable_chain(&upgraded, "job", "op", 0, 2, (0, 64)).map(|c| c.len()),
+            Some(2)
+        );
+        let mut mixed = chain;
+        mixed.parts[1].worker = WorkerIndex(1);
+        assert!(reusable_chain(&mixed, "job", "op", 0, 2, (0, 64)).is_none());
     }
 }

@@ -115,16 +115,17 @@ pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
         None => RestoreStep::Fresh,
         Some(target) => RestoreStep::Resolve {
             target: target.clone(),
-            // A process restarted by `weir launch` whose predecessor completed no
-            // checkpoint, and a cluster without a supervisor (whose processes are always
-            // started with `--restore latest`, the first time too), start from the
-            // beginning when there is no checkpoint yet.
+            // A process restarted by `weir launch` whose predecessor committed no
+            // checkpoint, a cluster without a supervisor (whose processes are always
+            // started with `--restore latest`, the first time too), and a job whose
+            // earlier run left checkpoint directories but committed none of them, start
+            // from the beginning when there is no committed checkpoint yet.
             fresh_if_none: (facts.processes > 1
                 || facts
                     .requested_generation
-                    .is_some_and(|g| g > Generation(0)))
-                && *target == RestoreTarget::Latest
-                && facts.complete.is_empty(),
+                    .is_some_and(|g| g > Generation(0))
+                || !facts.all.is_empty())
+                && *target == RestoreTarget::Latest,
         },
     };
     Ok(StartPlan {
@@ -186,6 +187,19 @@ pub struct RestoredCheckpoint {
 pub struct EpochPlan {
     /// The run's first epoch.
     pub first_epoch: Epoch,
+}
+
+/// The checkpoints a new generation counts as seen when it takes its place in the job's
+/// history (`CheckpointStore::seal`): every complete one listed at the start, except
+/// those the restore found uncommitted. A link that commits one of those afterwards (an
+/// older generation's coordinator still running) is then a newer checkpoint to restore,
+/// never one to overwrite.
+pub fn seen_checkpoints(complete: &[Epoch], uncommitted: &[Epoch]) -> Vec<Epoch> {
+    complete
+        .iter()
+        .copied()
+        .filter(|e| !uncommitted.contains(e))
+        .collect()
 }
 
 /// The complete checkpoints a run abandons: every one newer than the checkpoint it
@@ -301,19 +315,19 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
         let (local, peers) = local_workers(config);
         let wanted =
             |e: &PartEntry| RestoredParts::wanted(e, local.clone(), config.key_groups, peers);
-        let (restored, parts) = match plan.restore {
-            RestoreStep::Fresh => (None, Vec::new()),
+        let (restored, parts, uncommitted) = match plan.restore {
+            RestoreStep::Fresh => (None, Vec::new(), Vec::new()),
             RestoreStep::Resolve {
                 target,
                 fresh_if_none,
             } => match store.resolve_restore_keeping(&target, &wanted).await {
-                Ok(point) => (Some(point.manifest), point.parts),
-                Err(CheckpointError::NoCheckpoint { .. }) if fresh_if_none => {
+                Ok(point) => (Some(point.manifest), point.parts, point.uncommitted),
+                Err(CheckpointError::NoCheckpoint { uncommitted, .. }) if fresh_if_none => {
                     tracing::warn!(
                         generation = %plan.generation,
                         "no checkpoint yet: the restarted job starts from the beginning"
                     );
-                    (None, Vec::new())
+                    (None, Vec::new(), uncommitted)
                 }
                 Err(e) => return Err(e.into()),
             },
@@ -343,7 +357,7 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
             parts,
             generation: plan.generation,
             epochs,
-            seen: facts.complete.clone(),
+            seen: seen_checkpoints(&facts.complete, &uncommitted),
             earlier_generations: facts.markers.len(),
         })
     })
@@ -389,6 +403,17 @@ mod tests {
                 first_epoch: Epoch(1)
             }
         );
+    }
+
+    #[test]
+    fn checkpoints_found_uncommitted_are_not_counted_as_seen() {
+        let e = Epoch;
+        assert_eq!(
+            seen_checkpoints(&[e(1), e(2), e(3)], &[e(3)]),
+            vec![e(1), e(2)]
+        );
+        assert_eq!(seen_checkpoints(&[e(1)], &[e(1)]), Vec::<Epoch>::new());
+        assert_eq!(seen_checkpoints(&[e(1), e(2)], &[]), vec![e(1), e(2)]);
     }
 
     #[test]
@@ -491,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_restarted_generation_may_find_no_checkpoint_and_start_fresh() {
+    fn only_a_restarted_generation_or_one_after_uncommitted_checkpoints_may_start_fresh() {
         let restore = Some(RestoreTarget::Latest);
         let first = StartFacts {
             restore: restore.clone(),
@@ -511,6 +536,20 @@ mod tests {
         };
         assert_eq!(
             plan_start(&restarted).unwrap().restore,
+            RestoreStep::Resolve {
+                target: RestoreTarget::Latest,
+                fresh_if_none: true
+            }
+        );
+        // Nor may a single process whose earlier run left checkpoints but, killed
+        // between a manifest and its link, committed none: the restore tells.
+        let left_uncommitted = StartFacts {
+            complete: vec![Epoch(1)],
+            all: vec![Epoch(1)],
+            ..first.clone()
+        };
+        assert_eq!(
+            plan_start(&left_uncommitted).unwrap().restore,
             RestoreStep::Resolve {
                 target: RestoreTarget::Latest,
                 fresh_if_none: true

@@ -25,6 +25,26 @@ fn exactly_once_holds_when_a_process_dies_before_the_manifest_is_written() {
 }
 
 #[test]
+fn a_first_checkpoint_whose_link_was_never_written_is_no_checkpoint_and_the_restart_starts_fresh() {
+    let run = scenario::run(
+        &Scenario::new("fp-before-first-link-2x1", 0x2_0005, 2, 1)
+            .failpoint("before-link@1")
+            .kills(1),
+    );
+    check_exactly_once(&run.corpus.oracle, &run.records);
+}
+
+#[test]
+fn exactly_once_holds_when_a_process_dies_between_the_manifest_and_its_link() {
+    let run = scenario::run(
+        &Scenario::new("fp-before-link-1x2", 0x2_0006, 1, 2)
+            .failpoint("before-link@3")
+            .kills(1),
+    );
+    check_exactly_once(&run.corpus.oracle, &run.records);
+}
+
+#[test]
 fn exactly_once_holds_when_a_process_dies_after_the_manifest_before_the_sink_commits() {
     let run = scenario::run(
         &Scenario::new("fp-after-manifest-1x2", 0x2_0003, 1, 2)

@@ -31,4 +31,5 @@ mod s3;
 mod s3_faults;
 mod savepoints;
 mod sessions;
+mod slow_store;
 mod standalone;

@@ -85,7 +85,7 @@ pub(crate) fn scrape_job(addr: &str, job: &str) -> Option<Scrape> {
 }
 
 /// The samples of a text exposition, each checked to carry the labels of job `job`.
-fn parse(body: &str, job: &str) -> Scrape {
+pub(crate) fn parse(body: &str, job: &str) -> Scrape {
     let mut samples = Vec::new();
     for line in body
         .lines()

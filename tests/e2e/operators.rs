@@ -307,6 +307,7 @@ fn job(ws: &Workspace, op: &str, output: &Path, checkpoints: &Path) -> JobArgs {
         .set("--output", path_str(output))
         .set("--checkpoint-dir", path_str(checkpoints))
         .set("--operator", op)
+        .set("--compaction-ratio", "0.01")
         .interval_ms(50)
 }
 
@@ -326,13 +327,16 @@ fn run(
 }
 
 /// One case: the oracle, a run without failure, and a run killed by `failpoint` at
-/// `before` workers and restored at `after` workers must all agree.
+/// `before` workers and restored at `after` workers must all agree. `incremental` says
+/// whether the killed run and the restored run checkpoint incrementally (deltas and
+/// staggered new bases) or write every key group whole at each checkpoint
+/// (`--incremental-checkpoints false`); a run killed during a compaction is incremental.
 fn check_operator(
     op: &'static str,
     draws: &[Vec<Draw>],
     failpoint: &str,
-    before: usize,
-    after: usize,
+    (before, after): (usize, usize),
+    incremental: (bool, bool),
 ) {
     let splits = events(draws, op == "stateful-map");
     let ws = Workspace::new(&format!("prop-{op}"));
@@ -353,19 +357,29 @@ fn check_operator(
     let lines: usize = splits.iter().map(Vec::len).sum();
     // Slow enough that the run is still going at the failpoint (~20 checkpoints).
     let rate = (lines as f64 / before as f64 / 1.0).ceil() as u64;
-    let first = job(&ws, op, &ws.output, &ws.checkpoints)
+    let compaction = failpoint.starts_with("compaction");
+    let mut first = job(&ws, op, &ws.output, &ws.checkpoints)
         .workers(before)
-        .rate_limit(rate.max(1));
+        .rate_limit(rate.max(1))
+        .set("--incremental-checkpoints", incremental.0 || compaction);
+    if compaction {
+        // Any change to a key group after its first base makes it due for a new one, so
+        // every checkpoint after the first that changes the state carries a compaction
+        // (at most 1 in 32 of a worker's groups, the rest as deltas).
+        first = first.set("--compaction-ratio", COMPACT_ALWAYS);
+    }
     let killed = run(&first, &ws, "killed", Some(failpoint));
     assert_eq!(
         killed.status.signal(),
         Some(libc::SIGKILL),
-        "{failpoint} should have killed the run at {before} workers; it ended with {}\n{}",
+        "{failpoint} should have killed the run at {before} workers (incremental: {}); it ended with {}\n{}",
+        incremental.0 || compaction,
         killed.status,
         tail(&killed.stderr, 20)
     );
     let restored = job(&ws, op, &ws.output, &ws.checkpoints)
         .workers(after)
+        .set("--incremental-checkpoints", incremental.1)
         .restore("latest");
     run(&restored, &ws, "restored", None).assert_success();
     let chaos = committed(op, &ws.output);
@@ -376,7 +390,10 @@ fn check_operator(
         &base,
     );
     check_same_multiset(
-        &format!("{op}: killed by {failpoint} at {before} workers and restored at {after}, against a run without failure"),
+        &format!(
+            "{op}: killed by {failpoint} at {before} workers and restored at {after} \
+             (incremental before and after: {incremental:?}), against a run without failure"
+        ),
         &base,
         &chaos,
     );
@@ -394,12 +411,28 @@ fn cases() -> ProptestConfig {
     }
 }
 
-fn failpoints() -> impl Strategy<Value = String> {
-    (
-        prop::sample::select(vec!["before-manifest", "after-manifest"]),
-        2u32..6,
-    )
-        .prop_map(|(fp, n)| format!("{fp}@{n}"))
+/// A compaction ratio so small that any change to a key group makes it due for a new base.
+const COMPACT_ALWAYS: &str = "0.000001";
+
+/// Where the first run of `op` is killed: before or after a manifest, or while a
+/// compaction (new bases of some of a worker's key groups) is uploaded. With
+/// `--compaction-ratio 0.01` most checkpoints carry one, so a kill before the manifest
+/// also falls between a compaction's upload and the manifest that adopts it.
+///
+/// A kill during the first or second compaction needs state that changes in at least two
+/// checkpoints after the first. Every operator's state changes with each record it
+/// applies, except `deduplicate`'s: it changes only when a key is first seen, and the
+/// input has only six keys, which may all arrive before the first checkpoint. So
+/// `deduplicate` is killed only before or after a manifest.
+fn failpoints(op: &str) -> impl Strategy<Value = String> {
+    let mut kinds = vec!["before-manifest", "after-manifest"];
+    if op != "dedup" {
+        kinds.push("compaction");
+    }
+    (prop::sample::select(kinds), 2u32..6).prop_map(|(fp, n)| match fp {
+        "compaction" => format!("{fp}@{}", 1 + n % 2),
+        _ => format!("{fp}@{n}"),
+    })
 }
 
 /// Worker counts before and after the restore, always different.
@@ -412,8 +445,13 @@ macro_rules! operator_property {
         proptest! {
             #![proptest_config(cases())]
             #[test]
-            fn $name(d in draws(), fp in failpoints(), (before, after) in parallelism()) {
-                check_operator($op, &d, &fp, before, after);
+            fn $name(
+                d in draws(),
+                fp in failpoints($op),
+                workers in parallelism(),
+                incremental in (prop::bool::weighted(0.75), prop::bool::weighted(0.75)),
+            ) {
+                check_operator($op, &d, &fp, workers, incremental);
             }
         }
     };

@@ -86,3 +86,38 @@ fn only_one_of_sixteen_concurrent_manifest_writers_wins_on_s3() {
         manifest
     );
 }
+
+#[test]
+fn a_part_larger_than_one_upload_chunk_goes_up_in_chunks_and_reads_back_verified() {
+    let url = s3_prefix("multipart");
+    let store = weir::checkpoint::CheckpointStore::open(&url, "big").unwrap();
+    // 40 MiB of varied bytes: above the 32 MiB from which parts go up in 16 MiB chunks,
+    // and not a multiple of the chunk.
+    let data: Vec<u64> = (0..5 * (1u64 << 20) + 7)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
+    let bytes = weir::checkpoint::codec::encode("big", &data).unwrap();
+    assert!(bytes.len() > 40 << 20);
+    let path = store.layout().part(weir::Epoch(1), "op", "w0");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let entry = rt
+        .block_on(store.put_part(path, "op", weir::WorkerIndex(0), (0, 128), bytes))
+        .unwrap();
+    let part = rt.block_on(store.get_part(&entry)).unwrap();
+    assert_eq!(part.decode::<Vec<u64>>().unwrap(), data);
+    // S3 names a multipart object's ETag after its part count: three chunks.
+    use object_store::ObjectStoreExt;
+    let meta = rt
+        .block_on(
+            store
+                .object_store()
+                .head(&object_store::path::Path::from(entry.path.as_str())),
+        )
+        .unwrap();
+    let etag = meta.e_tag.unwrap_or_default();
+    assert!(
+        etag.trim_matches('"').ends_with("-3"),
+        "`{}` has ETag {etag}, not that of a 3-part multipart upload",
+        entry.path
+    );
+}

@@ -165,10 +165,18 @@ impl CheckpointStore {
     }
 
     /// Writes a checkpoint's manifest and commits it by creating the link of the node it
-    /// follows (named in `manifest.link`). A manifest at the same epoch that is not
-    /// committed (written by a fenced generation) is moved aside first.
+    /// follows (named in `manifest.link`): [`Self::write_manifest`], then
+    /// [`Self::link_manifest`].
     pub async fn commit_manifest(&self, manifest: &Manifest, follows: Node) -> Result<Committed> {
-        debug_assert_eq!(manifest.link.as_deref(), Some(follows.name().as_str()));
+        self.write_manifest(manifest).await?;
+        self.link_manifest(manifest, follows).await
+    }
+
+    /// Writes a checkpoint's manifest, the first step of committing it. A manifest at the
+    /// same epoch that is not committed (written by a fenced generation) is moved aside
+    /// first. Until [`Self::link_manifest`] succeeds the checkpoint is not committed: a
+    /// restore passes it over.
+    pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
         match self.put_manifest(manifest).await {
             Ok(()) => {}
             Err(CheckpointError::ManifestExists { .. }) => {
@@ -188,6 +196,13 @@ impl CheckpointStore {
             }
             Err(e) => return Err(e),
         }
+        Ok(())
+    }
+
+    /// Commits a checkpoint whose manifest is written by creating the link of the node
+    /// it follows (named in `manifest.link`), unless another generation's link is there.
+    pub async fn link_manifest(&self, manifest: &Manifest, follows: Node) -> Result<Committed> {
+        debug_assert_eq!(manifest.link.as_deref(), Some(follows.name().as_str()));
         let link = Link {
             generation: manifest.generation,
             epoch: Some(manifest.epoch),

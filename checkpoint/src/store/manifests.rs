@@ -161,6 +161,7 @@ impl CheckpointStore {
                 RestoreTarget::Latest => CheckpointError::NoCheckpoint {
                     job: self.layout.job().to_string(),
                     url: self.url.clone(),
+                    uncommitted: Vec::new(),
                 },
                 RestoreTarget::Savepoint(_) => unreachable!("handled above"),
                 RestoreTarget::Epoch(epoch) => CheckpointError::CheckpointNotFound {
@@ -170,15 +171,28 @@ impl CheckpointStore {
             });
         }
         let mut tried = Vec::new();
+        let mut uncommitted = Vec::new();
         for epoch in candidates {
             match self.verify_keeping(epoch, keep).await {
-                Ok(point) => {
+                Ok(mut point) => {
                     if !tried.is_empty() {
                         tracing::warn!(epoch = %epoch, skipped = ?tried, "restoring from an older checkpoint because newer ones failed verification");
                     }
+                    point.uncommitted = uncommitted;
                     return Ok(point);
                 }
                 Err(e @ CheckpointError::JobMismatch { .. }) => return Err(e),
+                // A manifest whose link was never created is no checkpoint: its run
+                // stopped (or was fenced) between the two writes, and no sink committed
+                // its output. It is passed over, not counted as damaged.
+                // Asked for by epoch, it is refused naming why.
+                Err(e @ CheckpointError::Uncommitted { .. }) => {
+                    if *target != RestoreTarget::Latest {
+                        return Err(e);
+                    }
+                    tracing::warn!(epoch = %epoch, reason = %e, "passing over a checkpoint that was never committed");
+                    uncommitted.push(epoch);
+                }
                 Err(e @ CheckpointError::Storage { .. }) if e.retry() == Retry::Transient => {
                     return Err(e)
                 }
@@ -187,6 +201,14 @@ impl CheckpointStore {
                     tried.push((epoch, e.to_string()));
                 }
             }
+        }
+        if tried.is_empty() {
+            // Every manifest found was uncommitted: the job has no checkpoint yet.
+            return Err(CheckpointError::NoCheckpoint {
+                job: self.layout.job().to_string(),
+                url: self.url.clone(),
+                uncommitted,
+            });
         }
         Err(CheckpointError::NoReadableCheckpoint {
             job: self.layout.job().to_string(),
@@ -208,6 +230,10 @@ impl CheckpointStore {
         let manifest = self.read_manifest(epoch).await?;
         self.check_committed(&manifest).await?;
         let parts = self.verify_parts(&manifest, keep).await?;
-        Ok(RestorePoint { manifest, parts })
+        Ok(RestorePoint {
+            manifest,
+            parts,
+            uncommitted: Vec::new(),
+        })
     }
 }

@@ -1,11 +1,11 @@
 //! State and position parts: written once, read back and verified (size, whole-object
 //! CRC, header) before anything is decoded.
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::CheckpointStore;
+use super::{CheckpointStore, Multipart};
 use crate::codec;
 use crate::error::{CheckpointError, Result};
 use crate::ids::WorkerIndex;
@@ -65,6 +65,44 @@ impl VerifiedPart {
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         codec::decode_payload(&self.entry.path, self.kind, self.payload())
     }
+
+    /// The sections of a packed object (see [`crate::pack`]), from its index.
+    pub fn sections(&self) -> Result<Vec<crate::pack::Section>> {
+        if self.kind != codec::PayloadKind::Packed {
+            return Err(CheckpointError::Corrupt {
+                path: self.entry.path.clone(),
+                reason: format!("expected a packed object, found {:?}", self.kind),
+            });
+        }
+        crate::pack::index(&self.entry.path, self.payload())
+    }
+
+    /// Decodes one section of a packed object.
+    pub fn decode_section<T: serde::de::DeserializeOwned>(
+        &self,
+        section: &crate::pack::Section,
+    ) -> Result<T> {
+        crate::pack::decode_section(&self.entry.path, self.payload(), section)
+    }
+}
+
+/// A multipart upload that is aborted, on the runtime it ran on, if dropped before it
+/// was taken out: its future was dropped (timed out) half-way.
+struct AbortUnlessDone(Option<Box<dyn object_store::MultipartUpload>>);
+
+impl Drop for AbortUnlessDone {
+    fn drop(&mut self) {
+        let Some(mut upload) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = upload.abort().await {
+                    tracing::warn!(error = %e, "could not abort a multipart upload that was given up; the server may keep its parts until its own clean-up");
+                }
+            });
+        }
+    }
 }
 
 /// How many parts a verification reads at once.
@@ -89,12 +127,60 @@ impl CheckpointStore {
             path: path.to_string(),
             size: bytes.len() as u64,
             crc32: codec::object_crc32(&bytes),
+            packed: None,
         };
-        self.store
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map_err(|e| CheckpointError::storage("put", &path, e))?;
+        match self.multipart {
+            Some(multipart) if bytes.len() >= multipart.from => {
+                self.put_in_chunks(&path, bytes, multipart).await?
+            }
+            _ => {
+                self.store
+                    .put(&path, PutPayload::from(bytes))
+                    .await
+                    .map_err(|e| CheckpointError::storage("put", &path, e))?;
+            }
+        }
         Ok(entry)
+    }
+
+    /// Uploads `bytes` to `path` as a multipart upload of `multipart.chunk`-byte parts,
+    /// a few at once, so that no single request carries a large object (and runs into
+    /// the client's per-request timeout). A failed upload, and one dropped before it
+    /// ended (the caller's checkpoint timeout), is aborted, so that the server drops the
+    /// parts it holds; the object then does not exist.
+    async fn put_in_chunks(
+        &self,
+        path: &Path,
+        bytes: bytes::Bytes,
+        multipart: Multipart,
+    ) -> Result<()> {
+        let storage = |e| CheckpointError::storage("put (multipart)", path, e);
+        let upload = self.store.put_multipart(path).await.map_err(storage)?;
+        let mut upload = AbortUnlessDone(Some(upload));
+        let live = upload.0.as_mut().expect("not done yet");
+        let chunks: Vec<_> = (0..bytes.len())
+            .step_by(multipart.chunk)
+            .map(|at| {
+                let end = (at + multipart.chunk).min(bytes.len());
+                live.put_part(PutPayload::from(bytes.slice(at..end)))
+            })
+            .collect();
+        let sent: object_store::Result<Vec<()>> = futures::stream::iter(chunks)
+            .buffer_unordered(multipart.concurrency)
+            .try_collect()
+            .await;
+        let done = match sent {
+            Ok(_) => live.complete().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let mut live = upload.0.take().expect("not done yet");
+        if let Err(e) = done {
+            if let Err(abort) = live.abort().await {
+                tracing::warn!(path = %path, error = %abort, "could not abort a failed multipart upload; the server may keep its parts until its own clean-up");
+            }
+            return Err(storage(e));
+        }
+        Ok(())
     }
 
     /// Reads a part and checks it against its manifest entry and its own header.

@@ -32,7 +32,14 @@ impl CheckpointStore {
         let mut manifest = self.resolve_restore(&target).await?;
         for part in &mut manifest.parts {
             let from = Path::from(part.path.as_str());
-            let file = from.filename().unwrap_or("part").to_string();
+            let mut file = from.filename().unwrap_or("part").to_string();
+            // The objects of a chain share their file name across checkpoint
+            // directories: their copies carry the directory's epoch.
+            if part.packed.is_some() {
+                if let Some(epoch) = part.path.split('/').find_map(layout::parse_checkpoint_dir) {
+                    file = format!("e{}-{file}", epoch.0);
+                }
+            }
             let to = self.layout.savepoint_part(
                 name,
                 &part.operator,
@@ -70,7 +77,11 @@ impl CheckpointStore {
                 name: name.to_string(),
             })?;
         let parts = self.verify_parts(&manifest, keep).await?;
-        Ok(RestorePoint { manifest, parts })
+        Ok(RestorePoint {
+            manifest,
+            parts,
+            uncommitted: Vec::new(),
+        })
     }
 
     /// The names of the job's savepoints, sorted.

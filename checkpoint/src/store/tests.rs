@@ -144,7 +144,38 @@ fn part_entry(bytes: &[u8]) -> PartEntry {
         path: "job/chk-00000000000000000001/op/w0".into(),
         size: bytes.len() as u64,
         crc32: codec::crc32(bytes),
+        packed: None,
     }
+}
+
+#[test]
+fn a_header_naming_another_readable_version_or_known_kind_never_reads_a_different_value() {
+    let data = vec![0u8; 111];
+    let bytes = codec::encode("p", &data).unwrap();
+    assert_eq!(
+        codec::FORMAT_VERSION ^ 2,
+        1,
+        "this case flips version 3 to 1"
+    );
+    let mut older = bytes.clone();
+    older[4] ^= 2;
+    let part = VerifiedPart::verify(&part_entry(&older), older.into()).unwrap();
+    assert_eq!(part.decode::<Vec<u8>>().unwrap(), data);
+    // A kind field naming another known kind is refused when decoded.
+    let mut packed = bytes.clone();
+    packed[6] ^= 2;
+    let entry = part_entry(&packed);
+    let part = VerifiedPart::verify(&entry, packed.into()).unwrap();
+    let err = part.decode::<Vec<u8>>().unwrap_err().to_string();
+    assert!(err.contains(&entry.path), "{err}");
+    // A version outside the readable range is refused, naming the object.
+    let mut newer = bytes;
+    newer[4] ^= 4;
+    let entry = part_entry(&newer);
+    let err = VerifiedPart::verify(&entry, newer.into())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&entry.path), "{err}");
 }
 
 #[test]
@@ -174,11 +205,25 @@ proptest::proptest! {
         let err = VerifiedPart::verify(&entry, bad.into()).unwrap_err().to_string();
         proptest::prop_assert!(err.contains(&entry.path), "{}", err);
         // The header and its CRC are checked even when the manifest's entry was
-        // computed over the corrupted bytes.
+        // computed over the corrupted bytes. What they cannot see is a version or kind
+        // field that still names a readable version or a known kind. Such an object
+        // reads back as the same value (every readable version encodes a bincode
+        // payload the same way) or is refused when decoded (another kind), naming the
+        // object: never a different value.
         let mut bad = bytes.clone();
-        bad[pos.index(bytes.len())] ^= flip;
+        let at = pos.index(bytes.len());
+        bad[at] ^= flip;
         let entry = part_entry(&bad);
-        proptest::prop_assert!(VerifiedPart::verify(&entry, bad.into()).is_err());
+        if let Ok(part) = VerifiedPart::verify(&entry, bad.into()) {
+            proptest::prop_assert!((4..8).contains(&at), "byte {} changed unnoticed", at);
+            match part.decode::<Vec<u8>>() {
+                Ok(value) => proptest::prop_assert_eq!(value, data),
+                Err(err) => {
+                    let err = err.to_string();
+                    proptest::prop_assert!(err.contains(&entry.path), "{}", err);
+                }
+            }
+        }
     }
 
     #[test]
@@ -423,6 +468,66 @@ async fn latest(store: &CheckpointStore) -> Epoch {
 }
 
 #[tokio::test]
+async fn a_manifest_whose_link_was_never_written_is_passed_over_not_a_damaged_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+    let g = Generation;
+    // Generation 0 starts fresh and writes the manifest of its first checkpoint, then is
+    // killed before the link that commits it.
+    let start = store.seal(g(0), None, &[]).await.unwrap().unwrap();
+    let part = write_part(&store, 1, "w0-g0").await;
+    let mut first = manifest("job", 1, vec![part]);
+    first.link = Some(start.name());
+    store.put_manifest(&first).await.unwrap();
+
+    // A restart finds no checkpoint, and is told which manifest it passed over.
+    let err = store
+        .resolve_restore(&RestoreTarget::Latest)
+        .await
+        .unwrap_err();
+    let CheckpointError::NoCheckpoint { uncommitted, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(uncommitted, &vec![Epoch(1)]);
+    assert!(err.to_string().contains("chk-1"), "{err}");
+    // Asked for by epoch, it is refused naming why.
+    let err = store
+        .resolve_restore(&RestoreTarget::Epoch(Epoch(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CheckpointError::Uncommitted { .. }), "{err}");
+
+    // Behind a committed checkpoint, it is passed over too, and reported.
+    let dir2 = tempfile::tempdir().unwrap();
+    let older = CheckpointStore::open(dir2.path().to_str().unwrap(), "job").unwrap();
+    let start2 = older.seal(g(0), None, &[]).await.unwrap().unwrap();
+    let Committed::Yes { next } = linked(&older, 1, 0, start2).await else {
+        panic!()
+    };
+    let part = write_part(&older, 2, "w0-g0").await;
+    let mut second = manifest("job", 2, vec![part]);
+    second.link = Some(next.name());
+    older.put_manifest(&second).await.unwrap();
+    let point = older
+        .resolve_restore_keeping(&RestoreTarget::Latest, &|_| false)
+        .await
+        .unwrap();
+    assert_eq!(point.manifest.epoch, Epoch(1));
+    assert_eq!(point.uncommitted, vec![Epoch(2)]);
+
+    // The dead generation's coordinator was in fact only paused: it commits the
+    // checkpoint after the restart resolved its start but before the restart sealed.
+    // Since the restart does not count the uncommitted checkpoint as seen, sealing
+    // tells it to restore that checkpoint instead of overwriting its link.
+    assert!(matches!(
+        store.commit_manifest(&first, start).await.unwrap(),
+        Committed::Yes { .. }
+    ));
+    assert_eq!(store.seal(g(1), None, &[]).await.unwrap(), Err(Epoch(1)));
+    assert_eq!(latest(&store).await, Epoch(1));
+}
+
+#[tokio::test]
 async fn a_zombie_of_an_older_generation_can_never_commit_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
@@ -564,4 +669,300 @@ async fn retention_keeps_only_the_links_that_retained_checkpoints_hang_from() {
     );
     assert_eq!(latest(&store).await, Epoch(6));
     assert!(store.verify(Epoch(5)).await.is_ok());
+}
+
+/// A packed object of a chain (see `crate::pack`) written for `epoch`, holding bases for
+/// `bases`, all named like the objects of one worker and generation.
+async fn write_link(store: &CheckpointStore, epoch: u64, bases: Vec<(u32, u32)>) -> PartEntry {
+    let mut w = crate::pack::PackWriter::new("t");
+    w.push(
+        0,
+        crate::pack::SectionKind::Delta,
+        &vec![(epoch, Some(epoch))],
+    )
+    .unwrap();
+    let path = store.layout().part(Epoch(epoch), "op", "w0-g0");
+    let mut entry = store
+        .put_part(path, "op", WorkerIndex(0), (0, 128), w.finish())
+        .await
+        .unwrap();
+    entry.packed = Some(bases);
+    entry
+}
+
+#[tokio::test]
+async fn a_chain_across_directories_is_retained_whole_and_copied_whole_by_a_savepoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+    // Checkpoint e lists the chain of objects written at 1, 3, ..., e (a base at 1).
+    let mut chain = Vec::new();
+    for e in 1..=4 {
+        let link = write_link(&store, e, if e == 1 { vec![(0, 128)] } else { vec![] }).await;
+        if e % 2 == 1 {
+            chain.push(link);
+        }
+        store
+            .put_manifest(&manifest("job", e, chain.clone()))
+            .await
+            .unwrap();
+    }
+    // Retaining the newest checkpoint keeps every directory its chain lists.
+    assert_eq!(store.apply_retention(1).await.unwrap(), vec![Epoch(2)]);
+    for link in &chain {
+        store.get_part(link).await.unwrap();
+    }
+    let sp = store.create_savepoint("chain", None).await.unwrap();
+    let paths: std::collections::BTreeSet<&str> =
+        sp.parts.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths.len(), 2, "every link gets its own copy: {paths:?}");
+    for e in [1, 3, 4] {
+        store.delete_checkpoint(Epoch(e)).await.unwrap();
+    }
+    let back = store
+        .resolve_restore_keeping(&RestoreTarget::Savepoint("chain".into()), &|_| true)
+        .await
+        .unwrap();
+    let epochs: Vec<Vec<(u64, Option<u64>)>> = back
+        .parts
+        .iter()
+        .map(|p| {
+            let sections = p.sections().unwrap();
+            p.decode_section(&sections[0]).unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, vec![vec![(1, Some(1))], vec![(3, Some(3))]]);
+}
+
+/// An object store that counts the multipart uploads started on the store it wraps,
+/// and can make one chunk of each fail or never finish.
+#[derive(Debug, Default)]
+struct CountingMultipart {
+    inner: Option<Arc<dyn object_store::ObjectStore>>,
+    multipart: std::sync::atomic::AtomicUsize,
+    /// The chunk (counted from 0) that fails, or never finishes.
+    fault: Option<(usize, ChunkFault)>,
+    /// Aborted uploads, announced on `aborted`.
+    aborts: Arc<std::sync::atomic::AtomicUsize>,
+    aborted: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ChunkFault {
+    Fails,
+    Hangs,
+}
+
+/// A multipart upload of [`CountingMultipart`].
+#[derive(Debug)]
+struct FaultyUpload {
+    inner: Box<dyn object_store::MultipartUpload>,
+    chunks: usize,
+    fault: Option<(usize, ChunkFault)>,
+    aborts: Arc<std::sync::atomic::AtomicUsize>,
+    aborted: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl object_store::MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: object_store::PutPayload) -> object_store::UploadPart {
+        let chunk = self.chunks;
+        self.chunks += 1;
+        match self.fault {
+            Some((at, ChunkFault::Fails)) if at == chunk => Box::pin(async {
+                Err(object_store::Error::Generic {
+                    store: "test",
+                    source: "the server refused the chunk".into(),
+                })
+            }),
+            Some((at, ChunkFault::Hangs)) if at == chunk => Box::pin(std::future::pending()),
+            _ => self.inner.put_part(data),
+        }
+    }
+
+    async fn complete(&mut self) -> object_store::Result<object_store::PutResult> {
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.aborts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.aborted.notify_one();
+        self.inner.abort().await
+    }
+}
+
+impl CountingMultipart {
+    fn inner(&self) -> &Arc<dyn object_store::ObjectStore> {
+        self.inner.as_ref().expect("a wrapped store")
+    }
+}
+
+impl std::fmt::Display for CountingMultipart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "counting({})", self.inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for CountingMultipart {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.inner().put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.multipart
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Box::new(FaultyUpload {
+            inner: self.inner().put_multipart_opts(location, opts).await?,
+            chunks: 0,
+            fault: self.fault,
+            aborts: Arc::clone(&self.aborts),
+            aborted: Arc::clone(&self.aborted),
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner().get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+        self.inner().delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner().list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner().list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner().copy_opts(from, to, options).await
+    }
+}
+
+#[tokio::test]
+async fn large_parts_go_up_in_chunks_and_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let memory: Arc<dyn object_store::ObjectStore> = Arc::new(InMemory::new());
+    for inner in [memory, local] {
+        let counting = Arc::new(CountingMultipart {
+            inner: Some(inner),
+            ..Default::default()
+        });
+        let mut store = CheckpointStore::with_store(counting.clone(), "test://", "job");
+        store.multipart = Some(Multipart {
+            from: 64,
+            chunk: 16,
+            concurrency: 2,
+        });
+        // Below the threshold (38 bytes framed): one put. At it (64 bytes, four whole
+        // chunks) and above it: chunks, ending on a chunk boundary (128) or not (72, 228).
+        for (len, multipart) in [(10usize, 0usize), (36, 1), (44, 2), (100, 3), (200, 4)] {
+            let bytes = codec::encode("t", &vec![len as u8; len]).unwrap();
+            let framed = bytes.len();
+            let path = store.layout().part(Epoch(len as u64), "op", "w0");
+            let entry = store
+                .put_part(path, "op", WorkerIndex(0), (0, 128), bytes.clone())
+                .await
+                .unwrap();
+            assert_eq!(
+                counting.multipart.load(std::sync::atomic::Ordering::SeqCst),
+                multipart,
+                "a part of {framed} bytes"
+            );
+            let part = store.get_part(&entry).await.unwrap();
+            assert_eq!(part.bytes().as_ref(), bytes.as_slice());
+            assert_eq!(part.decode::<Vec<u8>>().unwrap(), vec![len as u8; len]);
+        }
+    }
+    // Object stores get chunked uploads; local directories write every part at once.
+    assert_eq!(
+        CheckpointStore::open("memory://", "job").unwrap().multipart,
+        Some(Multipart::OBJECT_STORE)
+    );
+    let local = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+    assert_eq!(local.multipart, None);
+}
+
+#[tokio::test]
+async fn a_chunked_upload_that_fails_or_is_given_up_is_aborted_and_leaves_no_object() {
+    let small = Multipart {
+        from: 64,
+        chunk: 16,
+        concurrency: 2,
+    };
+    let bytes = codec::encode("t", &vec![7u8; 100]).unwrap();
+    // A chunk the server refuses: the upload fails naming the object, and is aborted.
+    let failing = Arc::new(CountingMultipart {
+        inner: Some(Arc::new(InMemory::new())),
+        fault: Some((2, ChunkFault::Fails)),
+        ..Default::default()
+    });
+    let mut store = CheckpointStore::with_store(failing.clone(), "test://", "job");
+    store.multipart = Some(small);
+    let path = store.layout().part(Epoch(1), "op", "w0");
+    let err = store
+        .put_part(path.clone(), "op", WorkerIndex(0), (0, 128), bytes.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(path.as_ref()) && err.contains("refused"),
+        "{err}"
+    );
+    assert_eq!(failing.aborts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(failing.inner().head(&path).await.is_err(), "no object");
+    // A chunk that never finishes, given up by the caller's timeout: aborted too, on
+    // the runtime, once the upload's future is dropped.
+    let hanging = Arc::new(CountingMultipart {
+        inner: Some(Arc::new(InMemory::new())),
+        fault: Some((1, ChunkFault::Hangs)),
+        ..Default::default()
+    });
+    let mut store = CheckpointStore::with_store(hanging.clone(), "test://", "job");
+    store.multipart = Some(small);
+    let aborted = hanging.aborted.notified();
+    let put = store.put_part(path.clone(), "op", WorkerIndex(0), (0, 128), bytes);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(50), put)
+            .await
+            .is_err(),
+        "a hanging chunk cannot finish the upload"
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(10), aborted)
+        .await
+        .expect("the given-up upload is aborted");
+    assert_eq!(hanging.aborts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(hanging.inner().head(&path).await.is_err(), "no object");
 }

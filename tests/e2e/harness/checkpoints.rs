@@ -17,10 +17,9 @@ impl Checkpoint {
         self.dir.join("_MANIFEST")
     }
 
-    /// The object names (relative to the checkpoint root) of every part its manifest
-    /// lists. A manifest is JSON after a fixed binary header (magic, version, length,
-    /// crc); parts may live in the directories of older checkpoints.
-    pub fn manifest_parts(&self) -> Vec<String> {
+    /// The manifest as JSON. A manifest is JSON after a fixed binary header (magic,
+    /// version, length, crc).
+    pub fn manifest_json(&self) -> serde_json::Value {
         let path = self.manifest();
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         let start = if bytes.get(HEADER_LEN) == Some(&b'{') {
@@ -31,13 +30,19 @@ impl Checkpoint {
                 .position(|&b| b == b'{')
                 .unwrap_or_else(|| panic!("{} holds no JSON", path.display()))
         };
-        let v: serde_json::Value = serde_json::from_slice(&bytes[start..]).unwrap_or_else(|e| {
+        serde_json::from_slice(&bytes[start..]).unwrap_or_else(|e| {
             panic!(
                 "{} is not a JSON manifest after its header: {e}",
                 path.display()
             )
-        });
-        v["parts"]
+        })
+    }
+
+    /// The object names (relative to the checkpoint root) of every part its manifest
+    /// lists; parts may live in the directories of older checkpoints.
+    pub fn manifest_parts(&self) -> Vec<String> {
+        let path = self.manifest();
+        self.manifest_json()["parts"]
             .as_array()
             .unwrap_or_else(|| panic!("manifest {} has no `parts` list", path.display()))
             .iter()

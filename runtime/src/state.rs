@@ -1,0 +1,1173 @@
+//! Keyed state that checkpoints incrementally: a map per key group, the keys changed
+//! since the last snapshot, and a chain of packed objects per operator and worker.
+//!
+//! ## Design
+//!
+//! A worker's state of one operator is split into its key groups, each a hash map. The
+//! operator tells the state which keys it changed ([`KeyedState::changed`]); removals
+//! through [`KeyedState::retain`] are recorded as tombstones. At a barrier,
+//! [`KeyedState::encode`] writes one packed object (see [`weir_checkpoint::pack`]) with a
+//! section per key group that needs one:
+//! - a **base**, the group's whole state, encoded at the barrier, for a group that has
+//!   none in the chain yet (first snapshot, rescaled restore, failed upload);
+//! - a **rebase**, the group's whole state encoded off the barrier (below), for a group
+//!   whose deltas since its base outgrew `compaction-ratio` of it or whose base is
+//!   [`MAX_AGE`] objects old, at most a few groups per snapshot so that new bases are
+//!   staggered over checkpoints ([`rebase_plan`]);
+//! - a **delta**, one value per changed key and a tombstone per removed one, for every
+//!   other group that changed.
+//!
+//! A new base off the barrier (compaction) starts at a snapshot that writes the group's
+//! delta as usual and takes the list of the group's keys. The operator then encodes their
+//! current values a slice at a time whenever it has nothing else to do
+//! ([`KeyedState::background`]), while records keep changing the group; each snapshot also
+//! encodes at least an eighth of the keys, so that the base completes even in an operator
+//! that never idles. The keys changed or removed since the start are kept. The first
+//! snapshot after the base is complete writes it as the group's rebase section: the
+//! encoded entries, then the current value or a tombstone of every key changed since the
+//! start. Applied in order to an empty group, that is exactly the group's state at this
+//! snapshot: an entry encoded before its key changed is overwritten by the later value or
+//! tombstone. Until then the group's deltas go on as before, so every manifest restores.
+//!
+//! The snapshotter keeps the chain of objects and reports it whole; a manifest's parts
+//! of one operator and worker are that chain, oldest first, and each part entry names
+//! the groups it holds bases for, so the manifest lists every group's base and deltas.
+//! An object drops off the front of the chain once every group has a newer base
+//! ([`weir_checkpoint::manifest::chain_start`]), and retention deletes a directory once
+//! no retained manifest lists a part in it.
+//!
+//! An operator may add a small value of its own to every object (event-time operators
+//! store the watermark they fired up to): a section of the reserved group
+//! [`META_GROUP`], which forces an object whenever the value changed.
+//!
+//! A restore reads every part of the operator that covers one of its groups, in
+//! manifest order: a base or rebase replaces the group, a delta upserts and removes keys.
+//! Sections that a later base of their group replaces are not decoded. Bases are bincode
+//! maps, decoded straight into the group's hash map. With
+//! incremental checkpoints off, every snapshot is a base of every group (a chain of one
+//! object). Whole parts (one bincode list of groups), as written before packed objects
+//! existed, are read as bases.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash};
+
+use serde::de::DeserializeOwned;
+use serde::{Serialize, Serializer};
+use weir_checkpoint::pack::{PackWriter, SectionKind};
+use weir_checkpoint::store::VerifiedPart;
+
+use crate::context::JobContext;
+use crate::error::Result;
+use crate::keygroup;
+use crate::restore::overlaps;
+use crate::snapshot::Part;
+
+/// A base smaller than this counts as this large when deciding whether its deltas
+/// outgrew it, so that tiny groups are not rewritten at every change.
+const MIN_BASE_BYTES: u64 = 4096;
+/// A group gets a new base once its base is this many objects old, so that a chain
+/// never grows without bound when a group stops changing.
+pub const MAX_AGE: u32 = 64;
+/// At most one in this many groups gets a new base for its deltas in one snapshot (at
+/// least one group does).
+pub const STAGGER: usize = 32;
+
+/// The group of the section that holds an operator's own value (see the module's
+/// design); never a key group, since a job has fewer key groups.
+pub const META_GROUP: u32 = u32::MAX;
+
+/// What [`KeyedState::update_all`] did to an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// Left as it was.
+    Kept,
+    /// Changed in place.
+    Changed,
+    /// To be removed.
+    Removed,
+}
+
+/// What a worker knows about one key group's entries in the chain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Whether the chain holds a base of the group.
+    pub based: bool,
+    /// The size of that base's section in bytes.
+    pub base_bytes: u64,
+    /// Bytes of the group's delta sections since its base.
+    pub delta_bytes: u64,
+    /// Objects written since the base (the base's own included).
+    pub age: u32,
+    /// Whether a new base of the group is being encoded off the barrier.
+    pub pending: bool,
+}
+
+/// What the next snapshot does for one group ([`rebase_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// A delta of its changes, if any.
+    Delta,
+    /// A base, encoded at the barrier: the group has none in the chain, or every group
+    /// gets one.
+    BaseNow,
+    /// A delta now, and a new base encoded off the barrier, taken over by a later
+    /// snapshot as a rebase section.
+    BaseLater,
+}
+
+/// What the next snapshot does for each group: a base at the barrier for every group
+/// without one, or for every group when `full`; otherwise a new base off the barrier for
+/// the groups whose deltas exceed `ratio` of their base or whose base is [`MAX_AGE`]
+/// objects old, the most overdue first, at most `max(1, groups / STAGGER)` of them and
+/// none whose new base is already under way; a delta for the rest.
+pub fn rebase_plan(stats: &[GroupStats], ratio: f64, full: bool) -> Vec<Plan> {
+    let mut plan: Vec<Plan> = stats
+        .iter()
+        .map(|s| {
+            if full || !s.based {
+                Plan::BaseNow
+            } else {
+                Plan::Delta
+            }
+        })
+        .collect();
+    let mut due: Vec<(f64, usize)> = stats
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| plan[*i] == Plan::Delta && !s.pending)
+        .filter_map(|(i, s)| {
+            let base = s.base_bytes.max(MIN_BASE_BYTES) as f64;
+            let by_size = s.delta_bytes as f64 / (ratio * base);
+            let by_age = s.age as f64 / MAX_AGE as f64;
+            let score = by_size.max(by_age);
+            (score >= 1.0).then_some((score, i))
+        })
+        .collect();
+    due.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, i) in due.into_iter().take((stats.len() / STAGGER).max(1)) {
+        plan[i] = Plan::BaseLater;
+    }
+    plan
+}
+
+/// The ranges `[start, end)` of the groups (offset by `lo`) set in `plan`.
+fn ranges(plan: &[bool], lo: u32) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for (i, _) in plan.iter().enumerate().filter(|(_, b)| **b) {
+        let g = lo + i as u32;
+        match out.last_mut() {
+            Some((_, end)) if *end == g => *end = g + 1,
+            _ => out.push((g, g + 1)),
+        }
+    }
+    out
+}
+
+/// One worker's keyed state of one operator, split into its key groups, checkpointed
+/// incrementally (see the module's design).
+pub struct KeyedState<K, V, H = std::hash::RandomState> {
+    name: String,
+    key_groups: u32,
+    lo: u32,
+    groups: Vec<HashMap<K, V, H>>,
+    changed: Vec<HashSet<K, H>>,
+    stats: Vec<GroupStats>,
+    incremental: bool,
+    ratio: f64,
+    /// The operator's own values read from the restored objects, in chain order.
+    restored_meta: Vec<Vec<u8>>,
+    /// The operator's own value as last written.
+    last_meta: Option<Vec<u8>>,
+    /// New bases being encoded off the barrier.
+    pending: Vec<PendingBase<K, H>>,
+}
+
+/// A new base of one group, encoded off the barrier a slice at a time (see the module's
+/// design).
+struct PendingBase<K, H> {
+    /// The group's index among this worker's groups.
+    index: usize,
+    /// The group's keys when the base was started; those from `next` on are still to
+    /// be encoded.
+    keys: Vec<K>,
+    next: usize,
+    /// The entries encoded so far, each a bincode `(K, Option<V>)`.
+    encoded: Vec<u8>,
+    count: u64,
+    /// The keys changed or removed since the base was started, up to the last snapshot.
+    since: HashSet<K, H>,
+    /// Why an entry did not encode: the next snapshot fails with it.
+    error: Option<bincode::Error>,
+}
+
+/// Entries encoded per step of a new base off the barrier, at most.
+const STEP_ENTRIES: usize = 4096;
+/// Bytes encoded per step of a new base off the barrier, about.
+const STEP_BYTES: usize = 256 << 10;
+
+impl<K, V, H> KeyedState<K, V, H>
+where
+    K: Hash + Eq + Clone + Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
+    H: BuildHasher + Default,
+{
+    /// The state of operator `name` on this worker as the restored checkpoint holds it
+    /// (empty on a fresh start), whatever the number of workers that wrote it.
+    pub fn restore(ctx: &JobContext, name: &str) -> Result<Self> {
+        let config = ctx.config();
+        let mut state = Self::empty(
+            name,
+            ctx.key_groups(),
+            ctx.key_group_range(),
+            // Without checkpoints nothing would ever take the changed keys.
+            config.incremental_checkpoints && ctx.checkpointing(),
+            config.compaction_ratio,
+        );
+        let (Some(manifest), Some(store)) = (ctx.restored(), ctx.store()) else {
+            return Ok(state);
+        };
+        let range = ctx.key_group_range();
+        let chain: Vec<&weir_checkpoint::PartEntry> = manifest
+            .parts_of(name)
+            .filter(|entry| overlaps(entry, range))
+            .collect();
+        state.replay_chain(&chain, |entry| {
+            let part = match ctx.take_restored_part(entry) {
+                Some(part) => part,
+                None => ctx.block_on(store.get_part(entry))?,
+            };
+            crate::failpoint::hit("restore");
+            Ok(part)
+        })?;
+        Ok(state)
+    }
+
+    /// Restores this worker's groups from `chain`, the parts of the operator that cover
+    /// one of them in manifest order, opened with `open`. Equivalent to
+    /// [`KeyedState::replay`] of every part, but the sections that a newer base in the
+    /// chain replaces ([`weir_checkpoint::manifest::newest_bases`]) are not decoded, and
+    /// a whole part whose every group has a newer base is not opened.
+    pub fn replay_chain(
+        &mut self,
+        chain: &[&weir_checkpoint::PartEntry],
+        mut open: impl FnMut(&weir_checkpoint::PartEntry) -> Result<VerifiedPart>,
+    ) -> Result<()> {
+        let range = (self.lo, self.lo + self.groups.len() as u32);
+        let newest = weir_checkpoint::manifest::newest_bases(chain, range);
+        for (at, entry) in chain.iter().enumerate() {
+            let needed = |g: u32| {
+                g.checked_sub(range.0)
+                    .and_then(|i| newest.get(i as usize))
+                    .is_some_and(|b| b.is_none_or(|b| b <= at))
+            };
+            // A whole part holds nothing but bases. A packed one may also hold the
+            // operator's own value, so it is always opened.
+            if entry.packed.is_none()
+                && !(entry.key_group_start.max(range.0)..entry.key_group_end.min(range.1))
+                    .any(needed)
+            {
+                self.age_all();
+                continue;
+            }
+            let part = open(entry)?;
+            self.apply(&part, needed)?;
+        }
+        Ok(())
+    }
+
+    /// An empty state of operator `name` over the groups `[lo, hi)` of `key_groups`.
+    pub fn empty(
+        name: &str,
+        key_groups: u32,
+        (lo, hi): (u32, u32),
+        incremental: bool,
+        ratio: f64,
+    ) -> Self {
+        let width = hi.saturating_sub(lo) as usize;
+        KeyedState {
+            name: name.to_string(),
+            key_groups,
+            lo,
+            groups: (0..width).map(|_| HashMap::default()).collect(),
+            changed: (0..width).map(|_| HashSet::default()).collect(),
+            stats: vec![GroupStats::default(); width],
+            incremental,
+            ratio,
+            restored_meta: Vec::new(),
+            last_meta: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Applies one part of a chain, read in manifest order: a base replaces its group, a
+    /// delta upserts and removes keys. Groups this worker does not own are skipped.
+    pub fn replay(&mut self, part: &VerifiedPart) -> Result<()> {
+        self.apply(part, |_| true)
+    }
+
+    /// [`KeyedState::replay`] of the sections of the groups for which `needed` holds; the
+    /// others are not decoded. A restore skips the sections that a newer base in the
+    /// chain replaces: the result is the same, without their decoding.
+    fn apply(&mut self, part: &VerifiedPart, needed: impl Fn(u32) -> bool) -> Result<()> {
+        let entry = part.entry();
+        if entry.packed.is_none() {
+            let groups: Vec<(u32, HashMap<K, V, H>)> = part.decode().map_err(|e| {
+                weir_checkpoint::CheckpointError::Corrupt {
+                    path: entry.path.clone(),
+                    reason: format!(
+                        "{e}; operator `{}` keeps its state in packed objects since incremental checkpoints, and this whole part was probably written by an earlier version of weir: restore it with the version that wrote it, or start the job without --restore",
+                        self.name
+                    ),
+                }
+            })?;
+            let per_group = entry.size / groups.len().max(1) as u64;
+            let lo = self.lo;
+            let hi = lo + self.groups.len() as u32;
+            // Groups of the part without entries were empty.
+            for g in entry.key_group_start.max(lo)..entry.key_group_end.min(hi) {
+                let i = (g - lo) as usize;
+                self.groups[i].clear();
+                self.stats[i] = GroupStats {
+                    based: true,
+                    ..GroupStats::default()
+                };
+            }
+            for (g, map) in groups {
+                if let Some(i) = self.index(g) {
+                    self.check_group(entry, g, map.keys())?;
+                    self.groups[i] = map;
+                    self.stats[i].base_bytes = per_group;
+                }
+            }
+        } else {
+            for section in part.sections()? {
+                if section.group == META_GROUP {
+                    let bytes = part.payload()[section.range.clone()].to_vec();
+                    self.restored_meta.push(bytes);
+                    continue;
+                }
+                let Some(i) = self.index(section.group) else {
+                    continue;
+                };
+                if !needed(section.group) {
+                    continue;
+                }
+                let len = section.range.len() as u64;
+                match section.kind {
+                    SectionKind::Base => {
+                        let map: HashMap<K, V, H> = part.decode_section(&section)?;
+                        self.check_group(entry, section.group, map.keys())?;
+                        self.groups[i] = map;
+                    }
+                    // A rebase is laid out like a delta and applied to an empty group.
+                    SectionKind::Delta | SectionKind::Rebase => {
+                        let changes: Vec<(K, Option<V>)> = part.decode_section(&section)?;
+                        self.check_group(entry, section.group, changes.iter().map(|(k, _)| k))?;
+                        let map = &mut self.groups[i];
+                        if section.kind == SectionKind::Rebase {
+                            map.clear();
+                            map.reserve(changes.len());
+                        }
+                        for (k, v) in changes {
+                            match v {
+                                Some(v) => map.insert(k, v),
+                                None => map.remove(&k),
+                            };
+                        }
+                    }
+                }
+                if section.kind.is_base() {
+                    self.stats[i] = GroupStats {
+                        based: true,
+                        base_bytes: len,
+                        ..GroupStats::default()
+                    };
+                } else {
+                    self.stats[i].delta_bytes += len;
+                }
+            }
+        }
+        self.age_all();
+        Ok(())
+    }
+
+    /// One more object in the chain since each group's base.
+    fn age_all(&mut self) {
+        for s in self.stats.iter_mut().filter(|s| s.based) {
+            s.age += 1;
+        }
+    }
+
+    /// Checks that every key of a restored section belongs to its key group: a key
+    /// restored into another group would be looked up in the wrong map (a writer that
+    /// hashed keys differently, a damaged object with a valid checksum).
+    fn check_group<'k>(
+        &self,
+        entry: &weir_checkpoint::PartEntry,
+        group: u32,
+        keys: impl Iterator<Item = &'k K>,
+    ) -> Result<()>
+    where
+        K: 'k,
+    {
+        for k in keys {
+            let found = keygroup::key_group(k, self.key_groups);
+            if found != group {
+                return Err(weir_checkpoint::CheckpointError::Corrupt {
+                    path: entry.path.clone(),
+                    reason: format!(
+                        "the section of key group {group} of operator `{}` holds a key of key group {found} (of {}): it was written with another key hash or another number of key groups",
+                        self.name, self.key_groups
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The snapshotter did not take over the restored chain (another number of workers,
+    /// a savepoint): the next snapshot writes a base of every group.
+    pub fn restored_chain_dropped(&mut self) {
+        self.pending.clear();
+        for s in &mut self.stats {
+            s.based = false;
+            s.pending = false;
+        }
+    }
+
+    fn index(&self, group: u32) -> Option<usize> {
+        let i = group.checked_sub(self.lo)? as usize;
+        (i < self.groups.len()).then_some(i)
+    }
+
+    /// The index of `key`'s group among this worker's groups.
+    ///
+    /// # Panics
+    ///
+    /// If this worker does not own the key's group: records are routed to the owner of
+    /// their key's group before they reach the state.
+    pub fn group_of(&self, key: &K) -> usize {
+        let g = keygroup::key_group(key, self.key_groups);
+        self.index(g).unwrap_or_else(|| {
+            panic!(
+                "operator `{}`: key group {g} is not among this worker's groups {}..{}",
+                self.name,
+                self.lo,
+                self.lo + self.groups.len() as u32
+            )
+        })
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.groups[self.group_of(key)].get(key)
+    }
+
+    /// The map of the group at `group` (an index from [`Self::group_of`]); changes made
+    /// through it must be reported with [`Self::changed`].
+    pub fn group_mut(&mut self, group: usize) -> &mut HashMap<K, V, H> {
+        &mut self.groups[group]
+    }
+
+    /// Records that `key` of the group at `group` changed (or was removed) since the
+    /// last snapshot.
+    pub fn changed(&mut self, group: usize, key: K) {
+        if self.incremental {
+            self.changed[group].insert(key);
+        }
+    }
+
+    /// Removes `key`, leaving a tombstone for the next snapshot.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        let group = self.group_of(key);
+        let removed = self.groups[group].remove(key);
+        if removed.is_some() && self.incremental {
+            self.changed[group].insert(key.clone());
+        }
+        removed
+    }
+
+    /// Keeps the entries for which `keep` is true; the others are removed, and recorded
+    /// as tombstones for the next snapshot. Returns how many were removed.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) -> usize {
+        let mut removed = 0;
+        let incremental = self.incremental;
+        for (map, changed) in self.groups.iter_mut().zip(self.changed.iter_mut()) {
+            map.retain(|k, v| {
+                let kept = keep(k, v);
+                if !kept {
+                    removed += 1;
+                    if incremental {
+                        changed.insert(k.clone());
+                    }
+                }
+                kept
+            });
+        }
+        removed
+    }
+
+    /// Runs `f` on every entry: entries it changed go into the next snapshot's delta,
+    /// entries it removes leave a tombstone there.
+    pub fn update_all(&mut self, mut f: impl FnMut(&K, &mut V) -> Update) {
+        let incremental = self.incremental;
+        for (map, changed) in self.groups.iter_mut().zip(self.changed.iter_mut()) {
+            map.retain(|k, v| {
+                let update = f(k, v);
+                if update != Update::Kept && incremental {
+                    changed.insert(k.clone());
+                }
+                update != Update::Removed
+            });
+        }
+    }
+
+    /// The operator's own values found in the restored objects (see
+    /// [`Self::encode_with_meta`]), oldest first per chain.
+    pub fn restored_meta<M: DeserializeOwned>(&self) -> Result<Vec<M>> {
+        self.restored_meta
+            .iter()
+            .map(|b| {
+                bincode::deserialize(b).map_err(|e| {
+                    weir_checkpoint::CheckpointError::Corrupt {
+                        path: format!("the restored objects of operator `{}`", self.name),
+                        reason: format!("its own value does not decode: {e}"),
+                    }
+                    .into()
+                })
+            })
+            .collect()
+    }
+
+    /// Every entry.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.groups.iter().flat_map(|m| m.iter())
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.groups.iter().map(HashMap::len).sum()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.groups.iter().all(HashMap::is_empty)
+    }
+
+    /// The per-group figures the next snapshot decides by (for tests and metrics).
+    pub fn stats(&self) -> &[GroupStats] {
+        &self.stats
+    }
+
+    /// Encodes the snapshot at a barrier: a packed object with the new bases and
+    /// deltas, `None` if nothing changed. `full` asks for a base of every group, as after
+    /// a failed upload; without incremental checkpoints every snapshot is one.
+    pub fn encode(&mut self, full: bool) -> Result<Option<Part>> {
+        self.encode_inner(full, None)
+    }
+
+    /// [`Self::encode`], with the operator's own value `meta` in the object; an object
+    /// is written whenever `meta` differs from the value last written.
+    pub fn encode_with_meta<M: Serialize>(&mut self, full: bool, meta: &M) -> Result<Option<Part>> {
+        let bytes = bincode::serialize(meta).map_err(|e| self.encode_error(e))?;
+        self.encode_inner(full, Some(bytes))
+    }
+
+    fn encode_inner(&mut self, full: bool, meta: Option<Vec<u8>>) -> Result<Option<Part>> {
+        let full = full || !self.incremental;
+        if full {
+            self.pending.clear();
+            self.stats.iter_mut().for_each(|s| s.pending = false);
+        }
+        let plan = rebase_plan(&self.stats, self.ratio, full);
+        // A new base off the barrier advances by at least an eighth of its keys per
+        // snapshot, so that it completes even when the operator never idles.
+        for p in 0..self.pending.len() {
+            let least = self.pending[p].keys.len().div_ceil(8);
+            self.advance(p, least, usize::MAX);
+        }
+        let mut writer = PackWriter::new(&self.name);
+        let mut bases = vec![false; plan.len()];
+        for (i, step) in plan.iter().enumerate() {
+            let before = writer.len();
+            let group = self.lo + i as u32;
+            let done = self
+                .pending
+                .iter()
+                .position(|p| p.index == i && p.next == p.keys.len());
+            if *step == Plan::BaseNow {
+                writer.push(group, SectionKind::Base, &Entries(&self.groups[i]))?;
+                self.stats[i] = GroupStats {
+                    based: true,
+                    base_bytes: (writer.len() - before) as u64,
+                    ..GroupStats::default()
+                };
+                bases[i] = true;
+            } else if let Some(p) = done {
+                let mut base = self.pending.swap_remove(p);
+                if let Some(e) = base.error.take() {
+                    return Err(self.encode_error(e));
+                }
+                base.since.extend(self.changed[i].drain());
+                let mut changes = Vec::new();
+                for k in &base.since {
+                    bincode::serialize_into(&mut changes, &(k, self.groups[i].get(k)))
+                        .map_err(|e| self.encode_error(e))?;
+                }
+                let count = (base.count + base.since.len() as u64).to_le_bytes();
+                writer.push_encoded(
+                    group,
+                    SectionKind::Rebase,
+                    &[&count, &base.encoded, &changes],
+                )?;
+                self.stats[i] = GroupStats {
+                    based: true,
+                    base_bytes: (writer.len() - before) as u64,
+                    ..GroupStats::default()
+                };
+                bases[i] = true;
+            } else if !self.changed[i].is_empty() {
+                let delta = Delta {
+                    map: &self.groups[i],
+                    keys: &self.changed[i],
+                };
+                writer.push(group, SectionKind::Delta, &delta)?;
+                self.stats[i].delta_bytes += (writer.len() - before) as u64;
+            }
+            if *step == Plan::BaseLater {
+                self.pending.push(PendingBase {
+                    index: i,
+                    keys: self.groups[i].keys().cloned().collect(),
+                    next: 0,
+                    encoded: Vec::new(),
+                    count: 0,
+                    since: HashSet::default(),
+                    error: None,
+                });
+                self.stats[i].pending = true;
+                // Changes of this snapshot are in the delta just written.
+                self.changed[i].clear();
+            } else if let Some(base) = self.pending.iter_mut().find(|p| p.index == i) {
+                base.since.extend(self.changed[i].drain());
+            } else {
+                self.changed[i].clear();
+            }
+        }
+        let mut wrote = !writer.is_empty();
+        if let Some(meta) = meta {
+            if wrote || self.last_meta.as_ref() != Some(&meta) {
+                writer.push(META_GROUP, SectionKind::Base, &Raw(&meta))?;
+                self.last_meta = Some(meta);
+                wrote = true;
+            }
+        }
+        if !wrote {
+            return Ok(None);
+        }
+        for s in &mut self.stats {
+            s.age += 1;
+        }
+        let state_bytes = self.stats.iter().map(|s| s.base_bytes).sum();
+        Ok(Some(Part {
+            bytes: writer.finish(),
+            bases: Some(ranges(&bases, self.lo)),
+            state_bytes,
+        }))
+    }
+
+    /// Encodes a slice of the new bases under way off the barrier: about
+    /// `STEP_ENTRIES` entries or `STEP_BYTES` bytes. Returns whether more is left, so
+    /// that the operator schedules itself again; a snapshot takes over each base once it
+    /// is complete. Operators call this when they have nothing else to do.
+    pub fn background(&mut self) -> bool {
+        let mut budget = (STEP_ENTRIES, STEP_BYTES);
+        for p in 0..self.pending.len() {
+            let (entries, bytes) = self.advance(p, budget.0, budget.1);
+            budget = (
+                budget.0.saturating_sub(entries),
+                budget.1.saturating_sub(bytes),
+            );
+            if budget.0 == 0 || budget.1 == 0 {
+                break;
+            }
+        }
+        self.pending.iter().any(|p| p.next < p.keys.len())
+    }
+
+    /// Encodes up to `entries` more keys of pending base `p`, stopping once `bytes` are
+    /// written; returns the keys and bytes done.
+    fn advance(&mut self, p: usize, entries: usize, bytes: usize) -> (usize, usize) {
+        let base = &mut self.pending[p];
+        let map = &self.groups[base.index];
+        let (start_key, start_len) = (base.next, base.encoded.len());
+        let end = base.keys.len().min(base.next.saturating_add(entries));
+        while base.error.is_none() && base.next < end && base.encoded.len() - start_len < bytes {
+            let k = &base.keys[base.next];
+            base.next += 1;
+            // A key removed since the base was started is among `since`, which the
+            // snapshot that takes the base over writes after these entries.
+            if let Some(v) = map.get(k) {
+                match bincode::serialize_into(&mut base.encoded, &(k, Some(v))) {
+                    Ok(()) => base.count += 1,
+                    Err(e) => base.error = Some(e),
+                }
+            }
+        }
+        let done = (base.next - start_key, base.encoded.len() - start_len);
+        if base.next == base.keys.len() || base.error.is_some() {
+            // Finished: the keys are no longer needed.
+            base.keys = Vec::new();
+            base.next = 0;
+        }
+        done
+    }
+
+    fn encode_error(&self, e: bincode::Error) -> crate::error::RuntimeError {
+        crate::error::RuntimeError::from(weir_checkpoint::CheckpointError::Encode {
+            what: self.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Bytes already encoded, written as they are.
+struct Raw<'a>(&'a [u8]);
+
+impl Serialize for Raw<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(self.0.len())?;
+        for b in self.0 {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+}
+
+/// A group's entries, serialized as a bincode map (the layout of a sequence of pairs).
+struct Entries<'a, K, V, H>(&'a HashMap<K, V, H>);
+
+impl<K: Serialize, V: Serialize, H> Serialize for Entries<'_, K, V, H> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+/// A group's changed keys with their values, `None` for a removed key.
+struct Delta<'a, K, V, H> {
+    map: &'a HashMap<K, V, H>,
+    keys: &'a HashSet<K, H>,
+}
+
+impl<K: Serialize + Hash + Eq, V: Serialize, H: BuildHasher> Serialize for Delta<'_, K, V, H> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.keys.iter().map(|k| (k, self.map.get(k))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn based(base: u64, delta: u64, age: u32) -> GroupStats {
+        GroupStats {
+            based: true,
+            base_bytes: base,
+            delta_bytes: delta,
+            age,
+            pending: false,
+        }
+    }
+
+    #[test]
+    fn groups_without_a_base_always_get_one_and_the_rest_are_staggered() {
+        let mut stats = vec![based(1 << 20, 0, 1); 64];
+        stats[3].based = false;
+        // Every group is overdue; only two may rebase besides the one without a base.
+        for s in stats.iter_mut().skip(10) {
+            s.delta_bytes = 1 << 20;
+        }
+        stats[20].delta_bytes = 2 << 20;
+        let plan = rebase_plan(&stats, 0.5, false);
+        let chosen = |plan: &[Plan], step| -> Vec<usize> {
+            (0..plan.len()).filter(|i| plan[*i] == step).collect()
+        };
+        // The group without a base gets one at the barrier, the others off it.
+        assert_eq!(chosen(&plan, Plan::BaseNow), vec![3]);
+        assert_eq!(chosen(&plan, Plan::BaseLater), vec![10, 20]);
+        assert!(rebase_plan(&stats, 0.5, true)
+            .iter()
+            .all(|p| *p == Plan::BaseNow));
+        // Groups whose new base is under way are not chosen again.
+        stats[10].pending = true;
+        stats[20].pending = true;
+        let plan = rebase_plan(&stats, 0.5, false);
+        assert_eq!(chosen(&plan, Plan::BaseLater), vec![11, 12]);
+    }
+
+    #[test]
+    fn deltas_below_the_ratio_and_young_bases_are_left_alone() {
+        let stats = vec![
+            based(1000 << 10, 400 << 10, 5),
+            based(100, 2000, 5),
+            based(100, 5000, 5),
+            based(1 << 20, 0, MAX_AGE),
+        ];
+        // Group 1's deltas are below half the minimum base; group 2's are above it;
+        // group 3's base is old. One rebase per snapshot: the most overdue goes first.
+        use Plan::{BaseLater, Delta};
+        assert_eq!(
+            rebase_plan(&stats, 0.5, false),
+            vec![Delta, Delta, BaseLater, Delta]
+        );
+        let stats = [stats[0], stats[1], stats[3]];
+        assert_eq!(
+            rebase_plan(&stats, 0.5, false),
+            vec![Delta, Delta, BaseLater]
+        );
+        assert_eq!(
+            ranges(&[true, true, false, true], 8),
+            vec![(8, 10), (11, 12)]
+        );
+    }
+
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use weir_checkpoint::{PartEntry, WorkerIndex};
+
+    type State = KeyedState<u16, u32>;
+    const GROUPS: u32 = 8;
+
+    /// The chain a snapshotter keeps for one worker: parts appended, the unneeded front
+    /// dropped, as `Snapshotter::snapshot_part` does.
+    #[derive(Default)]
+    struct Chain {
+        parts: Vec<VerifiedPart>,
+        seq: usize,
+    }
+
+    impl Chain {
+        fn push(&mut self, part: Part, range: (u32, u32)) {
+            self.seq += 1;
+            let entry = PartEntry {
+                operator: "op".into(),
+                worker: WorkerIndex(0),
+                key_group_start: range.0,
+                key_group_end: range.1,
+                path: format!("job/chk-{}/op/w0-g0", self.seq),
+                size: part.bytes.len() as u64,
+                crc32: weir_checkpoint::codec::crc32(&part.bytes),
+                packed: part.bases.clone(),
+            };
+            let verified = VerifiedPart::verify(&entry, part.bytes.into()).unwrap();
+            if part.bases.is_none() {
+                self.parts.clear();
+            }
+            self.parts.push(verified);
+            let entries: Vec<&PartEntry> = self.parts.iter().map(|p| p.entry()).collect();
+            let start = weir_checkpoint::manifest::chain_start(&entries, range);
+            self.parts.drain(..start);
+        }
+    }
+
+    /// The state a restore of `range` reads from `chains` (`replay_chain`, which skips
+    /// what newer bases replace), checked against a replay of every part.
+    fn restored(chains: &[&Chain], range: (u32, u32)) -> State {
+        let parts: Vec<&VerifiedPart> = chains.iter().flat_map(|c| c.parts.iter()).collect();
+        let entries: Vec<&PartEntry> = parts.iter().map(|p| p.entry()).collect();
+        let mut every = State::empty("op", GROUPS, range, true, 0.5);
+        for part in &parts {
+            every.replay(part).unwrap();
+        }
+        let mut state = State::empty("op", GROUPS, range, true, 0.5);
+        state
+            .replay_chain(&entries, |entry| {
+                let part = parts.iter().find(|p| std::ptr::eq(p.entry(), entry));
+                Ok((*part.expect("a part of the chain")).clone())
+            })
+            .unwrap();
+        assert_eq!(contents(&state), contents(&every));
+        assert_eq!(state.stats, every.stats);
+        state
+    }
+
+    fn contents(state: &State) -> BTreeMap<u16, u32> {
+        state.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(u16, u32),
+        Remove(u16),
+        Snapshot {
+            full: bool,
+        },
+        /// A step of the new bases under way off the barrier.
+        Background,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u16..200, any::<u32>()).prop_map(|(k, v)| Op::Put(k, v)),
+            2 => (0u16..200).prop_map(Op::Remove),
+            2 => Just(Op::Snapshot { full: false }),
+            1 => Just(Op::Snapshot { full: true }),
+            2 => Just(Op::Background),
+        ]
+    }
+
+    fn apply(state: &mut State, model: &mut BTreeMap<u16, u32>, op: &Op) -> Option<Part> {
+        match op {
+            Op::Put(k, v) => {
+                let g = state.group_of(k);
+                state.group_mut(g).insert(*k, *v);
+                state.changed(g, *k);
+                model.insert(*k, *v);
+                None
+            }
+            Op::Remove(k) => {
+                state.retain(|key, _| key != k);
+                model.remove(k);
+                None
+            }
+            Op::Snapshot { full } => state.encode(*full).unwrap(),
+            Op::Background => {
+                state.background();
+                None
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Bases and squashed deltas replayed in chain order equal the state, at the same
+        /// parallelism and split over two workers, after any sequence of changes,
+        /// removals, snapshots and new bases (compaction).
+        #[test]
+        fn replaying_the_chain_restores_the_state(
+            ops in proptest::collection::vec(op(), 1..300),
+            ratio in prop_oneof![Just(0.05f64), Just(0.5), Just(4.0)],
+        ) {
+            let all = (0, GROUPS);
+            let mut state = State::empty("op", GROUPS, all, true, ratio);
+            let mut model = BTreeMap::new();
+            let mut chain = Chain::default();
+            for op in &ops {
+                if let Some(part) = apply(&mut state, &mut model, op) {
+                    chain.push(part, all);
+                    prop_assert_eq!(contents(&restored(&[&chain], all)), model.clone());
+                    let low = contents(&restored(&[&chain], (0, 3)));
+                    let high = contents(&restored(&[&chain], (3, GROUPS)));
+                    prop_assert_eq!(low.len() + high.len(), model.len());
+                    let mut both = low;
+                    both.extend(high);
+                    prop_assert_eq!(both, model.clone());
+                }
+            }
+        }
+
+        /// Two workers' chains restore one worker (3 → 1 style), and that worker's new
+        /// chain, which starts with a base of every group, restores two again.
+        #[test]
+        fn chains_move_between_parallelisms(
+            ops in proptest::collection::vec((any::<bool>(), op()), 1..200),
+        ) {
+            let halves = [(0, 5), (5, GROUPS)];
+            let mut workers: Vec<State> = halves
+                .iter()
+                .map(|r| State::empty("op", GROUPS, *r, true, 0.5))
+                .collect();
+            let mut chains = [Chain::default(), Chain::default()];
+            let mut model = BTreeMap::new();
+            for (_, op) in &ops {
+                let worker = match op {
+                    Op::Background => {
+                        workers.iter_mut().for_each(|w| { w.background(); });
+                        continue;
+                    }
+                    Op::Put(k, _) | Op::Remove(k) => {
+                        let g = keygroup::key_group(k, GROUPS);
+                        usize::from(g >= halves[1].0)
+                    }
+                    Op::Snapshot { .. } => {
+                        for (w, r) in halves.iter().enumerate() {
+                            if let Some(part) = workers[w].encode(false).unwrap() {
+                                chains[w].push(part, *r);
+                            }
+                        }
+                        continue;
+                    }
+                };
+                apply(&mut workers[worker], &mut model, op);
+            }
+            for (w, r) in halves.iter().enumerate() {
+                if let Some(part) = workers[w].encode(false).unwrap() {
+                    chains[w].push(part, *r);
+                }
+            }
+            let all = (0, GROUPS);
+            let mut one = restored(&[&chains[0], &chains[1]], all);
+            prop_assert_eq!(contents(&one), model.clone());
+            one.restored_chain_dropped();
+            let mut chain = Chain::default();
+            chain.push(one.encode(false).unwrap().expect("a base of every group"), all);
+            prop_assert_eq!(chain.parts.len(), 1);
+            prop_assert_eq!(contents(&restored(&[&chain], all)), model);
+        }
+    }
+
+    /// The kinds of sections of a snapshot, by group.
+    fn kinds(part: &Part) -> Vec<(u32, SectionKind)> {
+        let (_, sections) = weir_checkpoint::pack::open("p", &part.bytes).unwrap();
+        sections.iter().map(|s| (s.group, s.kind)).collect()
+    }
+
+    #[test]
+    fn a_new_base_is_encoded_off_the_barrier_and_taken_over_by_a_later_snapshot() {
+        let all = (0, GROUPS);
+        let mut state = State::empty("op", GROUPS, all, true, 0.01);
+        let mut model = BTreeMap::new();
+        let mut chain = Chain::default();
+        for k in 0..200u16 {
+            apply(&mut state, &mut model, &Op::Put(k, 1));
+        }
+        chain.push(state.encode(false).unwrap().unwrap(), all);
+        // Every group's deltas outgrow the ratio: the next snapshot writes deltas only
+        // and starts one new base (8 groups, staggered to one per snapshot).
+        for round in 2..4 {
+            for k in 0..200u16 {
+                apply(&mut state, &mut model, &Op::Put(k, round));
+            }
+            let part = state.encode(false).unwrap().unwrap();
+            assert!(kinds(&part).iter().all(|(_, k)| *k == SectionKind::Delta));
+            assert_eq!(part.bases, Some(vec![]));
+            chain.push(part, all);
+        }
+        let pending: Vec<usize> = (0..GROUPS as usize)
+            .filter(|i| state.stats()[*i].pending)
+            .collect();
+        assert_eq!(pending.len(), 1);
+        let group = pending[0];
+        // The group keeps changing while its base is encoded: a changed key, a removed
+        // one, a new one, before and after the encoding.
+        let keys: Vec<u16> = model
+            .keys()
+            .copied()
+            .filter(|k| keygroup::key_group(k, GROUPS) as usize == group)
+            .collect();
+        apply(&mut state, &mut model, &Op::Put(keys[0], 3));
+        apply(&mut state, &mut model, &Op::Remove(keys[1]));
+        while state.background() {}
+        apply(&mut state, &mut model, &Op::Put(keys[2], 4));
+        apply(&mut state, &mut model, &Op::Remove(keys[3]));
+        apply(&mut state, &mut model, &Op::Put(keys[1], 5));
+        let part = state.encode(false).unwrap().unwrap();
+        assert!(kinds(&part).contains(&(group as u32, SectionKind::Rebase)));
+        assert_eq!(part.bases, Some(vec![(group as u32, group as u32 + 1)]));
+        assert!(!state.stats()[group].pending);
+        chain.push(part, all);
+        assert_eq!(contents(&restored(&[&chain], all)), model);
+        // Without steps off the barrier, snapshots finish the base: an eighth of its
+        // keys each.
+        let due = (0..GROUPS as usize).find(|i| state.stats()[*i].pending);
+        let due = due.expect("the next overdue group's base was started");
+        let mut snapshots = 0;
+        while state.stats()[due].pending {
+            apply(&mut state, &mut model, &Op::Put(keys[0], snapshots));
+            chain.push(state.encode(false).unwrap().unwrap(), all);
+            snapshots += 1;
+        }
+        assert!(snapshots <= 9, "{snapshots} snapshots");
+        assert_eq!(contents(&restored(&[&chain], all)), model);
+    }
+
+    #[test]
+    fn deltas_squash_to_one_value_per_changed_key_and_tombstones() {
+        let all = (0, GROUPS);
+        let mut state = State::empty("op", GROUPS, all, true, 100.0);
+        let mut chain = Chain::default();
+        let mut model = BTreeMap::new();
+        for k in 0..100u16 {
+            apply(&mut state, &mut model, &Op::Put(k, 0));
+        }
+        chain.push(state.encode(false).unwrap().unwrap(), all);
+        // One key written three times and one removed: two entries in the delta.
+        for v in 1..=3 {
+            apply(&mut state, &mut model, &Op::Put(7, v));
+        }
+        apply(&mut state, &mut model, &Op::Remove(9));
+        let part = state.encode(false).unwrap().unwrap();
+        assert_eq!(part.bases, Some(vec![]));
+        let (payload, sections) = weir_checkpoint::pack::open("d", &part.bytes).unwrap();
+        let mut entries: Vec<(u16, Option<u32>)> = Vec::new();
+        for s in &sections {
+            assert_eq!(s.kind, SectionKind::Delta);
+            entries.extend(
+                weir_checkpoint::pack::decode_section::<Vec<(u16, Option<u32>)>>("d", payload, s)
+                    .unwrap(),
+            );
+        }
+        entries.sort();
+        assert_eq!(entries, vec![(7, Some(3)), (9, None)]);
+        chain.push(part, all);
+        assert_eq!(contents(&restored(&[&chain], all)), model);
+        // Nothing changed: nothing to write.
+        assert!(state.encode(false).unwrap().is_none());
+        // Without incremental checkpoints every snapshot is a base of every group.
+        let mut whole = State::empty("op", GROUPS, all, false, 0.5);
+        apply(&mut whole, &mut BTreeMap::new(), &Op::Put(1, 1));
+        assert_eq!(whole.encode(false).unwrap().unwrap().bases, Some(vec![all]));
+        assert_eq!(whole.encode(true).unwrap().unwrap().bases, Some(vec![all]));
+    }
+
+    #[test]
+    fn an_operators_own_value_is_written_when_it_moves_and_read_back() {
+        let all = (0, GROUPS);
+        let mut state = State::empty("op", GROUPS, all, true, 0.5);
+        let mut chain = Chain::default();
+        chain.push(state.encode_with_meta(false, &7u64).unwrap().unwrap(), all);
+        // Unchanged state and value: nothing to write; a new value alone: an object.
+        assert!(state.encode_with_meta(false, &7u64).unwrap().is_none());
+        let part = state.encode_with_meta(false, &9u64).unwrap().unwrap();
+        assert_eq!(part.bases, Some(vec![]));
+        chain.push(part, all);
+        let mut model = BTreeMap::new();
+        apply(&mut state, &mut model, &Op::Put(3, 3));
+        chain.push(state.encode_with_meta(false, &9u64).unwrap().unwrap(), all);
+        let back = restored(&[&chain], all);
+        assert_eq!(back.restored_meta::<u64>().unwrap(), vec![7, 9, 9]);
+        assert_eq!(contents(&back), model);
+        assert!(back.restored_meta::<(u64, u64)>().is_err());
+    }
+
+    #[test]
+    fn a_key_in_the_wrong_group_fails_the_restore_and_names_the_object() {
+        let all = (0, GROUPS);
+        let key = 5u16;
+        let wrong = (keygroup::key_group(&key, GROUPS) + 1) % GROUPS;
+        let mut w = PackWriter::new("t");
+        let mut map = HashMap::new();
+        map.insert(key, 1u32);
+        w.push(wrong, SectionKind::Base, &Entries(&map)).unwrap();
+        let bytes = w.finish();
+        let entry = PartEntry {
+            operator: "op".into(),
+            worker: WorkerIndex(0),
+            key_group_start: 0,
+            key_group_end: GROUPS,
+            path: "job/chk-1/op/w0-g0".into(),
+            size: bytes.len() as u64,
+            crc32: weir_checkpoint::codec::crc32(&bytes),
+            packed: Some(vec![all]),
+        };
+        let part = VerifiedPart::verify(&entry, bytes.into()).unwrap();
+        let mut state = State::empty("op", GROUPS, all, true, 0.5);
+        let err = state.replay(&part).unwrap_err().to_string();
+        assert!(
+            err.contains("job/chk-1/op/w0-g0") && err.contains("another key hash"),
+            "{err}"
+        );
+    }
+}
