@@ -225,7 +225,16 @@ fn checkpoints(cmd: Checkpoints) -> anyhow::Result<()> {
                 let store = CheckpointStore::open(&target.url, &target.job)?;
                 match (epoch, savepoint, all) {
                     (_, _, true) => store.delete_job().await?,
-                    (Some(e), None, false) => store.delete_checkpoint(Epoch(e)).await?,
+                    (Some(e), None, false) => match store.remove_checkpoint(Epoch(e)).await? {
+                        weir_checkpoint::store::Removed::Deleted => {}
+                        weir_checkpoint::store::Removed::ManifestOnly { referenced_by } => {
+                            let by: Vec<String> = referenced_by.iter().map(|e| e.to_string()).collect();
+                            println!(
+                                "checkpoint {e} is no longer a checkpoint; its parts stay while checkpoints {} reuse them (retention deletes them after)",
+                                by.join(", ")
+                            );
+                        }
+                    },
                     (None, Some(name), false) => store.delete_savepoint(&name).await?,
                     _ => anyhow::bail!("name a checkpoint epoch or a --savepoint to delete, or pass --all"),
                 }

@@ -175,7 +175,7 @@ fn uncommitted_note(uncommitted: &[crate::Epoch]) -> String {
     }
     let list: Vec<String> = uncommitted.iter().map(|e| format!("chk-{e}")).collect();
     format!(
-        " (the manifests of {} were written but never committed: their run stopped before linking them)",
+        " (the manifests of {} were written but never committed: their run stopped before linking them; `weir checkpoints delete --all` removes them)",
         list.join(", ")
     )
 }

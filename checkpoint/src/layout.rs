@@ -236,6 +236,14 @@ pub fn parse_checkpoint_dir(name: &str) -> Option<Epoch> {
     name.strip_prefix("chk-").and_then(|d| d.parse().ok())
 }
 
+/// The checkpoint directory an object of the store lies in: `<job>/chk-<epoch>/...`, the
+/// segment right after the job's name, so that a job or operator named like a checkpoint
+/// directory is never taken for one. `None` for objects outside checkpoint directories
+/// (savepoints, links, markers).
+pub fn object_checkpoint_dir(path: &str) -> Option<Epoch> {
+    path.split('/').nth(1).and_then(parse_checkpoint_dir)
+}
+
 /// The generation of a generation marker's file name, if it is one.
 pub fn parse_generation_marker(name: &str) -> Option<Generation> {
     name.parse().ok()
@@ -264,6 +272,17 @@ mod tests {
             .map(|n| parse_checkpoint_dir(n).unwrap())
             .collect();
         assert_eq!(epochs, [1, 9, 10, 100].map(Epoch));
+    }
+
+    #[test]
+    fn an_objects_checkpoint_directory_is_the_segment_after_the_job() {
+        // A job and an operator named like checkpoint directories.
+        let l = Layout::new("chk-1");
+        let part = l.part(Epoch(7), "chk-2", "w0-g0");
+        assert_eq!(object_checkpoint_dir(part.as_ref()), Some(Epoch(7)));
+        let saved = l.savepoint_part("sp", "chk-2", "w0-e7-w0-g0");
+        assert_eq!(object_checkpoint_dir(saved.as_ref()), None);
+        assert_eq!(object_checkpoint_dir("chk-1"), None);
     }
 
     #[test]

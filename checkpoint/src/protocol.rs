@@ -969,7 +969,7 @@ mod tests {
                 let dirs: BTreeSet<Epoch> = self
                     .objects
                     .iter()
-                    .filter_map(|o| o.split('/').nth(1).and_then(layout::parse_checkpoint_dir))
+                    .filter_map(|o| layout::object_checkpoint_dir(o))
                     .collect();
                 dirs.into_iter().collect()
             }
@@ -1010,11 +1010,7 @@ mod tests {
                             );
                             // The objects of a chain share their file name across
                             // directories: a copy carries its directory's epoch.
-                            let dir = part
-                                .path
-                                .split('/')
-                                .find_map(layout::parse_checkpoint_dir)
-                                .unwrap();
+                            let dir = layout::object_checkpoint_dir(&part.path).unwrap();
                             let file = part.path.rsplit('/').next().unwrap();
                             let file = format!("e{}-{file}", dir.0);
                             let to = self.layout.savepoint_part(
@@ -1032,10 +1028,10 @@ mod tests {
                         assert_eq!(copies.len(), copy.parts.len(), "two parts share a copy");
                         // A savepoint's parts are its own: it references no checkpoint
                         // directory, so it keeps none from retention.
-                        assert!(copy.parts.iter().all(|p| !p
-                            .path
-                            .split('/')
-                            .any(|s| layout::parse_checkpoint_dir(s).is_some())));
+                        assert!(copy
+                            .parts
+                            .iter()
+                            .all(|p| layout::object_checkpoint_dir(&p.path).is_none()));
                         self.savepoints.insert(name, copy);
                     }
                     Op::DeleteSavepoint(i) => {
@@ -1222,12 +1218,7 @@ mod tests {
             fn objects_newer_than(&self, epoch: Epoch) -> Vec<String> {
                 self.objects
                     .iter()
-                    .filter(|o| {
-                        o.split('/')
-                            .nth(1)
-                            .and_then(layout::parse_checkpoint_dir)
-                            .is_some_and(|d| d > epoch)
-                    })
+                    .filter(|o| layout::object_checkpoint_dir(o).is_some_and(|d| d > epoch))
                     .cloned()
                     .collect()
             }

@@ -270,11 +270,10 @@ async fn run(
             .observe(closed_at.elapsed().as_secs_f64());
         metrics.completed(epoch.0);
         metrics.checkpoint_bytes.set(manifest.total_bytes() as i64);
-        let own_dir = weir_checkpoint::layout::checkpoint_dir_name(epoch);
         let uploaded: u64 = manifest
             .parts
             .iter()
-            .filter(|p| p.path.split('/').any(|s| s == own_dir))
+            .filter(|p| weir_checkpoint::layout::object_checkpoint_dir(&p.path) == Some(epoch))
             .map(|p| p.size)
             .sum();
         metrics.uploaded_bytes.inc_by(uploaded);

@@ -116,15 +116,14 @@ pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
         Some(target) => RestoreStep::Resolve {
             target: target.clone(),
             // A process restarted by `weir launch` whose predecessor committed no
-            // checkpoint, a cluster without a supervisor (whose processes are always
-            // started with `--restore latest`, the first time too), and a job whose
-            // earlier run left checkpoint directories but committed none of them, start
-            // from the beginning when there is no committed checkpoint yet.
+            // checkpoint, and a cluster without a supervisor (whose processes are always
+            // started with `--restore latest`, the first time too), start from the
+            // beginning when there is no committed checkpoint yet (there may be manifests
+            // that were never committed: the restore passes over them).
             fresh_if_none: (facts.processes > 1
                 || facts
                     .requested_generation
-                    .is_some_and(|g| g > Generation(0))
-                || !facts.all.is_empty())
+                    .is_some_and(|g| g > Generation(0)))
                 && *target == RestoreTarget::Latest,
         },
     };
@@ -516,7 +515,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_restarted_generation_or_one_after_uncommitted_checkpoints_may_start_fresh() {
+    fn only_a_restarted_generation_may_find_no_checkpoint_and_start_fresh() {
         let restore = Some(RestoreTarget::Latest);
         let first = StartFacts {
             restore: restore.clone(),
@@ -541,12 +540,12 @@ mod tests {
                 fresh_if_none: true
             }
         );
-        // Nor may a single process whose earlier run left checkpoints but, killed
-        // between a manifest and its link, committed none: the restore tells.
+        // A restarted generation may also when the manifests it finds were never
+        // committed (the restore tells: `NoCheckpoint` lists them).
         let left_uncommitted = StartFacts {
             complete: vec![Epoch(1)],
             all: vec![Epoch(1)],
-            ..first.clone()
+            ..restarted.clone()
         };
         assert_eq!(
             plan_start(&left_uncommitted).unwrap().restore,

@@ -42,7 +42,7 @@ mod url;
 pub use history::{CheckpointInfo, Status};
 pub use links::Committed;
 pub use parts::VerifiedPart;
-pub use retention::referenced_dirs;
+pub use retention::{referenced_dirs, Removed};
 pub use url::open_url;
 
 /// A job's checkpoints in one object store.

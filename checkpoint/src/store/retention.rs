@@ -20,6 +20,35 @@ impl CheckpointStore {
         self.delete_prefix(&dir).await
     }
 
+    /// Deletes checkpoint `epoch` by hand (`weir checkpoints delete`). Its directory goes
+    /// only when no other complete checkpoint's manifest references it; otherwise only
+    /// its manifest is deleted, so that it stops being a checkpoint while the checkpoints
+    /// that reuse its parts (delta chains, unchanged parts) stay readable, and retention
+    /// deletes the rest once nothing references it.
+    pub async fn remove_checkpoint(&self, epoch: Epoch) -> Result<Removed> {
+        let (complete, _) = self.list().await?;
+        let mut referenced_by = Vec::new();
+        for other in complete.iter().filter(|e| **e != epoch) {
+            // A manifest that does not read restores nothing, and keeps nothing.
+            let Ok(manifest) = self.read_manifest(*other).await else {
+                continue;
+            };
+            if referenced_dirs(&manifest).contains(&epoch) {
+                referenced_by.push(*other);
+            }
+        }
+        if referenced_by.is_empty() {
+            self.delete_checkpoint(epoch).await?;
+            return Ok(Removed::Deleted);
+        }
+        let path = self.layout.manifest(epoch);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(CheckpointError::storage("delete", &path, e)),
+        }
+        Ok(Removed::ManifestOnly { referenced_by })
+    }
+
     /// Applies the retention policy: keeps the newest `retain` complete checkpoints and
     /// everything they reference, deletes older directories. Returns the deleted epochs.
     pub async fn apply_retention(&self, retain: usize) -> Result<Vec<Epoch>> {
@@ -103,12 +132,24 @@ impl CheckpointStore {
     }
 }
 
+/// What [`CheckpointStore::remove_checkpoint`] deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removed {
+    /// The checkpoint's whole directory.
+    Deleted,
+    /// Only its manifest: these newer checkpoints still reference parts in its directory.
+    ManifestOnly {
+        /// The complete checkpoints that reference it.
+        referenced_by: Vec<Epoch>,
+    },
+}
+
 /// The checkpoint directories a manifest's parts live in.
 pub fn referenced_dirs(manifest: &Manifest) -> BTreeSet<Epoch> {
     let mut dirs: BTreeSet<Epoch> = manifest
         .parts
         .iter()
-        .filter_map(|p| p.path.split('/').find_map(layout::parse_checkpoint_dir))
+        .filter_map(|p| layout::object_checkpoint_dir(&p.path))
         .collect();
     dirs.insert(manifest.epoch);
     dirs

@@ -36,7 +36,7 @@ impl CheckpointStore {
             // The objects of a chain share their file name across checkpoint
             // directories: their copies carry the directory's epoch.
             if part.packed.is_some() {
-                if let Some(epoch) = part.path.split('/').find_map(layout::parse_checkpoint_dir) {
+                if let Some(epoch) = layout::object_checkpoint_dir(&part.path) {
                     file = format!("e{}-{file}", epoch.0);
                 }
             }

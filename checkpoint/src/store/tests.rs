@@ -356,6 +356,46 @@ async fn deleting_a_local_checkpoint_leaves_no_empty_directory() {
 }
 
 #[tokio::test]
+async fn deleting_a_checkpoint_whose_parts_a_newer_one_reuses_deletes_only_its_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+    let first = checkpoint(&store, 1).await;
+    // Checkpoint 2 reuses checkpoint 1's part (an unchanged part, or a chain's base).
+    let own = write_part(&store, 2, "w1").await;
+    let mut second = manifest("job", 2, vec![first.parts[0].clone(), own]);
+    second.parts[1].worker = WorkerIndex(1);
+    store.put_manifest(&second).await.unwrap();
+
+    assert_eq!(
+        store.remove_checkpoint(Epoch(1)).await.unwrap(),
+        Removed::ManifestOnly {
+            referenced_by: vec![Epoch(2)]
+        }
+    );
+    assert_eq!(
+        store.list().await.unwrap(),
+        (vec![Epoch(2)], vec![Epoch(1), Epoch(2)])
+    );
+    // Checkpoint 2 still restores, its reused part included.
+    let back = store
+        .resolve_restore_keeping(&RestoreTarget::Latest, &|_| true)
+        .await
+        .unwrap();
+    assert_eq!(back.manifest.epoch, Epoch(2));
+    assert_eq!(back.parts.len(), 2);
+    // Once nothing references it, it goes whole.
+    assert_eq!(
+        store.remove_checkpoint(Epoch(2)).await.unwrap(),
+        Removed::Deleted
+    );
+    assert_eq!(
+        store.remove_checkpoint(Epoch(1)).await.unwrap(),
+        Removed::Deleted
+    );
+    assert_eq!(store.list().await.unwrap(), (vec![], vec![]));
+}
+
+#[tokio::test]
 async fn restoring_an_older_checkpoint_abandons_the_newer_ones() {
     let store = CheckpointStore::open("memory://", "job").unwrap();
     for e in 1..=3 {
