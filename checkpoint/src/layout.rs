@@ -129,6 +129,16 @@ impl Layout {
         Path::from(format!("{}/generations/{:010}", self.job, generation.0))
     }
 
+    /// The prefix holding the records of savepoint restores.
+    pub fn savepoint_restores(&self) -> Path {
+        Path::from(format!("{}/restores", self.job))
+    }
+
+    /// The record that `generation` restored a savepoint.
+    pub fn savepoint_restore(&self, generation: Generation) -> Path {
+        Path::from(format!("{}/restores/{:010}", self.job, generation.0))
+    }
+
     /// The prefix holding the links between checkpoints (see `protocol::Node`).
     pub fn links(&self) -> Path {
         Path::from(format!("{}/links", self.job))

@@ -308,6 +308,21 @@ pub fn seal_step(own: Generation, node: &Node, link: Option<&Link>, seen: &[Epoc
     }
 }
 
+/// Whether a restart asked for the latest checkpoint restores the savepoint that
+/// generation `restored` restored instead: when no committed checkpoint exists
+/// (`latest` is `None`), or the latest was written by a generation older than
+/// `restored`. Such a checkpoint predates the savepoint restore, which abandoned every
+/// checkpoint newer than the savepoint; restoring it, or starting from the beginning,
+/// would replay output that the savepoint's state already accounts for. A checkpoint of
+/// `restored` or a newer generation was taken after the savepoint restore and wins.
+pub fn savepoint_instead(latest: Option<Generation>, restored: Option<Generation>) -> bool {
+    match (latest, restored) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(latest), Some(restored)) => latest < restored,
+    }
+}
+
 /// What retention removes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionPlan {
@@ -569,6 +584,20 @@ mod tests {
         )
         .is_empty());
         assert!(restore_candidates(&RestoreTarget::Latest, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_restart_restores_the_savepoint_until_a_checkpoint_follows_it() {
+        let g = |n| Some(Generation(n));
+        // No savepoint restored: the latest checkpoint, or none.
+        assert!(!savepoint_instead(g(3), None));
+        assert!(!savepoint_instead(None, None));
+        // Generation 4 restored a savepoint and committed nothing yet.
+        assert!(savepoint_instead(None, g(4)));
+        assert!(savepoint_instead(g(3), g(4)));
+        // A checkpoint of generation 4 or later follows the savepoint.
+        assert!(!savepoint_instead(g(4), g(4)));
+        assert!(!savepoint_instead(g(6), g(4)));
     }
 
     #[test]

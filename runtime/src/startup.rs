@@ -115,12 +115,15 @@ pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
         None => RestoreStep::Fresh,
         Some(target) => RestoreStep::Resolve {
             target: target.clone(),
-            // A process restarted by `weir launch` whose predecessor committed no
-            // checkpoint, and a cluster without a supervisor (whose processes are always
-            // started with `--restore latest`, the first time too), start from the
-            // beginning when there is no committed checkpoint yet (there may be manifests
-            // that were never committed: the restore passes over them).
+            // A process restarted by `weir launch` (an earlier generation announced
+            // itself) whose predecessor committed no checkpoint, and a cluster without a
+            // supervisor (whose processes are always started with `--restore latest`, the
+            // first time too), start from the beginning when there is no committed
+            // checkpoint yet (there may be manifests that were never committed: the
+            // restore passes over them). A predecessor that restored a savepoint is
+            // restored again instead (`protocol::savepoint_instead`).
             fresh_if_none: (facts.processes > 1
+                || !facts.markers.is_empty()
                 || facts
                     .requested_generation
                     .is_some_and(|g| g > Generation(0)))
@@ -291,22 +294,52 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
             all,
             restore: config.restore.clone(),
         };
-        let plan = plan_start(&facts)?;
-        if config.max_failed_generations > 0 {
-            // The newest checkpoint that reads (a damaged one is skipped, as restore
-            // skips it).
-            let mut newest = None;
-            for epoch in facts.complete.iter().rev() {
-                if let Ok(m) = store.read_manifest(*epoch).await {
-                    if !matches!(store.is_committed(&m).await, Ok(true)) {
-                        continue;
-                    }
-                    newest = Some(m.generation);
-                    break;
+        let mut plan = plan_start(&facts)?;
+        // The newest committed checkpoint that reads (a damaged one is skipped, as
+        // restore skips it), and the manifests newer than it that were never committed.
+        let mut newest = None;
+        let mut passed_over = Vec::new();
+        for epoch in facts.complete.iter().rev() {
+            if let Ok(m) = store.read_manifest(*epoch).await {
+                if !matches!(store.is_committed(&m).await, Ok(true)) {
+                    passed_over.push(*epoch);
+                    continue;
                 }
+                newest = Some(m.generation);
+                break;
             }
+        }
+        if config.max_failed_generations > 0 {
             let failed = failed_in_a_row(&store.failures().await?, newest);
             check_failed_generations(&failed, config.max_failed_generations)?;
+        }
+        // A restart after a savepoint restore that committed no checkpoint since restores
+        // the savepoint again: the latest checkpoint, if any, predates it.
+        // (The uncommitted manifests passed over on the way are then not counted as seen.)
+        let latest = matches!(
+            &plan.restore,
+            RestoreStep::Resolve {
+                target: RestoreTarget::Latest,
+                ..
+            }
+        );
+        let again = match latest {
+            true => store.newest_savepoint_restore().await?,
+            false => None,
+        }
+        .filter(|(by, _)| weir_checkpoint::protocol::savepoint_instead(newest, Some(*by)));
+        if let Some((by, name)) = again {
+            tracing::warn!(
+                savepoint = %name,
+                restored_by = %by,
+                "no checkpoint was committed since generation {by} restored savepoint `{name}`: restoring it again"
+            );
+            plan.restore = RestoreStep::Resolve {
+                target: RestoreTarget::Savepoint(name),
+                fresh_if_none: false,
+            };
+        } else {
+            passed_over.clear();
         }
         // Every part of the chosen checkpoint is read and verified here, so that every
         // process agrees on it (and `latest` falls back past a damaged one); the parts
@@ -320,7 +353,11 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
                 target,
                 fresh_if_none,
             } => match store.resolve_restore_keeping(&target, &wanted).await {
-                Ok(point) => (Some(point.manifest), point.parts, point.uncommitted),
+                Ok(point) => {
+                    let mut uncommitted = point.uncommitted;
+                    uncommitted.extend(passed_over);
+                    (Some(point.manifest), point.parts, uncommitted)
+                }
                 Err(CheckpointError::NoCheckpoint { uncommitted, .. }) if fresh_if_none => {
                     tracing::warn!(
                         generation = %plan.generation,
@@ -533,6 +570,18 @@ mod tests {
             markers: vec![Generation(0)],
             ..first.clone()
         };
+        // `weir launch` passes no generation: the marker of the generation before tells.
+        let relaunched = StartFacts {
+            markers: vec![Generation(0)],
+            ..first.clone()
+        };
+        assert_eq!(
+            plan_start(&relaunched).unwrap().restore,
+            RestoreStep::Resolve {
+                target: RestoreTarget::Latest,
+                fresh_if_none: true
+            }
+        );
         assert_eq!(
             plan_start(&restarted).unwrap().restore,
             RestoreStep::Resolve {

@@ -35,6 +35,16 @@ fn a_first_checkpoint_whose_link_was_never_written_is_no_checkpoint_and_the_rest
 }
 
 #[test]
+fn a_single_process_killed_before_its_first_checkpoint_is_restarted_from_the_beginning() {
+    let run = scenario::run(
+        &Scenario::new("fp-before-first-manifest-1x2", 0x2_0007, 1, 2)
+            .failpoint("before-manifest@1")
+            .kills(1),
+    );
+    check_exactly_once(&run.corpus.oracle, &run.records);
+}
+
+#[test]
 fn exactly_once_holds_when_a_process_dies_between_the_manifest_and_its_link() {
     let run = scenario::run(
         &Scenario::new("fp-before-link-1x2", 0x2_0006, 1, 2)

@@ -293,12 +293,10 @@ fn sessions_checkpointed_at_one_by_two_restore_at_two_by_two_under_kills() {
     check(&expected, &actual(&ws.output));
 }
 
-#[test]
-fn a_job_stopped_with_a_final_savepoint_resumes_from_it_at_three_workers_exactly_once() {
-    let seed = scenario::seed(0x7_0003);
-    let ws = Workspace::new("sessions-stop");
-    let expected = generate(&ws, seed);
-    let first = JobArgs::new(&ws)
+/// Runs the sessions job at 2 workers and stops it with `weir stop --savepoint paused`
+/// once it has completed a few checkpoints, well before its input ends.
+fn run_and_stop_with_a_savepoint(ws: &Workspace, expected: &Expected) {
+    let first = JobArgs::new(ws)
         .interval_ms(scenario::INTERVAL_MS)
         .workers(2)
         .rate_limit(rate_for(2, 8.0));
@@ -317,7 +315,7 @@ fn a_job_stopped_with_a_final_savepoint_resumes_from_it_at_three_workers_exactly
     }
     let url = ws.checkpoint_url();
     let stop = crate::harness::job::run_weir(
-        &ws,
+        ws,
         "stop",
         &[
             "stop",
@@ -339,6 +337,15 @@ fn a_job_stopped_with_a_final_savepoint_resumes_from_it_at_three_workers_exactly
         partial.sessions.len(),
         expected.sessions.len()
     );
+}
+
+#[test]
+fn a_job_stopped_with_a_final_savepoint_resumes_from_it_at_three_workers_exactly_once() {
+    let seed = scenario::seed(0x7_0003);
+    let ws = Workspace::new("sessions-stop");
+    let expected = generate(&ws, seed);
+    run_and_stop_with_a_savepoint(&ws, &expected);
+    let url = ws.checkpoint_url();
     // The savepoint name is taken now.
     let again = crate::harness::job::run_weir(
         &ws,
@@ -360,6 +367,61 @@ fn a_job_stopped_with_a_final_savepoint_resumes_from_it_at_three_workers_exactly
         .workers(3)
         .restore("savepoint:paused");
     run_sessions(&ws, &resumed, None, "resumed").assert_success();
+    check(&expected, &actual(&ws.output));
+}
+
+#[test]
+fn a_restart_after_a_savepoint_restore_that_committed_nothing_restores_the_savepoint_again() {
+    let seed = scenario::seed(0x7_0005);
+    let ws = Workspace::new("sessions-savepoint-restart");
+    let expected = generate(&ws, seed);
+    run_and_stop_with_a_savepoint(&ws, &expected);
+    // The checkpoints are deleted by hand; the savepoint is kept.
+    let url = ws.checkpoint_url();
+    for c in crate::harness::checkpoints::complete_checkpoints(&ws.checkpoints, "sessions") {
+        let epoch = c.epoch.to_string();
+        crate::harness::job::run_weir(
+            &ws,
+            &format!("delete-{epoch}"),
+            &[
+                "checkpoints",
+                "delete",
+                "--checkpoint-dir",
+                &url,
+                "--job",
+                "sessions",
+                &epoch,
+            ],
+        )
+        .assert_success();
+    }
+    assert!(
+        crate::harness::checkpoints::complete_checkpoints(&ws.checkpoints, "sessions").is_empty()
+    );
+    // Resumed from the savepoint under `weir launch`; the first generation of the launch
+    // (generation 1: the stopped run was 0) is killed before its first manifest, so the
+    // restart, which asks for the latest checkpoint, finds none and must restore the
+    // savepoint again rather than start from the beginning.
+    let job = JobArgs::new(&ws)
+        .interval_ms(scenario::INTERVAL_MS)
+        .restore("savepoint:paused")
+        .rate_limit(rate_for(2, 3.0));
+    let spec = LaunchSpec {
+        failpoint: Some("before-manifest:g1".into()),
+        ..launch_spec(job, 1, 2, 1)
+    };
+    let outcome = launch(&ws, &spec, None);
+    outcome.assert_success();
+    assert!(
+        outcome.generations.contains_key(&1),
+        "the failpoint should have cost one restart\n{}",
+        outcome.summary()
+    );
+    assert!(
+        outcome.stderr.contains("restoring it again"),
+        "the restart should have restored the savepoint again\n{}",
+        outcome.summary()
+    );
     check(&expected, &actual(&ws.output));
 }
 

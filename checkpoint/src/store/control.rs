@@ -166,6 +166,55 @@ impl CheckpointStore {
         gens.sort_unstable();
         Ok(gens)
     }
+
+    /// Records that `generation` restores savepoint `name`, before it takes its place in
+    /// the job's history and abandons the checkpoints newer than the savepoint: until it
+    /// commits a checkpoint of its own, a restart that asks for the latest checkpoint
+    /// must restore this savepoint again (see [`crate::protocol::savepoint_instead`]).
+    pub async fn record_savepoint_restore(&self, generation: Generation, name: &str) -> Result<()> {
+        let bytes = codec::encode_json(
+            "savepoint restore",
+            &SavepointRestore {
+                savepoint: name.to_string(),
+            },
+        )?;
+        self.put_object(&self.layout.savepoint_restore(generation), bytes)
+            .await
+    }
+
+    /// The newest generation that restored a savepoint, with the savepoint's name.
+    pub async fn newest_savepoint_restore(&self) -> Result<Option<(Generation, String)>> {
+        let objects = self.list_objects(&self.layout.savepoint_restores()).await?;
+        let newest = objects
+            .iter()
+            .filter_map(|o| {
+                let g = o
+                    .location
+                    .filename()
+                    .and_then(layout::parse_generation_marker)?;
+                Some((g, &o.location))
+            })
+            .max_by_key(|(g, _)| *g);
+        let Some((generation, path)) = newest else {
+            return Ok(None);
+        };
+        let bytes = self
+            .store
+            .get(path)
+            .await
+            .map_err(|e| CheckpointError::storage("get", path, e))?
+            .bytes()
+            .await
+            .map_err(|e| CheckpointError::storage("read", path, e))?;
+        let record: SavepointRestore = codec::decode_json(path.as_ref(), &bytes)?;
+        Ok(Some((generation, record.savepoint)))
+    }
+}
+
+/// The record that a generation restored a savepoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavepointRestore {
+    savepoint: String,
 }
 
 /// A request to stop a running job with a final savepoint.
