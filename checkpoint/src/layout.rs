@@ -129,13 +129,13 @@ impl Layout {
         Path::from(format!("{}/generations/{:010}", self.job, generation.0))
     }
 
-    /// The prefix holding the records of savepoint restores.
-    pub fn savepoint_restores(&self) -> Path {
+    /// The prefix holding the records of explicit restores (a savepoint or an epoch).
+    pub fn restores(&self) -> Path {
         Path::from(format!("{}/restores", self.job))
     }
 
-    /// The record that `generation` restored a savepoint.
-    pub fn savepoint_restore(&self, generation: Generation) -> Path {
+    /// The record that `generation` restored an explicitly named checkpoint or savepoint.
+    pub fn restore_record(&self, generation: Generation) -> Path {
         Path::from(format!("{}/restores/{:010}", self.job, generation.0))
     }
 

@@ -308,14 +308,14 @@ pub fn seal_step(own: Generation, node: &Node, link: Option<&Link>, seen: &[Epoc
     }
 }
 
-/// Whether a restart asked for the latest checkpoint restores the savepoint that
-/// generation `restored` restored instead: when no committed checkpoint exists
-/// (`latest` is `None`), or the latest was written by a generation older than
-/// `restored`. Such a checkpoint predates the savepoint restore, which abandoned every
-/// checkpoint newer than the savepoint; restoring it, or starting from the beginning,
-/// would replay output that the savepoint's state already accounts for. A checkpoint of
-/// `restored` or a newer generation was taken after the savepoint restore and wins.
-pub fn savepoint_instead(latest: Option<Generation>, restored: Option<Generation>) -> bool {
+/// Whether a restart asked for the latest checkpoint restores again what generation
+/// `restored` restored explicitly (a savepoint, or a checkpoint by epoch): when no
+/// committed checkpoint exists (`latest` is `None`), or the latest was written by a
+/// generation older than `restored`. Such a checkpoint predates that restore, which
+/// abandoned every checkpoint newer than what it restored; restoring it, or starting
+/// from the beginning, would replay output that the restored state already accounts for.
+/// A checkpoint of `restored` or a newer generation was taken after the restore and wins.
+pub fn restore_again(latest: Option<Generation>, restored: Option<Generation>) -> bool {
     match (latest, restored) {
         (_, None) => false,
         (None, Some(_)) => true,
@@ -587,17 +587,17 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_restores_the_savepoint_until_a_checkpoint_follows_it() {
+    fn a_restart_restores_an_explicit_restore_again_until_a_checkpoint_follows_it() {
         let g = |n| Some(Generation(n));
-        // No savepoint restored: the latest checkpoint, or none.
-        assert!(!savepoint_instead(g(3), None));
-        assert!(!savepoint_instead(None, None));
-        // Generation 4 restored a savepoint and committed nothing yet.
-        assert!(savepoint_instead(None, g(4)));
-        assert!(savepoint_instead(g(3), g(4)));
-        // A checkpoint of generation 4 or later follows the savepoint.
-        assert!(!savepoint_instead(g(4), g(4)));
-        assert!(!savepoint_instead(g(6), g(4)));
+        // Nothing restored explicitly: the latest checkpoint, or none.
+        assert!(!restore_again(g(3), None));
+        assert!(!restore_again(None, None));
+        // Generation 4 restored a savepoint (or an epoch) and committed nothing yet.
+        assert!(restore_again(None, g(4)));
+        assert!(restore_again(g(3), g(4)));
+        // A checkpoint of generation 4 or later follows the restore.
+        assert!(!restore_again(g(4), g(4)));
+        assert!(!restore_again(g(6), g(4)));
     }
 
     #[test]

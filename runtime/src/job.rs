@@ -125,12 +125,16 @@ impl<'scope> Job<'scope> {
                 // cluster is connected. Announce this generation, so that older ones are
                 // fenced, and abandon checkpoints newer than the restored one, whose
                 // uncommitted output recovery is about to abort.
-                // A savepoint restore is recorded first: from the abandonment below until
-                // this generation commits a checkpoint, a restart must restore the
-                // savepoint again, not what is left of the older checkpoints.
-                if let Some(weir_checkpoint::RestoreTarget::Savepoint(name)) = &ctx.config().restore
-                {
-                    ctx.block_on(store.record_savepoint_restore(ctx.generation(), name))?;
+                // An explicit restore (a savepoint, or a checkpoint by epoch) is recorded
+                // first: from the abandonment below until this generation commits a
+                // checkpoint, a restart must restore the same again, not what is left of
+                // the older checkpoints.
+                match &ctx.config().restore {
+                    Some(
+                        target @ (weir_checkpoint::RestoreTarget::Savepoint(_)
+                        | weir_checkpoint::RestoreTarget::Epoch(_)),
+                    ) => ctx.block_on(store.record_restore(ctx.generation(), target))?,
+                    Some(weir_checkpoint::RestoreTarget::Latest) | None => {}
                 }
                 ctx.block_on(store.announce_generation(ctx.generation()))?;
                 // Then take this generation's place in the job's history, so that no

@@ -120,8 +120,8 @@ pub fn plan_start(facts: &StartFacts) -> Result<StartPlan> {
             // supervisor (whose processes are always started with `--restore latest`, the
             // first time too), start from the beginning when there is no committed
             // checkpoint yet (there may be manifests that were never committed: the
-            // restore passes over them). A predecessor that restored a savepoint is
-            // restored again instead (`protocol::savepoint_instead`).
+            // restore passes over them). What a predecessor restored explicitly is
+            // restored again instead (`protocol::restore_again`).
             fresh_if_none: (facts.processes > 1
                 || !facts.markers.is_empty()
                 || facts
@@ -313,8 +313,9 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
             let failed = failed_in_a_row(&store.failures().await?, newest);
             check_failed_generations(&failed, config.max_failed_generations)?;
         }
-        // A restart after a savepoint restore that committed no checkpoint since restores
-        // the savepoint again: the latest checkpoint, if any, predates it.
+        // A restart after an explicit restore (a savepoint, a checkpoint by epoch) that
+        // committed no checkpoint since restores the same again: the latest checkpoint,
+        // if any, predates it.
         // (The uncommitted manifests passed over on the way are then not counted as seen.)
         let latest = matches!(
             &plan.restore,
@@ -324,18 +325,17 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
             }
         );
         let again = match latest {
-            true => store.newest_savepoint_restore().await?,
+            true => store.newest_restore().await?,
             false => None,
         }
-        .filter(|(by, _)| weir_checkpoint::protocol::savepoint_instead(newest, Some(*by)));
-        if let Some((by, name)) = again {
+        .filter(|(by, _)| weir_checkpoint::protocol::restore_again(newest, Some(*by)));
+        if let Some((by, target)) = again {
             tracing::warn!(
-                savepoint = %name,
                 restored_by = %by,
-                "no checkpoint was committed since generation {by} restored savepoint `{name}`: restoring it again"
+                "no checkpoint was committed since generation {by} restored {target:?}: restoring it again"
             );
             plan.restore = RestoreStep::Resolve {
-                target: RestoreTarget::Savepoint(name),
+                target,
                 fresh_if_none: false,
             };
         } else {

@@ -8,6 +8,7 @@ use crate::codec;
 use crate::error::{CheckpointError, Result};
 use crate::ids::Generation;
 use crate::layout;
+use crate::protocol::RestoreTarget;
 
 impl CheckpointStore {
     /// Asks the running job to stop with a final savepoint `name`: its sources stop
@@ -167,24 +168,25 @@ impl CheckpointStore {
         Ok(gens)
     }
 
-    /// Records that `generation` restores savepoint `name`, before it takes its place in
-    /// the job's history and abandons the checkpoints newer than the savepoint: until it
-    /// commits a checkpoint of its own, a restart that asks for the latest checkpoint
-    /// must restore this savepoint again (see [`crate::protocol::savepoint_instead`]).
-    pub async fn record_savepoint_restore(&self, generation: Generation, name: &str) -> Result<()> {
-        let bytes = codec::encode_json(
-            "savepoint restore",
-            &SavepointRestore {
-                savepoint: name.to_string(),
-            },
-        )?;
-        self.put_object(&self.layout.savepoint_restore(generation), bytes)
+    /// Records that `generation` restores `target`, an explicitly named savepoint or
+    /// checkpoint, before it takes its place in the job's history and abandons the
+    /// checkpoints newer than what it restores: until it commits a checkpoint of its own, a
+    /// restart that asks for the latest checkpoint must restore `target` again (see
+    /// [`crate::protocol::restore_again`]).
+    pub async fn record_restore(
+        &self,
+        generation: Generation,
+        target: &RestoreTarget,
+    ) -> Result<()> {
+        let bytes = codec::encode_json("restore record", target)?;
+        self.put_object(&self.layout.restore_record(generation), bytes)
             .await
     }
 
-    /// The newest generation that restored a savepoint, with the savepoint's name.
-    pub async fn newest_savepoint_restore(&self) -> Result<Option<(Generation, String)>> {
-        let objects = self.list_objects(&self.layout.savepoint_restores()).await?;
+    /// The newest generation that restored an explicitly named savepoint or checkpoint,
+    /// with what it restored.
+    pub async fn newest_restore(&self) -> Result<Option<(Generation, RestoreTarget)>> {
+        let objects = self.list_objects(&self.layout.restores()).await?;
         let newest = objects
             .iter()
             .filter_map(|o| {
@@ -206,15 +208,9 @@ impl CheckpointStore {
             .bytes()
             .await
             .map_err(|e| CheckpointError::storage("read", path, e))?;
-        let record: SavepointRestore = codec::decode_json(path.as_ref(), &bytes)?;
-        Ok(Some((generation, record.savepoint)))
+        let target: RestoreTarget = codec::decode_json(path.as_ref(), &bytes)?;
+        Ok(Some((generation, target)))
     }
-}
-
-/// The record that a generation restored a savepoint.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SavepointRestore {
-    savepoint: String,
 }
 
 /// A request to stop a running job with a final savepoint.

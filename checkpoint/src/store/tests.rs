@@ -396,6 +396,32 @@ async fn deleting_a_checkpoint_whose_parts_a_newer_one_reuses_deletes_only_its_m
 }
 
 #[tokio::test]
+async fn the_newest_explicit_restore_is_read_back_and_a_damaged_record_is_named() {
+    let store = CheckpointStore::open("memory://", "job").unwrap();
+    assert_eq!(store.newest_restore().await.unwrap(), None);
+    store
+        .record_restore(Generation(2), &RestoreTarget::Savepoint("sp".into()))
+        .await
+        .unwrap();
+    store
+        .record_restore(Generation(10), &RestoreTarget::Epoch(Epoch(7)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.newest_restore().await.unwrap(),
+        Some((Generation(10), RestoreTarget::Epoch(Epoch(7))))
+    );
+    let path = store.layout().restore_record(Generation(11));
+    store
+        .object_store()
+        .put(&path, b"{not json".to_vec().into())
+        .await
+        .unwrap();
+    let e = store.newest_restore().await.unwrap_err().to_string();
+    assert!(e.contains(path.as_ref()), "{e}");
+}
+
+#[tokio::test]
 async fn restoring_an_older_checkpoint_abandons_the_newer_ones() {
     let store = CheckpointStore::open("memory://", "job").unwrap();
     for e in 1..=3 {
