@@ -48,6 +48,17 @@ pub enum RestoreTarget {
     Savepoint(String),
 }
 
+/// The target as `--restore` takes it: `latest`, an epoch, or `savepoint:NAME`.
+impl std::fmt::Display for RestoreTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreTarget::Latest => f.write_str("latest"),
+            RestoreTarget::Epoch(e) => write!(f, "{e}"),
+            RestoreTarget::Savepoint(name) => write!(f, "savepoint:{name}"),
+        }
+    }
+}
+
 impl std::str::FromStr for RestoreTarget {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -598,6 +609,17 @@ mod tests {
         // A checkpoint of generation 4 or later follows the restore.
         assert!(!restore_again(g(4), g(4)));
         assert!(!restore_again(g(6), g(4)));
+    }
+
+    #[test]
+    fn a_restore_target_prints_as_restore_takes_it() {
+        for t in [
+            RestoreTarget::Latest,
+            RestoreTarget::Epoch(Epoch(42)),
+            RestoreTarget::Savepoint("before-upgrade".into()),
+        ] {
+            assert_eq!(t.to_string().parse::<RestoreTarget>().unwrap(), t);
+        }
     }
 
     #[test]

@@ -332,7 +332,7 @@ pub(crate) fn read_start(config: &JobConfig, rt: &tokio::runtime::Runtime) -> Re
         if let Some((by, target)) = again {
             tracing::warn!(
                 restored_by = %by,
-                "no checkpoint was committed since generation {by} restored {target:?}: restoring it again"
+                "no checkpoint was committed since generation {by} restored `{target}`: restoring it again"
             );
             plan.restore = RestoreStep::Resolve {
                 target,

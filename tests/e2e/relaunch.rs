@@ -115,3 +115,47 @@ fn restoring_an_older_checkpoint_abandons_the_newer_ones_and_loses_nothing() {
     let latest = run_standalone(&ws, "restore-latest", &args.restore("latest"));
     latest.assert_success();
 }
+
+#[test]
+fn a_restart_after_restoring_an_older_checkpoint_restores_it_again() {
+    let ws = Workspace::new("restore-older-again");
+    let corpus = input::generate(&ws.input, scenario::seed(0x7_0003), &InputSpec::small());
+    let args = JobArgs::new(&ws)
+        .interval_ms(50)
+        .retain(10)
+        .rate_limit(corpus.rate_limit_for(2, 2.0));
+    // Generation 0 dies with checkpoint 4's manifest written and its output staged.
+    let mut first = wordcount_command(&args.clone().workers(2));
+    first.env("WEIR_FAILPOINT", "after-manifest@4");
+    let killed = run_to_end(first, ws.log_paths("first"), Duration::from_secs(120));
+    assert!(
+        !killed.status.success(),
+        "the failpoint should have killed the first run"
+    );
+    let epochs: Vec<u64> = complete_checkpoints(&ws.checkpoints, "wordcount")
+        .iter()
+        .map(|c| c.epoch)
+        .collect();
+    assert!(
+        epochs.len() >= 3,
+        "expected several complete checkpoints, found {epochs:?}"
+    );
+    let older = epochs[epochs.len() - 2];
+    // A launch restores the older checkpoint; its first generation (1) dies before its
+    // first manifest, and the restart, which asks for the latest checkpoint, restores the
+    // older one again.
+    let mut again = launch(&args.clone().restore(older), &["--max-restarts", "2"]);
+    again.env("WEIR_FAILPOINT", "before-manifest:g1");
+    let finished = run_to_end(again, ws.log_paths("launch"), Duration::from_secs(120));
+    finished.assert_success();
+    assert!(
+        finished.stderr.contains("after 1 restart(s)")
+            && finished
+                .stderr
+                .contains(&format!("restored `{older}`: restoring it again")),
+        "the restart should have restored checkpoint {older} again\n{}",
+        tail(&finished.stderr, 30)
+    );
+    // Output committed after checkpoint `older` is produced again, but nothing is lost.
+    check_at_least_once(&corpus.oracle, &read_committed(&ws.output));
+}
