@@ -64,17 +64,10 @@ fn a_new_launch_over_an_earlier_launchs_checkpoints_is_not_fenced_by_its_generat
     check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
 }
 
-#[test]
-fn restoring_an_older_checkpoint_abandons_the_newer_ones_and_loses_nothing() {
-    let ws = Workspace::new("restore-older");
-    let corpus = input::generate(&ws.input, scenario::seed(0x7_0002), &InputSpec::small());
-    let args = JobArgs::new(&ws)
-        .workers(2)
-        .interval_ms(50)
-        .retain(10)
-        .rate_limit(corpus.rate_limit_for(2, 2.0));
-    // Dies with checkpoint 4's manifest written and its output still staged.
-    let mut first = wordcount_command(&args);
+/// Runs the job (generation 0) until it dies with checkpoint 4's manifest written and
+/// its output still staged; returns the complete checkpoints' epochs, ascending.
+fn killed_after_checkpoint_4(ws: &Workspace, args: &JobArgs) -> Vec<u64> {
+    let mut first = wordcount_command(args);
     first.env("WEIR_FAILPOINT", "after-manifest@4");
     let killed = run_to_end(first, ws.log_paths("first"), Duration::from_secs(120));
     assert!(
@@ -89,6 +82,19 @@ fn restoring_an_older_checkpoint_abandons_the_newer_ones_and_loses_nothing() {
         epochs.len() >= 3,
         "expected several complete checkpoints, found {epochs:?}"
     );
+    epochs
+}
+
+#[test]
+fn restoring_an_older_checkpoint_abandons_the_newer_ones_and_loses_nothing() {
+    let ws = Workspace::new("restore-older");
+    let corpus = input::generate(&ws.input, scenario::seed(0x7_0002), &InputSpec::small());
+    let args = JobArgs::new(&ws)
+        .workers(2)
+        .interval_ms(50)
+        .retain(10)
+        .rate_limit(corpus.rate_limit_for(2, 2.0));
+    let epochs = killed_after_checkpoint_4(&ws, &args);
     let older = epochs[epochs.len() - 2];
     let newest = epochs[epochs.len() - 1];
 
@@ -124,22 +130,7 @@ fn a_restart_after_restoring_an_older_checkpoint_restores_it_again() {
         .interval_ms(50)
         .retain(10)
         .rate_limit(corpus.rate_limit_for(2, 2.0));
-    // Generation 0 dies with checkpoint 4's manifest written and its output staged.
-    let mut first = wordcount_command(&args.clone().workers(2));
-    first.env("WEIR_FAILPOINT", "after-manifest@4");
-    let killed = run_to_end(first, ws.log_paths("first"), Duration::from_secs(120));
-    assert!(
-        !killed.status.success(),
-        "the failpoint should have killed the first run"
-    );
-    let epochs: Vec<u64> = complete_checkpoints(&ws.checkpoints, "wordcount")
-        .iter()
-        .map(|c| c.epoch)
-        .collect();
-    assert!(
-        epochs.len() >= 3,
-        "expected several complete checkpoints, found {epochs:?}"
-    );
+    let epochs = killed_after_checkpoint_4(&ws, &args.clone().workers(2));
     let older = epochs[epochs.len() - 2];
     // A launch restores the older checkpoint; its first generation (1) dies before its
     // first manifest, and the restart, which asks for the latest checkpoint, restores the
