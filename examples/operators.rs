@@ -19,6 +19,7 @@
 //! | `join` | every left and right event of a key (no event time) | `["pair", [left id, right id]]` |
 //! | `stateful-map` | each event with the running maximum of its key | `["max", [id, max]]` |
 //! | `reduce` | the sum per key, as of every epoch that changed it | `["sum", [key, sum, epoch]]` |
+//! | `flat-reduce` | the same sums, with `flat_reduce_by_key` over batches of lines | `["sum", [key, sum, epoch]]` |
 //! | `differential` | differential dataflow on a checkpointed collection of `(key, id, value, side)`: `count` per key, `distinct` keys, `reduce` (largest value per key) and `join` of left and right events by key | changes `["dd-count", [key, n, diff]]`, `["dd-distinct", [key, diff]]`, `["dd-max", [key, max, diff]]`, `["dd-pair", [left id, right id, diff]]` |
 
 use std::path::PathBuf;
@@ -85,6 +86,7 @@ fn main() {
                 "join",
                 "stateful-map",
                 "reduce",
+                "flat-reduce",
                 "differential"
             ]
             .contains(&op.as_str()),
@@ -96,12 +98,25 @@ fn main() {
         };
         let bound = args.out_of_orderness;
         weir::run(config, move |job| {
+            if op == "flat-reduce" {
+                // Each batch of lines is parsed and summed where it is read.
+                return job
+                    .source("events", files::line_batches(&input).options(opts))?
+                    .flat_reduce_by_key(
+                        "sum",
+                        |lines: &files::LineBatch, sums: &mut Combiner<u32, i64>| {
+                            for e in lines.lines().map(parse) {
+                                sums.emit(&e.key, e.value);
+                            }
+                        },
+                        |s, v| *s += v,
+                    )?
+                    .map(|(k, s, epoch)| Line("sum".to_string(), vec![k as i64, s, epoch as i64]))
+                    .sink("out", files::jsonl(&output));
+            }
             let events = job
                 .source("events", files::lines(&input).options(opts))?
-                .map(|l| {
-                    serde_json::from_str::<Event>(&l)
-                        .unwrap_or_else(|e| panic!("bad event {l}: {e}"))
-                });
+                .map(|l| parse(&l));
             let out = match op.as_str() {
                 "join" => {
                     let left = events
@@ -130,6 +145,11 @@ fn main() {
         })?;
         Ok(())
     })
+}
+
+/// One input line as an event; the input is the test's own, so a bad line is a bug.
+fn parse(line: &str) -> Event {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad event {line}: {e}"))
 }
 
 /// Differential dataflow operators on a checkpointed collection.

@@ -3,7 +3,7 @@
 //! ```text
 //! wordcount --input DIR --output DIR --checkpoint-dir URL [--checkpoint-interval-ms N]
 //!           [--delivery MODE] [--workers W] [--restore latest] [--rate-limit LINES_PER_S]
-//!           [--output-url URL [--output-format jsonl|parquet]]
+//!           [--output-url URL [--output-format jsonl|parquet]] [--record-per-word]
 //! ```
 //!
 //! Reads every file in DIR (lines of whitespace-separated words), keeps a running
@@ -40,6 +40,11 @@ struct Args {
     /// `file:///dir`), exactly once.
     #[arg(long)]
     output_url: Option<String>,
+    /// Read a `String` per line and count with `flat_map` into one `(word, 1)` record
+    /// per word and `reduce_by_key`, instead of batches of lines and
+    /// `flat_reduce_by_key`: the same output and checkpoints, for comparing the two.
+    #[arg(long)]
+    record_per_word: bool,
     /// The format of the objects under `--output-url`.
     #[arg(long, value_enum, default_value = "jsonl", requires = "output_url")]
     output_format: Format,
@@ -65,6 +70,7 @@ fn main() {
         let args = Args::parse();
         let config = args.job.into_config("wordcount")?;
         let (input, output) = (args.input, args.output);
+        let record_per_word = args.record_per_word;
         let objects = args.output_url.map(|url| ObjectSinkOptions {
             url,
             format: match args.output_format {
@@ -80,15 +86,30 @@ fn main() {
             rate_limit: args.rate_limit,
         };
         weir::run(config, move |job| {
-            let counts = job
-                .source("lines", files::lines(&input).options(opts))?
-                .flat_map(|line| {
-                    line.split_whitespace()
-                        .map(|w| (w.to_string(), 1))
-                        .collect::<Vec<_>>()
-                })
-                .reduce_by_key("counts", |count, n| *count += n)?
-                .map(|(word, count, epoch)| Count { word, count, epoch });
+            let counts = if record_per_word {
+                job.source("lines", files::lines(&input).options(opts))?
+                    .flat_map(|line| {
+                        line.split_whitespace()
+                            .map(|w| (w.to_string(), 1))
+                            .collect::<Vec<_>>()
+                    })
+                    .reduce_by_key("counts", |count, n| *count += n)?
+            } else {
+                // Lines come in batches, and each word is merged into its count of the
+                // epoch where it is read: a word is copied only when an epoch first
+                // sees it.
+                job.source("lines", files::line_batches(&input).options(opts))?
+                    .flat_reduce_by_key(
+                        "counts",
+                        |lines: &files::LineBatch, words: &mut Combiner<String, u64>| {
+                            for word in lines.lines().flat_map(str::split_whitespace) {
+                                words.emit(word, 1);
+                            }
+                        },
+                        |count, n| *count += n,
+                    )?
+            }
+            .map(|(word, count, epoch)| Count { word, count, epoch });
             if let Some(opts) = objects.clone() {
                 counts.clone().sink("objects", opts)?;
             }

@@ -65,9 +65,9 @@ pub mod prelude {
     pub use weir_connectors::{files, generator, objects, source, SourceOptions};
     pub use weir_operators::collection::{DurableCollection, ToCollection};
     pub use weir_operators::{
-        AssignEventTime, CountByKey, Deduplicate, DeduplicateProcessingTime, EventStream, Fired,
-        IntervalJoin, JoinTtl, Late, ReduceByKey, Rejected, Side, StatefulMap, Timed, Ttl,
-        WatermarkStrategy, Window, Windows,
+        AssignEventTime, Combiner, CountByKey, Deduplicate, DeduplicateProcessingTime, EventStream,
+        Fired, FlatReduceByKey, IntervalJoin, JoinTtl, Late, ReduceByKey, Rejected, Side,
+        StatefulMap, Timed, Ttl, WatermarkStrategy, Window, Windows,
     };
     pub use weir_runtime::{
         testing, Delivery, Flow, Job, JobArgs, JobConfig, RestoreTarget, Sink, Source,

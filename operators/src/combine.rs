@@ -16,6 +16,7 @@
 //! - it keeps nothing across epochs: after a crash, the source replays every value that
 //!   a partial in flight held, so nothing needs to be checkpointed here.
 
+use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +48,24 @@ where
     V: timely::ExchangeData,
     F: FnMut(&mut V, V) + 'static,
 {
+    combine_with(stream, merge, |(k, v), combiner| combiner.emit_owned(k, v))
+}
+
+/// Like [`combine`], for records that are not `(key, value)` pairs: `explode` emits
+/// any number of keyed values per record into a [`Combiner`], which merges them with
+/// `merge` into the epoch's partials, borrowing each key until it is new.
+pub(crate) fn combine_with<'s, R, K, V, F, E>(
+    stream: Records<'s, R>,
+    merge: Rc<RefCell<F>>,
+    mut explode: E,
+) -> Records<'s, (K, V)>
+where
+    R: timely::ExchangeData,
+    K: timely::ExchangeData + Hash + Eq,
+    V: timely::ExchangeData,
+    F: FnMut(&mut V, V) + 'static,
+    E: FnMut(R, &mut Combiner<'_, K, V>) + 'static,
+{
     stream.unary_frontier::<CapacityContainerBuilder<Vec<(K, V)>>, _, _, _>(
         Pipeline,
         "combine",
@@ -62,31 +81,71 @@ where
                         // operator drops such records too.
                         return;
                     };
-                    let (cap, map) = open.entry(epoch).or_insert_with(|| {
+                    let (cap, partials) = open.entry(epoch).or_insert_with(|| {
                         let cap = cap.retain_least(0).expect("a least time");
                         (cap, spare.pop().unwrap_or_default())
                     });
-                    for (k, v) in batch.drain(..) {
-                        match map.entry(k) {
-                            Entry::Occupied(mut e) => merge(e.get_mut(), v),
-                            Entry::Vacant(e) => {
-                                e.insert(v);
-                            }
+                    for record in batch.drain(..) {
+                        explode(
+                            record,
+                            &mut Combiner {
+                                partials: &mut *partials,
+                                merge: &mut *merge,
+                            },
+                        );
+                        if partials.len() >= FLUSH_AT {
+                            output.session(&*cap).give_iterator(partials.drain());
                         }
-                    }
-                    if map.len() >= FLUSH_AT {
-                        output.session(&*cap).give_iterator(map.drain());
                     }
                 });
                 while let Some(entry) = open.first_entry() {
                     if frontier.less_equal(entry.key()) {
                         break;
                     }
-                    let (cap, mut map) = entry.remove();
-                    output.session(&cap).give_iterator(map.drain());
-                    spare.push(map);
+                    let (cap, mut partials) = entry.remove();
+                    output.session(&cap).give_iterator(partials.drain());
+                    spare.push(partials);
                 }
             }
         },
     )
+}
+
+/// Where the function of `flat_reduce_by_key` emits a record's keyed values: each value
+/// is merged right away into its key's partial aggregate of the epoch, on the worker that
+/// read the record, before anything crosses the exchange.
+///
+/// [`Combiner::emit`] takes the key by reference (a `&str` for a `String` key) and
+/// copies it only when the epoch's partials do not hold it yet, so a key that repeats
+/// costs a hash and a lookup, not an allocation.
+pub struct Combiner<'a, K, V> {
+    partials: &'a mut Partials<K, V>,
+    merge: &'a mut dyn FnMut(&mut V, V),
+}
+
+impl<K: Hash + Eq, V> Combiner<'_, K, V> {
+    /// Merges `value` into the partial aggregate of `key`, copying the key (with
+    /// [`ToOwned`]) only if this epoch has none for it yet.
+    pub fn emit<Q>(&mut self, key: &Q, value: V)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        match self.partials.get_mut(key) {
+            Some(partial) => (self.merge)(partial, value),
+            None => {
+                self.partials.insert(key.to_owned(), value);
+            }
+        }
+    }
+
+    /// Merges `value` into the partial aggregate of `key`, an owned key.
+    pub fn emit_owned(&mut self, key: K, value: V) {
+        match self.partials.entry(key) {
+            Entry::Occupied(mut e) => (self.merge)(e.get_mut(), value),
+            Entry::Vacant(e) => {
+                e.insert(value);
+            }
+        }
+    }
 }

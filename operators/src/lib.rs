@@ -4,8 +4,8 @@
 //! snapshot when its input frontier passes an epoch, and restores it after a crash,
 //! also at another number of workers. One extension trait per file, named for its verb.
 //!
-//! - Keyed state: [`StatefulMap`], [`ReduceByKey`], [`CountByKey`], with optional
-//!   expiry ([`Ttl`]).
+//! - Keyed state: [`StatefulMap`], [`ReduceByKey`], [`FlatReduceByKey`], [`CountByKey`],
+//!   with optional expiry ([`Ttl`]).
 //! - Event time: [`AssignEventTime`] gives records event time and watermarks tracked per
 //!   source split; [`Window`] (tumbling, sliding, session), [`Deduplicate`] and
 //!   [`IntervalJoin`] run on the resulting [`EventStream`].
@@ -32,6 +32,7 @@ mod combine;
 pub mod count;
 pub mod dedup;
 pub mod event_time;
+pub mod flat_reduce;
 pub mod join;
 mod keyed;
 pub mod reduce;
@@ -59,6 +60,7 @@ pub use differential_dataflow;
 pub use event_time::{
     AssignEventTime, EventStream, EventTime, Mark, OneSplit, Rejected, Timed, WatermarkStrategy,
 };
+pub use flat_reduce::{Combiner, FlatReduceByKey};
 pub use join::{IntervalJoin, IntervalJoinBuilder, JoinTtl, Side};
 pub use keyed::Ttl;
 pub use reduce::{Changes, ReduceByKey};

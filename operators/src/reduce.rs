@@ -99,20 +99,7 @@ where
         // time: they share the one reduce function.
         let reduce = Rc::new(RefCell::new(reduce));
         let combined = crate::combine::combine(self.into_stream(), Rc::clone(&reduce));
-        let out = crate::keyed::per_key(
-            combined,
-            &job,
-            name,
-            crate::Ttl::Never,
-            move |_k: &K, s: &mut Option<V>, v: V, _out: &mut Vec<(K, V, u64)>| match s {
-                Some(s) => (reduce.borrow_mut())(s, v),
-                None => *s = Some(v),
-            },
-            |k: &K, s: &Option<V>, epoch: u64, out: &mut Vec<(K, V, u64)>| {
-                out.extend(s.iter().map(|s| (k.clone(), s.clone(), epoch)))
-            },
-        )?;
-        Ok(job.flow(out))
+        reduce_combined(&job, name, combined, reduce)
     }
 
     fn fold_by_key<S, F>(self, name: &str, mut fold: F) -> Result<Changes<'s, K, S>>
@@ -133,4 +120,33 @@ where
         )?;
         Ok(job.flow(out))
     }
+}
+
+/// The keyed half of [`ReduceByKey::reduce_by_key`] and of `flat_reduce_by_key`:
+/// reduces the combiner's partials of each key into its aggregate.
+pub(crate) fn reduce_combined<'s, K, V, F>(
+    job: &weir_runtime::Job<'s>,
+    name: &str,
+    combined: crate::Records<'s, (K, V)>,
+    reduce: Rc<RefCell<F>>,
+) -> Result<Changes<'s, K, V>>
+where
+    K: timely::ExchangeData + Hash + Eq + Clone,
+    V: timely::ExchangeData + Clone + Serialize + DeserializeOwned,
+    F: FnMut(&mut V, V) + 'static,
+{
+    let out = crate::keyed::per_key(
+        combined,
+        job,
+        name,
+        crate::Ttl::Never,
+        move |_k: &K, s: &mut Option<V>, v: V, _out: &mut Vec<(K, V, u64)>| match s {
+            Some(s) => (reduce.borrow_mut())(s, v),
+            None => *s = Some(v),
+        },
+        |k: &K, s: &Option<V>, epoch: u64, out: &mut Vec<(K, V, u64)>| {
+            out.extend(s.iter().map(|s| (k.clone(), s.clone(), epoch)))
+        },
+    )?;
+    Ok(job.flow(out))
 }

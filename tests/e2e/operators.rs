@@ -207,7 +207,7 @@ fn oracle(op: &str, splits: &[Vec<Ev>]) -> Lines {
                 out.push(("max".into(), vec![e.id as i64, *m]));
             }
         }
-        "reduce" => {
+        "reduce" | "flat-reduce" => {
             let mut sums: BTreeMap<u32, i64> = BTreeMap::new();
             for e in all() {
                 *sums.entry(e.key).or_default() += e.value;
@@ -247,7 +247,7 @@ fn oracle(op: &str, splits: &[Vec<Ev>]) -> Lines {
 #[derive(Deserialize)]
 struct Line(String, Vec<i64>);
 
-/// The committed output, sorted; for `reduce`, each key's last sum.
+/// The committed output, sorted; for `reduce` and `flat-reduce`, each key's last sum.
 fn committed(op: &str, dir: &Path) -> Lines {
     let mut lines: Lines = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -263,7 +263,7 @@ fn committed(op: &str, dir: &Path) -> Lines {
             lines.push((tag, nums));
         }
     }
-    if op == "reduce" {
+    if matches!(op, "reduce" | "flat-reduce") {
         // key -> (epoch, sum); a key changes at most once per epoch.
         let mut last: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
         for (_, n) in &lines {
@@ -465,6 +465,7 @@ operator_property!(interval_join_survives_kills_and_rescaling, "interval-join");
 operator_property!(join_with_ttl_survives_kills_and_rescaling, "join");
 operator_property!(stateful_map_survives_kills_and_rescaling, "stateful-map");
 operator_property!(reduce_survives_kills_and_rescaling, "reduce");
+operator_property!(flat_reduce_survives_kills_and_rescaling, "flat-reduce");
 operator_property!(
     differential_collections_survive_kills_and_rescaling,
     "differential"

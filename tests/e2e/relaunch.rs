@@ -150,3 +150,21 @@ fn a_restart_after_restoring_an_older_checkpoint_restores_it_again() {
     // Output committed after checkpoint `older` is produced again, but nothing is lost.
     check_at_least_once(&corpus.oracle, &read_committed(&ws.output));
 }
+
+#[test]
+fn the_word_count_switches_from_a_record_per_word_to_batches_of_lines_over_its_checkpoints() {
+    let ws = Workspace::new("record-per-word-to-batches");
+    let corpus = input::generate(&ws.input, scenario::seed(0x7_0004), &InputSpec::small());
+    let args = JobArgs::new(&ws)
+        .workers(2)
+        .interval_ms(50)
+        .rate_limit(corpus.rate_limit_for(2, 2.0));
+    // `flat_map` + `reduce_by_key` over a `String` per line, killed with checkpoint 4
+    // written and its output staged ...
+    killed_after_checkpoint_4(&ws, &args.clone().flag("--record-per-word"));
+    // ... then `flat_reduce_by_key` over batches of lines, at another number of workers,
+    // restores its source positions and counts, and commits the staged output.
+    let restored = run_standalone(&ws, "batches", &args.workers(3).restore("latest"));
+    restored.assert_success();
+    check_exactly_once(&corpus.oracle, &read_committed(&ws.output));
+}
