@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Word count on file input at the COST of a hand-written single-threaded program: the
-# wordcount example (weir's file source, reduce_by_key, weir's transactional file sink)
+# wordcount example (weir's file source, flat_reduce_by_key, weir's transactional file sink)
 # against `examples/wordcount_cost.rs count` (read lines, split on whitespace,
 # HashMap<String, u64>, write the counts), on the same files, variants interleaved run by
 # run:
@@ -25,6 +25,9 @@
 #   benches/wordcount_cost.sh [RUNS] [VARIANT...]     (RUNS defaults to 3)
 #
 # WORDCOUNT_LINES changes the 2M lines; WORDCOUNT_KEEP=1 keeps the temporary directory.
+# The wordcount example reads batches of lines (`files::line_batches`) and counts with
+# `flat_reduce_by_key`; VARIANT:perword runs the same binary with `--record-per-word`
+# (a `String` per line, `flat_map` into a `(String, 1)` record per word, `reduce_by_key`).
 # To compare builds in one run, name variants VARIANT:TAG and set WORDCOUNT_TAG to that
 # build's wordcount binary (for example `WORDCOUNT_BEFORE=/tmp/wordcount ... eo-2w:before
 # eo-2w`).
@@ -57,12 +60,14 @@ timed() { /usr/bin/time -f '%e %U %S %M' -a -o "$WORK/t" "$@"; }
 
 run() { # run VARIANT[:TAG] -> prints "wall cpu rss_mb"
   local v=${1%%:*} out="$WORK/out" chk="$WORK/chk" wordcount="$BIN/wordcount"
-  if [ "$1" != "$v" ]; then
+  local job=(--input "$WORK/input" --output "$out" --checkpoint-dir "$chk")
+  if [ "${1#*:}" = perword ]; then
+    job+=(--record-per-word)
+  elif [ "$1" != "$v" ]; then
     local var="WORDCOUNT_$(echo "${1#*:}" | tr '[:lower:]-' '[:upper:]_')"
     wordcount=${!var:?set $var to the wordcount binary that $1 runs}
   fi
   rm -rf "$out" "$chk" "$WORK/t"
-  local job=(--input "$WORK/input" --output "$out" --checkpoint-dir "$chk")
   case $v in
     *-1w | *-2p) job+=(--workers 1) ;;
     *-2w) job+=(--workers 2) ;;

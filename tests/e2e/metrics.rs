@@ -258,10 +258,11 @@ fn the_metrics_endpoint_follows_the_job_and_counts_restarts() {
             .any(|l| l.contains(&format!("target=\"{count}\""))),
         "no channel into the count (operator {count}): {edges:?}"
     );
-    // Lines become words between the source and the count.
-    let split = run.await_scrape(&p0, deadline, "words split from lines", |s| {
-        s.sum_with("weir_dataflow_records_out_total", &["operator=\"FlatMap\""])
-            > s.sum_with("weir_dataflow_records_out_total", SOURCE_DATA)
+    // Between the source and the count, the combiner merges the words of the batches
+    // of lines it takes in into partial counts.
+    let split = run.await_scrape(&p0, deadline, "partial counts out of the combiner", |s| {
+        s.sum_with("weir_dataflow_records_in_total", &["operator=\"combine\""]) > 0.0
+            && s.sum_with("weir_dataflow_records_out_total", &["operator=\"combine\""]) > 0.0
     });
     assert!(
         split.sum_with(
