@@ -36,8 +36,8 @@ use crate::reduce::{reduce_combined, Changes};
 /// use weir_operators::FlatReduceByKey;
 ///
 /// let lines = vec!["a b a".to_string(), "b c".to_string()];
-/// let mut out = testing::run_collect(JobConfig::thread("doc-flat-reduce"), 2, |job| {
-///     job.source("lines", testing::items(lines))?.flat_reduce_by_key(
+/// let mut out = testing::run_collect(JobConfig::thread("doc-flat-reduce"), 2, move |job| {
+///     job.source("lines", testing::items(lines.clone()))?.flat_reduce_by_key(
 ///         "count",
 ///         |line: &String, words| {
 ///             for word in line.split_whitespace() {
