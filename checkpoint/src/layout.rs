@@ -222,6 +222,18 @@ pub fn savepoint_part_name(worker: WorkerIndex, file: &str) -> String {
     format!("w{worker}-{file}")
 }
 
+/// The name a savepoint gives its copy of the object at `path`, a part that `worker`
+/// wrote: the object's file name after the epoch of the checkpoint directory it lies in,
+/// as [`savepoint_part_name`] names it. The objects of a delta chain share their file
+/// name across checkpoint directories, so the epoch keeps their copies apart.
+pub fn savepoint_copy_name(worker: WorkerIndex, path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    match object_checkpoint_dir(path) {
+        Some(dir) => savepoint_part_name(worker, &format!("e{}-{file}", dir.0)),
+        None => savepoint_part_name(worker, file),
+    }
+}
+
 /// Checks that a savepoint name is usable as one path segment.
 pub fn check_savepoint_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -323,5 +335,14 @@ mod tests {
         assert_eq!(l.probe("7").as_ref(), "wc/_probe-7");
         assert_eq!(part_name(WorkerIndex(1), Generation(4)), "w1-g4");
         assert_eq!(savepoint_part_name(WorkerIndex(1), "w1-g4"), "w1-w1-g4");
+        assert_eq!(
+            savepoint_copy_name(WorkerIndex(1), "wc/chk-7/counts/w1-g4"),
+            "w1-e7-w1-g4"
+        );
+        // A job named like a checkpoint directory is not taken for one.
+        assert_eq!(
+            savepoint_copy_name(WorkerIndex(0), "chk-3/savepoints/s/counts/w0-x"),
+            "w0-w0-x"
+        );
     }
 }

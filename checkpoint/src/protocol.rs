@@ -1059,15 +1059,10 @@ mod tests {
                                 "savepoint of {epoch}: {} is gone",
                                 part.path
                             );
-                            // The objects of a chain share their file name across
-                            // directories: a copy carries its directory's epoch.
-                            let dir = layout::object_checkpoint_dir(&part.path).unwrap();
-                            let file = part.path.rsplit('/').next().unwrap();
-                            let file = format!("e{}-{file}", dir.0);
                             let to = self.layout.savepoint_part(
                                 &name,
                                 &part.operator,
-                                &layout::savepoint_part_name(part.worker, &file),
+                                &layout::savepoint_copy_name(part.worker, &part.path),
                             );
                             part.path = to.to_string();
                             self.objects.insert(part.path.clone());

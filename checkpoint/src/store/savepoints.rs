@@ -32,18 +32,10 @@ impl CheckpointStore {
         let mut manifest = self.resolve_restore(&target).await?;
         for part in &mut manifest.parts {
             let from = Path::from(part.path.as_str());
-            let mut file = from.filename().unwrap_or("part").to_string();
-            // The objects of a chain share their file name across checkpoint
-            // directories: their copies carry the directory's epoch.
-            if part.packed.is_some() {
-                if let Some(epoch) = layout::object_checkpoint_dir(&part.path) {
-                    file = format!("e{}-{file}", epoch.0);
-                }
-            }
             let to = self.layout.savepoint_part(
                 name,
                 &part.operator,
-                &layout::savepoint_part_name(part.worker, &file),
+                &layout::savepoint_copy_name(part.worker, &part.path),
             );
             self.store
                 .copy(&from, &to)
