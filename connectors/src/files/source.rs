@@ -352,7 +352,9 @@ impl Collect for Batches {
         out: &mut Vec<LineBatch>,
     ) -> std::io::Result<usize> {
         let batch = out.last_mut().expect("a batch started");
-        // `read_line` appends, and on an error leaves the buffer as it was.
+        // `read_line` appends. On an error the batch may end in part of a line (std keeps
+        // what it read of it if that was valid UTF-8): the read fails, and the source
+        // fails the run without emitting the batch.
         let read = reader.read_line(&mut batch.text)?;
         if read > 0 {
             let end = batch.text.trim_end_matches(['\n', '\r']).len();
