@@ -23,7 +23,7 @@
 //! epoch as it fires; a record is either added to a window, or sent to the late output
 //! with a reason.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
@@ -292,7 +292,7 @@ where
     let logic = WindowLogic {
         windows,
         state: KeyedState::restore(job.ctx(), name)?,
-        timers: BTreeSet::new(),
+        timers: Timers::new(),
         fold,
         merge,
         _marker: std::marker::PhantomData,
@@ -314,11 +314,26 @@ enum WindowOut<K, A, D> {
 /// The open windows of one key: start -> (end, aggregate).
 type Open<A> = BTreeMap<u64, (u64, A)>;
 
+/// When open windows fire: fire at -> (key, window start), in the order they opened.
+///
+/// Many windows share a time to fire at (all keys' tumbling windows of one start do), so
+/// a new window costs a push, not an insert into one ordered set of every window. A
+/// session that grows or merges leaves its old entry behind rather than searching for it:
+/// an entry fires its window only if the window still ends at that time (see
+/// [`due`]).
+type Timers<K> = BTreeMap<u64, Vec<(K, u64)>>;
+
+/// Whether the window `(start, end)` of a key, found when its timer at `at` went off,
+/// fires now: only if the timer is still the window's own, that is, the window (which
+/// may have grown since, as sessions do) is due at `at`.
+fn due(at: u64, end: u64, lateness: u64) -> bool {
+    end.saturating_add(lateness) == at
+}
+
 struct WindowLogic<K, A, D, FF, FM> {
     windows: Windows,
     state: KeyedState<K, Open<A>, crate::FastHash>,
-    /// (fire at, key, window start) for every open window.
-    timers: BTreeSet<(u64, K, u64)>,
+    timers: Timers<K>,
     fold: FF,
     merge: FM,
     _marker: std::marker::PhantomData<fn(D)>,
@@ -394,7 +409,7 @@ where
                 for s in holding().filter(|s| !closed(s.saturating_add(size))) {
                     let (_, acc) = windows.entry(s).or_insert_with(|| {
                         let at = s.saturating_add(size).saturating_add(lateness);
-                        self.timers.insert((at, key.clone(), s));
+                        self.timers.entry(at).or_default().push((key.clone(), s));
                         (s.saturating_add(size), A::default())
                     });
                     (self.fold)(acc, &data);
@@ -422,44 +437,52 @@ where
                     .map(|(s, _)| *s)
                     .collect();
                 for s in touching {
+                    // Its timer stays behind and will find it gone or grown.
                     let (e, other) = windows.remove(&s).expect("listed");
-                    self.timers
-                        .remove(&(e.saturating_add(lateness), key.clone(), s));
                     start = start.min(s);
                     end = end.max(e);
                     (self.merge)(&mut acc, other);
                 }
                 windows.insert(start, (end, acc));
                 self.timers
-                    .insert((end.saturating_add(lateness), key.clone(), start));
+                    .entry(end.saturating_add(lateness))
+                    .or_default()
+                    .push((key.clone(), start));
                 self.state.changed(group, key);
             }
         }
     }
 
     fn advance(&mut self, wm: u64, out: &mut Vec<Self::Out>) {
-        while let Some((at, _, _)) = self.timers.first() {
-            if *at > wm {
+        let lateness = self.windows.allowed_lateness;
+        while let Some(entry) = self.timers.first_entry() {
+            let at = *entry.key();
+            if at > wm {
                 break;
             }
-            let (_, key, start) = self.timers.pop_first().expect("first exists");
-            let group = self.state.group_of(&key);
-            let map = self.state.group_mut(group);
-            let Some(windows) = map.get_mut(&key) else {
-                continue;
-            };
-            if let Some((end, value)) = windows.remove(&start) {
+            for (key, start) in entry.remove() {
+                let group = self.state.group_of(&key);
+                let map = self.state.group_mut(group);
+                let Some(windows) = map.get_mut(&key) else {
+                    continue;
+                };
+                match windows.get(&start) {
+                    Some((end, _)) if due(at, *end, lateness) => {}
+                    // Fired already by an earlier entry, merged away or grown since.
+                    _ => continue,
+                }
+                let (end, value) = windows.remove(&start).expect("looked up");
                 out.push(WindowOut::Fired(Fired {
                     key: key.clone(),
                     start,
                     end,
                     value,
                 }));
+                if windows.is_empty() {
+                    map.remove(&key);
+                }
+                self.state.changed(group, key);
             }
-            if windows.is_empty() {
-                map.remove(&key);
-            }
-            self.state.changed(group, key);
         }
     }
 
@@ -472,8 +495,25 @@ where
         for (k, windows) in self.state.iter() {
             for (s, (e, _)) in windows {
                 self.timers
-                    .insert((e.saturating_add(lateness), k.clone(), *s));
+                    .entry(e.saturating_add(lateness))
+                    .or_default()
+                    .push((k.clone(), *s));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_fires_only_the_window_that_is_due_at_its_time() {
+        // A tumbling window [0, 100) with lateness 5 is due at 105.
+        assert!(due(105, 100, 5));
+        // A session that grew from ending at 100 to 130 is not due at its old timer.
+        assert!(!due(105, 130, 5));
+        // Lateness that reaches the end of time saturates, as the timer's time does.
+        assert!(due(u64::MAX, u64::MAX - 1, 10));
     }
 }
