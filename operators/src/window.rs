@@ -466,12 +466,16 @@ where
                 let Some(windows) = map.get_mut(&key) else {
                     continue;
                 };
-                match windows.get(&start) {
-                    Some((end, _)) if due(at, *end, lateness) => {}
-                    // Fired already by an earlier entry, merged away or grown since.
-                    _ => continue,
-                }
-                let (end, value) = windows.remove(&start).expect("looked up");
+                let (end, value) = match windows.remove(&start) {
+                    Some((end, value)) if due(at, end, lateness) => (end, value),
+                    // A session that grew since: its own, later timer fires it.
+                    Some(grown) => {
+                        windows.insert(start, grown);
+                        continue;
+                    }
+                    // Fired already by an earlier entry, or merged away.
+                    None => continue,
+                };
                 out.push(WindowOut::Fired(Fired {
                     key: key.clone(),
                     start,
