@@ -314,13 +314,15 @@ enum WindowOut<K, A, D> {
 /// The open windows of one key: start -> (end, aggregate).
 type Open<A> = BTreeMap<u64, (u64, A)>;
 
-/// When open windows fire: fire at -> (key, window start), in the order they opened.
+/// When open windows fire: fire at -> (key, window start), in the order they were set.
 ///
 /// Many windows share a time to fire at (all keys' tumbling windows of one start do), so
 /// a new window costs a push, not an insert into one ordered set of every window. A
-/// session that grows or merges leaves its old entry behind rather than searching for it:
-/// an entry fires its window only if the window still ends at that time (see
-/// [`due`]).
+/// session that grows keeps its timer at its old end: when that goes off and the session
+/// is not due yet (see [`due`]), the timer is set again at the session's end then. A
+/// session merged into an earlier one leaves its timer behind, to find nothing. Every
+/// open window has a timer at or before the time it is due, so none fires late, and only
+/// a due one fires.
 type Timers<K> = BTreeMap<u64, Vec<(K, u64)>>;
 
 /// Whether the window `(start, end)` of a key, found when its timer at `at` went off,
@@ -436,18 +438,25 @@ where
                     .filter(|(_, (e, _))| *e >= start)
                     .map(|(s, _)| *s)
                     .collect();
+                // The session keeps the start of the earliest one it merges, whose timer
+                // (at its old end) then finds it grown and sets the next one; the timers
+                // of the others find nothing at their starts. Only a session that starts
+                // at this record needs a timer of its own: a key whose session grows with
+                // every record holds one timer, not one per record.
+                let armed = touching.first().is_some_and(|&s| s <= ts);
                 for s in touching {
-                    // Its timer stays behind and will find it gone or grown.
                     let (e, other) = windows.remove(&s).expect("listed");
                     start = start.min(s);
                     end = end.max(e);
                     (self.merge)(&mut acc, other);
                 }
                 windows.insert(start, (end, acc));
-                self.timers
-                    .entry(end.saturating_add(lateness))
-                    .or_default()
-                    .push((key.clone(), start));
+                if !armed {
+                    self.timers
+                        .entry(end.saturating_add(lateness))
+                        .or_default()
+                        .push((key.clone(), start));
+                }
                 self.state.changed(group, key);
             }
         }
@@ -468,9 +477,13 @@ where
                 };
                 let (end, value) = match windows.remove(&start) {
                     Some((end, value)) if due(at, end, lateness) => (end, value),
-                    // A session that grew since: its own, later timer fires it.
-                    Some(grown) => {
-                        windows.insert(start, grown);
+                    // A session that grew since: due later, when this timer goes again.
+                    Some((end, value)) => {
+                        windows.insert(start, (end, value));
+                        self.timers
+                            .entry(end.saturating_add(lateness))
+                            .or_default()
+                            .push((key, start));
                         continue;
                     }
                     // Fired already by an earlier entry, or merged away.
