@@ -7,9 +7,11 @@
 //! worker 0. The coordinator's input frontier passes epoch `e` only when every
 //! operator on every worker has released its report capability for `e`, that is, when
 //! every part of `e` is durable. The pure [`Assembler`] then decides whether `e` is a
-//! complete checkpoint. Manifest writes, commits and retention run in order on one
-//! background task, so that record processing never waits for storage. Before writing a
-//! manifest, the task checks that no newer generation has started (fencing).
+//! complete checkpoint. Manifest writes and commits run in order on one background
+//! task, so that record processing never waits for storage; retention runs beside it,
+//! one pass at a time, so that the next manifest does not wait for old checkpoints'
+//! deletion either. Before writing a manifest, the task checks that no newer generation
+//! has started (fencing).
 //! Each of the task's storage steps runs within the checkpoint timeout: a store that
 //! does not answer fails that checkpoint (counted against
 //! `tolerable-failed-checkpoints`) instead of stalling every later one.
@@ -153,6 +155,7 @@ async fn run(
     // Whether the newest epoch closed so far ended committed; at the end of the input it
     // must, or the job's last output would never become visible.
     let mut last_committed: Option<(Epoch, bool)> = None;
+    let mut retention = Retention::default();
     while let Some(closed) = rx.recv().await {
         if ctx.failed() {
             // A failed run completes no checkpoint: what it did after the failure is
@@ -316,18 +319,14 @@ async fn run(
             .observe(committing.elapsed().as_secs_f64());
         metrics.pending_outputs.set(0);
         last_committed = Some((epoch, true));
-        match within(timeout, store.apply_retention(config.retain)).await {
-            Ok(deleted) if !deleted.is_empty() => {
-                tracing::debug!(?deleted, "retention deleted old checkpoints")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "retention failed; old checkpoints are kept"),
-        }
+        retention.start(&store, config.retain, timeout);
     }
     if ctx.failed() {
         // The input ended because the dataflow was dropped, not because it was done.
         return Ok(());
     }
+    // The job's checkpoints are as retention leaves them once the job has ended.
+    retention.finish().await;
     match last_committed {
         Some((epoch, false)) => Err(RuntimeError::Dataflow(format!(
             "the final checkpoint {epoch} did not complete, so the job's last output is not committed; a restart from the latest checkpoint finishes it"
@@ -391,6 +390,67 @@ impl FailedCheckpoints {
 /// does not answer (against a server that is down, the S3 client retries for minutes)
 /// then fails this checkpoint instead of holding up every later one and the count of
 /// failed checkpoints.
+/// Retention of old checkpoints, run beside the coordinator's loop rather than in it: on
+/// an object store it lists every checkpoint directory and reads the retained manifests,
+/// which would otherwise delay the next checkpoint's manifest by as many round trips.
+/// One pass runs at a time; a checkpoint that completes while one runs starts none, and
+/// the pass after it deletes what it would have. When the job ends, a pass owed is run,
+/// so that an ended job's checkpoints are those retention keeps. A pass left running
+/// when the coordinator returns early (fenced, failed) is aborted: only the current
+/// generation deletes.
+#[derive(Default)]
+struct Retention {
+    running: Option<tokio::task::JoinHandle<()>>,
+    /// A checkpoint completed while a pass was running.
+    owed: Option<(weir_checkpoint::CheckpointStore, usize, Duration)>,
+}
+
+impl Retention {
+    /// Starts a pass that keeps the newest `retain` checkpoints, unless one is running.
+    fn start(
+        &mut self,
+        store: &weir_checkpoint::CheckpointStore,
+        retain: usize,
+        timeout: Duration,
+    ) {
+        if self.running.as_ref().is_some_and(|h| !h.is_finished()) {
+            self.owed = Some((store.clone(), retain, timeout));
+            return;
+        }
+        self.owed = None;
+        self.running = Some(tokio::spawn(retain_newest(store.clone(), retain, timeout)));
+    }
+
+    /// Waits for the running pass, then runs the pass owed, if any.
+    async fn finish(&mut self) {
+        if let Some(h) = self.running.take() {
+            let _ = h.await;
+        }
+        if let Some((store, retain, timeout)) = self.owed.take() {
+            retain_newest(store, retain, timeout).await;
+        }
+    }
+}
+
+impl Drop for Retention {
+    fn drop(&mut self) {
+        if let Some(h) = &self.running {
+            h.abort();
+        }
+    }
+}
+
+/// One pass of retention; a failure keeps the old checkpoints and is logged.
+async fn retain_newest(store: weir_checkpoint::CheckpointStore, retain: usize, timeout: Duration) {
+    match within(timeout, store.apply_retention(retain)).await {
+        Ok(deleted) if !deleted.is_empty() => {
+            tracing::debug!(?deleted, "retention deleted old checkpoints")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "retention failed; old checkpoints are kept"),
+    }
+}
+
 async fn within<T>(
     timeout: Duration,
     step: impl std::future::Future<Output = weir_checkpoint::Result<T>>,

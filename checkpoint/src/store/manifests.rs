@@ -1,6 +1,7 @@
 //! Manifests: written last with a create-if-absent put (a checkpoint is complete iff its
 //! manifest exists), listed, and resolved into the checkpoint a restore reads.
 
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{PutMode, PutOptions, PutPayload};
 
@@ -11,6 +12,9 @@ use crate::ids::Epoch;
 use crate::layout;
 use crate::manifest::{Manifest, PartEntry};
 use crate::protocol::{self, RestoreTarget};
+
+/// Listings of checkpoint directories in flight at once.
+const LISTINGS_IN_FLIGHT: usize = 16;
 
 impl CheckpointStore {
     /// Writes a manifest, failing if one already exists for its epoch.
@@ -104,16 +108,24 @@ impl CheckpointStore {
             .filter_map(|p| p.filename().and_then(layout::parse_checkpoint_dir))
             .collect();
         dirs.sort_unstable();
-        let mut out = Vec::new();
-        for epoch in dirs {
-            let objects = self
-                .list_objects(&self.layout.checkpoint_dir(epoch))
-                .await?;
-            if !objects.is_empty() {
-                out.push((epoch, objects));
-            }
-        }
-        Ok(out)
+        // One listing per directory, several in flight: a job with incremental
+        // checkpoints keeps tens of directories that delta chains still reference, and
+        // on an object store their listings one after the other add up to the round
+        // trips of all of them.
+        let paths: Vec<Path> = dirs
+            .iter()
+            .map(|e| self.layout.checkpoint_dir(*e))
+            .collect();
+        let listings: Vec<Vec<object_store::ObjectMeta>> = futures::stream::iter(paths)
+            .map(|dir| async move { self.list_objects(&dir).await })
+            .buffered(LISTINGS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(dirs
+            .into_iter()
+            .zip(listings)
+            .filter(|(_, objects)| !objects.is_empty())
+            .collect())
     }
 
     /// Lists the job's checkpoint directories: `(complete, all)` epochs, ascending.
