@@ -54,6 +54,9 @@ pub struct CheckpointStore {
     /// The root directory when the store is a local file system, whose empty
     /// directories are removed after deletes (object stores have no directories).
     local_root: Option<std::path::PathBuf>,
+    /// The same local file system, for the file names of its objects: parts are read
+    /// by mapping their files (see [`CheckpointStore::get_part`]).
+    local_files: Option<Arc<object_store::local::LocalFileSystem>>,
     /// How parts this large are uploaded in chunks; `None` (a local directory) writes
     /// every part with one put.
     multipart: Option<Multipart>,
@@ -117,12 +120,25 @@ impl CheckpointStore {
             });
         }
         let local_root = local_root(url);
+        let store = open_url(url)?;
+        let local_files = match &local_root {
+            Some(root) => Some(Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(root).map_err(|e| {
+                    CheckpointError::InvalidUrl {
+                        url: url.to_string(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            )),
+            None => None,
+        };
         Ok(CheckpointStore {
-            store: open_url(url)?,
+            store,
             url: url.to_string(),
             layout: Layout::new(job),
             multipart: local_root.is_none().then_some(Multipart::OBJECT_STORE),
             local_root,
+            local_files,
         })
     }
 
@@ -133,6 +149,7 @@ impl CheckpointStore {
             url: url.to_string(),
             layout: Layout::new(job),
             local_root: None,
+            local_files: None,
             multipart: Some(Multipart::OBJECT_STORE),
         }
     }

@@ -111,6 +111,41 @@ async fn latest_falls_back_past_a_corrupted_part() {
 }
 
 #[tokio::test]
+async fn a_part_missing_or_cut_short_in_a_local_directory_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+    let m = checkpoint(&store, 1).await;
+    let entry = &m.parts[0];
+    let file = dir.path().join(&entry.path);
+    // Read back whole, by mapping its file, it verifies and decodes.
+    let part = store.get_part(entry).await.unwrap();
+    assert_eq!(part.decode::<Vec<u64>>().unwrap(), vec![1; 10]);
+    drop(part);
+    // Cut short, and empty: the size check names the object.
+    let bytes = std::fs::read(&file).unwrap();
+    for len in [bytes.len() - 1, 0] {
+        std::fs::write(&file, &bytes[..len]).unwrap();
+        let err = store.get_part(entry).await.unwrap_err();
+        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(&entry.path), "{err}");
+    }
+    // Gone: a storage error that names it, as the object store would report.
+    std::fs::remove_file(&file).unwrap();
+    let err = store.get_part(entry).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CheckpointError::Storage {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&entry.path), "{err}");
+}
+
+#[tokio::test]
 async fn restore_keeps_the_verified_parts_of_the_checkpoint_it_chose() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
