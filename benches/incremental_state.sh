@@ -14,7 +14,8 @@
 #   barrier to the last part and the last part to the manifest (their histograms: mean,
 #   and the p99 as the upper bound of its bucket);
 # - the restore of the last checkpoint: a second run that restores it and reads nothing
-#   more, from its "restoring" log line to "the run ended"; on a directory, against `cat`
+#   more, from the process's start to its "the run ended" log line (and the part of it
+#   after its "restoring" line, once every part is read and checked); on a directory, against `cat`
 #   of the same part files into /dev/null (warm page cache), and the read amplification:
 #   bytes of the parts the manifest lists, over the state's size.
 #
@@ -26,7 +27,8 @@ KEYS=${1:-4000000}
 SECS=${2:-60}
 MODE=${3:-incremental}
 STORE=${4:-dir}
-BIN=target/release/examples/state_churn
+# STATE_CHURN_BIN runs another build of the example (a before-and-after comparison).
+BIN=${STATE_CHURN_BIN:-target/release/examples/state_churn}
 [ -x "$BIN" ] || { echo "build first: cargo build --release --bin weir --example state_churn" >&2; exit 1; }
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; jobs -p | xargs -r kill 2>/dev/null || true' EXIT
@@ -56,6 +58,7 @@ echo "run ($MODE, $STORE): $KEYS keys, $SECS s of 1% rewrites per second, $(echo
 # The restore of the newest checkpoint, and a bare read of its part files.
 latest=$(target/release/weir checkpoints list --checkpoint-dir "$CHK" --job state_churn --json |
   python3 -c 'import json,sys; print(max(c["epoch"] for c in json.load(sys.stdin) if c["status"] == "complete"))')
+restore_start=$(date +%s.%N)
 RUST_LOG=info "$BIN" "${job[@]}" --seconds 0 --restore "$latest" \
   2>"$WORK/restore.log" >/dev/null || { echo "the restore failed:" >&2; tail -20 "$WORK/restore.log" >&2; exit 1; }
 bare=nan
@@ -73,7 +76,7 @@ for p in m["parts"]:
   part_bytes=$(cat "${parts[@]}" | wc -c)
 fi
 
-python3 - "$WORK/metrics.txt" "$WORK/restore.log" "$bare" "$part_bytes" "$WORK/run.log" <<'EOF'
+python3 - "$WORK/metrics.txt" "$WORK/restore.log" "$bare" "$part_bytes" "$WORK/run.log" "$restore_start" <<'EOF'
 import json, re, sys
 from datetime import datetime
 
@@ -157,8 +160,9 @@ for line in open(sys.argv[2]):
         ended = at(line)
 bare, part_bytes = float(sys.argv[3]), int(sys.argv[4])
 if restoring and ended:
-    took = ended - restoring
-    print(f"restore of {state / 2**20:.0f} MiB of state: {took:.2f} s ({state / took / 1e9:.2f} GB/s of state)")
+    took = ended - float(sys.argv[6])
+    print(f"restore of {state / 2**20:.0f} MiB of state: {took:.2f} s ({state / took / 1e9:.2f} GB/s of state), "
+          f"process start to the run's end; of which {ended - restoring:.2f} s after the parts were read and checked")
     if part_bytes:
         print(f"  parts read: {part_bytes / 2**20:.0f} MiB, read amplification {part_bytes / state:.2f}; "
               f"cat of the same files: {bare:.2f} s ({part_bytes / bare / 1e9:.2f} GB/s), "

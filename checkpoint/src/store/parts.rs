@@ -125,6 +125,13 @@ fn map_file(file: &std::path::Path) -> std::io::Result<bytes::Bytes> {
     Ok(bytes::Bytes::from_owner(map))
 }
 
+/// Parts from an object store this large are read in ranges, several at once.
+pub(super) const RANGED_FROM: u64 = 32 << 20;
+/// The size of each ranged read.
+const RANGE_BYTES: u64 = 8 << 20;
+/// Ranged reads of one part in flight at once.
+const RANGES_IN_FLIGHT: usize = 8;
+
 /// How many parts a verification reads at once.
 const VERIFY_CONCURRENCY: usize = 4;
 
@@ -212,7 +219,10 @@ impl CheckpointStore {
     pub async fn get_part(&self, entry: &PartEntry) -> Result<VerifiedPart> {
         let path = Path::from(entry.path.as_str());
         let Some(files) = &self.local_files else {
-            let bytes = self.get(&path).await?;
+            let bytes = match entry.size >= RANGED_FROM {
+                true => self.get_in_ranges(&path, entry.size).await?,
+                false => self.get(&path).await?,
+            };
             return VerifiedPart::verify(entry, bytes);
         };
         let file = files
@@ -249,6 +259,57 @@ impl CheckpointStore {
                 },
             )),
         }
+    }
+
+    /// Reads a large object of `size` bytes (its manifest's size) as ranged reads of
+    /// [`RANGE_BYTES`], [`RANGES_IN_FLIGHT`] at once: one request streams one
+    /// connection's worth, many fill the link to an object store. The first range also
+    /// tells the object's real size; an object of another size is corrupt, named with
+    /// both sizes.
+    async fn get_in_ranges(&self, path: &Path, size: u64) -> Result<bytes::Bytes> {
+        let ranges: Vec<std::ops::Range<u64>> = (0..size)
+            .step_by(RANGE_BYTES as usize)
+            .map(|start| start..(start + RANGE_BYTES).min(size))
+            .collect();
+        let get = |range: std::ops::Range<u64>| async move {
+            let opts = object_store::GetOptions {
+                range: Some(object_store::GetRange::Bounded(range)),
+                ..Default::default()
+            };
+            let got = self.store.get_opts(path, opts).await?;
+            let total = got.meta.size;
+            Ok::<_, object_store::Error>((total, got.bytes().await?))
+        };
+        let mut out = Vec::with_capacity(size as usize);
+        let mut rest = ranges.into_iter();
+        let first = rest.next().expect("a ranged read is of a non-empty object");
+        let (total, bytes) = get(first)
+            .await
+            .map_err(|e| CheckpointError::storage("get", path, e))?;
+        if total != size {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_string(),
+                reason: format!("object has {total} bytes; the manifest recorded {size} bytes"),
+            });
+        }
+        out.extend_from_slice(&bytes);
+        let mut reads = futures::stream::iter(rest)
+            .map(get)
+            .buffered(RANGES_IN_FLIGHT);
+        while let Some(read) = reads.next().await {
+            let (_, bytes) = read.map_err(|e| CheckpointError::storage("get", path, e))?;
+            out.extend_from_slice(&bytes);
+        }
+        if out.len() as u64 != size {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_string(),
+                reason: format!(
+                    "ranged reads returned {} bytes; the manifest recorded {size} bytes",
+                    out.len()
+                ),
+            });
+        }
+        Ok(out.into())
     }
 
     /// Reads and verifies every part of `manifest`, a few at once; returns the verified

@@ -146,6 +146,50 @@ async fn a_part_missing_or_cut_short_in_a_local_directory_is_named() {
 }
 
 #[tokio::test]
+async fn a_large_part_in_an_object_store_is_read_in_ranges_and_checked_whole() {
+    let store = CheckpointStore::with_store(Arc::new(InMemory::new()), "memory://", "job");
+    // Over 40 MB: read back as ranged reads, several at once.
+    let values: Vec<u64> = (0..5_500_000).collect();
+    let path = store.layout().part(Epoch(1), "op", "w0");
+    let entry = store
+        .put_part(
+            path.clone(),
+            "op",
+            WorkerIndex(0),
+            (0, 128),
+            codec::encode("t", &values).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(entry.size >= super::parts::RANGED_FROM, "{}", entry.size);
+    let part = store.get_part(&entry).await.unwrap();
+    assert_eq!(part.decode::<Vec<u64>>().unwrap(), values);
+    // An object of another size is corrupt, named with both sizes; so is one of the
+    // same size with other bytes (its checksum).
+    let whole = part.bytes().clone();
+    for (bytes, says) in [
+        (
+            whole.slice(..whole.len() - 3),
+            format!("{} bytes", entry.size - 3),
+        ),
+        (
+            {
+                let mut b = whole.to_vec();
+                b[whole.len() / 2] ^= 1;
+                bytes::Bytes::from(b)
+            },
+            "crc".to_string(),
+        ),
+    ] {
+        store.object_store().put(&path, bytes.into()).await.unwrap();
+        let err = store.get_part(&entry).await.unwrap_err();
+        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&entry.path) && text.contains(&says), "{text}");
+    }
+}
+
+#[tokio::test]
 async fn restore_keeps_the_verified_parts_of_the_checkpoint_it_chose() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
