@@ -46,8 +46,9 @@ case "$STORE" in
     CHK="s3://$WEIR_TEST_S3_BUCKET/bench/state-$$-$(date +%s)" ;;
   *) echo "STORE is dir or s3, not $STORE" >&2; exit 2 ;;
 esac
+# STATE_CHURN_ARGS adds options of the example (e.g. --bytes-values).
 job=(--keys "$KEYS" --output "$WORK/out" --checkpoint-dir "$CHK" --checkpoint-interval-ms 1000
-  --workers 2 --log-format json --incremental-checkpoints "$incremental")
+  --workers 2 --log-format json --incremental-checkpoints "$incremental" ${STATE_CHURN_ARGS:-})
 
 start=$(date +%s.%N)
 RUST_LOG=info "$BIN" "${job[@]}" --seconds "$SECS" --metrics-file "$WORK/metrics.txt" 2>"$WORK/run.log" >/dev/null ||
