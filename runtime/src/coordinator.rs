@@ -489,6 +489,47 @@ async fn finish_stop(store: &weir_checkpoint::CheckpointStore, epoch: Epoch) -> 
 mod tests {
     use super::*;
 
+    /// A complete checkpoint of `epoch` in `store`: one part and its manifest.
+    async fn checkpoint(store: &weir_checkpoint::CheckpointStore, epoch: u64) {
+        let path = store.layout().part(Epoch(epoch), "op", "w0");
+        let part = store
+            .put_part(path, "op", WorkerIndex(0), (0, 128), vec![1, 2, 3])
+            .await
+            .unwrap();
+        let manifest = Manifest {
+            job: "job".into(),
+            epoch: Epoch(epoch),
+            generation: weir_checkpoint::Generation(0),
+            workers: 1,
+            key_groups: 128,
+            created_ms: 0,
+            barrier_ms: None,
+            operators: vec!["op".into()],
+            parts: vec![part],
+            sinks: Vec::new(),
+            link: None,
+        };
+        store.put_manifest(&manifest).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_retention_pass_owed_while_one_ran_is_run_before_the_job_ends() {
+        let store = weir_checkpoint::CheckpointStore::open("memory://", "job").unwrap();
+        for e in 1..=6 {
+            checkpoint(&store, e).await;
+        }
+        let timeout = Duration::from_secs(10);
+        let mut retention = Retention::default();
+        // On this single-threaded runtime the first pass cannot run before this task
+        // yields, so the second start finds it running and is owed.
+        retention.start(&store, 5, timeout);
+        retention.start(&store, 2, timeout);
+        assert!(retention.owed.is_some());
+        retention.finish().await;
+        let (complete, _) = store.list().await.unwrap();
+        assert_eq!(complete, vec![Epoch(5), Epoch(6)]);
+    }
+
     #[test]
     fn the_job_fails_only_after_more_consecutive_failed_checkpoints_than_tolerated() {
         let mut f = FailedCheckpoints::new(2);
