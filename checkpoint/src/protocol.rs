@@ -945,9 +945,13 @@ mod tests {
             /// A checkpoint uploads its own packed object and lists, before it, objects
             /// of the chain that its generation can see (in the checkpoint it continues
             /// from, the directories that one references, and its own uploads since);
-            /// `complete`: its manifest is written, and retention runs, as the
-            /// coordinator does.
+            /// `complete`: its manifest is written, and a retention pass starts (unless
+            /// one is running): it lists storage now and acts at [`Op::LatePass`].
             Checkpoint { complete: bool, reuse: Vec<Index> },
+            /// The running pass deletes what its listing planned, maybe after later
+            /// checkpoints (which may reuse objects) completed: the coordinator runs
+            /// retention beside its loop, one pass at a time.
+            LatePass,
             /// `weir checkpoints savepoint`: a complete checkpoint is copied to a savepoint.
             Savepoint(Index),
             /// `weir checkpoints delete --savepoint`.
@@ -968,6 +972,7 @@ mod tests {
                 2 => any::<Index>().prop_map(Op::Restore),
                 1 => (0usize..5, any::<bool>())
                     .prop_map(|(retain, all_refs)| Op::Retention { retain, all_refs }),
+                2 => Just(Op::LatePass),
             ]
         }
 
@@ -988,6 +993,9 @@ mod tests {
             generation: Generation,
             /// The job's `--retain`.
             retain: usize,
+            /// What a retention pass of the running generation listed and has not yet
+            /// acted on: the facts `apply_retention` reads, and the directories.
+            listed: Option<(Vec<(Epoch, BTreeSet<Epoch>)>, Vec<Epoch>)>,
         }
 
         impl Model {
@@ -1003,6 +1011,7 @@ mod tests {
                     next_savepoint: 0,
                     generation: Generation(0),
                     retain,
+                    listed: None,
                 }
             }
 
@@ -1113,10 +1122,35 @@ mod tests {
                                 .insert(self.layout.abandoned_manifest(*e).to_string());
                         }
                         self.generation = self.generation.next();
+                        // The old generation's pass ended with it (aborted when its
+                        // coordinator stops, fenced at its next manifest).
+                        self.listed = None;
                         self.base = Some(restored);
                         self.uploaded.clear();
                     }
                     Op::Retention { retain, all_refs } => self.retention(retain, all_refs),
+                    Op::LatePass => {
+                        let Some((facts, dirs)) = self.listed.take() else {
+                            return;
+                        };
+                        let plan = retention(&facts, &dirs, self.retain);
+                        for e in &plan.demote {
+                            self.objects.remove(self.layout.manifest(*e).as_ref());
+                        }
+                        for e in &plan.delete {
+                            self.delete_prefix(self.layout.checkpoint_dir(*e).as_ref());
+                        }
+                        // What the newest complete checkpoint restores is still there.
+                        if let Some(newest) = self.complete().last() {
+                            for part in &self.manifests[newest].parts {
+                                assert!(
+                                    self.objects.contains(&part.path),
+                                    "a late retention pass deleted {} of checkpoint {newest}: {plan:?}",
+                                    part.path
+                                );
+                            }
+                        }
+                    }
                 }
             }
 
@@ -1184,16 +1218,20 @@ mod tests {
                 self.manifests.insert(epoch, manifest);
                 self.base = Some(epoch);
                 self.uploaded.clear();
-                self.retention(self.retain, false);
+                // The coordinator starts a retention pass, unless one is running: the
+                // pass lists storage now and deletes at a later `LatePass`.
+                if self.listed.is_none() {
+                    self.listed = Some((self.facts(self.retain, false), self.dirs()));
+                }
             }
 
             /// Runs [`retention`] on the facts `apply_retention` reads, checks the plan
             /// against its specification, and carries it out.
-            fn retention(&mut self, retain: usize, all_refs: bool) {
-                let complete = self.complete();
-                let dirs = self.dirs();
+            /// The facts `apply_retention` reads: complete checkpoints, newest first,
+            /// with the references of the newest `retain` (of all with `all_refs`).
+            fn facts(&self, retain: usize, all_refs: bool) -> Vec<(Epoch, BTreeSet<Epoch>)> {
                 let kept = retain.max(1);
-                let facts: Vec<(Epoch, BTreeSet<Epoch>)> = complete
+                self.complete()
                     .iter()
                     .rev()
                     .enumerate()
@@ -1205,7 +1243,14 @@ mod tests {
                         };
                         (*e, refs)
                     })
-                    .collect();
+                    .collect()
+            }
+
+            fn retention(&mut self, retain: usize, all_refs: bool) {
+                let complete = self.complete();
+                let dirs = self.dirs();
+                let kept = retain.max(1);
+                let facts = self.facts(retain, all_refs);
                 let plan = retention(&facts, &dirs, retain);
                 let Some(&newest) = complete.last() else {
                     assert_eq!(plan, RetentionPlan::default());

@@ -319,7 +319,7 @@ async fn run(
             .observe(committing.elapsed().as_secs_f64());
         metrics.pending_outputs.set(0);
         last_committed = Some((epoch, true));
-        retention.start(&store, config.retain, timeout);
+        retention.start(&store, config.retain, timeout).await;
     }
     if ctx.failed() {
         // The input ended because the dataflow was dropped, not because it was done.
@@ -386,10 +386,6 @@ impl FailedCheckpoints {
     }
 }
 
-/// Runs one storage step of a checkpoint within the checkpoint timeout. A store that
-/// does not answer (against a server that is down, the S3 client retries for minutes)
-/// then fails this checkpoint instead of holding up every later one and the count of
-/// failed checkpoints.
 /// Retention of old checkpoints, run beside the coordinator's loop rather than in it: on
 /// an object store it lists every checkpoint directory and reads the retained manifests,
 /// which would otherwise delay the next checkpoint's manifest by as many round trips.
@@ -407,7 +403,7 @@ struct Retention {
 
 impl Retention {
     /// Starts a pass that keeps the newest `retain` checkpoints, unless one is running.
-    fn start(
+    async fn start(
         &mut self,
         store: &weir_checkpoint::CheckpointStore,
         retain: usize,
@@ -417,6 +413,10 @@ impl Retention {
             self.owed = Some((store.clone(), retain, timeout));
             return;
         }
+        if let Some(done) = self.running.take() {
+            // Finished, so this does not wait: it passes on a panic of the pass.
+            resume_panic(done.await);
+        }
         self.owed = None;
         self.running = Some(tokio::spawn(retain_newest(store.clone(), retain, timeout)));
     }
@@ -424,10 +424,19 @@ impl Retention {
     /// Waits for the running pass, then runs the pass owed, if any.
     async fn finish(&mut self) {
         if let Some(h) = self.running.take() {
-            let _ = h.await;
+            resume_panic(h.await);
         }
         if let Some((store, retain, timeout)) = self.owed.take() {
             retain_newest(store, retain, timeout).await;
+        }
+    }
+}
+
+/// Passes on the panic of a retention pass, as if it had run on the coordinator.
+fn resume_panic(done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
         }
     }
 }
@@ -451,6 +460,10 @@ async fn retain_newest(store: weir_checkpoint::CheckpointStore, retain: usize, t
     }
 }
 
+/// Runs one storage step of a checkpoint within the checkpoint timeout. A store that
+/// does not answer (against a server that is down, the S3 client retries for minutes)
+/// then fails this checkpoint instead of holding up every later one and the count of
+/// failed checkpoints.
 async fn within<T>(
     timeout: Duration,
     step: impl std::future::Future<Output = weir_checkpoint::Result<T>>,
@@ -522,8 +535,8 @@ mod tests {
         let mut retention = Retention::default();
         // On this single-threaded runtime the first pass cannot run before this task
         // yields, so the second start finds it running and is owed.
-        retention.start(&store, 5, timeout);
-        retention.start(&store, 2, timeout);
+        retention.start(&store, 5, timeout).await;
+        retention.start(&store, 2, timeout).await;
         assert!(retention.owed.is_some());
         retention.finish().await;
         let (complete, _) = store.list().await.unwrap();
