@@ -89,7 +89,7 @@ impl Multipart {
 fn local_root(url: &str) -> Option<std::path::PathBuf> {
     if let Some(p) = url.strip_prefix("file://") {
         Some(p.into())
-    } else if url.contains("://") {
+    } else if url.contains("://") || url.is_empty() {
         None
     } else {
         Some(url.into())
@@ -120,17 +120,15 @@ impl CheckpointStore {
             });
         }
         let local_root = local_root(url);
-        let store = open_url(url)?;
+        // A local directory is one store, used through `object_store` and for the
+        // file names of its parts.
         let local_files = match &local_root {
-            Some(root) => Some(Arc::new(
-                object_store::local::LocalFileSystem::new_with_prefix(root).map_err(|e| {
-                    CheckpointError::InvalidUrl {
-                        url: url.to_string(),
-                        reason: e.to_string(),
-                    }
-                })?,
-            )),
+            Some(root) => Some(url::open_local(url, root)?),
             None => None,
+        };
+        let store: Arc<dyn ObjectStore> = match &local_files {
+            Some(files) => files.clone(),
+            None => open_url(url)?,
         };
         Ok(CheckpointStore {
             store,

@@ -105,7 +105,8 @@ impl Drop for AbortUnlessDone {
     }
 }
 
-/// The bytes of a part's file in a local directory, mapped read-only.
+/// The bytes of a part's file in a local directory, mapped read-only where the file
+/// system allows it, read into memory where it does not.
 ///
 /// Checkpoint objects are immutable: weir writes each one once (the local store writes
 /// a temporary file and renames it into place, so even a rewrite of the same name is a
@@ -114,15 +115,28 @@ impl Drop for AbortUnlessDone {
 /// before anything is decoded, as for a part read from an object store.
 fn map_file(file: &std::path::Path) -> std::io::Result<bytes::Bytes> {
     let f = std::fs::File::open(file)?;
-    if f.metadata()?.len() == 0 {
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        // As the local store reports it: there is no object of that name.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} is a directory", file.display()),
+        ));
+    }
+    if meta.len() == 0 {
         return Ok(bytes::Bytes::new());
     }
-    // SAFETY: the mapping is read-only and private, and the file is a checkpoint object
-    // that nothing writes once it exists (above). Another program that truncated or
-    // rewrote it while mapped could make this process fault or read changed bytes;
-    // weir's own checkpoint files are never changed in place.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&f)? };
-    Ok(bytes::Bytes::from_owner(map))
+    // SAFETY: the mapping is read-only, and the file is a checkpoint object that weir
+    // never writes once it exists (above). The mapping is shared with the file, so
+    // another program that rewrote the file while it is mapped would change the bytes
+    // after their check, and one that truncated it would make a read of the lost pages
+    // fault (SIGBUS); the README says that nothing else may change a checkpoint
+    // directory's files. Mapped bytes are dropped once the workers have restored.
+    match unsafe { memmap2::MmapOptions::new().populate().map(&f) } {
+        Ok(map) => Ok(bytes::Bytes::from_owner(map)),
+        // A file system that cannot map files (some FUSE mounts): read it instead.
+        Err(_) => std::fs::read(file).map(bytes::Bytes::from),
+    }
 }
 
 /// Parts from an object store this large are read in ranges, several at once.
@@ -267,37 +281,41 @@ impl CheckpointStore {
     /// tells the object's real size; an object of another size is corrupt, named with
     /// both sizes.
     async fn get_in_ranges(&self, path: &Path, size: u64) -> Result<bytes::Bytes> {
-        let ranges: Vec<std::ops::Range<u64>> = (0..size)
-            .step_by(RANGE_BYTES as usize)
-            .map(|start| start..(start + RANGE_BYTES).min(size))
-            .collect();
-        let get = |range: std::ops::Range<u64>| async move {
+        let range = |start: u64| start..(start + RANGE_BYTES).min(size);
+        let get = |range: std::ops::Range<u64>, if_match: Option<String>| async move {
             let opts = object_store::GetOptions {
                 range: Some(object_store::GetRange::Bounded(range)),
+                if_match,
                 ..Default::default()
             };
             let got = self.store.get_opts(path, opts).await?;
-            let total = got.meta.size;
-            Ok::<_, object_store::Error>((total, got.bytes().await?))
+            let (total, version) = (got.meta.size, got.meta.e_tag.clone());
+            Ok::<_, object_store::Error>((total, version, got.bytes().await?))
         };
-        let mut out = Vec::with_capacity(size as usize);
-        let mut rest = ranges.into_iter();
-        let first = rest.next().expect("a ranged read is of a non-empty object");
-        let (total, bytes) = get(first)
-            .await
-            .map_err(|e| CheckpointError::storage("get", path, e))?;
+        let (total, version, first) = match get(range(0), None).await {
+            Ok(first) => first,
+            Err(e @ object_store::Error::NotFound { .. }) => {
+                return Err(CheckpointError::storage("get", path, e))
+            }
+            // An empty object, or a server that does not serve ranges: read it whole,
+            // and let the check against the manifest judge it.
+            Err(_) => return self.get(path).await,
+        };
         if total != size {
             return Err(CheckpointError::Corrupt {
                 path: path.to_string(),
                 reason: format!("object has {total} bytes; the manifest recorded {size} bytes"),
             });
         }
-        out.extend_from_slice(&bytes);
-        let mut reads = futures::stream::iter(rest)
-            .map(get)
+        let mut out = Vec::with_capacity(size as usize);
+        out.extend_from_slice(&first);
+        // The later ranges must come from the same object: one replaced meanwhile fails
+        // its precondition instead of mixing two objects' bytes.
+        let mut reads = futures::stream::iter((RANGE_BYTES..size).step_by(RANGE_BYTES as usize))
+            .map(|start| get(range(start), version.clone()))
             .buffered(RANGES_IN_FLIGHT);
         while let Some(read) = reads.next().await {
-            let (_, bytes) = read.map_err(|e| CheckpointError::storage("get", path, e))?;
+            let (_, _, bytes) = read.map_err(|e| CheckpointError::storage("get", path, e))?;
             out.extend_from_slice(&bytes);
         }
         if out.len() as u64 != size {

@@ -172,6 +172,9 @@ async fn a_large_part_in_an_object_store_is_read_in_ranges_and_checked_whole() {
             whole.slice(..whole.len() - 3),
             format!("{} bytes", entry.size - 3),
         ),
+        (whole.slice(..100), "100 bytes".to_string()),
+        // Empty: no range of it can be read, so it is read whole and checked.
+        (bytes::Bytes::new(), "0 bytes".to_string()),
         (
             {
                 let mut b = whole.to_vec();

@@ -41,9 +41,19 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
     } else {
         std::path::PathBuf::from(url)
     };
-    std::fs::create_dir_all(&path)
+    Ok(open_local(url, &path)?)
+}
+
+/// The local directory `path` of checkpoint URL `url` as an object store, created if
+/// missing.
+pub(crate) fn open_local(url: &str, path: &std::path::Path) -> Result<Arc<LocalFileSystem>> {
+    let invalid = |reason: String| CheckpointError::InvalidUrl {
+        url: url.to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(path)
         .map_err(|e| invalid(format!("cannot create directory {}: {e}", path.display())))?;
-    let fs = LocalFileSystem::new_with_prefix(&path).map_err(|e| invalid(e.to_string()))?;
+    let fs = LocalFileSystem::new_with_prefix(path).map_err(|e| invalid(e.to_string()))?;
     Ok(Arc::new(fs))
 }
 
