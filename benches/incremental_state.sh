@@ -15,7 +15,8 @@
 #   and the p99 as the upper bound of its bucket);
 # - the restore of the last checkpoint: a second run that restores it and reads nothing
 #   more, from the process's start to its "the run ended" log line (and the part of it
-#   after its "restoring" line, once every part is read and checked); on a directory, against `cat`
+#   after its "restoring" line, once every part is read and checked), and the time its
+#   "state restored" line reports; on a directory, against `cat`
 #   of the same part files into /dev/null (warm page cache), and the read amplification:
 #   bytes of the parts the manifest lists, over the state's size.
 #
@@ -153,10 +154,13 @@ if half and state:
 
 def at(line):
     return datetime.fromisoformat(json.loads(line)["timestamp"].replace("Z", "+00:00")).timestamp()
-restoring = ended = None
+restoring = ended = restored = None
 for line in open(sys.argv[2]):
     if '"restoring"' in line and restoring is None:
         restoring = at(line)
+    if '"state restored' in line:
+        rec = json.loads(line)
+        restored = rec.get("fields", rec)["seconds"]
     if "the run ended" in line:
         ended = at(line)
 bare, part_bytes = float(sys.argv[3]), int(sys.argv[4])
@@ -164,6 +168,8 @@ if restoring and ended:
     took = ended - float(sys.argv[6])
     print(f"restore of {state / 2**20:.0f} MiB of state: {took:.2f} s ({state / took / 1e9:.2f} GB/s of state), "
           f"process start to the run's end; of which {ended - restoring:.2f} s after the parts were read and checked")
+    if restored:
+        print(f"  state restored {restored:.2f} s after the run started ({state / restored / 1e9:.2f} GB/s of state)")
     if part_bytes:
         print(f"  parts read: {part_bytes / 2**20:.0f} MiB, read amplification {part_bytes / state:.2f}; "
               f"cat of the same files: {bare:.2f} s ({part_bytes / bare / 1e9:.2f} GB/s), "

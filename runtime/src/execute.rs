@@ -41,6 +41,7 @@ where
     F: for<'s> Fn(&Job<'s>) -> Result<()> + Send + Sync + 'static,
 {
     config.validate()?;
+    let started = std::time::Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("weir-io")
@@ -80,6 +81,7 @@ where
     metrics.started();
     let (local, peers) = local_workers(&config);
     let local_count = local.len();
+    let restored_bytes: u64 = pre.parts.iter().map(|p| p.entry().size).sum();
     let restored_parts = if pre.parts.is_empty() {
         RestoredParts::none()
     } else {
@@ -180,7 +182,16 @@ where
         }
         // Every operator of this worker has restored its state: the last worker to get
         // here releases the restored parts nobody took.
-        shared.restored_parts.built();
+        if shared.restored_parts.built() {
+            if let Some(m) = &shared.restored {
+                tracing::info!(
+                    epoch = %m.epoch,
+                    seconds = started.elapsed().as_secs_f64(),
+                    parts_bytes = restored_bytes,
+                    "state restored: every worker of this process has read, checked and decoded its part of the checkpoint"
+                );
+            }
+        }
         while !shared.failure.is_failed() && worker.step_or_park(Some(Duration::from_millis(100))) {
         }
         if shared.failure.is_failed() {

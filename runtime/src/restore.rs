@@ -99,14 +99,15 @@ impl RestoredParts {
     }
 
     /// Notes that a local worker has built its dataflow; the last one drops every part
-    /// still kept.
-    pub(crate) fn built(&self) {
+    /// still kept, and is told so (`true`): every local worker has restored its state.
+    pub(crate) fn built(&self) -> bool {
         let before = self
             .building
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         if before == Ok(1) {
             self.parts.lock().expect("poisoned").clear();
         }
+        before == Ok(1)
     }
 
     /// Bytes still kept (for tests).
@@ -176,11 +177,12 @@ mod tests {
         let a = verified("op", (0, 128), "job/chk-1/op/a", 1);
         let ea = a.entry().clone();
         let parts = RestoredParts::new(vec![a], 0..2, 128, 2);
-        parts.built();
+        assert!(!parts.built());
         assert_eq!(parts.kept_bytes(), ea.size as usize);
-        parts.built();
+        assert!(parts.built(), "the last local worker is told");
         assert_eq!(parts.kept_bytes(), 0);
-        parts.built();
+        assert!(!parts.built());
+        assert!(!RestoredParts::none().built());
         // A part with the same path but another entry is not handed out.
         let other = verified("op", (0, 128), "job/chk-1/op/a", 2);
         let parts = RestoredParts::new(vec![other], 0..1, 128, 1);

@@ -6,9 +6,9 @@ use crate::harness::checkpoints::{
 };
 use crate::harness::checks::{check_at_least_once, check_exactly_once};
 use crate::harness::input::{self, Corpus, InputSpec};
-use crate::harness::job::{run_standalone, JobArgs};
+use crate::harness::job::{run_standalone, wordcount_command, JobArgs, STANDALONE_DEADLINE};
 use crate::harness::output::read_committed;
-use crate::harness::process::tail;
+use crate::harness::process::{run_to_end, tail};
 use crate::harness::scenario;
 use crate::harness::workspace::Workspace;
 
@@ -71,9 +71,38 @@ fn assert_mentions(stderr: &str, what: &str, object: &str) {
 fn restore_latest_skips_a_checkpoint_with_a_corrupted_part_and_names_the_object() {
     let (ws, corpus, chks) = completed_job("corrupt-part-latest", 0x5_0001);
     let object = corrupt_own_part(&ws, chks.last().expect("a checkpoint"));
-    let run = run_standalone(&ws, "restore", &args(&ws).restore("latest"));
+    // At info level, to see which checkpoint the state was restored from.
+    let mut cmd = wordcount_command(&args(&ws).restore("latest"));
+    cmd.env("RUST_LOG", "info");
+    let run = run_to_end(cmd, ws.log_paths("restore"), STANDALONE_DEADLINE);
     run.assert_success();
     assert_mentions(&run.stderr, "corrupted object", &object);
+    let older = chks[chks.len() - 2].epoch;
+    let restored = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("state restored"))
+        .unwrap_or_else(|| {
+            panic!(
+                "a restore logs when the state is restored\n--- stderr (tail) ---\n{}",
+                tail(&run.stderr, 40)
+            )
+        });
+    // The log may be coloured: `epoch`, `=` and the value each in their own escapes.
+    let mut plain = String::new();
+    let mut escape = false;
+    for c in restored.chars() {
+        match (escape, c) {
+            (false, '\u{1b}') => escape = true,
+            (true, 'm') => escape = false,
+            (false, c) => plain.push(c),
+            (true, _) => {}
+        }
+    }
+    assert!(
+        plain.contains(&format!("epoch={older} ")),
+        "the state should come from checkpoint {older}, the newest that verifies: {plain}"
+    );
     check_at_least_once(&corpus.oracle, &read_committed(&ws.output));
 }
 
