@@ -390,13 +390,14 @@ impl FailedCheckpoints {
 /// an object store it lists every checkpoint directory and reads the retained manifests,
 /// which would otherwise delay the next checkpoint's manifest by as many round trips.
 /// One pass runs at a time; a checkpoint that completes while one runs starts none, and
-/// the pass after it deletes what it would have. When the job ends, a pass owed is run,
-/// so that an ended job's checkpoints are those retention keeps. A pass left running
+/// the pass after it deletes what it would have. When the job ends, a pass owed is run
+/// (unless the pass before it failed), so that an ended job's checkpoints are those
+/// retention keeps. A pass left running
 /// when the coordinator returns early (fenced, failed) is aborted: only the current
 /// generation deletes.
 #[derive(Default)]
 struct Retention {
-    running: Option<tokio::task::JoinHandle<()>>,
+    running: Option<tokio::task::JoinHandle<bool>>,
     /// A checkpoint completed while a pass was running.
     owed: Option<(weir_checkpoint::CheckpointStore, usize, Duration)>,
 }
@@ -421,23 +422,27 @@ impl Retention {
         self.running = Some(tokio::spawn(retain_newest(store.clone(), retain, timeout)));
     }
 
-    /// Waits for the running pass, then runs the pass owed, if any.
+    /// Waits for the running pass, then runs the pass owed, if any, unless the running
+    /// one failed (a store that stopped answering would hold the end for another
+    /// timeout; the next run's retention deletes what it would have).
     async fn finish(&mut self) {
-        if let Some(h) = self.running.take() {
-            resume_panic(h.await);
-        }
-        if let Some((store, retain, timeout)) = self.owed.take() {
+        let succeeded = match self.running.take() {
+            Some(h) => resume_panic(h.await),
+            None => true,
+        };
+        if let (Some((store, retain, timeout)), true) = (self.owed.take(), succeeded) {
             retain_newest(store, retain, timeout).await;
         }
     }
 }
 
-/// Passes on the panic of a retention pass, as if it had run on the coordinator.
-fn resume_panic(done: std::result::Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
-        }
+/// Whether a retention pass succeeded; passes on its panic, as if it had run on the
+/// coordinator.
+fn resume_panic(done: std::result::Result<bool, tokio::task::JoinError>) -> bool {
+    match done {
+        Ok(succeeded) => succeeded,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => false,
     }
 }
 
@@ -449,14 +454,24 @@ impl Drop for Retention {
     }
 }
 
-/// One pass of retention; a failure keeps the old checkpoints and is logged.
-async fn retain_newest(store: weir_checkpoint::CheckpointStore, retain: usize, timeout: Duration) {
+/// One pass of retention, and whether it succeeded; a failure keeps the old
+/// checkpoints and is logged.
+async fn retain_newest(
+    store: weir_checkpoint::CheckpointStore,
+    retain: usize,
+    timeout: Duration,
+) -> bool {
     match within(timeout, store.apply_retention(retain)).await {
-        Ok(deleted) if !deleted.is_empty() => {
-            tracing::debug!(?deleted, "retention deleted old checkpoints")
+        Ok(deleted) => {
+            if !deleted.is_empty() {
+                tracing::debug!(?deleted, "retention deleted old checkpoints");
+            }
+            true
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "retention failed; old checkpoints are kept"),
+        Err(e) => {
+            tracing::warn!(error = %e, "retention failed; old checkpoints are kept");
+            false
+        }
     }
 }
 
