@@ -51,28 +51,6 @@ fn value(n: u64, bytes: usize) -> Vec<u8> {
     (0..bytes).map(|i| seed[i % 8] ^ i as u8).collect()
 }
 
-/// A value the job can keep: built from the bytes of a write.
-trait Value:
-    From<Vec<u8>>
-    + AsRef<[u8]>
-    + Default
-    + Clone
-    + serde::Serialize
-    + serde::de::DeserializeOwned
-    + timely::ExchangeData
-{
-}
-impl<T> Value for T where
-    T: From<Vec<u8>>
-        + AsRef<[u8]>
-        + Default
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + timely::ExchangeData
-{
-}
-
 fn main() {
     weir::cli::main_with(|| {
         let args = Args::parse();
@@ -83,7 +61,12 @@ fn main() {
     })
 }
 
-fn run<V: Value>(args: Args) -> anyhow::Result<()> {
+/// Runs the job with values of type `V`, built from the bytes of each write.
+fn run<V>(args: Args) -> anyhow::Result<()>
+where
+    V: From<Vec<u8>> + AsRef<[u8]> + Default + Clone + timely::ExchangeData,
+    V: serde::Serialize + serde::de::DeserializeOwned,
+{
     let config = args.job.into_config("state_churn")?;
     let workers = (config.workers.max(1) * config.peers.len().max(1)) as f64;
     let (keys, bytes, output) = (args.keys, args.value_bytes, args.output);
