@@ -82,11 +82,7 @@ where
     let (local, peers) = local_workers(&config);
     let local_count = local.len();
     let restored_bytes: u64 = pre.parts.iter().map(|p| p.entry().size).sum();
-    let restored_parts = if pre.parts.is_empty() {
-        RestoredParts::none()
-    } else {
-        RestoredParts::new(pre.parts, local, config.key_groups, peers)
-    };
+    let restored_parts = RestoredParts::new(pre.parts, local, config.key_groups, peers);
     let shared = Arc::new(Shared {
         clock: EpochClock::new(
             pre.epochs.first_epoch.0,
@@ -182,7 +178,7 @@ where
         }
         // Every operator of this worker has restored its state: the last worker to get
         // here releases the restored parts nobody took.
-        if shared.restored_parts.built() {
+        if shared.restored_parts.built() && !shared.failure.is_failed() {
             if let Some(m) = &shared.restored {
                 tracing::info!(
                     epoch = %m.epoch,

@@ -38,15 +38,8 @@ pub(crate) struct RestoredParts {
 }
 
 impl RestoredParts {
-    /// No parts: a fresh start, or a run without checkpoints.
-    pub(crate) fn none() -> Self {
-        RestoredParts {
-            parts: Mutex::new(HashMap::new()),
-            building: AtomicUsize::new(0),
-        }
-    }
-
-    /// Keeps `parts` for the local workers `local` of `peers` workers over `key_groups`.
+    /// Keeps `parts` (none on a fresh start) for the local workers `local` of `peers`
+    /// workers over `key_groups`.
     pub(crate) fn new(
         parts: Vec<VerifiedPart>,
         local: std::ops::Range<usize>,
@@ -182,7 +175,11 @@ mod tests {
         assert!(parts.built(), "the last local worker is told");
         assert_eq!(parts.kept_bytes(), 0);
         assert!(!parts.built());
-        assert!(!RestoredParts::none().built());
+        // Without parts (a fresh start, or this process reads none), the last local
+        // worker is told too.
+        let none = RestoredParts::new(Vec::new(), 0..2, 128, 2);
+        assert!(!none.built());
+        assert!(none.built());
         // A part with the same path but another entry is not handed out.
         let other = verified("op", (0, 128), "job/chk-1/op/a", 2);
         let parts = RestoredParts::new(vec![other], 0..1, 128, 1);
