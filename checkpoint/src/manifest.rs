@@ -25,7 +25,9 @@ pub struct PartEntry {
     pub crc32: u32,
     /// For a packed object (see [`crate::pack`]): the key group ranges `[start, end)` it
     /// holds a base for. Its other sections are deltas over the parts of the same
-    /// operator and worker listed before it in the manifest, which form its chain.
+    /// operator listed before it in the manifest that cover their key group: the chain
+    /// of the worker that owns the group, which after a restore at another number of
+    /// workers may hold objects that other workers wrote (see [`merge_chains`]).
     /// Absent (or null) for a whole part: a base for all its key groups. Always
     /// serialized, since part entries also travel in bincode reports, which cannot skip
     /// a field.
@@ -53,8 +55,8 @@ pub fn newest_bases(chain: &[&PartEntry], (lo, hi): (u32, u32)) -> Vec<Option<us
         .collect()
 }
 
-/// The index of the first part of `chain` (one operator's parts written by one worker,
-/// oldest first) that a restore of the key groups `[lo, hi)` still needs: everything
+/// The index of the first part of `chain` (the parts of one operator that one worker
+/// reports, oldest first) that a restore of the key groups `[lo, hi)` still needs: everything
 /// from the oldest of the groups' newest bases ([`newest_bases`]) on. The parts before it
 /// can leave the chain.
 pub fn chain_start(chain: &[&PartEntry], range: (u32, u32)) -> usize {
@@ -63,6 +65,49 @@ pub fn chain_start(chain: &[&PartEntry], range: (u32, u32)) -> usize {
         .map(|b| b.unwrap_or(0))
         .min()
         .unwrap_or(0)
+}
+
+/// The parts of a checkpoint from its workers' reports, in report order, as the
+/// manifest lists them: each object once.
+///
+/// Workers that took over the chains of a checkpoint written by another number of
+/// workers report the objects of those chains that cover any of their key groups, so an
+/// object that covers groups of two workers is reported by both. It is listed once, and
+/// the parts of an operator that has such an object are ordered by the epoch of their
+/// checkpoint directory (stably; parts outside checkpoint directories first). A restore
+/// applies a key group's sections in manifest order, and a group's sections lie in
+/// objects that its successive owners wrote one after the other, each in the directory
+/// of the epoch it was written for, so that order is the group's history. Without a
+/// repeated object every part is in the one chain of the worker that owns its groups,
+/// already oldest first, and the list is returned as it is.
+pub fn merge_chains(parts: Vec<PartEntry>) -> Vec<PartEntry> {
+    let mut seen = std::collections::HashSet::new();
+    let mut shared = std::collections::BTreeSet::new();
+    let mut out: Vec<PartEntry> = Vec::with_capacity(parts.len());
+    for part in parts {
+        if seen.contains(part.path.as_str()) {
+            shared.insert(part.operator.clone());
+        } else {
+            seen.insert(part.path.clone());
+            out.push(part);
+        }
+    }
+    if shared.is_empty() {
+        return out;
+    }
+    // Keep the operators in the order they first appear; sort within the shared ones.
+    let mut rank = std::collections::HashMap::new();
+    for part in &out {
+        let next = rank.len();
+        rank.entry(part.operator.clone()).or_insert(next);
+    }
+    out.sort_by_cached_key(|p| {
+        let epoch = shared
+            .contains(&p.operator)
+            .then(|| crate::layout::object_checkpoint_dir(&p.path));
+        (rank[&p.operator], epoch)
+    });
+    out
 }
 
 /// A sink's pre-committed output that the checkpoint covers and that must be committed
@@ -184,6 +229,64 @@ mod tests {
             size: 0,
             crc32: 0,
             packed,
+        }
+    }
+
+    fn at(op: &str, worker: usize, range: (u32, u32), path: &str) -> PartEntry {
+        PartEntry {
+            operator: op.into(),
+            worker: WorkerIndex(worker),
+            key_group_start: range.0,
+            key_group_end: range.1,
+            path: path.into(),
+            packed: Some(vec![]),
+            ..part(None)
+        }
+    }
+
+    #[test]
+    fn merged_chains_list_each_object_once_oldest_first() {
+        let paths =
+            |parts: &[PartEntry]| -> Vec<String> { parts.iter().map(|p| p.path.clone()).collect() };
+        // Without a shared object the list stays as reported.
+        let plain = vec![
+            at("op", 0, (0, 2), "j/chk-00000000000000000005/op/w0"),
+            at("op", 1, (2, 4), "j/chk-00000000000000000003/op/w1"),
+            at("src", 0, (0, 4), "j/chk-00000000000000000005/src/w0"),
+        ];
+        assert_eq!(merge_chains(plain.clone()), plain);
+        // Worker 0 of three took over an old object of groups 0..4 and one of 0..2
+        // (epoch 3); worker 1 took over the same 0..4 object and one of 2..4 that is
+        // older than it (epoch 2), which worker 0's chain does not hold. The 2..4 object
+        // must come before the 0..4 one, whatever the report order.
+        let old_wide = at("op", 0, (0, 4), "j/chk-00000000000000000004/op/w0-g1");
+        let old_left = at("op", 0, (0, 2), "j/chk-00000000000000000003/op/w0-g0");
+        let old_right = at("op", 1, (2, 4), "j/chk-00000000000000000002/op/w1-g0");
+        let new0 = at("op", 0, (0, 3), "j/chk-00000000000000000009/op/w0-g2");
+        let new1 = at("op", 1, (3, 4), "j/chk-00000000000000000009/op/w1-g2");
+        let src = at("src", 0, (0, 4), "j/chk-00000000000000000009/src/w0-g2");
+        let reported = vec![
+            old_left.clone(),
+            old_wide.clone(),
+            new0.clone(),
+            old_right.clone(),
+            old_wide.clone(),
+            new1.clone(),
+            src.clone(),
+        ];
+        let merged = merge_chains(reported);
+        assert_eq!(
+            paths(&merged),
+            paths(&[old_right, old_left, old_wide, new0, new1, src])
+        );
+        // Every key group's sections are then in the order they were written.
+        for g in 0..4 {
+            let epochs: Vec<_> = merged
+                .iter()
+                .filter(|p| p.operator == "op" && (p.key_group_start..p.key_group_end).contains(&g))
+                .map(|p| crate::layout::object_checkpoint_dir(&p.path))
+                .collect();
+            assert!(epochs.is_sorted(), "group {g}: {epochs:?}");
         }
     }
 

@@ -411,7 +411,8 @@ pub enum Closed {
     Complete {
         /// The epoch.
         epoch: Epoch,
-        /// Every part of the checkpoint.
+        /// Every part of the checkpoint, each object once
+        /// ([`crate::manifest::merge_chains`]).
         parts: Vec<PartEntry>,
         /// Every sink output it commits.
         sinks: Vec<SinkEntry>,
@@ -531,7 +532,7 @@ impl Assembler {
             .collect();
         Closed::Complete {
             epoch,
-            parts,
+            parts: crate::manifest::merge_chains(parts),
             sinks,
         }
     }
@@ -812,6 +813,31 @@ mod tests {
                 parts,
                 ..
             } => assert_eq!(parts.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_object_reported_by_two_workers_is_listed_once() {
+        let mut a = Assembler::new([
+            ("count".to_string(), WorkerIndex(0)),
+            ("count".to_string(), WorkerIndex(1)),
+        ]);
+        // Both took over the chain of one worker of an earlier, smaller cluster.
+        let taken = part("count", 0, 1);
+        for w in 0..2 {
+            let mut r = report("count", w, 2);
+            r.parts.insert(0, taken.clone());
+            a.add(r);
+        }
+        match a.advance(None).pop().unwrap() {
+            Closed::Complete { parts, .. } => {
+                let paths: Vec<&str> = parts.iter().map(|p| p.path.as_str()).collect();
+                assert_eq!(
+                    paths,
+                    ["j/chk-1/count/w0", "j/chk-2/count/w0", "j/chk-2/count/w1"]
+                );
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -149,13 +149,15 @@ impl Snapshotter {
     ///
     /// Call it while building the operator, right after restoring its state from
     /// [`JobContext::restore_groups`] (or [`JobContext::restore_keyed`]) and only if that
-    /// state is exactly what was restored. It succeeds only when the restored checkpoint
-    /// was written by as many workers, this operator's only restored part that covers
-    /// any of `key_groups` was written by this worker for exactly `key_groups` (so the
-    /// restored state is that whole part), and the part lives in a checkpoint directory:
-    /// retention keeps a directory as long as a retained manifest references one of its
-    /// parts, whereas a savepoint can be deleted by hand at any time, so a part restored
-    /// from a savepoint is never reused.
+    /// state is exactly what was restored. It succeeds only when the operator's restored
+    /// parts that cover any of `key_groups` live in checkpoint directories and form a
+    /// chain: packed objects (see `weir_checkpoint::pack`), written by any workers, so
+    /// that after a restore at another number of workers the key groups keep their
+    /// bases and deltas; or a whole part written by this worker of as many workers for
+    /// exactly `key_groups`, possibly followed by packed objects. Retention keeps a
+    /// checkpoint directory as long as a retained manifest references one of its parts,
+    /// whereas a savepoint can be deleted by hand at any time, so a part restored from a
+    /// savepoint is never reused.
     pub fn reuse_restored(&mut self, key_groups: (u32, u32)) -> bool {
         let (Some(manifest), Some(store)) = (self.ctx.restored(), self.ctx.store()) else {
             return false;
@@ -413,8 +415,16 @@ fn crc32(bytes: &[u8]) -> u32 {
 /// The restored parts that a [`Snapshotter`] of operator `name` on `worker` of `peers`
 /// may report again while the state over `key_groups` is unchanged, and extend with
 /// deltas (see [`Snapshotter::reuse_restored`]): every part of the operator that covers
-/// any of `key_groups`, if each was written by this worker for exactly `key_groups` in a
-/// checkpoint directory, by as many workers.
+/// any of `key_groups`, oldest first, if each lies in a checkpoint directory and they
+/// form a chain:
+/// - packed objects, written by any workers for any key groups: after a restore at
+///   another number of workers, each worker takes over the objects that hold its groups'
+///   bases and deltas, so that the key groups move between workers with their chains
+///   instead of being written anew ([`weir_checkpoint::manifest::merge_chains`] lists an
+///   object that two workers took over once);
+/// - or one whole part, possibly followed by packed objects, all written by this worker
+///   of as many workers for exactly `key_groups`: a whole part is never a delta over
+///   anything, and one that covers other workers' groups is theirs to rewrite.
 fn reusable_chain<'m>(
     manifest: &'m Manifest,
     job: &str,
@@ -423,29 +433,33 @@ fn reusable_chain<'m>(
     peers: usize,
     key_groups: (u32, u32),
 ) -> Option<Vec<&'m PartEntry>> {
-    if manifest.workers != peers {
-        return None;
-    }
-    let chain: Vec<&PartEntry> = manifest
+    let mut chain: Vec<&PartEntry> = manifest
         .parts
         .iter()
         .filter(|p| p.operator == name && overlaps(p, key_groups))
         .collect();
-    let reusable = |entry: &PartEntry| {
+    let in_checkpoint = |entry: &PartEntry| {
         let mut segments = entry.path.split('/');
-        let in_checkpoint = segments.next() == Some(job)
+        segments.next() == Some(job)
             && segments
                 .next()
                 .and_then(weir_checkpoint::layout::parse_checkpoint_dir)
-                .is_some();
-        in_checkpoint
+                .is_some()
+    };
+    let own = |entry: &PartEntry| {
+        manifest.workers == peers
             && entry.worker == WorkerIndex(worker)
             && (entry.key_group_start, entry.key_group_end) == key_groups
     };
-    // A chain is packed objects, possibly after one whole part; a whole part is never
-    // a delta over anything.
-    let shaped = chain.iter().skip(1).all(|p| p.packed.is_some());
-    (!chain.is_empty() && shaped && chain.iter().all(|p| reusable(p))).then_some(chain)
+    let packed = chain.iter().all(|p| p.packed.is_some());
+    let shaped = chain.iter().skip(1).all(|p| p.packed.is_some()) && chain.iter().all(|p| own(p));
+    if chain.is_empty() || !chain.iter().all(|p| in_checkpoint(p)) || !(packed || shaped) {
+        return None;
+    }
+    // The manifest lists them oldest first already; taken from several workers' chains,
+    // oldest first is by checkpoint directory.
+    chain.sort_by_key(|p| weir_checkpoint::layout::object_checkpoint_dir(&p.path));
+    Some(chain)
 }
 
 #[cfg(test)]
@@ -540,8 +554,56 @@ mod tests {
             reusable_chain(&upgraded, "job", "op", 0, 2, (0, 64)).map(|c| c.len()),
             Some(2)
         );
-        let mut mixed = chain;
-        mixed.parts[1].worker = WorkerIndex(1);
-        assert!(reusable_chain(&mixed, "job", "op", 0, 2, (0, 64)).is_none());
+        // A whole part is reused only by the worker that wrote it for its range.
+        let mut theirs = upgraded.clone();
+        theirs.parts[0].worker = WorkerIndex(1);
+        assert!(reusable_chain(&theirs, "job", "op", 0, 2, (0, 64)).is_none());
+        assert!(reusable_chain(&upgraded, "job", "op", 0, 1, (0, 64)).is_none());
+    }
+
+    #[test]
+    fn at_another_number_of_workers_each_takes_over_the_packed_objects_of_its_groups() {
+        let packed = |w: usize, range: (u32, u32), epoch: u64| PartEntry {
+            packed: Some(vec![range]),
+            ..part("op", w, range, &format!("job/chk-{epoch:020}/op/w{w}-g0"))
+        };
+        // Two workers' chains, each a base then a delta; worker 1's base is the older.
+        let m = manifest(
+            2,
+            vec![
+                packed(0, (0, 64), 4),
+                packed(0, (0, 64), 6),
+                packed(1, (64, 128), 3),
+                packed(1, (64, 128), 6),
+            ],
+        );
+        let paths = |c: Option<Vec<&PartEntry>>| -> Vec<String> {
+            c.expect("reusable")
+                .iter()
+                .map(|p| p.path.clone())
+                .collect()
+        };
+        // At three workers, the middle one holds groups of both: it takes both chains,
+        // oldest first.
+        assert_eq!(
+            paths(reusable_chain(&m, "job", "op", 1, 3, (43, 86))),
+            [&m.parts[2], &m.parts[0], &m.parts[1], &m.parts[3]].map(|p| p.path.clone())
+        );
+        assert_eq!(
+            paths(reusable_chain(&m, "job", "op", 0, 3, (0, 43))),
+            [&m.parts[0], &m.parts[1]].map(|p| p.path.clone())
+        );
+        // At one worker, it takes everything.
+        assert_eq!(
+            reusable_chain(&m, "job", "op", 0, 1, (0, 128)).map(|c| c.len()),
+            Some(4)
+        );
+        // Not from a savepoint, and not with a whole part among them.
+        let mut saved = m.clone();
+        saved.parts[3].path = "job/savepoints/sp/op/w1-e6-w1-g0".into();
+        assert!(reusable_chain(&saved, "job", "op", 0, 1, (0, 128)).is_none());
+        let mut whole = m;
+        whole.parts[2].packed = None;
+        assert!(reusable_chain(&whole, "job", "op", 0, 1, (0, 128)).is_none());
     }
 }

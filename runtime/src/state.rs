@@ -9,7 +9,7 @@
 //! [`KeyedState::encode`] writes one packed object (see [`weir_checkpoint::pack`]) with a
 //! section per key group that needs one:
 //! - a **base**, the group's whole state, encoded at the barrier, for a group that has
-//!   none in the chain yet (first snapshot, rescaled restore, failed upload);
+//!   none in the chain yet (first snapshot, restore from a savepoint, failed upload);
 //! - a **rebase**, the group's whole state encoded off the barrier (below), for a group
 //!   whose deltas since its base outgrew `compaction-ratio` of it or whose base is
 //!   [`MAX_AGE`] objects old, at most a few groups per snapshot so that new bases are
@@ -30,8 +30,11 @@
 //! tombstone. Until then the group's deltas go on as before, so every manifest restores.
 //!
 //! The snapshotter keeps the chain of objects and reports it whole; a manifest's parts
-//! of one operator and worker are that chain, oldest first, and each part entry names
-//! the groups it holds bases for, so the manifest lists every group's base and deltas.
+//! of one operator that one worker reports are that chain, oldest first, and each part
+//! entry names the groups it holds bases for, so the manifest lists every group's base
+//! and deltas. After a restore at another number of workers, a worker's chain starts
+//! with the objects of the old chains that hold any of its groups, whoever wrote them
+//! (see `Snapshotter::reuse_restored`); their other groups are skipped.
 //! An object drops off the front of the chain once every group has a newer base
 //! ([`weir_checkpoint::manifest::chain_start`]), and retention deletes a directory once
 //! no retained manifest lists a part in it.
@@ -266,7 +269,7 @@ where
                 && !(entry.key_group_start.max(range.0)..entry.key_group_end.min(range.1))
                     .any(needed)
             {
-                self.age_all();
+                self.age(entry);
                 continue;
             }
             let part = open(entry)?;
@@ -387,14 +390,22 @@ where
                 }
             }
         }
-        self.age_all();
+        self.age(entry);
         Ok(())
     }
 
-    /// One more object in the chain since each group's base.
-    fn age_all(&mut self) {
-        for s in self.stats.iter_mut().filter(|s| s.based) {
-            s.age += 1;
+    /// One more object in the chain since the base of each group that `entry` covers.
+    /// A chain taken over after a restore at another number of workers holds objects of
+    /// other key group ranges, which age only their own groups.
+    fn age(&mut self, entry: &weir_checkpoint::PartEntry) {
+        let lo = self.lo;
+        let hi = lo + self.groups.len() as u32;
+        let (start, end) = (entry.key_group_start.max(lo), entry.key_group_end.min(hi));
+        for g in start..end.max(start) {
+            let s = &mut self.stats[(g - lo) as usize];
+            if s.based {
+                s.age += 1;
+            }
         }
     }
 
@@ -426,8 +437,8 @@ where
         Ok(())
     }
 
-    /// The snapshotter did not take over the restored chain (another number of workers,
-    /// a savepoint): the next snapshot writes a base of every group.
+    /// The snapshotter did not take over the restored chain (a savepoint, a whole part
+    /// written by another worker): the next snapshot writes a base of every group.
     pub fn restored_chain_dropped(&mut self) {
         self.pending.clear();
         for s in &mut self.stats {
@@ -844,18 +855,24 @@ mod tests {
     #[derive(Default)]
     struct Chain {
         parts: Vec<VerifiedPart>,
-        seq: usize,
+        seq: u64,
+        worker: usize,
     }
 
     impl Chain {
         fn push(&mut self, part: Part, range: (u32, u32)) {
             self.seq += 1;
+            self.push_at(part, range, self.seq);
+        }
+
+        /// Appends `part`, written for checkpoint `epoch`.
+        fn push_at(&mut self, part: Part, range: (u32, u32), epoch: u64) {
             let entry = PartEntry {
                 operator: "op".into(),
-                worker: WorkerIndex(0),
+                worker: WorkerIndex(self.worker),
                 key_group_start: range.0,
                 key_group_end: range.1,
-                path: format!("job/chk-{}/op/w0-g0", self.seq),
+                path: format!("job/chk-{epoch:020}/op/w{}-g0", self.worker),
                 size: part.bytes.len() as u64,
                 crc32: weir_checkpoint::codec::crc32(&part.bytes),
                 packed: part.bases.clone(),
@@ -1015,6 +1032,78 @@ mod tests {
             chain.push(one.encode(false).unwrap().expect("a base of every group"), all);
             prop_assert_eq!(chain.parts.len(), 1);
             prop_assert_eq!(contents(&restored(&[&chain], all)), model);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Two workers' chains are taken over by one worker, as after a restore at
+        /// another number of workers: it restores from the objects of both, oldest
+        /// first, without new bases, and extends that chain with its own deltas (and new
+        /// bases as they come due); the chain it reports then restores one worker and two
+        /// workers again.
+        #[test]
+        fn chains_taken_over_at_another_parallelism_restore_again(
+            before in proptest::collection::vec(op(), 1..150),
+            after in proptest::collection::vec(op(), 1..150),
+        ) {
+            let halves = [(0, 5), (5, GROUPS)];
+            let all = (0, GROUPS);
+            let mut workers: Vec<State> = halves
+                .iter()
+                .map(|r| State::empty("op", GROUPS, *r, true, 0.5))
+                .collect();
+            let mut chains = [Chain::default(), Chain { worker: 1, ..Chain::default() }];
+            let mut model = BTreeMap::new();
+            let mut epoch = 0;
+            for op in before.iter().chain([&Op::Snapshot { full: false }]) {
+                let worker = match op {
+                    Op::Background => {
+                        workers.iter_mut().for_each(|w| { w.background(); });
+                        continue;
+                    }
+                    Op::Put(k, _) | Op::Remove(k) => {
+                        usize::from(keygroup::key_group(k, GROUPS) >= halves[1].0)
+                    }
+                    Op::Snapshot { full } => {
+                        epoch += 1;
+                        for (w, r) in halves.iter().enumerate() {
+                            if let Some(part) = workers[w].encode(*full).unwrap() {
+                                chains[w].push_at(part, *r, epoch);
+                            }
+                        }
+                        continue;
+                    }
+                };
+                apply(&mut workers[worker], &mut model, op);
+            }
+            // The one worker's chain: both chains' objects, oldest first.
+            let mut one_chain = Chain::default();
+            one_chain.parts = chains.iter().flat_map(|c| c.parts.iter().cloned()).collect();
+            one_chain.parts.sort_by_key(|p| weir_checkpoint::layout::object_checkpoint_dir(&p.entry().path));
+            let mut one = restored(&[&one_chain], all);
+            prop_assert_eq!(contents(&one), model.clone());
+            let mut wrote_bases = false;
+            for op in after.iter().chain([&Op::Snapshot { full: false }]) {
+                if let Op::Snapshot { full } = op {
+                    epoch += 1;
+                    if let Some(part) = one.encode(*full).unwrap() {
+                        // Groups that had bases keep them: a base of every group only when
+                        // asked for one.
+                        wrote_bases |= part.bases.as_ref().is_some_and(|b| b == &vec![all]);
+                        one_chain.push_at(part, all, epoch);
+                    }
+                } else {
+                    apply(&mut one, &mut model, op);
+                }
+            }
+            let asked = after.iter().any(|op| matches!(op, Op::Snapshot { full: true }));
+            prop_assert!(asked || !wrote_bases, "a base of every group though none was asked for");
+            prop_assert_eq!(contents(&restored(&[&one_chain], all)), model.clone());
+            let mut both = contents(&restored(&[&one_chain], halves[0]));
+            both.extend(contents(&restored(&[&one_chain], halves[1])));
+            prop_assert_eq!(both, model);
         }
     }
 

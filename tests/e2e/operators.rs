@@ -1,7 +1,8 @@
 //! Property tests of every stateful operator (`examples/operators.rs`): on random input,
-//! a run killed at a random checkpoint, before or after its manifest, and restored at another
-//! number of workers commits the same output as a run without failure, and both equal a
-//! direct oracle computed from the input.
+//! a run killed at a random checkpoint, before or after its manifest, restored at another
+//! number of workers, killed again and restored at the first number, commits the same
+//! output as a run without failure, and both equal a direct oracle computed from the
+//! input.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
@@ -327,7 +328,8 @@ fn run(
 }
 
 /// One case: the oracle, a run without failure, and a run killed by `failpoint` at
-/// `before` workers and restored at `after` workers must all agree. `incremental` says
+/// `before` workers, restored at `after` workers, killed after its second manifest and
+/// restored at `before` workers again must all agree. `incremental` says
 /// whether the killed run and the restored run checkpoint incrementally (deltas and
 /// staggered new bases) or write every key group whole at each checkpoint
 /// (`--incremental-checkpoints false`); a run killed during a compaction is incremental.
@@ -377,11 +379,27 @@ fn check_operator(
         killed.status,
         tail(&killed.stderr, 20)
     );
+    // The restored run takes over the chains at its number of workers and is killed
+    // again after its second manifest; the last run restores what it wrote at the first
+    // number of workers, so key groups move twice with their bases and deltas.
     let restored = job(&ws, op, &ws.output, &ws.checkpoints)
         .workers(after)
+        .rate_limit(((lines as f64 / after as f64).ceil() as u64).max(1))
         .set("--incremental-checkpoints", incremental.1)
         .restore("latest");
-    run(&restored, &ws, "restored", None).assert_success();
+    let again = run(&restored, &ws, "restored", Some("after-manifest@2:g1"));
+    assert_eq!(
+        again.status.signal(),
+        Some(libc::SIGKILL),
+        "after-manifest@2:g1 should have killed the restored run at {after} workers; it ended with {}\n{}",
+        again.status,
+        tail(&again.stderr, 20)
+    );
+    let last = job(&ws, op, &ws.output, &ws.checkpoints)
+        .workers(before)
+        .set("--incremental-checkpoints", incremental.1)
+        .restore("latest");
+    run(&last, &ws, "last", None).assert_success();
     let chaos = committed(op, &ws.output);
 
     check_same_multiset(
@@ -391,8 +409,9 @@ fn check_operator(
     );
     check_same_multiset(
         &format!(
-            "{op}: killed by {failpoint} at {before} workers and restored at {after} \
-             (incremental before and after: {incremental:?}), against a run without failure"
+            "{op}: killed by {failpoint} at {before} workers, restored at {after}, killed after \
+             its second manifest and restored at {before} (incremental before and after: \
+             {incremental:?}), against a run without failure"
         ),
         &base,
         &chaos,
