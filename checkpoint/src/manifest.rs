@@ -68,44 +68,38 @@ pub fn chain_start(chain: &[&PartEntry], range: (u32, u32)) -> usize {
 }
 
 /// The parts of a checkpoint from its workers' reports, in report order, as the
-/// manifest lists them: each object once.
+/// manifest lists them: each object once, and each operator's objects oldest first.
 ///
 /// Workers that took over the chains of a checkpoint written by another number of
-/// workers report the objects of those chains that cover any of their key groups, so an
-/// object that covers groups of two workers is reported by both. It is listed once, and
-/// the parts of an operator that has such an object are ordered by the epoch of their
-/// checkpoint directory (stably; parts outside checkpoint directories first). A restore
-/// applies a key group's sections in manifest order, and a group's sections lie in
-/// objects that its successive owners wrote one after the other, each in the directory
-/// of the epoch it was written for, so that order is the group's history. Without a
-/// repeated object every part is in the one chain of the worker that owns its groups,
-/// already oldest first, and the list is returned as it is.
+/// workers report the objects of those chains that cover any of their key groups: an
+/// object that covers groups of two workers is reported by both, and one worker may
+/// still report an old object whose other groups a second worker has since given newer
+/// bases. A restore applies a key group's sections in manifest order, skipping those
+/// before the group's newest base, so the order must be every group's history. Each
+/// group's sections lie in objects that its successive owners wrote one after the
+/// other, each in the directory of the epoch it was written for; so an object reported
+/// twice is listed once, and each operator's objects are ordered by the epoch of their
+/// checkpoint directory (stably: one worker's chain is in that order already, and
+/// objects of one epoch hold disjoint groups). The operators keep the order in which
+/// they first appear.
 pub fn merge_chains(parts: Vec<PartEntry>) -> Vec<PartEntry> {
     let mut seen = std::collections::HashSet::new();
-    let mut shared = std::collections::BTreeSet::new();
     let mut out: Vec<PartEntry> = Vec::with_capacity(parts.len());
     for part in parts {
-        if seen.contains(part.path.as_str()) {
-            shared.insert(part.operator.clone());
-        } else {
-            seen.insert(part.path.clone());
+        if seen.insert(part.path.clone()) {
             out.push(part);
         }
     }
-    if shared.is_empty() {
-        return out;
-    }
-    // Keep the operators in the order they first appear; sort within the shared ones.
     let mut rank = std::collections::HashMap::new();
     for part in &out {
         let next = rank.len();
         rank.entry(part.operator.clone()).or_insert(next);
     }
     out.sort_by_cached_key(|p| {
-        let epoch = shared
-            .contains(&p.operator)
-            .then(|| crate::layout::object_checkpoint_dir(&p.path));
-        (rank[&p.operator], epoch)
+        (
+            rank[&p.operator],
+            crate::layout::object_checkpoint_dir(&p.path),
+        )
     });
     out
 }
@@ -248,13 +242,26 @@ mod tests {
     fn merged_chains_list_each_object_once_oldest_first() {
         let paths =
             |parts: &[PartEntry]| -> Vec<String> { parts.iter().map(|p| p.path.clone()).collect() };
-        // Without a shared object the list stays as reported.
+        // Each worker's chain is oldest first; the workers' objects interleave by epoch.
         let plain = vec![
+            at("op", 0, (0, 2), "j/chk-00000000000000000003/op/w0"),
             at("op", 0, (0, 2), "j/chk-00000000000000000005/op/w0"),
-            at("op", 1, (2, 4), "j/chk-00000000000000000003/op/w1"),
+            at("op", 1, (2, 4), "j/chk-00000000000000000004/op/w1"),
             at("src", 0, (0, 4), "j/chk-00000000000000000005/src/w0"),
         ];
-        assert_eq!(merge_chains(plain.clone()), plain);
+        assert_eq!(
+            paths(&merge_chains(plain.clone())),
+            paths(&[&plain[0], &plain[2], &plain[1], &plain[3]].map(|p| p.clone()))
+        );
+        // Worker 1 gave groups 0..2 a new base at epoch 6 and dropped the old object of
+        // groups 0..4, which worker 0 (groups 2..4) still reports after it: nothing is
+        // reported twice, and the old object still comes first.
+        let old = at("op", 0, (0, 4), "j/chk-00000000000000000002/op/w0-g0");
+        let new = at("op", 1, (0, 2), "j/chk-00000000000000000006/op/w1-g1");
+        assert_eq!(
+            paths(&merge_chains(vec![new.clone(), old.clone()])),
+            paths(&[old, new])
+        );
         // Worker 0 of three took over an old object of groups 0..4 and one of 0..2
         // (epoch 3); worker 1 took over the same 0..4 object and one of 2..4 that is
         // older than it (epoch 2), which worker 0's chain does not hold. The 2..4 object
