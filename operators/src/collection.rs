@@ -36,7 +36,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
-use weir_runtime::{Flow, Job, KeyedState, Part, Result};
+use weir_runtime::{Flow, Job, KeyedState, Part, Result, Sealing};
 
 use crate::keyed::{keyed, Store};
 
@@ -184,7 +184,7 @@ where
             return;
         }
         let group = self.counts.group_of(&d);
-        let counts = self.counts.group_mut(group);
+        let counts = self.counts.group_mut(group, &d);
         let count = counts.entry(d.clone()).or_insert(0);
         *count += diff;
         if *count == 0 {
@@ -194,8 +194,16 @@ where
         out.push((d, epoch, diff));
     }
 
-    fn encode(&mut self, _name: &str, _key_groups: u32, full: bool) -> Result<Option<Part>> {
-        self.counts.encode(full)
+    fn encode(&mut self, _name: &str, _key_groups: u32, full: bool) -> Result<Sealing> {
+        self.counts.seal(full)
+    }
+
+    fn take_sealed(&mut self) -> Option<Result<Part>> {
+        self.counts.take_sealed()
+    }
+
+    fn finish_sealed(&mut self) {
+        self.counts.finish_sealed()
     }
 
     fn restored_parts_dropped(&mut self) {

@@ -245,7 +245,7 @@ impl<D: timely::ExchangeData> Logic for DedupLogic<D> {
         }
         let slot = ts / self.slot;
         let group = self.seen.group_of(&hash);
-        match self.seen.group_mut(group).entry(hash) {
+        match self.seen.group_mut(group, &hash).entry(hash) {
             std::collections::hash_map::Entry::Occupied(_) => return,
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(slot);

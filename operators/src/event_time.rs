@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
-use weir_runtime::{encode_keyed, keygroup, Flow, Job, Part, Result};
+use weir_runtime::{encode_keyed, keygroup, Flow, Job, Part, Result, Sealing};
 
 use crate::keyed::{keyed, Store};
 pub use crate::timed::Mark;
@@ -494,8 +494,8 @@ where
         false
     }
 
-    fn encode(&mut self, name: &str, key_groups: u32, _full: bool) -> Result<Option<Part>> {
+    fn encode(&mut self, name: &str, key_groups: u32, _full: bool) -> Result<Sealing> {
         let sorted: BTreeMap<&P, &u64> = self.max_ts.iter().collect();
-        encode_keyed(name, key_groups, sorted).map(|b| Some(Part::whole(b)))
+        encode_keyed(name, key_groups, sorted).map(|b| Sealing::Now(Some(Part::whole(b))))
     }
 }

@@ -294,7 +294,11 @@ where
             return;
         }
         let group = self.state.group_of(&key);
-        let buffers = self.state.group_mut(group).entry(key.clone()).or_default();
+        let buffers = self
+            .state
+            .group_mut(group, &key)
+            .entry(key.clone())
+            .or_default();
         let (lower, upper) = (self.lower, self.upper);
         match value {
             Side::Left(a) => {

@@ -31,7 +31,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 use weir_runtime::checkpoint::Report;
 use weir_runtime::keygroup;
-use weir_runtime::{EpochTracker, Job, JobContext, KeyedState, Part, Result, Snapshotter};
+use weir_runtime::{EpochTracker, Job, JobContext, KeyedState, Part, Result, Sealing, Snapshotter};
 
 /// The state of one keyed operator on one worker.
 pub(crate) trait Store: 'static {
@@ -56,15 +56,25 @@ pub(crate) trait Store: 'static {
     fn close(&mut self, _epoch: u64, _is_final: bool, _out: &mut Vec<Self::Out>) -> bool {
         false
     }
-    /// Encodes the state as a checkpoint part: a whole part, or a packed object of a
-    /// chain (see [`weir_runtime::state`]); `None` if there is nothing to write. `full`
-    /// asks a chain for a base of every key group (an upload of the chain failed).
-    fn encode(&mut self, name: &str, key_groups: u32, full: bool) -> Result<Option<Part>>;
-    /// The snapshotter could not take over the restored parts (another number of
-    /// workers, a savepoint): a chain's next snapshot must write every key group's base.
+    /// Encodes the state as a checkpoint part at a barrier: a whole part, or a packed
+    /// object of a chain (see [`weir_runtime::state`]), `None` if there is nothing to
+    /// write; or seals it, to be encoded off the barrier and returned by
+    /// [`Store::take_sealed`]. `full` asks a chain for a base of every key group (an
+    /// upload of the chain failed).
+    fn encode(&mut self, name: &str, key_groups: u32, full: bool) -> Result<Sealing>;
+    /// The oldest sealed snapshot, once it is encoded.
+    fn take_sealed(&mut self) -> Option<Result<Part>> {
+        None
+    }
+    /// Encodes every sealed snapshot now.
+    fn finish_sealed(&mut self) {}
+    /// The snapshotter could not take over the restored parts (a savepoint, a whole part
+    /// of another worker): a chain's next snapshot must write the base of every key group
+    /// that is not empty.
     fn restored_parts_dropped(&mut self) {}
-    /// Does a step of the work a snapshot left to do off the barrier (new bases of key
-    /// groups); returns whether more is left, and the operator then runs again.
+    /// Does a step of the work a snapshot left to do off the barrier (the deltas of
+    /// sealed snapshots, new bases of key groups); returns whether more is left, and the
+    /// operator then runs again.
     fn background(&mut self) -> bool {
         false
     }
@@ -126,6 +136,13 @@ pub(crate) fn keyed<'s, S: Store>(
         let mut changed = !restored_unchanged;
         let mut out: Vec<S::Out> = Vec::new();
         let mut replayed = false;
+        // Snapshots taken at barriers, in epoch order, until their objects are encoded
+        // (`None` while sealed) and handed to the snapshotter.
+        let mut snapshots: std::collections::VecDeque<(
+            timely::dataflow::operators::Capability<u64>,
+            bool,
+            Option<Option<Part>>,
+        )> = Default::default();
 
         move |frontiers| {
             if ctx.failed() {
@@ -183,15 +200,22 @@ pub(crate) fn keyed<'s, S: Store>(
                 }
                 if checkpointing {
                     let full = snapshotter.needs_base();
-                    let part = if std::mem::take(&mut changed) || full {
+                    let sealed = if std::mem::take(&mut changed) || full {
                         match snapshotter.sync(|| store.encode(&name, n, full)) {
-                            Ok(part) => part,
+                            Ok(sealed) => sealed,
                             Err(e) => return ctx.fail(&format!("snapshot of `{name}`"), e),
                         }
                     } else {
-                        None
+                        Sealing::Now(None)
                     };
-                    snapshotter.snapshot_part(due.cap, range, part, Vec::new(), due.is_final);
+                    let part = match sealed {
+                        Sealing::Now(part) => Some(part),
+                        Sealing::Later => None,
+                    };
+                    snapshots.push_back((due.cap, due.is_final, part));
+                    if due.is_final {
+                        store.finish_sealed();
+                    }
                 }
             }
             // Records that arrived before their epoch became the oldest open one came
@@ -235,10 +259,23 @@ pub(crate) fn keyed<'s, S: Store>(
                 (None, _) => data_cap = None,
                 _ => {}
             }
+            let more = checkpointing && store.background();
+            // Snapshots go to the snapshotter in epoch order, each once it is encoded.
+            while let Some((_, _, part)) = snapshots.front_mut() {
+                if part.is_none() {
+                    match store.take_sealed() {
+                        None => break,
+                        Some(Ok(p)) => *part = Some(Some(p)),
+                        Some(Err(e)) => return ctx.fail(&format!("snapshot of `{name}`"), e),
+                    }
+                }
+                let (cap, is_final, part) = snapshots.pop_front().expect("the front");
+                snapshotter.snapshot_part(cap, range, part.expect("encoded"), Vec::new(), is_final);
+            }
             let mut reports = report_out.activate();
             snapshotter.poll(|cap, report| reports.session(cap).give(report));
             drop(reports);
-            if checkpointing && store.background() {
+            if more {
                 activator.activate();
             }
         }
@@ -335,7 +372,7 @@ where
 
     fn apply(&mut self, epoch: u64, k: K, v: V, out: &mut Vec<O>) {
         let group = self.state.group_of(&k);
-        let map = self.state.group_mut(group);
+        let map = self.state.group_mut(group, &k);
         // Look up before inserting, so that a known key is not cloned.
         let entry = match map.get_mut(&k) {
             Some(entry) => entry,
@@ -357,7 +394,7 @@ where
 
     fn end_epoch(&mut self, epoch: u64, out: &mut Vec<O>) {
         for (group, k) in self.dirty.remove(&epoch).unwrap_or_default() {
-            if let Some(entry) = self.state.group_mut(group).get(&k) {
+            if let Some(entry) = self.state.group(group).get(&k) {
                 (self.on_epoch)(&k, &entry.state, epoch, out);
             }
             // The key goes into the next snapshot's delta.
@@ -380,8 +417,16 @@ where
         removed > 0
     }
 
-    fn encode(&mut self, _name: &str, _key_groups: u32, full: bool) -> Result<Option<Part>> {
-        self.state.encode(full)
+    fn encode(&mut self, _name: &str, _key_groups: u32, full: bool) -> Result<Sealing> {
+        self.state.seal(full)
+    }
+
+    fn take_sealed(&mut self) -> Option<Result<Part>> {
+        self.state.take_sealed()
+    }
+
+    fn finish_sealed(&mut self) {
+        self.state.finish_sealed()
     }
 
     fn restored_parts_dropped(&mut self) {

@@ -18,7 +18,7 @@ use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use weir_runtime::{KeyedState, Part, Result};
+use weir_runtime::{KeyedState, Part, Result, Sealing};
 
 use crate::keyed::Store;
 
@@ -182,9 +182,17 @@ impl<L: Logic> Store for TimedStore<L> {
         true
     }
 
-    fn encode(&mut self, _name: &str, _key_groups: u32, full: bool) -> Result<Option<Part>> {
+    fn encode(&mut self, _name: &str, _key_groups: u32, full: bool) -> Result<Sealing> {
         let fired = self.fired;
-        self.logic.state().encode_with_meta(full, &fired)
+        self.logic.state().seal_with_meta(full, &fired)
+    }
+
+    fn take_sealed(&mut self) -> Option<Result<Part>> {
+        self.logic.state().take_sealed()
+    }
+
+    fn finish_sealed(&mut self) {
+        self.logic.state().finish_sealed()
     }
 
     fn restored_parts_dropped(&mut self) {

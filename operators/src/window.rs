@@ -403,7 +403,7 @@ where
                     return;
                 }
                 let group = self.state.group_of(&key);
-                let map = self.state.group_mut(group);
+                let map = self.state.group_mut(group, &key);
                 if !map.contains_key(&key) {
                     map.insert(key.clone(), Open::new());
                 }
@@ -431,7 +431,11 @@ where
                 let mut acc = A::default();
                 (self.fold)(&mut acc, &data);
                 let group = self.state.group_of(&key);
-                let windows = self.state.group_mut(group).entry(key.clone()).or_default();
+                let windows = self
+                    .state
+                    .group_mut(group, &key)
+                    .entry(key.clone())
+                    .or_default();
                 // Sessions that touch [start, end) merge into it.
                 let touching: Vec<u64> = windows
                     .range(..=end)
@@ -471,7 +475,7 @@ where
             }
             for (key, start) in entry.remove() {
                 let group = self.state.group_of(&key);
-                let map = self.state.group_mut(group);
+                let map = self.state.group_mut(group, &key);
                 let Some(windows) = map.get_mut(&key) else {
                     continue;
                 };

@@ -73,7 +73,7 @@ pub use execute::run;
 pub use flow::{two_phase, Flow, Sink, Source};
 pub use job::Job;
 pub use snapshot::{encode_groups, encode_keyed, Part, Snapshotter};
-pub use state::KeyedState;
+pub use state::{KeyedState, Sealing};
 pub use tracker::{Due, EpochTracker};
 pub use twophase::{Committer, NoStaging, Output, OutputId, PreCommitted, TwoPhaseSink};
 /// The checkpoint crate, re-exported for operators and connectors.
