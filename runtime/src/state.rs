@@ -9,9 +9,11 @@
 //! [`KeyedState::seal`] decides one packed object (see [`weir_checkpoint::pack`]) with a
 //! section per key group that needs one:
 //! - a **base**, the group's whole state, encoded at the barrier, for a group that has
-//!   none in the chain and was not empty where the chain starts (restore from a
-//!   savepoint, a failed upload; a group empty there needs none, so a fresh state's
-//!   first snapshot writes deltas only);
+//!   none in the chain (restore from a savepoint, a failed upload). A group that was
+//!   empty where the chain starts (a fresh state) needs none while it fills: its deltas
+//!   from there are its state, it gets a base at the barrier only while still empty (a
+//!   few bytes), and a rebase (below) once its deltas outgrow the ratio; so a state
+//!   filled in the first interval is not encoded whole at the barrier;
 //! - a **rebase**, the group's whole state encoded off the barrier (below), for a group
 //!   whose deltas since its base outgrew `compaction-ratio` of it or whose base is
 //!   [`MAX_AGE`] objects old, at most a few groups per snapshot so that new bases are
@@ -109,9 +111,13 @@ pub enum Update {
 /// What a worker knows about one key group's entries in the chain.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupStats {
-    /// Whether the chain holds a base of the group, or the group was empty where the
-    /// chain starts (its deltas are then its state).
+    /// Whether the chain holds a base of the group.
     pub based: bool,
+    /// Whether the group has no base in the chain and was empty where the chain
+    /// starts: its deltas are then its state. Such a group gets a base at the barrier
+    /// only while it is empty (a few bytes, so that it does not hold the chain's first
+    /// object forever), and otherwise once its deltas outgrow the ratio.
+    pub implied: bool,
     /// The size of that base's section in bytes.
     pub base_bytes: u64,
     /// Bytes of the group's delta sections since its base.
@@ -136,7 +142,8 @@ pub enum Plan {
 }
 
 /// What the next snapshot does for each group: a base at the barrier for every group
-/// without one, or for every group when `full`; otherwise a new base off the barrier for
+/// without one (unless its empty start stands for it, [`GroupStats::implied`]), or for
+/// every group when `full`; otherwise a new base off the barrier for
 /// the groups whose deltas exceed `ratio` of their base or whose base is [`MAX_AGE`]
 /// objects old, the most overdue first, at most `max(1, groups / STAGGER)` of them and
 /// none whose new base is already under way; a delta for the rest.
@@ -144,7 +151,7 @@ pub fn rebase_plan(stats: &[GroupStats], ratio: f64, full: bool) -> Vec<Plan> {
     let mut plan: Vec<Plan> = stats
         .iter()
         .map(|s| {
-            if full || !s.based {
+            if full || !(s.based || s.implied) {
                 Plan::BaseNow
             } else {
                 Plan::Delta
@@ -460,7 +467,7 @@ where
             // on are its state.
             stats: vec![
                 GroupStats {
-                    based: incremental,
+                    implied: incremental,
                     ..GroupStats::default()
                 };
                 width
@@ -618,7 +625,7 @@ where
         for (s, map) in self.stats.iter_mut().zip(&self.groups) {
             // The new chain starts with the next object: an empty group needs no base.
             *s = GroupStats {
-                based: map.is_empty() && self.incremental,
+                implied: map.is_empty() && self.incremental,
                 ..GroupStats::default()
             };
         }
@@ -858,7 +865,14 @@ where
             self.pending.clear();
             self.stats.iter_mut().for_each(|s| s.pending = false);
         }
-        let plan = rebase_plan(&self.stats, self.ratio, full);
+        let mut plan = rebase_plan(&self.stats, self.ratio, full);
+        // A group whose empty start stands for its base gets a real one while that is
+        // still empty, which costs a few bytes.
+        for (i, step) in plan.iter_mut().enumerate() {
+            if *step == Plan::Delta && self.stats[i].implied && self.groups[i].is_empty() {
+                *step = Plan::BaseNow;
+            }
+        }
         // A new base off the barrier advances by at least an eighth of its keys per
         // snapshot, so that it completes even when the operator never idles.
         for p in 0..self.pending.len() {
@@ -1113,6 +1127,7 @@ mod tests {
             delta_bytes: delta,
             age,
             pending: false,
+            implied: false,
         }
     }
 
@@ -1140,6 +1155,20 @@ mod tests {
         stats[20].pending = true;
         let plan = rebase_plan(&stats, 0.5, false);
         assert_eq!(chosen(&plan, Plan::BaseLater), vec![11, 12]);
+        // A group whose empty start stands for its base gets none at the barrier; its
+        // deltas are measured against the smallest base.
+        let implied = GroupStats {
+            implied: true,
+            delta_bytes: 100,
+            ..GroupStats::default()
+        };
+        assert_eq!(rebase_plan(&[implied], 0.5, false), vec![Plan::Delta]);
+        let grown = GroupStats {
+            delta_bytes: 1 << 20,
+            ..implied
+        };
+        assert_eq!(rebase_plan(&[grown], 0.5, false), vec![Plan::BaseLater]);
+        assert_eq!(rebase_plan(&[grown], 0.5, true), vec![Plan::BaseNow]);
     }
 
     #[test]
