@@ -69,8 +69,8 @@ pub(crate) trait Store: 'static {
     /// Encodes every sealed snapshot now.
     fn finish_sealed(&mut self) {}
     /// The snapshotter could not take over the restored parts (a savepoint, a whole part
-    /// of another worker): a chain's next snapshot must write the base of every key group
-    /// that is not empty.
+    /// of another worker): a chain's next snapshot must write the base of every key
+    /// group.
     fn restored_parts_dropped(&mut self) {}
     /// Does a step of the work a snapshot left to do off the barrier (the deltas of
     /// sealed snapshots, new bases of key groups); returns whether more is left, and the
@@ -83,6 +83,18 @@ pub(crate) trait Store: 'static {
     fn replay(&mut self) -> Option<(u64, Vec<Self::Out>)> {
         None
     }
+}
+
+/// A snapshot taken at a barrier, until its object is encoded and handed to the
+/// snapshotter.
+struct Taken {
+    cap: timely::dataflow::operators::Capability<u64>,
+    /// The input ended.
+    is_final: bool,
+    /// It writes a base of every key group (after a failed upload).
+    full: bool,
+    /// The object, `None` if nothing changed; `None` itself while the snapshot is sealed.
+    part: Option<Option<Part>>,
 }
 
 /// Records of one epoch, waiting for earlier epochs to close.
@@ -137,12 +149,8 @@ pub(crate) fn keyed<'s, S: Store>(
         let mut out: Vec<S::Out> = Vec::new();
         let mut replayed = false;
         // Snapshots taken at barriers, in epoch order, until their objects are encoded
-        // (`None` while sealed) and handed to the snapshotter.
-        let mut snapshots: std::collections::VecDeque<(
-            timely::dataflow::operators::Capability<u64>,
-            bool,
-            Option<Option<Part>>,
-        )> = Default::default();
+        // and handed to the snapshotter.
+        let mut snapshots: std::collections::VecDeque<Taken> = Default::default();
 
         move |frontiers| {
             if ctx.failed() {
@@ -199,7 +207,9 @@ pub(crate) fn keyed<'s, S: Store>(
                     }
                 }
                 if checkpointing {
-                    let full = snapshotter.needs_base();
+                    // After a failed upload, one base of everything; not again while
+                    // that one waits behind snapshots still encoding.
+                    let full = snapshotter.needs_base() && !snapshots.iter().any(|t| t.full);
                     let sealed = if std::mem::take(&mut changed) || full {
                         match snapshotter.sync(|| store.encode(&name, n, full)) {
                             Ok(sealed) => sealed,
@@ -212,7 +222,12 @@ pub(crate) fn keyed<'s, S: Store>(
                         Sealing::Now(part) => Some(part),
                         Sealing::Later => None,
                     };
-                    snapshots.push_back((due.cap, due.is_final, part));
+                    snapshots.push_back(Taken {
+                        cap: due.cap,
+                        is_final: due.is_final,
+                        full,
+                        part,
+                    });
                     if due.is_final {
                         store.finish_sealed();
                     }
@@ -261,16 +276,17 @@ pub(crate) fn keyed<'s, S: Store>(
             }
             let more = checkpointing && store.background();
             // Snapshots go to the snapshotter in epoch order, each once it is encoded.
-            while let Some((_, _, part)) = snapshots.front_mut() {
-                if part.is_none() {
+            while let Some(front) = snapshots.front_mut() {
+                if front.part.is_none() {
                     match store.take_sealed() {
                         None => break,
-                        Some(Ok(p)) => *part = Some(Some(p)),
+                        Some(Ok(p)) => front.part = Some(Some(p)),
                         Some(Err(e)) => return ctx.fail(&format!("snapshot of `{name}`"), e),
                     }
                 }
-                let (cap, is_final, part) = snapshots.pop_front().expect("the front");
-                snapshotter.snapshot_part(cap, range, part.expect("encoded"), Vec::new(), is_final);
+                let t = snapshots.pop_front().expect("the front");
+                let part = t.part.expect("encoded");
+                snapshotter.snapshot_part(t.cap, range, part, Vec::new(), t.is_final);
             }
             let mut reports = report_out.activate();
             snapshotter.poll(|cap, report| reports.session(cap).give(report));

@@ -4,8 +4,10 @@
 //! ## Design
 //!
 //! Invariants (DESIGN's 1 and 4):
-//! - a snapshot is encoded synchronously as of exactly the closed epochs, and uploaded on
-//!   the I/O runtime; processing waits only for the copy;
+//! - a snapshot holds the state as of exactly the closed epochs: it is taken at the
+//!   barrier (keyed state seals it there and encodes its deltas copy-on-write after it,
+//!   see `state`), and uploaded on the I/O runtime; processing waits only for the part
+//!   taken at the barrier;
 //! - an operator's report for epoch `e` leaves only once its part is durable, in epoch
 //!   order, under a report capability at `e`: the coordinator cannot see `e` complete
 //!   before every part of `e` is in storage;
@@ -343,9 +345,10 @@ impl Snapshotter {
         });
     }
 
-    /// Runs `encode`, the copy and encoding of the operator's state at a barrier, and
-    /// counts its time in `weir_checkpoint_sync_seconds`: the part of a snapshot that
-    /// holds up the operator's records.
+    /// Runs `encode`, what a snapshot does at a barrier (the copy and encoding of the
+    /// operator's state, or sealing it), and counts its time in
+    /// `weir_checkpoint_sync_seconds`: the part of a snapshot that holds up the
+    /// operator's records.
     pub fn sync<T>(&self, encode: impl FnOnce() -> T) -> T {
         let started = std::time::Instant::now();
         let out = encode();

@@ -23,7 +23,7 @@
 //!
 //! Deltas are encoded off the barrier, copy-on-write: the barrier only takes each
 //! changed group's set of changed keys (the snapshot is *sealed*), and the entries are
-//! encoded a slice at a time whenever the operator has nothing else to do
+//! encoded a slice per activation of the operator, after its records
 //! ([`KeyedState::background`]), or the moment a record is about to change a key that
 //! is still waiting: every change goes through [`KeyedState::group_mut`] (which names the
 //! key), [`KeyedState::remove`], [`KeyedState::retain`] or [`KeyedState::update_all`],
@@ -33,7 +33,8 @@
 //! order; at most [`MAX_SEALED`] snapshots are encoding at once (a barrier finishes the
 //! oldest first), and the end of the input finishes them all. So the work at a barrier
 //! follows the number of changed groups, not keys, except for bases and the keys a
-//! rebase (below) takes over.
+//! rebase (below) takes over; an operator that sweeps all its entries when an epoch
+//! closes (expiry, a join's cleanup by watermark) encodes the waiting entries it visits.
 //!
 //! A new base off the barrier (compaction) starts at a snapshot that writes the group's
 //! delta as usual and takes the list of the group's keys. The operator then encodes their
@@ -211,6 +212,8 @@ pub struct KeyedState<K, V, H = std::hash::RandomState> {
     sealed: std::collections::VecDeque<Sealed<K, H>>,
     /// Emptied key sets of taken snapshots, whose tables the next changes reuse.
     spare: Vec<HashSet<K, H>>,
+    /// Per group, how many bases the snapshots have written (see `SealedDelta`).
+    base_serial: Vec<u32>,
 }
 
 /// A new base of one group, encoded off the barrier a slice at a time (see the module's
@@ -287,11 +290,21 @@ struct SealedDelta<K, H> {
     /// The entries encoded so far, each a bincode `(K, Option<V>)`.
     encoded: Vec<u8>,
     count: u64,
+    /// The group's base serial at the barrier: the delta's size counts toward that
+    /// base's deltas only if no newer base came since.
+    serial: u32,
 }
 
 impl<K: Hash + Eq + Clone + Serialize, H: BuildHasher + Default> Sealed<K, H> {
     /// Encodes `key`'s `value` if the delta of the group at `group` still waits for it.
-    fn take_key<V: Serialize>(&mut self, group: usize, key: &K, value: Option<&V>) {
+    /// Encodes `key`'s value if the delta of the group at `group` still waits for it;
+    /// `value` is looked up only then.
+    fn take_key<'v, V: Serialize + 'v>(
+        &mut self,
+        group: usize,
+        key: &K,
+        value: impl FnOnce() -> Option<&'v V>,
+    ) {
         let Some(delta) = self.deltas[group].as_mut() else {
             return;
         };
@@ -300,7 +313,7 @@ impl<K: Hash + Eq + Clone + Serialize, H: BuildHasher + Default> Sealed<K, H> {
                 &mut delta.encoded,
                 &mut delta.count,
                 key,
-                value,
+                value(),
                 &mut self.error,
             );
             if delta.keys.is_empty() {
@@ -334,6 +347,7 @@ impl<K: Hash + Eq + Clone + Serialize, H: BuildHasher + Default> Sealed<K, H> {
                 keys,
                 encoded,
                 count,
+                ..
             } = delta;
             if keys.len() <= room {
                 // The whole rest: drained, without cloning the keys, and the set keeps
@@ -479,6 +493,7 @@ where
             pending: Vec::new(),
             sealed: Default::default(),
             spare: Vec::new(),
+            base_serial: vec![0; width],
         }
     }
 
@@ -583,7 +598,7 @@ where
         let (start, end) = (entry.key_group_start.max(lo), entry.key_group_end.min(hi));
         for g in start..end.max(start) {
             let s = &mut self.stats[(g - lo) as usize];
-            if s.based {
+            if s.based || s.implied {
                 s.age += 1;
             }
         }
@@ -618,8 +633,8 @@ where
     }
 
     /// The snapshotter did not take over the restored chain (a savepoint, a whole part
-    /// written by another worker): the next snapshot writes a base of every group that
-    /// is not empty.
+    /// written by another worker): the next snapshot writes a base of every group (a few
+    /// bytes for an empty one).
     pub fn restored_chain_dropped(&mut self) {
         self.pending.clear();
         for (s, map) in self.stats.iter_mut().zip(&self.groups) {
@@ -707,7 +722,7 @@ where
             map.retain(|k, v| {
                 // `keep` may change the entry: sealed snapshots take it first.
                 for s in sealed.iter_mut() {
-                    s.take_key(i, k, Some(&*v));
+                    s.take_key(i, k, || Some(&*v));
                 }
                 let kept = keep(k, v);
                 if !kept {
@@ -735,7 +750,7 @@ where
         {
             map.retain(|k, v| {
                 for s in sealed.iter_mut() {
-                    s.take_key(i, k, Some(&*v));
+                    s.take_key(i, k, || Some(&*v));
                 }
                 let update = f(k, v);
                 if update != Update::Kept && incremental {
@@ -869,7 +884,11 @@ where
         // A group whose empty start stands for its base gets a real one while that is
         // still empty, which costs a few bytes.
         for (i, step) in plan.iter_mut().enumerate() {
-            if *step == Plan::Delta && self.stats[i].implied && self.groups[i].is_empty() {
+            if *step == Plan::Delta
+                && self.stats[i].implied
+                && !self.stats[i].pending
+                && self.groups[i].is_empty()
+            {
                 *step = Plan::BaseNow;
             }
         }
@@ -894,6 +913,9 @@ where
                 .iter()
                 .position(|p| p.index == i && p.next == p.keys.len());
             if *step == Plan::BaseNow {
+                // A base now replaces a new base under way.
+                self.pending.retain(|p| p.index != i);
+                self.base_serial[i] += 1;
                 let bytes = bincode::serialize(&Entries(&self.groups[i]))
                     .map_err(|e| self.encode_error(e))?;
                 self.stats[i] = GroupStats {
@@ -908,6 +930,7 @@ where
                 if let Some(e) = base.error.take() {
                     return Err(self.encode_error(e));
                 }
+                self.base_serial[i] += 1;
                 base.since.extend(self.changed[i].drain());
                 let count = base.count + base.since.len() as u64;
                 let mut bytes = Vec::with_capacity(8 + base.encoded.len());
@@ -935,6 +958,7 @@ where
                     keys,
                     encoded: Vec::new(),
                     count: 0,
+                    serial: self.base_serial[i],
                 });
                 sealed.open += 1;
             }
@@ -993,7 +1017,9 @@ where
                     SectionKind::Delta,
                     &[&d.count.to_le_bytes(), &d.encoded],
                 )?;
-                self.stats[i].delta_bytes += (writer.len() - before) as u64;
+                if self.base_serial[i] == d.serial {
+                    self.stats[i].delta_bytes += (writer.len() - before) as u64;
+                }
                 if self.spare.len() < self.groups.len() {
                     self.spare.push(d.keys);
                 }
@@ -1017,9 +1043,9 @@ where
         if self.sealed.is_empty() {
             return;
         }
-        let value = self.groups[group].get(key);
+        let map = &self.groups[group];
         for sealed in &mut self.sealed {
-            sealed.take_key(group, key, value);
+            sealed.take_key(group, key, || map.get(key));
         }
     }
 
@@ -1673,6 +1699,43 @@ mod tests {
         }
         assert!(snapshots <= 9, "{snapshots} snapshots");
         assert_eq!(contents(&restored(&[&chain], all)), model);
+    }
+
+    #[test]
+    fn a_group_emptied_while_its_first_base_is_encoded_restores_empty() {
+        let all = (0, GROUPS);
+        let mut state = State::empty("op", GROUPS, all, true, 0.01);
+        let mut model = BTreeMap::new();
+        let mut chain = Chain::default();
+        for round in 1..=2 {
+            for k in 0..200u16 {
+                apply(&mut state, &mut model, &Op::Put(k, round));
+            }
+            chain.push(state.encode(false).unwrap().unwrap(), all);
+        }
+        // The groups filled from an empty start have only deltas; the second snapshot
+        // started a new base of one, whose entries are now encoded.
+        let group = (0..GROUPS as usize)
+            .find(|i| state.stats()[*i].pending)
+            .expect("a new base under way");
+        assert!(state.stats()[group].implied);
+        while state.background() {}
+        // Every key of the group goes before the next barrier: the group is empty, and
+        // its new base must not bring the keys back.
+        let keys: Vec<u16> = model
+            .keys()
+            .copied()
+            .filter(|k| keygroup::key_group(k, GROUPS) as usize == group)
+            .collect();
+        for k in keys {
+            apply(&mut state, &mut model, &Op::Remove(k));
+        }
+        for _ in 0..4 {
+            if let Some(part) = state.encode(false).unwrap() {
+                chain.push(part, all);
+            }
+            assert_eq!(contents(&restored(&[&chain], all)), model);
+        }
     }
 
     #[test]
