@@ -708,7 +708,9 @@ where
     }
 
     /// Keeps the entries for which `keep` is true; the others are removed, and recorded
-    /// as tombstones for the next snapshot. Returns how many were removed.
+    /// as tombstones for the next snapshot. Returns how many were removed. `keep` must
+    /// not change an entry it keeps (that change would reach no snapshot): use
+    /// [`Self::update_all`] to change entries.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) -> usize {
         let mut removed = 0;
         let incremental = self.incremental;
@@ -720,7 +722,7 @@ where
             .enumerate()
         {
             map.retain(|k, v| {
-                // `keep` may change the entry: sealed snapshots take it first.
+                // `keep` may remove the entry: sealed snapshots take it first.
                 for s in sealed.iter_mut() {
                     s.take_key(i, k, || Some(&*v));
                 }
@@ -801,7 +803,9 @@ where
     /// Encodes the snapshot at a barrier at once: a packed object with the new bases
     /// and deltas, `None` if nothing changed. `full` asks for a base of every group, as
     /// after a failed upload; without incremental checkpoints every snapshot is one.
-    /// Snapshots sealed earlier and not yet taken stay for [`Self::take_sealed`].
+    /// For callers that never leave a snapshot sealed: one sealed earlier and not yet
+    /// taken stays for [`Self::take_sealed`], and would belong before this object in the
+    /// chain.
     pub fn encode(&mut self, full: bool) -> Result<Option<Part>> {
         let sealed = self.seal(full)?;
         self.now(sealed)
