@@ -387,14 +387,8 @@ fn check_operator(
         .rate_limit(((lines as f64 / after as f64).ceil() as u64).max(1))
         .set("--incremental-checkpoints", incremental.1)
         .restore("latest");
-    let again = run(&restored, &ws, "restored", Some("after-manifest@2:g1"));
-    assert_eq!(
-        again.status.signal(),
-        Some(libc::SIGKILL),
-        "after-manifest@2:g1 should have killed the restored run at {after} workers; it ended with {}\n{}",
-        again.status,
-        tail(&again.stderr, 20)
-    );
+    run(&restored, &ws, "restored", Some("after-manifest@2:g1"))
+        .assert_killed(&format!("after-manifest@2:g1 at {after} workers"));
     let last = job(&ws, op, &ws.output, &ws.checkpoints)
         .workers(before)
         .set("--incremental-checkpoints", incremental.1)

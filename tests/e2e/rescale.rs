@@ -27,14 +27,8 @@ fn kill_then_restore_at(name: &str, seed: u64, before: usize, after: usize, fail
         .rate_limit(corpus.rate_limit_for(before, 2.0));
     let mut first = wordcount_command(&first_args);
     first.env("WEIR_FAILPOINT", failpoint);
-    let killed = run_to_end(first, ws.log_paths("first"), Duration::from_secs(120));
-    assert_eq!(
-        killed.status.signal(),
-        Some(libc::SIGKILL),
-        "the failpoint {failpoint} should have killed the first run, which ended with {}\n{}",
-        killed.status,
-        tail(&killed.stderr, 30)
-    );
+    run_to_end(first, ws.log_paths("first"), Duration::from_secs(120))
+        .assert_killed(&format!("the failpoint {failpoint} at {before} workers"));
     let restored = complete_checkpoints(&ws.checkpoints, "wordcount")
         .pop()
         .expect("the first run completed a checkpoint");
@@ -144,14 +138,8 @@ fn chains_taken_over_at_three_workers_are_taken_over_again_at_one() {
             .map(|c| c.epoch);
         let mut run = wordcount_command(&args);
         run.env("WEIR_FAILPOINT", format!("after-manifest@4:g{generation}"));
-        let killed = run_to_end(run, ws.log_paths(name), Duration::from_secs(120));
-        assert_eq!(
-            killed.status.signal(),
-            Some(libc::SIGKILL),
-            "the failpoint should have killed the run at {workers} workers, which ended with {}\n{}",
-            killed.status,
-            tail(&killed.stderr, 30)
-        );
+        run_to_end(run, ws.log_paths(name), Duration::from_secs(120))
+            .assert_killed(&format!("after-manifest@4 at {workers} workers"));
         before
     };
     kill(2, 0, "two");

@@ -37,6 +37,20 @@ impl Finished {
         );
     }
 
+    /// Panics, with the process's stderr, unless a SIGKILL ended it: `why` says what
+    /// should have killed it.
+    pub fn assert_killed(&self, why: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            self.status.signal(),
+            Some(libc::SIGKILL),
+            "{why} should have killed `{}`, which ended with {}\n--- stderr (tail) ---\n{}",
+            self.command,
+            self.status,
+            tail(&self.stderr, 30)
+        );
+    }
+
     /// Panics unless the process failed the clean way: a non-zero exit code (not a
     /// signal, not a panic) and a stderr that contains every one of `needles`.
     pub fn assert_clean_failure(&self, needles: &[&str]) {
