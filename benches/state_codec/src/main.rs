@@ -197,56 +197,54 @@ fn check(variant: &str, got: Digest, inputs: &Inputs) {
     );
 }
 
+/// Times decoding the bincode blob into `T`, then checks the result's `digest` (variant
+/// `name`).
+fn bincode_decode<T: serde::de::DeserializeOwned>(
+    name: &str,
+    inputs: &Inputs,
+    digest: impl Fn(&T) -> Digest,
+) -> f64 {
+    let start = Instant::now();
+    let decoded: T = bincode::deserialize(&inputs.bincode)
+        .unwrap_or_else(|e| panic!("{name}: the blob does not decode: {e}"));
+    let secs = stop(start, &decoded);
+    check(name, digest(&decoded), inputs);
+    secs
+}
+
+/// The digest of decoded entries held in a list.
+fn digest_list<V: AsRef<[u8]>>(entries: &[(u64, V)]) -> Digest {
+    Digest::of(entries.iter().map(|(k, v)| (*k, v.as_ref())))
+}
+
+/// The digest of decoded entries held in a map.
+fn digest_map<V: AsRef<[u8]>>(entries: &HashMap<u64, V>) -> Digest {
+    Digest::of(entries.iter().map(|(k, v)| (*k, v.as_ref())))
+}
+
 /// a1: bincode into `Vec<(u64, Vec<u8>)>`.
 fn a1_bincode_vec(inputs: &Inputs) -> f64 {
-    let start = Instant::now();
-    let decoded: Vec<(u64, Vec<u8>)> = bincode::deserialize(&inputs.bincode).expect("a1 decodes");
-    let secs = stop(start, &decoded);
-    let digest = Digest::of(decoded.iter().map(|(k, v)| (*k, v.as_slice())));
-    check("a1", digest, inputs);
-    secs
+    bincode_decode("a1", inputs, |d: &Vec<(u64, Vec<u8>)>| digest_list(d))
 }
 
 /// a2: bincode into `Vec<(u64, ByteBuf)>`.
 fn a2_bincode_vec_bytebuf(inputs: &Inputs) -> f64 {
-    let start = Instant::now();
-    let decoded: Vec<(u64, ByteBuf)> = bincode::deserialize(&inputs.bincode).expect("a2 decodes");
-    let secs = stop(start, &decoded);
-    let digest = Digest::of(decoded.iter().map(|(k, v)| (*k, v.as_slice())));
-    check("a2", digest, inputs);
-    secs
+    bincode_decode("a2", inputs, |d: &Vec<(u64, ByteBuf)>| digest_list(d))
 }
 
 /// f0: bincode into `HashMap<u64, Vec<u8>>` through serde's `HashMap` impl.
 fn f0_bincode_map_serde(inputs: &Inputs) -> f64 {
-    let start = Instant::now();
-    let decoded: HashMap<u64, Vec<u8>> = bincode::deserialize(&inputs.bincode).expect("f0 decodes");
-    let secs = stop(start, &decoded);
-    let digest = Digest::of(decoded.iter().map(|(k, v)| (*k, v.as_slice())));
-    check("f0", digest, inputs);
-    secs
+    bincode_decode("f0", inputs, digest_map::<Vec<u8>>)
 }
 
 /// f1: bincode into a pre-sized `HashMap<u64, Vec<u8>>`.
 fn f1_bincode_map(inputs: &Inputs) -> f64 {
-    let start = Instant::now();
-    let PresizedMap(decoded) =
-        bincode::deserialize::<PresizedMap<Vec<u8>>>(&inputs.bincode).expect("f1 decodes");
-    let secs = stop(start, &decoded);
-    let digest = Digest::of(decoded.iter().map(|(k, v)| (*k, v.as_slice())));
-    check("f1", digest, inputs);
-    secs
+    bincode_decode("f1", inputs, |d: &PresizedMap<Vec<u8>>| digest_map(&d.0))
 }
 
 /// f2: bincode into a pre-sized `HashMap<u64, ByteBuf>`.
 fn f2_bincode_map_bytebuf(inputs: &Inputs) -> f64 {
-    let start = Instant::now();
-    let PresizedMap(decoded) =
-        bincode::deserialize::<PresizedMap<ByteBuf>>(&inputs.bincode).expect("f2 decodes");
-    let secs = stop(start, &decoded);
-    let digest = Digest::of(decoded.iter().map(|(k, v)| (*k, v.as_slice())));
-    check("f2", digest, inputs);
-    secs
+    bincode_decode("f2", inputs, |d: &PresizedMap<ByteBuf>| digest_map(&d.0))
 }
 
 /// r1: validated rkyv access, then a pass over every entry summing the value lengths.
@@ -275,8 +273,7 @@ fn h2_rkyv_to_map(inputs: &Inputs) -> f64 {
         decoded.insert(entry.0.to_native(), entry.1.as_slice().to_vec());
     }
     let secs = stop(start, &decoded);
-    let digest = Digest::of(decoded.iter().map(|(k, v)| (*k, v.as_slice())));
-    check("h2", digest, inputs);
+    check("h2", digest_map(&decoded), inputs);
     secs
 }
 
