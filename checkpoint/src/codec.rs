@@ -32,7 +32,10 @@ pub const MAGIC: [u8; 4] = *b"WEIR";
 ///   manifest's `packed` part field; event-time operators' state moved into them.
 /// - 3: adds the rebase section of packed objects (a base written over several steps,
 ///   followed by the changes made meanwhile).
-pub const FORMAT_VERSION: u16 = 3;
+/// - 4: each index entry of a packed object carries its section's CRC-32, and the
+///   sections lie end to end, so that a restore reads and checks only the sections it
+///   needs (see the `pack` module).
+pub const FORMAT_VERSION: u16 = 4;
 /// The oldest format version this build reads: every older object has the same header
 /// and payload encodings, so it is read as it is.
 pub const OLDEST_READABLE_VERSION: u16 = 1;
@@ -166,20 +169,30 @@ fn parse_header(bytes: &[u8]) -> Option<Header> {
     })
 }
 
-/// Checks an object's header and checksum and returns its payload.
-///
-/// `path` names the object in errors.
-pub fn unframe<'a>(path: &str, bytes: &'a [u8]) -> Result<(PayloadKind, &'a [u8])> {
-    unframe_with(path, bytes, None)
+/// The format version in an object's header, if it has one.
+pub fn version(bytes: &[u8]) -> Option<u16> {
+    parse_header(bytes).map(|h| h.version)
 }
 
-/// [`unframe`], with the payload's CRC already computed by [`checksums`] over the same
-/// bytes (`None`: compute it here).
-pub(crate) fn unframe_with<'a>(
-    path: &str,
-    bytes: &'a [u8],
-    payload_crc: Option<u32>,
-) -> Result<(PayloadKind, &'a [u8])> {
+/// An object's header, read and checked on its own, before its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The format version the object was written with.
+    pub version: u16,
+    /// How its payload is encoded.
+    pub kind: PayloadKind,
+    /// Its payload's length in bytes.
+    pub len: u64,
+    /// Its payload's CRC-32.
+    pub crc: u32,
+    /// The CRC-32 of the whole object, derived from the header's bytes and the payload's
+    /// CRC and length: what its manifest entry records, if the header is the object's.
+    pub object_crc: u32,
+}
+
+/// Checks the header at the start of `bytes` (magic, readable version, known kind) and
+/// returns its fields. `path` names the object in errors.
+pub fn read_header(path: &str, bytes: &[u8]) -> Result<FrameHeader> {
     let corrupt = |reason: String| CheckpointError::Corrupt {
         path: path.to_string(),
         reason,
@@ -204,7 +217,35 @@ pub(crate) fn unframe_with<'a>(
     }
     let kind = PayloadKind::from_u16(header.kind)
         .ok_or_else(|| corrupt(format!("unknown payload kind {}", header.kind)))?;
-    let (len, crc) = (header.len, header.crc);
+    Ok(FrameHeader {
+        version: header.version,
+        kind,
+        len: header.len,
+        crc: header.crc,
+        object_crc: append_crc(&bytes[..HEADER_LEN], header.crc, header.len as usize),
+    })
+}
+
+/// Checks an object's header and checksum and returns its payload.
+///
+/// `path` names the object in errors.
+pub fn unframe<'a>(path: &str, bytes: &'a [u8]) -> Result<(PayloadKind, &'a [u8])> {
+    unframe_with(path, bytes, None)
+}
+
+/// [`unframe`], with the payload's CRC already computed by [`checksums`] over the same
+/// bytes (`None`: compute it here).
+pub(crate) fn unframe_with<'a>(
+    path: &str,
+    bytes: &'a [u8],
+    payload_crc: Option<u32>,
+) -> Result<(PayloadKind, &'a [u8])> {
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_string(),
+        reason,
+    };
+    let header = read_header(path, bytes)?;
+    let (kind, len, crc) = (header.kind, header.len, header.crc);
     let payload = &bytes[HEADER_LEN..];
     if payload.len() as u64 != len {
         return Err(corrupt(format!(

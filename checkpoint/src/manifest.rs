@@ -55,6 +55,34 @@ pub fn newest_bases(chain: &[&PartEntry], (lo, hi): (u32, u32)) -> Vec<Option<us
         .collect()
 }
 
+/// For each part of `parts` (a manifest's, in manifest order), the key groups it covers
+/// whose sections a restore does not need: a later part of the same operator holds a
+/// base of them. The same rule as [`newest_bases`] over each worker's chain, for the
+/// whole manifest at once, so that a restore reads only the sections it will decode.
+pub fn superseded_groups(parts: &[PartEntry]) -> Vec<std::collections::BTreeSet<u32>> {
+    let mut later_bases: std::collections::HashMap<&str, std::collections::BTreeSet<u32>> =
+        std::collections::HashMap::new();
+    let mut out = vec![std::collections::BTreeSet::new(); parts.len()];
+    for (at, part) in parts.iter().enumerate().rev() {
+        let bases = later_bases.entry(part.operator.as_str()).or_default();
+        if part.key_group_start < part.key_group_end {
+            out[at] = bases
+                .range(part.key_group_start..part.key_group_end)
+                .copied()
+                .collect();
+        }
+        match &part.packed {
+            None => bases.extend(part.key_group_start..part.key_group_end),
+            Some(ranges) => {
+                for (lo, hi) in ranges {
+                    bases.extend(*lo..*hi);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The index of the first part of `chain` (the parts of one operator that one worker
 /// reports, oldest first) that a restore of the key groups `[lo, hi)` still needs: everything
 /// from the oldest of the groups' newest bases ([`newest_bases`]) on. The parts before it
@@ -311,6 +339,31 @@ mod tests {
         // A whole part is a base for all its key groups.
         assert_eq!(chain_start(&[&full, &whole], (0, 4)), 1);
         assert!(!some.is_base_for(0) && some.is_base_for(2) && !some.is_base_for(3));
+    }
+
+    #[test]
+    fn superseded_groups_agree_with_each_chains_newest_bases() {
+        let mut parts = vec![
+            part(None),
+            part(Some(vec![(1, 2)])),
+            part(Some(vec![])),
+            part(Some(vec![(2, 4)])),
+        ];
+        // Another operator's bases supersede nothing of this one's.
+        let mut other = part(Some(vec![(0, 4)]));
+        other.operator = "other".into();
+        parts.push(other);
+        let superseded = superseded_groups(&parts);
+        let chain: Vec<&PartEntry> = parts[..4].iter().collect();
+        let newest = newest_bases(&chain, (0, 4));
+        for (at, skip) in superseded.iter().enumerate().take(4) {
+            for g in 0..4u32 {
+                let needed = newest[g as usize].is_none_or(|b| b <= at);
+                assert_eq!(!skip.contains(&g), needed, "part {at}, group {g}");
+            }
+        }
+        assert!(superseded[4].is_empty());
+        assert_eq!(superseded[0], [1, 2, 3].into());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! | header (20 bytes, kind Packed) | section 0 | section 1 | ... | index | n: u32 LE |
-//! index entry (21 bytes): group u32 LE | kind u8 (0 base, 1 delta, 2 rebase) | offset u64 LE | len u64 LE
+//! index entry (25 bytes): group u32 LE | kind u8 (0 base, 1 delta, 2 rebase) | offset u64 LE | len u64 LE | crc u32 LE
 //! ```
 //!
 //! A section is bincode 1.3 of the section's value; offsets are relative to the start of
@@ -18,6 +18,20 @@
 //! bytes), then that every index entry lies inside the section area, in ascending key
 //! group order with at most one section per group, before it decodes anything: a damaged
 //! object is an error that names it, never a panic or an allocation of a size it claims.
+//!
+//! ## Reading some sections only (format version 4)
+//!
+//! Since version 4 ([`SECTION_CRCS_SINCE`]) each index entry carries its section's CRC-32,
+//! and the sections lie end to end from the payload's start up to the index. The writer
+//! computes each section's CRC as it ends it and combines them with the index's into the
+//! payload's CRC, so that writing costs no second pass. A restore that needs only some
+//! sections (the others have newer bases in later objects) reads the header and the tail
+//! ([`index_from_tail`]), checks that the section CRCs and the tail combine into the
+//! header's payload CRC ([`check_index`]) and the header into the manifest's object CRC,
+//! plans ranged reads of the sections it needs ([`plan_reads`]), and checks each section
+//! it read against its CRC ([`check_section`]). Every byte it uses is then tied to the
+//! manifest's CRC as firmly as a whole read. Objects of versions 2 and 3 have 21-byte
+//! entries without CRCs and are read whole.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -25,8 +39,17 @@ use serde::Serialize;
 use crate::codec::{self, PayloadKind, HEADER_LEN};
 use crate::error::{CheckpointError, Result};
 
-/// Length of one index entry in bytes.
-const ENTRY_LEN: usize = 4 + 1 + 8 + 8;
+/// The first format version whose index entries carry their section's CRC-32.
+pub const SECTION_CRCS_SINCE: u16 = 4;
+
+/// Length of one index entry in bytes, in objects of format `version`.
+pub fn entry_len(version: u16) -> usize {
+    if version >= SECTION_CRCS_SINCE {
+        4 + 1 + 8 + 8 + 4
+    } else {
+        4 + 1 + 8 + 8
+    }
+}
 
 /// What a section of a packed object holds for its key group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +89,8 @@ pub struct Section {
     pub kind: SectionKind,
     /// Its bytes within the payload.
     pub range: std::ops::Range<usize>,
+    /// The CRC-32 of its bytes, in objects of format version 4 and later.
+    pub crc32: Option<u32>,
 }
 
 /// Writes a packed object section by section, in ascending key group order.
@@ -73,7 +98,9 @@ pub struct Section {
 pub struct PackWriter {
     what: String,
     buf: Vec<u8>,
-    index: Vec<(u32, SectionKind, u64, u64)>,
+    index: Vec<(u32, SectionKind, u64, u64, u32)>,
+    /// The CRC of the sections written so far.
+    crc: crc32fast::Hasher,
 }
 
 impl PackWriter {
@@ -83,6 +110,7 @@ impl PackWriter {
             what: what.to_string(),
             buf: vec![0; HEADER_LEN],
             index: Vec::new(),
+            crc: crc32fast::Hasher::new(),
         }
     }
 
@@ -126,10 +154,15 @@ impl PackWriter {
         Ok(())
     }
 
+    /// Records the section that starts at `start`, with its CRC: the one pass over its
+    /// bytes that the object's CRC is then combined from.
     fn end_section(&mut self, group: u32, kind: SectionKind, start: usize) {
         let offset = (start - HEADER_LEN) as u64;
-        self.index
-            .push((group, kind, offset, (self.buf.len() - start) as u64));
+        let len = (self.buf.len() - start) as u64;
+        let crc = codec::crc32(&self.buf[start..]);
+        self.crc
+            .combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
+        self.index.push((group, kind, offset, len, crc));
     }
 
     /// The bytes written so far, sections only.
@@ -144,49 +177,69 @@ impl PackWriter {
 
     /// The finished object: header, sections, index.
     pub fn finish(mut self) -> Vec<u8> {
-        for (group, kind, offset, len) in &self.index {
+        let tail_at = self.buf.len();
+        for (group, kind, offset, len, crc) in &self.index {
             self.buf.extend_from_slice(&group.to_le_bytes());
             self.buf.push(kind.byte());
             self.buf.extend_from_slice(&offset.to_le_bytes());
             self.buf.extend_from_slice(&len.to_le_bytes());
+            self.buf.extend_from_slice(&crc.to_le_bytes());
         }
         self.buf
             .extend_from_slice(&(self.index.len() as u32).to_le_bytes());
+        self.crc.update(&self.buf[tail_at..]);
         let payload_len = (self.buf.len() - HEADER_LEN) as u64;
-        let crc = codec::crc32(&self.buf[HEADER_LEN..]);
-        let header = codec::header(PayloadKind::Packed, payload_len, crc);
+        let header = codec::header(PayloadKind::Packed, payload_len, self.crc.finalize());
         self.buf[..HEADER_LEN].copy_from_slice(&header);
         self.buf
     }
 }
 
-/// Reads the index of a packed payload (the bytes after the header, whose checksum was
-/// checked already). `path` names the object in errors.
-pub fn index(path: &str, payload: &[u8]) -> Result<Vec<Section>> {
+/// What the last bytes of a packed payload tell about its index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tail {
+    /// The index, read from tail bytes that held all of it.
+    Index(Vec<Section>),
+    /// The tail given was shorter than the index and its count: read this many bytes
+    /// from the payload's end and ask again.
+    Needs(usize),
+}
+
+/// Reads the index of a packed payload of format `version` and `payload_len` bytes from
+/// `tail`, its last bytes (at least 4: the section count). `path` names the object in
+/// errors. Every entry is checked to lie inside the section area, in ascending key group
+/// order; since version 4 the sections must also lie end to end from the payload's
+/// start to the index.
+pub fn index_from_tail(path: &str, version: u16, payload_len: usize, tail: &[u8]) -> Result<Tail> {
     let corrupt = |reason: String| CheckpointError::Corrupt {
         path: path.to_string(),
         reason,
     };
-    let Some(count_at) = payload.len().checked_sub(4) else {
+    if payload_len < 4 || tail.len() < 4 || tail.len() > payload_len {
         return Err(corrupt(format!(
-            "a packed object's payload of {} bytes is too short for its index",
-            payload.len()
+            "a packed object's payload of {payload_len} bytes is too short for its index"
         )));
-    };
-    let count = u32::from_le_bytes(payload[count_at..].try_into().expect("4 bytes")) as usize;
+    }
+    let count_at = payload_len - 4;
+    let count = u32::from_le_bytes(tail[tail.len() - 4..].try_into().expect("4 bytes")) as usize;
+    let entry_len = entry_len(version);
     let index_len = count
-        .checked_mul(ENTRY_LEN)
+        .checked_mul(entry_len)
         .filter(|l| *l <= count_at)
         .ok_or_else(|| {
             corrupt(format!(
-                "index claims {count} sections, more than the payload of {} bytes holds",
-                payload.len()
+                "index claims {count} sections, more than the payload of {payload_len} bytes holds"
             ))
         })?;
+    if tail.len() < index_len + 4 {
+        return Ok(Tail::Needs(index_len + 4));
+    }
     let data_end = count_at - index_len;
+    let entries = &tail[tail.len() - 4 - index_len..tail.len() - 4];
+    let with_crcs = version >= SECTION_CRCS_SINCE;
     let mut sections = Vec::with_capacity(count);
     let mut next = 0usize;
-    for entry in payload[data_end..count_at].chunks_exact(ENTRY_LEN) {
+    for entry in entries.chunks_exact(entry_len) {
         let group = u32::from_le_bytes(entry[0..4].try_into().expect("4 bytes"));
         let kind = match entry[4] {
             0 => SectionKind::Base,
@@ -200,6 +253,8 @@ pub fn index(path: &str, payload: &[u8]) -> Result<Vec<Section>> {
         };
         let offset = u64::from_le_bytes(entry[5..13].try_into().expect("8 bytes"));
         let len = u64::from_le_bytes(entry[13..21].try_into().expect("8 bytes"));
+        let crc32 =
+            with_crcs.then(|| u32::from_le_bytes(entry[21..25].try_into().expect("4 bytes")));
         let end = offset
             .checked_add(len)
             .filter(|e| *e <= data_end as u64)
@@ -208,15 +263,15 @@ pub fn index(path: &str, payload: &[u8]) -> Result<Vec<Section>> {
                     "section of key group {group} at {offset}+{len} lies outside the {data_end} section bytes"
                 ))
             })?;
-        if sections.last().is_some_and(|s: &Section| s.group >= group) {
+        if let Some(last) = sections.last().filter(|s: &&Section| s.group >= group) {
             return Err(corrupt(format!(
                 "key group {group} follows key group {} in the index",
-                sections.last().map_or(0, |s: &Section| s.group)
+                last.group
             )));
         }
-        if (offset as usize) < next {
+        if (offset as usize) < next || (with_crcs && offset as usize != next) {
             return Err(corrupt(format!(
-                "section of key group {group} overlaps the one before it"
+                "section of key group {group} at {offset} does not start where the one before it ends ({next})"
             )));
         }
         next = end as usize;
@@ -224,9 +279,127 @@ pub fn index(path: &str, payload: &[u8]) -> Result<Vec<Section>> {
             group,
             kind,
             range: offset as usize..end as usize,
+            crc32,
         });
     }
-    Ok(sections)
+    if with_crcs && next != data_end {
+        return Err(corrupt(format!(
+            "the sections end at {next}, not where the index starts ({data_end})"
+        )));
+    }
+    Ok(Tail::Index(sections))
+}
+
+/// Reads the index of a whole packed payload of format `version` (the bytes after the
+/// header, whose checksum was checked already). `path` names the object in errors.
+pub fn index(path: &str, version: u16, payload: &[u8]) -> Result<Vec<Section>> {
+    match index_from_tail(path, version, payload.len(), payload)? {
+        Tail::Index(sections) => Ok(sections),
+        Tail::Needs(n) => Err(CheckpointError::Corrupt {
+            path: path.to_string(),
+            reason: format!(
+                "index needs {n} bytes, more than the payload of {} bytes holds",
+                payload.len()
+            ),
+        }),
+    }
+}
+
+/// Checks that the sections' CRCs (from a version 4 index) and the CRC of `tail`, the
+/// payload's last bytes from the index on, combine into `payload_crc`, the header's: the
+/// index is then the one the object was written with, and each section's bytes can be
+/// checked alone ([`check_section`]).
+pub fn check_index(path: &str, payload_crc: u32, sections: &[Section], tail: &[u8]) -> Result<()> {
+    let mut crc = crc32fast::Hasher::new();
+    for s in sections {
+        let Some(section_crc) = s.crc32 else {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_string(),
+                reason: format!("section of key group {} has no CRC in its index", s.group),
+            });
+        };
+        crc.combine(&crc32fast::Hasher::new_with_initial_len(
+            section_crc,
+            s.range.len() as u64,
+        ));
+    }
+    crc.update(tail);
+    let combined = crc.finalize();
+    if combined != payload_crc {
+        return Err(CheckpointError::Corrupt {
+            path: path.to_string(),
+            reason: format!(
+                "checksum mismatch: header {payload_crc:08x}, sections and index {combined:08x}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the bytes read for `section` against the CRC its index records.
+pub fn check_section(path: &str, section: &Section, bytes: &[u8]) -> Result<()> {
+    let actual = codec::crc32(bytes);
+    if bytes.len() != section.range.len() || section.crc32 != Some(actual) {
+        return Err(CheckpointError::Corrupt {
+            path: path.to_string(),
+            reason: format!(
+                "section of key group {} at {}+{}: read {} bytes with crc {actual:08x}, the index records {:08x?}",
+                section.group,
+                section.range.start,
+                section.range.len(),
+                bytes.len(),
+                section.crc32
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// How to read the sections a restore needs from a packed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadPlan {
+    /// Read the whole object: it needs (almost) all of it.
+    Whole,
+    /// Read these payload byte ranges, ascending and disjoint; each needed section lies
+    /// inside one of them.
+    Ranges(Vec<std::ops::Range<usize>>),
+}
+
+/// Plans the reads of the `sections` for which `needed` holds: ranges that cover them,
+/// merging neighbours less than `gap` bytes apart (a read of the gap costs less than
+/// another request), or the whole object once that would read 7/8 of the sections'
+/// bytes or more.
+pub fn plan_reads(sections: &[Section], needed: impl Fn(&Section) -> bool, gap: usize) -> ReadPlan {
+    let total: usize = sections.iter().map(|s| s.range.len()).sum();
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    for s in sections.iter().filter(|s| needed(s)) {
+        match ranges.last_mut() {
+            Some(last) if s.range.start.saturating_sub(last.end) < gap => {
+                last.end = last.end.max(s.range.end)
+            }
+            _ => ranges.push(s.range.clone()),
+        }
+    }
+    let read: usize = ranges.iter().map(|r| r.len()).sum();
+    if total > 0 && read >= total - total / 8 {
+        return ReadPlan::Whole;
+    }
+    ReadPlan::Ranges(ranges)
+}
+
+/// Decodes one section from its bytes. `path` names the object in errors.
+pub fn decode_section_bytes<T: DeserializeOwned>(
+    path: &str,
+    section: &Section,
+    bytes: &[u8],
+) -> Result<T> {
+    bincode::deserialize(bytes).map_err(|e| CheckpointError::Corrupt {
+        path: path.to_string(),
+        reason: format!(
+            "section of key group {} does not decode: {e}",
+            section.group
+        ),
+    })
 }
 
 /// Decodes one section of a packed payload. `path` names the object in errors.
@@ -241,13 +414,7 @@ pub fn decode_section<T: DeserializeOwned>(
             path: path.to_string(),
             reason: format!("section of key group {} is out of bounds", section.group),
         })?;
-    bincode::deserialize(bytes).map_err(|e| CheckpointError::Corrupt {
-        path: path.to_string(),
-        reason: format!(
-            "section of key group {} does not decode: {e}",
-            section.group
-        ),
-    })
+    decode_section_bytes(path, section, bytes)
 }
 
 /// Checks a whole packed object (header, checksum, index) and returns its payload and
@@ -260,7 +427,8 @@ pub fn open<'a>(path: &str, bytes: &'a [u8]) -> Result<(&'a [u8], Vec<Section>)>
             reason: format!("expected a packed object, found {kind:?}"),
         });
     }
-    Ok((payload, index(path, payload)?))
+    let version = codec::version(bytes).unwrap_or(codec::FORMAT_VERSION);
+    Ok((payload, index(path, version, payload)?))
 }
 
 #[cfg(test)]
@@ -321,23 +489,134 @@ mod tests {
     fn damaged_indexes_are_errors_naming_the_object() {
         let bytes = object();
         let (payload, _) = open("p", &bytes).unwrap();
+        let entry = entry_len(codec::FORMAT_VERSION);
         // Forge payloads with a valid framing around a broken index.
         let reframe = |payload: &[u8]| codec::frame(PayloadKind::Packed, payload);
         let mut huge = payload.to_vec();
         let n = huge.len();
         huge[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
         let mut outside = payload.to_vec();
-        let first_len_at = n - 4 - 2 * ENTRY_LEN + 13;
+        let first_len_at = n - 4 - 2 * entry + 13;
         outside[first_len_at..first_len_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         let mut unordered = payload.to_vec();
-        let second_group_at = n - 4 - ENTRY_LEN;
+        let second_group_at = n - 4 - entry;
         unordered[second_group_at..second_group_at + 4].copy_from_slice(&1u32.to_le_bytes());
-        for forged in [huge, outside, unordered, vec![1, 2]] {
+        // Since version 4, sections lie end to end: a gap between them is damage.
+        let mut gap = payload.to_vec();
+        let second_offset_at = n - 4 - entry + 5;
+        gap[second_offset_at] += 1;
+        for forged in [huge, outside, unordered, gap, vec![1, 2]] {
             let err = open("job/chk-1/op/w0-g0", &reframe(&forged)).unwrap_err();
             assert!(err.to_string().contains("job/chk-1/op/w0-g0"), "{err}");
         }
         let mut flipped = bytes.clone();
         flipped[HEADER_LEN + 1] ^= 1;
         assert!(open("p", &flipped).is_err());
+    }
+
+    /// A packed object as versions 2 and 3 wrote it: 21-byte entries without CRCs.
+    fn version_3_object(sections: &[(u32, SectionKind, Vec<u8>)]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        let mut index = Vec::new();
+        for (group, kind, bytes) in sections {
+            index.extend_from_slice(&group.to_le_bytes());
+            index.push(kind.byte());
+            index.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            index.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            payload.extend_from_slice(bytes);
+        }
+        payload.extend_from_slice(&index);
+        payload.extend_from_slice(&(sections.len() as u32).to_le_bytes());
+        let mut out = codec::frame(PayloadKind::Packed, &payload);
+        out[4..6].copy_from_slice(&3u16.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn objects_of_version_3_are_read_whole_without_section_crcs() {
+        let base = bincode::serialize(&vec![(1u64, 10u64)]).unwrap();
+        let bytes = version_3_object(&[(2, SectionKind::Base, base)]);
+        assert_eq!(codec::version(&bytes), Some(3));
+        let (payload, sections) = open("old", &bytes).unwrap();
+        assert_eq!(sections[0].crc32, None);
+        let map: Vec<(u64, u64)> = decode_section("old", payload, &sections[0]).unwrap();
+        assert_eq!(map, vec![(1, 10)]);
+        // Its sections cannot be checked alone.
+        assert!(check_index("old", 0, &sections, &[]).is_err());
+        assert!(check_section("old", &sections[0], &payload[sections[0].range.clone()]).is_err());
+    }
+
+    #[test]
+    fn sections_read_alone_are_tied_to_the_header_crc() {
+        let bytes = object();
+        let payload = &bytes[HEADER_LEN..];
+        let version = codec::version(&bytes).unwrap();
+        let header_crc = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
+        // A tail too short for the index asks for the bytes it needs.
+        let needs =
+            match index_from_tail("p", version, payload.len(), &payload[payload.len() - 4..]) {
+                Ok(Tail::Needs(n)) => n,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(needs, 2 * entry_len(version) + 4);
+        let tail = &payload[payload.len() - needs..];
+        let Tail::Index(sections) = index_from_tail("p", version, payload.len(), tail).unwrap()
+        else {
+            panic!("the whole index was given")
+        };
+        assert_eq!(sections, open("p", &bytes).unwrap().1);
+        check_index("p", header_crc, &sections, tail).unwrap();
+        for s in &sections {
+            check_section("p", s, &payload[s.range.clone()]).unwrap();
+        }
+        // A damaged tail, a wrong header CRC, a damaged section: errors naming the object.
+        let mut bad_tail = tail.to_vec();
+        bad_tail[5] ^= 1;
+        let e = check_index("p/x", header_crc, &sections, &bad_tail).unwrap_err();
+        assert!(e.to_string().contains("p/x"), "{e}");
+        assert!(check_index("p", header_crc ^ 1, &sections, tail).is_err());
+        let mut section = payload[sections[1].range.clone()].to_vec();
+        section[0] ^= 1;
+        let e = check_section("p/x", &sections[1], &section).unwrap_err();
+        assert!(e.to_string().contains("key group 7"), "{e}");
+        assert!(check_section("p", &sections[1], &section[1..]).is_err());
+    }
+
+    fn section(group: u32, range: std::ops::Range<usize>) -> Section {
+        Section {
+            group,
+            kind: SectionKind::Delta,
+            range,
+            crc32: Some(0),
+        }
+    }
+
+    #[test]
+    fn plans_merge_close_sections_and_read_whole_past_seven_eighths() {
+        let sections: Vec<Section> = (0..16)
+            .map(|g| section(g, g as usize * 100..(g as usize + 1) * 100))
+            .collect();
+        // Every other section, gaps of 100 bytes: separate ranges under a small gap,
+        // merged under a larger one.
+        let even = |s: &Section| s.group % 2 == 0 && s.group < 8;
+        assert_eq!(
+            plan_reads(&sections, even, 50),
+            ReadPlan::Ranges(vec![0..100, 200..300, 400..500, 600..700])
+        );
+        assert_eq!(
+            plan_reads(&sections, even, 101),
+            ReadPlan::Ranges(vec![0..700])
+        );
+        assert_eq!(
+            plan_reads(&sections, |_| false, 0),
+            ReadPlan::Ranges(vec![])
+        );
+        // 14 of 16 sections: 7/8 of the bytes, read whole.
+        assert_eq!(plan_reads(&sections, |s| s.group < 14, 0), ReadPlan::Whole);
+        assert!(matches!(
+            plan_reads(&sections, |s| s.group < 13, 0),
+            ReadPlan::Ranges(_)
+        ));
+        assert_eq!(plan_reads(&[], |_| true, 0), ReadPlan::Ranges(vec![]));
     }
 }

@@ -81,7 +81,7 @@ where
     metrics.started();
     let (local, peers) = local_workers(&config);
     let local_count = local.len();
-    let restored_bytes: u64 = pre.parts.iter().map(|p| p.entry().size).sum();
+    let restored_bytes: u64 = pre.parts.iter().map(|p| p.bytes_read()).sum();
     let restored_parts = RestoredParts::new(pre.parts, local, config.key_groups, peers);
     let shared = Arc::new(Shared {
         clock: EpochClock::new(

@@ -540,7 +540,7 @@ where
         } else {
             for section in part.sections()? {
                 if section.group == META_GROUP {
-                    let bytes = part.payload()[section.range.clone()].to_vec();
+                    let bytes = part.section_bytes(&section)?.to_vec();
                     self.restored_meta.push(bytes);
                     continue;
                 }

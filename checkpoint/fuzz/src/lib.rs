@@ -173,8 +173,8 @@ fn verify(object: &[u8]) {
         match verified {
             Ok(part) => {
                 assert!(sound, "a part with an unsound header verified");
-                assert_eq!(part.bytes().as_ref(), object);
-                assert_eq!(part.payload(), &object[codec::HEADER_LEN..]);
+                assert_eq!(part.whole().unwrap().as_ref(), object);
+                assert_eq!(part.payload().unwrap(), &object[codec::HEADER_LEN..]);
                 verified_decode::<shapes::Positions>(&part, object);
                 verified_decode::<shapes::KeyedCounts>(&part, object);
                 verified_decode::<shapes::Blobs>(&part, object);
@@ -471,6 +471,7 @@ fn packed_object(object: &[u8]) {
         }
         Err(e) => assert_names(&e, PATH),
     }
+    sections_read_alone(object);
     let crc = codec::object_crc32(object);
     for packed in [Some(vec![(0, KEY_GROUPS)]), Some(vec![]), None] {
         let entry = PartEntry {
@@ -491,13 +492,53 @@ fn packed_object(object: &[u8]) {
     }
 }
 
+/// The object read as a restore reads the sections it needs: its header, then its
+/// tail (first a short one, then as long as the index asks), then the index checked
+/// against the header's CRC and each section against its own. Whatever this accepts,
+/// a whole read accepts too, with the same index and bytes.
+fn sections_read_alone(object: &[u8]) {
+    let Ok(header) = codec::read_header(PATH, object) else {
+        return;
+    };
+    let payload = &object[codec::HEADER_LEN..];
+    if header.kind != PayloadKind::Packed || header.len != payload.len() as u64 {
+        return;
+    }
+    let tail_of = |n: usize| &payload[payload.len() - n.min(payload.len())..];
+    let mut tail = tail_of(64);
+    let mut parsed = pack::index_from_tail(PATH, header.version, payload.len(), tail);
+    if let Ok(pack::Tail::Needs(n)) = parsed {
+        assert!(n > tail.len() && n <= payload.len(), "needs {n} of {}", payload.len());
+        tail = tail_of(n);
+        parsed = pack::index_from_tail(PATH, header.version, payload.len(), tail);
+    }
+    let sections = match parsed {
+        Ok(pack::Tail::Index(sections)) => sections,
+        Ok(pack::Tail::Needs(n)) => panic!("the whole index of {n} bytes was given"),
+        Err(e) => return assert_names(&e, PATH),
+    };
+    let index_len = sections.len() * pack::entry_len(header.version) + 4;
+    if let Err(e) = pack::check_index(PATH, header.crc, &sections, &tail[tail.len() - index_len..]) {
+        return assert_names(&e, PATH);
+    }
+    for s in &sections {
+        if let Err(e) = pack::check_section(PATH, s, &payload[s.range.clone()]) {
+            return assert_names(&e, PATH);
+        }
+    }
+    let (whole, again) = pack::open(PATH, object).expect("an object whose sections check opens whole");
+    assert_eq!(again, sections);
+    assert_eq!(whole, payload);
+    let _ = pack::plan_reads(&sections, |s| s.group % 2 == 0, 1 << 10);
+}
+
 /// The `packed` target: `data` as a packed object (see `weir_checkpoint::pack`), and as
 /// the payload of one with a valid header.
 pub fn packed(data: &[u8]) {
     packed_object(data);
     packed_object(&codec::frame(PayloadKind::Packed, data));
     // The index alone, as `pack::open` reads it after the header.
-    if let Ok(sections) = pack::index(PATH, data) {
+    if let Ok(sections) = pack::index(PATH, codec::FORMAT_VERSION, data) {
         assert_eq!(
             pack::open(PATH, &codec::frame(PayloadKind::Packed, data))
                 .unwrap()

@@ -5,6 +5,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{PutMode, PutOptions, PutPayload};
 
+use super::parts::Reads;
 use super::{CheckpointStore, RestorePoint};
 use crate::codec;
 use crate::error::{CheckpointError, Result, Retry};
@@ -164,7 +165,7 @@ impl CheckpointStore {
         keep: &(dyn Fn(&PartEntry) -> bool + Sync),
     ) -> Result<RestorePoint> {
         if let RestoreTarget::Savepoint(name) = target {
-            return self.read_savepoint_keeping(name, keep).await;
+            return self.read_savepoint_keeping(name, keep, Reads::Needed).await;
         }
         let (complete, _) = self.list().await?;
         let candidates = protocol::restore_candidates(target, &complete);
@@ -185,7 +186,7 @@ impl CheckpointStore {
         let mut tried = Vec::new();
         let mut uncommitted = Vec::new();
         for epoch in candidates {
-            match self.verify_keeping(epoch, keep).await {
+            match self.verify_keeping(epoch, keep, Reads::Needed).await {
                 Ok(mut point) => {
                     if !tried.is_empty() {
                         tracing::warn!(epoch = %epoch, skipped = ?tried, "restoring from an older checkpoint because newer ones failed verification");
@@ -230,18 +231,23 @@ impl CheckpointStore {
 
     /// Reads checkpoint `epoch`'s manifest and checks every part's size and checksum.
     pub async fn verify(&self, epoch: Epoch) -> Result<Manifest> {
-        Ok(self.verify_keeping(epoch, &|_| false).await?.manifest)
+        Ok(self
+            .verify_keeping(epoch, &|_| false, Reads::Whole)
+            .await?
+            .manifest)
     }
 
-    /// [`Self::verify`], keeping the verified parts for which `keep` is true.
+    /// [`Self::verify`], keeping the verified parts for which `keep` is true, reading
+    /// what `reads` says of each.
     pub(super) async fn verify_keeping(
         &self,
         epoch: Epoch,
         keep: &(dyn Fn(&PartEntry) -> bool + Sync),
+        reads: Reads,
     ) -> Result<RestorePoint> {
         let manifest = self.read_manifest(epoch).await?;
         self.check_committed(&manifest).await?;
-        let parts = self.verify_parts(&manifest, keep).await?;
+        let parts = self.verify_parts(&manifest, keep, reads).await?;
         Ok(RestorePoint {
             manifest,
             parts,

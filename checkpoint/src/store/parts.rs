@@ -1,6 +1,8 @@
 //! State and position parts: written once, read back and verified (size, whole-object
 //! CRC, header) before anything is decoded.
 
+use std::collections::BTreeSet;
+
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -10,14 +12,36 @@ use crate::codec;
 use crate::error::{CheckpointError, Result};
 use crate::ids::WorkerIndex;
 use crate::manifest::{Manifest, PartEntry};
+use crate::pack::{self, Section};
 
 /// A checkpoint part once read back and verified: its size and whole-object CRC match
 /// its manifest entry, and its header and payload CRC are sound.
+///
+/// A part read for a restore may hold only the sections of a packed object that the
+/// restore needs ([`CheckpointStore::get_part_needed`]), each checked against the CRC
+/// its index records, the index against the header and the header against the manifest.
 #[derive(Debug, Clone)]
 pub struct VerifiedPart {
     entry: PartEntry,
-    bytes: bytes::Bytes,
+    data: Data,
     kind: codec::PayloadKind,
+    version: u16,
+}
+
+/// The bytes a [`VerifiedPart`] holds.
+#[derive(Debug, Clone)]
+enum Data {
+    /// The whole object, header included.
+    Whole(bytes::Bytes),
+    /// Some sections of a packed object.
+    Sections {
+        /// The object's whole index.
+        sections: Vec<Section>,
+        /// The payload ranges read, ascending: (payload offset, bytes).
+        chunks: Vec<(usize, bytes::Bytes)>,
+        /// Every byte read: header, tail and ranges.
+        read: u64,
+    },
 }
 
 impl VerifiedPart {
@@ -38,11 +62,43 @@ impl VerifiedPart {
             });
         }
         let (kind, _) = codec::unframe_with(&entry.path, &bytes, sums.payload)?;
+        let version = codec::version(&bytes).unwrap_or(codec::FORMAT_VERSION);
         Ok(VerifiedPart {
             entry: entry.clone(),
-            bytes,
+            data: Data::Whole(bytes),
             kind,
+            version,
         })
+    }
+
+    /// A packed part of which only the `chunks` (payload offset, bytes) were read, with
+    /// the index `sections` already checked against `header` ([`pack::check_index`]):
+    /// checks each section for which `needed` holds against its CRC. `read` counts every
+    /// byte read.
+    fn from_sections(
+        entry: &PartEntry,
+        header: &codec::FrameHeader,
+        sections: Vec<Section>,
+        chunks: Vec<(usize, bytes::Bytes)>,
+        read: u64,
+        needed: impl Fn(&Section) -> bool,
+    ) -> Result<Self> {
+        let part = VerifiedPart {
+            entry: entry.clone(),
+            data: Data::Sections {
+                sections,
+                chunks,
+                read,
+            },
+            kind: header.kind,
+            version: header.version,
+        };
+        if let Data::Sections { sections, .. } = &part.data {
+            for section in sections.iter().filter(|s| needed(s)) {
+                pack::check_section(&entry.path, section, part.section_bytes(section)?)?;
+            }
+        }
+        Ok(part)
     }
 
     /// The entry from the manifest.
@@ -50,39 +106,83 @@ impl VerifiedPart {
         &self.entry
     }
 
-    /// The object's bytes as written (header included).
-    pub fn bytes(&self) -> &bytes::Bytes {
-        &self.bytes
+    /// The object's bytes as written (header included), if it was read whole.
+    pub fn whole(&self) -> Option<&bytes::Bytes> {
+        match &self.data {
+            Data::Whole(bytes) => Some(bytes),
+            Data::Sections { .. } => None,
+        }
     }
 
-    /// The payload after the header.
-    pub fn payload(&self) -> &[u8] {
-        &self.bytes[codec::HEADER_LEN..]
+    /// How many of the object's bytes were read: all of them, or the header, the index
+    /// and the sections a restore needed.
+    pub fn bytes_read(&self) -> u64 {
+        match &self.data {
+            Data::Whole(bytes) => bytes.len() as u64,
+            Data::Sections { read, .. } => *read,
+        }
+    }
+
+    /// The payload after the header; an error for a part of which only some sections
+    /// were read.
+    pub fn payload(&self) -> Result<&[u8]> {
+        match &self.data {
+            Data::Whole(bytes) => Ok(&bytes[codec::HEADER_LEN..]),
+            Data::Sections { .. } => Err(CheckpointError::Corrupt {
+                path: self.entry.path.clone(),
+                reason: "only some sections of this packed object were read, not its whole payload"
+                    .into(),
+            }),
+        }
     }
 
     /// Decodes the bincode payload (as [`codec::decode`] does, without checking the
     /// checksum a second time).
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        codec::decode_payload(&self.entry.path, self.kind, self.payload())
+        codec::decode_payload(&self.entry.path, self.kind, self.payload()?)
     }
 
     /// The sections of a packed object (see [`crate::pack`]), from its index.
-    pub fn sections(&self) -> Result<Vec<crate::pack::Section>> {
+    pub fn sections(&self) -> Result<Vec<Section>> {
         if self.kind != codec::PayloadKind::Packed {
             return Err(CheckpointError::Corrupt {
                 path: self.entry.path.clone(),
                 reason: format!("expected a packed object, found {:?}", self.kind),
             });
         }
-        crate::pack::index(&self.entry.path, self.payload())
+        match &self.data {
+            Data::Whole(_) => pack::index(&self.entry.path, self.version, self.payload()?),
+            Data::Sections { sections, .. } => Ok(sections.clone()),
+        }
+    }
+
+    /// The bytes of one section of a packed object; an error for a section that was not
+    /// read.
+    pub fn section_bytes(&self, section: &Section) -> Result<&[u8]> {
+        let found = match &self.data {
+            Data::Whole(bytes) => bytes[codec::HEADER_LEN..].get(section.range.clone()),
+            Data::Sections { chunks, .. } => {
+                let at = chunks.partition_point(|(start, _)| *start <= section.range.start);
+                at.checked_sub(1).and_then(|i| {
+                    let (start, bytes) = &chunks[i];
+                    bytes.get(section.range.start - start..section.range.end - start)
+                })
+            }
+        };
+        found.ok_or_else(|| CheckpointError::Corrupt {
+            path: self.entry.path.clone(),
+            reason: format!(
+                "section of key group {} at {}+{} was not read (or lies outside the object)",
+                section.group,
+                section.range.start,
+                section.range.len()
+            ),
+        })
     }
 
     /// Decodes one section of a packed object.
-    pub fn decode_section<T: serde::de::DeserializeOwned>(
-        &self,
-        section: &crate::pack::Section,
-    ) -> Result<T> {
-        crate::pack::decode_section(&self.entry.path, self.payload(), section)
+    pub fn decode_section<T: serde::de::DeserializeOwned>(&self, section: &Section) -> Result<T> {
+        pack::decode_section_bytes(&self.entry.path, section, self.section_bytes(section)?)
     }
 }
 
@@ -136,6 +236,50 @@ fn map_file(file: &std::path::Path) -> std::io::Result<bytes::Bytes> {
         Ok(map) => Ok(bytes::Bytes::from_owner(map)),
         // A file system that cannot map files (some FUSE mounts): read it instead.
         Err(_) => std::fs::read(file).map(bytes::Bytes::from),
+    }
+}
+
+/// Packed parts this large are read section by section when a restore needs only some
+/// of their sections.
+const SECTIONS_FROM: u64 = 1 << 20;
+/// The tail of a packed part read first, in the hope that it holds the whole index.
+const TAIL_GUESS: usize = 64 << 10;
+/// Needed sections of a local file closer than this are mapped as one range.
+const LOCAL_GAP: usize = 64 << 10;
+/// Needed sections in an object store closer than this are read in one request.
+const REMOTE_GAP: usize = 1 << 20;
+
+/// Where [`CheckpointStore::get_part_needed`] reads from.
+enum Source {
+    /// A file of a local directory.
+    Local(std::path::PathBuf),
+    /// An object store; the version (ETag) of the object that the first read returned.
+    Remote(std::sync::Mutex<Option<String>>),
+}
+
+/// The bytes `range` of `file`, mapped read-only (see [`map_file`] for why that is sound),
+/// or read where the file system cannot map files.
+fn map_range(file: &std::fs::File, range: std::ops::Range<u64>) -> std::io::Result<bytes::Bytes> {
+    let len = (range.end - range.start) as usize;
+    if len == 0 {
+        return Ok(bytes::Bytes::new());
+    }
+    // SAFETY: as in `map_file`: a read-only mapping of a checkpoint object, which weir
+    // never writes once it exists.
+    match unsafe {
+        memmap2::MmapOptions::new()
+            .offset(range.start)
+            .len(len)
+            .populate()
+            .map(file)
+    } {
+        Ok(map) => Ok(bytes::Bytes::from_owner(map)),
+        Err(_) => {
+            use std::os::unix::fs::FileExt;
+            let mut out = vec![0; len];
+            file.read_exact_at(&mut out, range.start)?;
+            Ok(out.into())
+        }
     }
 }
 
@@ -275,6 +419,200 @@ impl CheckpointStore {
         }
     }
 
+    /// Reads the sections of a packed part that a restore needs: every section but those
+    /// of the key groups in `skip`, which later parts of the chain replace with a newer
+    /// base ([`crate::manifest::superseded_groups`]).
+    ///
+    /// It reads the header and the index, checks the header against the manifest's size
+    /// and CRC and the index against the header ([`pack::check_index`]), reads the needed
+    /// sections in ranged reads, several at once from an object store, and checks each
+    /// against its CRC. An object that is small, of a format before section CRCs, or of
+    /// which a restore needs nearly every byte is read whole ([`Self::get_part`]).
+    pub async fn get_part_needed(
+        &self,
+        entry: &PartEntry,
+        skip: &BTreeSet<u32>,
+    ) -> Result<VerifiedPart> {
+        if entry.packed.is_none() || skip.is_empty() || entry.size < SECTIONS_FROM {
+            return self.get_part(entry).await;
+        }
+        let path = Path::from(entry.path.as_str());
+        let source = match &self.local_files {
+            Some(files) => Source::Local(
+                files
+                    .path_to_filesystem(&path)
+                    .map_err(|e| CheckpointError::storage("get", &path, e))?,
+            ),
+            None => Source::Remote(std::sync::Mutex::new(None)),
+        };
+        let read = |range: std::ops::Range<u64>| self.read_range(&source, &path, entry.size, range);
+        // A store that cannot serve a range still serves the object whole.
+        let Ok(head) = read(0..codec::HEADER_LEN as u64).await else {
+            return self.get_part(entry).await;
+        };
+        let header = codec::read_header(&entry.path, &head)?;
+        if header.version < pack::SECTION_CRCS_SINCE || header.kind != codec::PayloadKind::Packed {
+            return self.get_part(entry).await;
+        }
+        if header.len + codec::HEADER_LEN as u64 != entry.size || header.object_crc != entry.crc32 {
+            return Err(CheckpointError::Corrupt {
+                path: entry.path.clone(),
+                reason: format!(
+                    "header claims {} bytes with crc {:08x}; the manifest recorded {} bytes with crc {:08x}",
+                    header.len + codec::HEADER_LEN as u64,
+                    header.object_crc,
+                    entry.size,
+                    entry.crc32
+                ),
+            });
+        }
+        let payload_len = header.len as usize;
+        let tail_of = |n: usize| (entry.size - n as u64)..entry.size;
+        let mut tail = read(tail_of(TAIL_GUESS.min(payload_len))).await?;
+        let mut bytes_read = (head.len() + tail.len()) as u64;
+        let mut parsed = pack::index_from_tail(&entry.path, header.version, payload_len, &tail)?;
+        if let pack::Tail::Needs(n) = parsed {
+            tail = read(tail_of(n)).await?;
+            bytes_read += tail.len() as u64;
+            parsed = pack::index_from_tail(&entry.path, header.version, payload_len, &tail)?;
+        }
+        let pack::Tail::Index(sections) = parsed else {
+            return Err(CheckpointError::Corrupt {
+                path: entry.path.clone(),
+                reason: "the index is longer than the bytes read for it".into(),
+            });
+        };
+        let index_len = sections.len() * pack::entry_len(header.version) + 4;
+        pack::check_index(
+            &entry.path,
+            header.crc,
+            &sections,
+            &tail[tail.len() - index_len..],
+        )?;
+        let needed = |s: &Section| !skip.contains(&s.group);
+        let (gap, chunk) = match source {
+            Source::Local(_) => (LOCAL_GAP, usize::MAX),
+            Source::Remote(_) => (REMOTE_GAP, RANGE_BYTES as usize),
+        };
+        let pack::ReadPlan::Ranges(ranges) = pack::plan_reads(&sections, needed, gap) else {
+            return self.get_part(entry).await;
+        };
+        // Each planned range in requests of at most `chunk` bytes, several in flight.
+        let base = codec::HEADER_LEN as u64;
+        let pieces: Vec<(usize, std::ops::Range<u64>)> = ranges
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| {
+                (r.start..r.end).step_by(chunk).map(move |at| {
+                    (
+                        i,
+                        base + at as u64..base + at.saturating_add(chunk).min(r.end) as u64,
+                    )
+                })
+            })
+            .collect();
+        let mut reads = futures::stream::iter(pieces)
+            .map(|(i, r)| async move { Ok::<_, CheckpointError>((i, read(r).await?)) })
+            .buffered(RANGES_IN_FLIGHT);
+        let mut chunks: Vec<(usize, Vec<bytes::Bytes>)> =
+            ranges.iter().map(|r| (r.start, Vec::new())).collect();
+        while let Some(piece) = reads.next().await {
+            let (i, bytes) = piece?;
+            bytes_read += bytes.len() as u64;
+            chunks[i].1.push(bytes);
+        }
+        let chunks = chunks
+            .into_iter()
+            .map(|(start, mut pieces)| match pieces.len() {
+                1 => (start, pieces.pop().expect("one piece")),
+                _ => (start, pieces.concat().into()),
+            })
+            .collect();
+        VerifiedPart::from_sections(entry, &header, sections, chunks, bytes_read, needed)
+    }
+
+    /// Reads `range` of the object at `path`, whose manifest records `size` bytes: a
+    /// read-only mapping of a local file's pages, or a ranged read from an object store
+    /// that must come from the same version of the object as the reads before it.
+    async fn read_range(
+        &self,
+        source: &Source,
+        path: &Path,
+        size: u64,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes> {
+        let len = range.end - range.start;
+        let wrong_size = |found: u64| CheckpointError::Corrupt {
+            path: path.to_string(),
+            reason: format!("object has {found} bytes; the manifest recorded {size} bytes"),
+        };
+        match source {
+            Source::Local(file) => {
+                let file = file.clone();
+                let name = path.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let f = std::fs::File::open(&file)?;
+                    let found = f.metadata()?.len();
+                    if found != size {
+                        return Ok(Err(found));
+                    }
+                    map_range(&f, range).map(Ok)
+                });
+                let generic = |source: Box<dyn std::error::Error + Send + Sync>| {
+                    object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source,
+                    }
+                };
+                match read.await {
+                    Ok(Ok(Ok(bytes))) => Ok(bytes),
+                    Ok(Ok(Err(found))) => Err(wrong_size(found)),
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Err(CheckpointError::storage(
+                            "get",
+                            &name,
+                            object_store::Error::NotFound {
+                                path: name.to_string(),
+                                source: Box::new(e),
+                            },
+                        ))
+                    }
+                    Ok(Err(e)) => Err(CheckpointError::storage("get", &name, generic(Box::new(e)))),
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => Err(CheckpointError::storage("get", &name, generic(Box::new(e)))),
+                }
+            }
+            Source::Remote(version) => {
+                let if_match = version.lock().expect("poisoned").clone();
+                let opts = object_store::GetOptions {
+                    range: Some(object_store::GetRange::Bounded(range)),
+                    if_match,
+                    ..Default::default()
+                };
+                let storage = |e| CheckpointError::storage("get", path, e);
+                let got = self.store.get_opts(path, opts).await.map_err(storage)?;
+                if got.meta.size != size {
+                    return Err(wrong_size(got.meta.size));
+                }
+                let e_tag = got.meta.e_tag.clone();
+                let bytes = got.bytes().await.map_err(storage)?;
+                if bytes.len() as u64 != len {
+                    return Err(CheckpointError::Corrupt {
+                        path: path.to_string(),
+                        reason: format!("a ranged read of {len} bytes returned {}", bytes.len()),
+                    });
+                }
+                // Later ranges must come from the same object: one replaced meanwhile
+                // fails its precondition instead of mixing two objects' bytes.
+                let mut version = version.lock().expect("poisoned");
+                if version.is_none() {
+                    *version = e_tag;
+                }
+                Ok(bytes)
+            }
+        }
+    }
+
     /// Reads a large object of `size` bytes (its manifest's size) as ranged reads of
     /// [`RANGE_BYTES`], [`RANGES_IN_FLIGHT`] at once: one request streams one
     /// connection's worth, many fill the link to an object store. The first range also
@@ -333,18 +671,29 @@ impl CheckpointStore {
     /// Reads and verifies every part of `manifest`, a few at once; returns the verified
     /// parts for which `keep` is true, in manifest order, and drops the others once
     /// checked. The error is the first failing part's in manifest order.
+    ///
+    /// With `Reads::Needed`, a packed part is read only for the sections a restore
+    /// decodes ([`Self::get_part_needed`]); with `Reads::Whole`, every byte is read and
+    /// checked.
     pub(super) async fn verify_parts(
         &self,
         manifest: &Manifest,
         keep: &(dyn Fn(&PartEntry) -> bool + Sync),
+        reads: Reads,
     ) -> Result<Vec<VerifiedPart>> {
-        let mut waiting = manifest.parts.iter();
+        let skip = match reads {
+            Reads::Needed => crate::manifest::superseded_groups(&manifest.parts),
+            Reads::Whole => vec![BTreeSet::new(); manifest.parts.len()],
+        };
+        let mut waiting = manifest.parts.iter().zip(&skip);
         let mut reads = futures::stream::FuturesOrdered::new();
         let mut kept = Vec::new();
         loop {
             while reads.len() < VERIFY_CONCURRENCY {
-                let Some(part) = waiting.next() else { break };
-                reads.push_back(self.get_part(part));
+                let Some((part, skip)) = waiting.next() else {
+                    break;
+                };
+                reads.push_back(self.get_part_needed(part, skip));
             }
             let Some(part) = reads.next().await else {
                 return Ok(kept);
@@ -355,4 +704,13 @@ impl CheckpointStore {
             }
         }
     }
+}
+
+/// What [`CheckpointStore::verify_parts`] reads of each part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reads {
+    /// Every byte.
+    Whole,
+    /// What a restore decodes.
+    Needed,
 }

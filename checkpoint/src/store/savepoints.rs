@@ -3,6 +3,7 @@
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 
+use super::parts::Reads;
 use super::{CheckpointStore, RestorePoint};
 use crate::error::{CheckpointError, Result};
 use crate::ids::Epoch;
@@ -50,16 +51,18 @@ impl CheckpointStore {
     /// Reads and verifies savepoint `name`.
     pub async fn read_savepoint(&self, name: &str) -> Result<Manifest> {
         Ok(self
-            .read_savepoint_keeping(name, &|_| false)
+            .read_savepoint_keeping(name, &|_| false, Reads::Whole)
             .await?
             .manifest)
     }
 
-    /// [`Self::read_savepoint`], keeping the verified parts for which `keep` is true.
+    /// [`Self::read_savepoint`], keeping the verified parts for which `keep` is true,
+    /// reading what `reads` says of each.
     pub(super) async fn read_savepoint_keeping(
         &self,
         name: &str,
         keep: &(dyn Fn(&PartEntry) -> bool + Sync),
+        reads: Reads,
     ) -> Result<RestorePoint> {
         let manifest = self
             .read_manifest_at(&self.layout.savepoint_manifest(name))
@@ -68,7 +71,7 @@ impl CheckpointStore {
                 job: self.layout.job().to_string(),
                 name: name.to_string(),
             })?;
-        let parts = self.verify_parts(&manifest, keep).await?;
+        let parts = self.verify_parts(&manifest, keep, reads).await?;
         Ok(RestorePoint {
             manifest,
             parts,
