@@ -151,21 +151,33 @@ impl CheckpointStore {
     /// never skipped.
     pub async fn resolve_restore(&self, target: &RestoreTarget) -> Result<Manifest> {
         Ok(self
-            .resolve_restore_keeping(target, &|_| false)
+            .resolve_restore_reading(target, &|_| false, Reads::Whole)
             .await?
             .manifest)
     }
 
     /// [`Self::resolve_restore`], also returning the verified bytes of the chosen
     /// checkpoint's parts for which `keep` is true, so that a restore need not read them
-    /// again. Every part is read and verified exactly once.
+    /// again. Every part is read and verified exactly once: of a packed part, the
+    /// sections that no newer base replaces ([`CheckpointStore::get_part_needed`]).
     pub async fn resolve_restore_keeping(
         &self,
         target: &RestoreTarget,
         keep: &(dyn Fn(&PartEntry) -> bool + Sync),
     ) -> Result<RestorePoint> {
+        self.resolve_restore_reading(target, keep, Reads::Needed)
+            .await
+    }
+
+    /// [`Self::resolve_restore_keeping`], reading what `reads` says of each part.
+    async fn resolve_restore_reading(
+        &self,
+        target: &RestoreTarget,
+        keep: &(dyn Fn(&PartEntry) -> bool + Sync),
+        reads: Reads,
+    ) -> Result<RestorePoint> {
         if let RestoreTarget::Savepoint(name) = target {
-            return self.read_savepoint_keeping(name, keep, Reads::Needed).await;
+            return self.read_savepoint_keeping(name, keep, reads).await;
         }
         let (complete, _) = self.list().await?;
         let candidates = protocol::restore_candidates(target, &complete);
@@ -186,7 +198,7 @@ impl CheckpointStore {
         let mut tried = Vec::new();
         let mut uncommitted = Vec::new();
         for epoch in candidates {
-            match self.verify_keeping(epoch, keep, Reads::Needed).await {
+            match self.verify_keeping(epoch, keep, reads).await {
                 Ok(mut point) => {
                     if !tried.is_empty() {
                         tracing::warn!(epoch = %epoch, skipped = ?tried, "restoring from an older checkpoint because newer ones failed verification");

@@ -239,8 +239,9 @@ fn map_file(file: &std::path::Path) -> std::io::Result<bytes::Bytes> {
     }
 }
 
-/// Packed parts this large are read section by section when a restore needs only some
-/// of their sections.
+/// Packed parts in an object store this large are read section by section when a
+/// restore needs only some of their sections; a smaller one costs fewer requests read
+/// whole. In a local directory every such part is read section by section.
 const SECTIONS_FROM: u64 = 1 << 20;
 /// The tail of a packed part read first, in the hope that it holds the whole index.
 const TAIL_GUESS: usize = 64 << 10;
@@ -426,14 +427,16 @@ impl CheckpointStore {
     /// It reads the header and the index, checks the header against the manifest's size
     /// and CRC and the index against the header ([`pack::check_index`]), reads the needed
     /// sections in ranged reads, several at once from an object store, and checks each
-    /// against its CRC. An object that is small, of a format before section CRCs, or of
-    /// which a restore needs nearly every byte is read whole ([`Self::get_part`]).
+    /// against its CRC. An object of a format before section CRCs, of which a restore
+    /// needs nearly every byte, or small and in an object store, is read whole
+    /// ([`Self::get_part`]).
     pub async fn get_part_needed(
         &self,
         entry: &PartEntry,
         skip: &BTreeSet<u32>,
     ) -> Result<VerifiedPart> {
-        if entry.packed.is_none() || skip.is_empty() || entry.size < SECTIONS_FROM {
+        let remote = self.local_files.is_none();
+        if entry.packed.is_none() || skip.is_empty() || (remote && entry.size < SECTIONS_FROM) {
             return self.get_part(entry).await;
         }
         let path = Path::from(entry.path.as_str());
