@@ -18,7 +18,9 @@
 #   after its "restoring" line, once every part is read and checked), and the time its
 #   "state restored" line reports; on a directory, against `cat`
 #   of the same part files into /dev/null (warm page cache), and the read amplification:
-#   bytes of the parts the manifest lists, over the state's size.
+#   the bytes the restore read (its "state restored" line's parts_bytes: of a packed
+#   part, the header, the index and the sections no newer base replaces), over the
+#   state's size, beside the bytes of the parts the manifest lists.
 #
 #   cargo build --release --bin weir --example state_churn
 #   benches/incremental_state.sh [KEYS] [SECONDS] [MODE] [STORE]
@@ -154,13 +156,14 @@ if half and state:
 
 def at(line):
     return datetime.fromisoformat(json.loads(line)["timestamp"].replace("Z", "+00:00")).timestamp()
-restoring = ended = restored = None
+restoring = ended = restored = read_bytes = None
 for line in open(sys.argv[2]):
     if '"restoring"' in line and restoring is None:
         restoring = at(line)
     if '"state restored' in line:
         rec = json.loads(line)
         restored = rec.get("fields", rec)["seconds"]
+        read_bytes = rec.get("fields", rec).get("parts_bytes")
     if "the run ended" in line:
         ended = at(line)
 bare, part_bytes = float(sys.argv[3]), int(sys.argv[4])
@@ -170,8 +173,10 @@ if restoring and ended:
           f"process start to the run's end; of which {ended - restoring:.2f} s after the parts were read and checked")
     if restored:
         print(f"  state restored {restored:.2f} s after the run started ({state / restored / 1e9:.2f} GB/s of state)")
+    if read_bytes is not None:
+        print(f"  bytes read by the restore: {read_bytes / 2**20:.0f} MiB, read amplification {read_bytes / state:.2f}")
     if part_bytes:
-        print(f"  parts read: {part_bytes / 2**20:.0f} MiB, read amplification {part_bytes / state:.2f}; "
+        print(f"  parts listed: {part_bytes / 2**20:.0f} MiB ({part_bytes / state:.2f} of the state); "
               f"cat of the same files: {bare:.2f} s ({part_bytes / bare / 1e9:.2f} GB/s), "
               f"{state / bare / 1e9:.2f} GB/s of state")
 else:
