@@ -736,10 +736,15 @@ fn watch_peer(
 ) {
     let _ = stream.set_read_timeout(Some(timeout));
     let mut byte = [0u8; 1];
+    let mut excused = false;
     loop {
+        let waiting = Instant::now();
         let reason = match stream.read(&mut byte) {
             Ok(1) if byte[0] == DONE => return,
-            Ok(1) => continue,
+            Ok(1) => {
+                excused = false;
+                continue;
+            }
             Ok(_) => "closed its connection: it exited or was killed".to_string(),
             Err(e)
                 if matches!(
@@ -747,6 +752,13 @@ fn watch_peer(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
+                if !excused && paused_itself(waiting.elapsed(), timeout) {
+                    // This process was stopped itself (SIGSTOP, a frozen machine): its
+                    // peer gets one more timeout to be heard from, and the process's
+                    // own work (a coordinator that finds itself fenced) goes first.
+                    excused = true;
+                    continue;
+                }
                 format!(
                     "sent no heartbeat for {} ms: it is stopped, or the network to it is cut (--peer-timeout-ms)",
                     timeout.as_millis()
@@ -764,6 +776,14 @@ fn watch_peer(
         }
         return;
     }
+}
+
+/// Whether a read that waited `waited` for a heartbeat, with a read timeout of
+/// `timeout`, waited that long because this process was stopped: a running process's
+/// read returns within about its timeout. Taking a late return for a pause costs one
+/// more timeout before a silent peer is declared lost, once.
+fn paused_itself(waited: Duration, timeout: Duration) -> bool {
+    waited >= timeout + timeout / 4
 }
 
 fn watch_rejoins(listener: TcpListener, own: Hello, finished: Arc<AtomicBool>, lost: OnLost) {
@@ -804,6 +824,15 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_well_past_the_timeout_means_this_process_was_stopped() {
+        let timeout = Duration::from_millis(2000);
+        assert!(!paused_itself(Duration::from_millis(2001), timeout));
+        assert!(!paused_itself(Duration::from_millis(2499), timeout));
+        assert!(paused_itself(Duration::from_millis(2500), timeout));
+        assert!(paused_itself(Duration::from_secs(60), timeout));
+    }
 
     fn hello(index: usize, generation: u64, restores: Option<u64>) -> Hello {
         Hello {
