@@ -217,6 +217,12 @@ pub fn read_header(path: &str, bytes: &[u8]) -> Result<FrameHeader> {
     }
     let kind = PayloadKind::from_u16(header.kind)
         .ok_or_else(|| corrupt(format!("unknown payload kind {}", header.kind)))?;
+    if header.len > u64::MAX - HEADER_LEN as u64 {
+        return Err(corrupt(format!(
+            "header says {} payload bytes, more than any object holds",
+            header.len
+        )));
+    }
     Ok(FrameHeader {
         version: header.version,
         kind,
@@ -351,6 +357,23 @@ mod tests {
             msg.contains("job/chk-3/op/w0") && msg.contains("checksum"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_header_claiming_more_bytes_than_any_object_holds_is_named() {
+        let mut bytes = frame(PayloadKind::Packed, b"x");
+        bytes[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        let e = read_header("job/chk-1/op/w0", &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("job/chk-1/op/w0") && e.contains("more than any object holds"),
+            "{e}"
+        );
+        assert!(unframe("p", &bytes).is_err());
+        bytes[8..16].copy_from_slice(&(u64::MAX - HEADER_LEN as u64).to_le_bytes());
+        assert!(read_header("p", &bytes).is_ok());
+        assert!(unframe("p", &bytes).is_err());
     }
 
     #[test]
