@@ -508,7 +508,11 @@ fn sections_read_alone(object: &[u8]) {
     let mut tail = tail_of(64);
     let mut parsed = pack::index_from_tail(PATH, header.version, payload.len(), tail);
     if let Ok(pack::Tail::Needs(n)) = parsed {
-        assert!(n > tail.len() && n <= payload.len(), "needs {n} of {}", payload.len());
+        assert!(
+            n > tail.len() && n <= payload.len(),
+            "needs {n} of {}",
+            payload.len()
+        );
         tail = tail_of(n);
         parsed = pack::index_from_tail(PATH, header.version, payload.len(), tail);
     }
@@ -518,7 +522,8 @@ fn sections_read_alone(object: &[u8]) {
         Err(e) => return assert_names(&e, PATH),
     };
     let index_len = sections.len() * pack::entry_len(header.version) + 4;
-    if let Err(e) = pack::check_index(PATH, header.crc, &sections, &tail[tail.len() - index_len..]) {
+    if let Err(e) = pack::check_index(PATH, header.crc, &sections, &tail[tail.len() - index_len..])
+    {
         return assert_names(&e, PATH);
     }
     for s in &sections {
@@ -526,7 +531,8 @@ fn sections_read_alone(object: &[u8]) {
             return assert_names(&e, PATH);
         }
     }
-    let (whole, again) = pack::open(PATH, object).expect("an object whose sections check opens whole");
+    let (whole, again) =
+        pack::open(PATH, object).expect("an object whose sections check opens whole");
     assert_eq!(again, sections);
     assert_eq!(whole, payload);
     let _ = pack::plan_reads(&sections, |s| s.group % 2 == 0, 1 << 10);

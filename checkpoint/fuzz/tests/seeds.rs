@@ -232,14 +232,14 @@ fn packed_seeds() -> Vec<Seed> {
     for (word, n) in [("the", 17u64), ("weir", 3), ("state", 1)] {
         let group = counts.group_of(&word.to_string());
         counts
-            .group_mut(group)
+            .group_mut(group, &word.to_string())
             .insert(word.into(), (n, 1_700_000_000_000, 4));
         counts.changed(group, word.into());
     }
     let first = counts.encode(false).unwrap().unwrap();
     let group = counts.group_of(&"the".to_string());
     counts
-        .group_mut(group)
+        .group_mut(group, &"the".to_string())
         .insert("the".into(), (18, 1_700_000_000_500, 5));
     counts.changed(group, "the".into());
     counts.remove(&"state".to_string());
@@ -254,7 +254,7 @@ fn packed_seeds() -> Vec<Seed> {
     let key = "user-1".to_string();
     let group = windows.group_of(&key);
     windows
-        .group_mut(group)
+        .group_mut(group, &key)
         .insert(key.clone(), [(0, (30_000, 4))].into_iter().collect());
     windows.changed(group, key);
     let third = windows
@@ -272,7 +272,7 @@ fn packed_seeds() -> Vec<Seed> {
     let mut put = |state: &mut KeyedState<String, shapes::Counter, Fixed>, word: &str, n| {
         let group = state.group_of(&word.to_string());
         state
-            .group_mut(group)
+            .group_mut(group, &word.to_string())
             .insert(word.into(), (n, 1_700_000_000_000, n));
         state.changed(group, word.into());
     };
