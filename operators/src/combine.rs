@@ -30,8 +30,10 @@ use timely::dataflow::operators::Capability;
 
 use crate::Records;
 
-/// Keys an epoch's map holds before its partials are sent on early.
-pub(crate) const FLUSH_AT: usize = 1 << 16;
+/// Keys an epoch's map holds before its partials are sent on early: the most a table of
+/// 65 536 slots holds (7/8 of them), so that the map never doubles to 131 072 slots just
+/// before it is flushed.
+pub(crate) const FLUSH_AT: usize = (1 << 16) / 8 * 7;
 
 /// One epoch's partial aggregates, by key.
 type Partials<K, V> = HashMap<K, V, crate::FastHash>;
@@ -147,5 +149,20 @@ impl<K: Hash + Eq, V> Combiner<'_, K, V> {
                 e.insert(value);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_flushed_at_flush_at_keys_never_doubles_past_65536_slots() {
+        let mut partials: Partials<u64, u64> = Partials::default();
+        for k in 0..FLUSH_AT as u64 {
+            partials.insert(k, k);
+        }
+        // A table of 65 536 slots holds FLUSH_AT keys; one more key would double it.
+        assert_eq!(partials.capacity(), FLUSH_AT);
     }
 }

@@ -374,7 +374,8 @@ where
         .into_iter()
         .filter(|p| keygroup::owner(keygroup::key_group(p, n), n, peers) == worker)
         .collect();
-    let max_ts: HashMap<P, u64> = ctx.restore_keyed::<P, u64>(name)?.into_iter().collect();
+    let max_ts: HashMap<P, u64, crate::FastHash> =
+        ctx.restore_keyed::<P, u64>(name)?.into_iter().collect();
     let store = SplitClocks {
         ctx: ctx.clone(),
         worker,
@@ -414,7 +415,7 @@ struct SplitClocks<P, D, FT> {
     ctx: weir_runtime::JobContext,
     worker: usize,
     owned: Vec<P>,
-    max_ts: HashMap<P, u64>,
+    max_ts: HashMap<P, u64, crate::FastHash>,
     /// When each split last produced a record (processing time; not checkpointed).
     active: HashMap<P, Instant>,
     started: Instant,
@@ -449,12 +450,22 @@ where
         match (self.timestamp)(&data) {
             Err(reason) => out.push(Emit::Rejected(Rejected { data, reason })),
             Ok(ts) => {
-                let split_wm = self.split_wm(&split);
                 if self.strategy.idle_timeout.is_some() {
                     self.active.insert(split.clone(), Instant::now());
                 }
-                let max = self.max_ts.entry(split).or_insert(ts);
-                *max = (*max).max(ts);
+                // One lookup: the split's watermark before this record, then its largest
+                // event time with it.
+                let split_wm = match self.max_ts.get_mut(&split) {
+                    Some(max) => {
+                        let wm = max.saturating_sub(self.strategy.max_out_of_orderness);
+                        *max = (*max).max(ts);
+                        wm
+                    }
+                    None => {
+                        self.max_ts.insert(split, ts);
+                        0
+                    }
+                };
                 out.push(Emit::Record(Timed { ts, split_wm, data }));
             }
         }

@@ -49,8 +49,12 @@ pub(crate) trait Store: 'static {
     }
     /// Applies one record of `epoch`.
     fn apply(&mut self, epoch: u64, key: Self::Key, value: Self::Value, out: &mut Vec<Self::Out>);
-    /// Ends `epoch`, which saw records; called in epoch order.
-    fn end_epoch(&mut self, _epoch: u64, _out: &mut Vec<Self::Out>) {}
+    /// Ends `epoch`, which saw records; called in epoch order. Returns whether it has
+    /// more to emit: it is then called again for the same epoch once `out` was sent on,
+    /// so that a store with much to emit at an epoch's end does it in bounded pieces.
+    fn end_epoch(&mut self, _epoch: u64, _out: &mut Vec<Self::Out>) -> bool {
+        false
+    }
     /// The input has closed every epoch `<= epoch` (`is_final`: the input has ended).
     /// Returns whether the state changed.
     fn close(&mut self, _epoch: u64, _is_final: bool, _out: &mut Vec<Self::Out>) -> bool {
@@ -186,10 +190,15 @@ pub(crate) fn keyed<'s, S: Store>(
                     store.apply(epoch, k, v, &mut out);
                 }
                 seen.remove(&epoch);
-                store.end_epoch(epoch, &mut out);
-                if !out.is_empty() {
-                    records_out.inc_by(out.len() as u64);
-                    session_out.session(&c).give_iterator(out.drain(..));
+                loop {
+                    let more = store.end_epoch(epoch, &mut out);
+                    if !out.is_empty() {
+                        records_out.inc_by(out.len() as u64);
+                        session_out.session(&c).give_iterator(out.drain(..));
+                    }
+                    if !more {
+                        break;
+                    }
                 }
             }
             // The snapshot covers exactly the closed epochs: take it before records of
@@ -336,6 +345,11 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Keys whose output [`PerKey`] emits in one piece when an epoch ends: the output of an
+/// epoch that changed many keys goes on in pieces of this size instead of being held in
+/// memory whole.
+pub(crate) const END_EPOCH_CHUNK: usize = 4096;
+
 /// The plain per-key store: one state per key, `on_record` per record, `on_epoch` per
 /// key changed in an epoch, optional expiry; checkpointed incrementally through
 /// [`KeyedState`].
@@ -343,6 +357,8 @@ pub(crate) struct PerKey<K, V, S, O, R, E> {
     state: KeyedState<K, Entry<S>, crate::FastHash>,
     /// Keys first changed in each open epoch, with their group's index.
     dirty: BTreeMap<u64, Vec<(usize, K)>>,
+    /// The keys of the epoch being ended that are still to emit.
+    ending: Option<(u64, std::vec::IntoIter<(usize, K)>)>,
     on_record: R,
     on_epoch: E,
     ttl: Ttl,
@@ -365,6 +381,7 @@ where
         Ok(PerKey {
             state: KeyedState::restore(ctx, name)?,
             dirty: BTreeMap::new(),
+            ending: None,
             on_record,
             on_epoch,
             ttl,
@@ -408,14 +425,31 @@ where
         }
     }
 
-    fn end_epoch(&mut self, epoch: u64, out: &mut Vec<O>) {
-        for (group, k) in self.dirty.remove(&epoch).unwrap_or_default() {
-            if let Some(entry) = self.state.group(group).get(&k) {
-                (self.on_epoch)(&k, &entry.state, epoch, out);
+    fn end_epoch(&mut self, epoch: u64, out: &mut Vec<O>) -> bool {
+        let PerKey {
+            state,
+            dirty,
+            ending,
+            on_epoch,
+            ..
+        } = self;
+        if ending.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            let keys = dirty.remove(&epoch).unwrap_or_default();
+            *ending = Some((epoch, keys.into_iter()));
+        }
+        let (_, keys) = ending.as_mut().expect("set above");
+        for (group, k) in keys.by_ref().take(END_EPOCH_CHUNK) {
+            if let Some(entry) = state.group(group).get(&k) {
+                on_epoch(&k, &entry.state, epoch, out);
             }
             // The key goes into the next snapshot's delta.
-            self.state.changed(group, k);
+            state.changed(group, k);
         }
+        if !keys.as_slice().is_empty() {
+            return true;
+        }
+        *ending = None;
+        false
     }
 
     fn close(&mut self, epoch: u64, _is_final: bool, _out: &mut Vec<O>) -> bool {

@@ -150,3 +150,41 @@ where
     )?;
     Ok(job.flow(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use weir_runtime::{testing, JobConfig};
+
+    use crate::ReduceByKey;
+
+    #[test]
+    fn an_epoch_that_changed_more_keys_than_one_piece_reports_each_once() {
+        // More keys than one piece of an epoch's end emits, each with two values.
+        let keys = 3 * crate::keyed::END_EPOCH_CHUNK as u64 + 17;
+        let items: Vec<(u64, u64)> = (0..2 * keys).map(|i| (i % keys, 1)).collect();
+        let out = testing::run_collect(JobConfig::thread("reduce-pieces"), 2, move |job| {
+            job.source("items", testing::items(items.clone()))?
+                .reduce_by_key("sum", |sum, n| *sum += n)
+        })
+        .unwrap();
+        // Each key is reported at most once per epoch, and its newest report counts both
+        // of its values.
+        let mut newest: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        let mut reports: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+        for (k, sum, epoch) in out {
+            *reports.entry((k, epoch)).or_default() += 1;
+            let e = newest.entry(k).or_insert((epoch, sum));
+            if epoch >= e.0 {
+                *e = (epoch, sum);
+            }
+        }
+        assert!(
+            reports.values().all(|&n| n == 1),
+            "a key reported twice in an epoch"
+        );
+        assert_eq!(newest.len() as u64, keys);
+        assert!(newest.values().all(|&(_, sum)| sum == 2));
+    }
+}

@@ -70,6 +70,9 @@ pub(crate) trait Logic: 'static {
         value: Self::Value,
         out: &mut Vec<Self::Out>,
     );
+    /// Ends `epoch`, which saw records: changes the logic noted while applying them
+    /// are reported to its state now, before any snapshot is taken.
+    fn end_epoch(&mut self, _epoch: u64) {}
     /// The watermark has reached `wm`: fire and expire.
     fn advance(&mut self, wm: u64, out: &mut Vec<Self::Out>);
     /// The checkpointed state, which the logic keeps itself and reports changes to.
@@ -157,6 +160,11 @@ impl<L: Logic> Store for TimedStore<L> {
                 unreachable!("records are routed by key")
             }
         }
+    }
+
+    fn end_epoch(&mut self, epoch: u64, _out: &mut Vec<L::Out>) -> bool {
+        self.logic.end_epoch(epoch);
+        false
     }
 
     fn close(&mut self, _epoch: u64, _is_final: bool, out: &mut Vec<L::Out>) -> bool {

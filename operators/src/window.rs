@@ -293,6 +293,7 @@ where
         windows,
         state: KeyedState::restore(job.ctx(), name)?,
         timers: Timers::new(),
+        dirty: Vec::new(),
         fold,
         merge,
         _marker: std::marker::PhantomData,
@@ -311,8 +312,34 @@ enum WindowOut<K, A, D> {
     Late(Late<D>),
 }
 
-/// The open windows of one key: start -> (end, aggregate).
-type Open<A> = BTreeMap<u64, (u64, A)>;
+/// The open windows of one key: start -> (end, aggregate). It is stored as its map alone
+/// (`transparent`), so checkpoints keep the layout of a plain `BTreeMap`.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent)]
+#[serde(bound(serialize = "A: Serialize", deserialize = "A: DeserializeOwned"))]
+struct Open<A> {
+    windows: BTreeMap<u64, (u64, A)>,
+    /// One more than the epoch in which the key was last listed as changed, in memory
+    /// only: a key is listed once per epoch, not once per record (see
+    /// [`WindowLogic::end_epoch`]).
+    #[serde(skip)]
+    listed: u64,
+}
+
+impl<A> Open<A> {
+    fn new() -> Self {
+        Open {
+            windows: BTreeMap::new(),
+            listed: 0,
+        }
+    }
+
+    /// Whether the key still has to be listed as changed in `epoch`; marks it listed.
+    fn list_in(&mut self, epoch: u64) -> bool {
+        let mark = epoch.saturating_add(1);
+        std::mem::replace(&mut self.listed, mark) != mark
+    }
+}
 
 /// When open windows fire: fire at -> (key, window start), in the order they were set.
 ///
@@ -336,6 +363,10 @@ struct WindowLogic<K, A, D, FF, FM> {
     windows: Windows,
     state: KeyedState<K, Open<A>, crate::FastHash>,
     timers: Timers<K>,
+    /// Keys changed by records of the open epoch, each once, with their group's index:
+    /// reported to the state when the epoch ends, so that a key with many records in an
+    /// epoch is looked up in the changed set once.
+    dirty: Vec<(usize, K)>,
     fold: FF,
     merge: FM,
     _marker: std::marker::PhantomData<fn(D)>,
@@ -357,7 +388,7 @@ where
 
     fn apply(
         &mut self,
-        _epoch: u64,
+        epoch: u64,
         key: K,
         ts: u64,
         split_wm: u64,
@@ -404,19 +435,23 @@ where
                 }
                 let group = self.state.group_of(&key);
                 let map = self.state.group_mut(group, &key);
-                if !map.contains_key(&key) {
-                    map.insert(key.clone(), Open::new());
-                }
-                let windows = map.get_mut(&key).expect("inserted");
+                // Look up before inserting, so that a known key is found with one probe
+                // and not cloned.
+                let open = match map.get_mut(&key) {
+                    Some(open) => open,
+                    None => map.entry(key.clone()).or_insert_with(Open::new),
+                };
                 for s in holding().filter(|s| !closed(s.saturating_add(size))) {
-                    let (_, acc) = windows.entry(s).or_insert_with(|| {
+                    let (_, acc) = open.windows.entry(s).or_insert_with(|| {
                         let at = s.saturating_add(size).saturating_add(lateness);
                         self.timers.entry(at).or_default().push((key.clone(), s));
                         (s.saturating_add(size), A::default())
                     });
                     (self.fold)(acc, &data);
                 }
-                self.state.changed(group, key);
+                if open.list_in(epoch) {
+                    self.dirty.push((group, key));
+                }
             }
             WindowKind::Session { gap } => {
                 if ts.saturating_add(lateness) <= split_wm.max(fired) {
@@ -431,11 +466,12 @@ where
                 let mut acc = A::default();
                 (self.fold)(&mut acc, &data);
                 let group = self.state.group_of(&key);
-                let windows = self
-                    .state
-                    .group_mut(group, &key)
-                    .entry(key.clone())
-                    .or_default();
+                let map = self.state.group_mut(group, &key);
+                let open = match map.get_mut(&key) {
+                    Some(open) => open,
+                    None => map.entry(key.clone()).or_insert_with(Open::new),
+                };
+                let windows = &mut open.windows;
                 // Sessions that touch [start, end) merge into it.
                 let touching: Vec<u64> = windows
                     .range(..=end)
@@ -461,7 +497,9 @@ where
                         .or_default()
                         .push((key.clone(), start));
                 }
-                self.state.changed(group, key);
+                if open.list_in(epoch) {
+                    self.dirty.push((group, key));
+                }
             }
         }
     }
@@ -476,7 +514,7 @@ where
             for (key, start) in entry.remove() {
                 let group = self.state.group_of(&key);
                 let map = self.state.group_mut(group, &key);
-                let Some(windows) = map.get_mut(&key) else {
+                let Some(Open { windows, .. }) = map.get_mut(&key) else {
                     continue;
                 };
                 let (end, value) = match windows.remove(&start) {
@@ -507,14 +545,20 @@ where
         }
     }
 
+    fn end_epoch(&mut self, _epoch: u64) {
+        for (group, key) in self.dirty.drain(..) {
+            self.state.changed(group, key);
+        }
+    }
+
     fn state(&mut self) -> &mut KeyedState<K, Open<A>, crate::FastHash> {
         &mut self.state
     }
 
     fn restored(&mut self) {
         let lateness = self.windows.allowed_lateness;
-        for (k, windows) in self.state.iter() {
-            for (s, (e, _)) in windows {
+        for (k, open) in self.state.iter() {
+            for (s, (e, _)) in &open.windows {
                 self.timers
                     .entry(e.saturating_add(lateness))
                     .or_default()
@@ -527,6 +571,26 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_windows_are_stored_as_their_map_alone() {
+        use weir_checkpoint::codec::{decode, encode};
+        let windows: BTreeMap<u64, (u64, (u64, u64))> = [(0, (60, (3, 1))), (60, (120, (7, 2)))]
+            .into_iter()
+            .collect();
+        let mut open = Open::new();
+        open.windows = windows.clone();
+        assert!(open.list_in(4));
+        assert!(!open.list_in(4), "listed once per epoch");
+        assert!(open.list_in(5));
+        // The same bytes as the map (the layout of checkpoints written before the mark),
+        // and the mark is not stored.
+        let bytes = encode("open windows", &open).unwrap();
+        assert_eq!(bytes, encode("windows", &windows).unwrap());
+        let back: Open<(u64, u64)> = decode("open windows", &bytes).unwrap();
+        assert_eq!(back.windows, windows);
+        assert_eq!(back.listed, 0);
+    }
 
     #[test]
     fn a_timer_fires_only_the_window_that_is_due_at_its_time() {

@@ -205,6 +205,49 @@ impl Drop for AbortUnlessDone {
     }
 }
 
+/// An object of `found` bytes where the manifest recorded `recorded`: corrupt, named
+/// with both sizes.
+fn wrong_size(path: &Path, recorded: u64, found: u64) -> CheckpointError {
+    CheckpointError::Corrupt {
+        path: path.to_string(),
+        reason: format!("object has {found} bytes; the manifest recorded {recorded} bytes"),
+    }
+}
+
+/// An I/O error reading the local file of `path`, as the object store would report it:
+/// a missing file is `NotFound`.
+fn local_read_error(path: &Path, e: std::io::Error) -> CheckpointError {
+    let source = Box::new(e);
+    let e = match source.kind() {
+        std::io::ErrorKind::NotFound => object_store::Error::NotFound {
+            path: path.to_string(),
+            source,
+        },
+        _ => object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source,
+        },
+    };
+    CheckpointError::storage("get", path, e)
+}
+
+/// The result of a blocking read of the local file of `path`: a panic in it is resumed
+/// here, a task that did not run is an error naming `path`.
+async fn local_joined<T>(path: &Path, read: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
+    match read.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(CheckpointError::storage(
+            "get",
+            path,
+            object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            },
+        )),
+    }
+}
+
 /// The bytes of a part's file in a local directory, mapped read-only where the file
 /// system allows it, read into memory where it does not.
 ///
@@ -390,34 +433,10 @@ impl CheckpointStore {
         let entry = entry.clone();
         let name = path.clone();
         let read = tokio::task::spawn_blocking(move || {
-            let bytes = map_file(&file).map_err(|e| {
-                let source = Box::new(e);
-                let e = match source.kind() {
-                    std::io::ErrorKind::NotFound => object_store::Error::NotFound {
-                        path: path.to_string(),
-                        source,
-                    },
-                    _ => object_store::Error::Generic {
-                        store: "LocalFileSystem",
-                        source,
-                    },
-                };
-                CheckpointError::storage("get", &path, e)
-            })?;
+            let bytes = map_file(&file).map_err(|e| local_read_error(&name, e))?;
             VerifiedPart::verify(&entry, bytes)
         });
-        match read.await {
-            Ok(part) => part,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(CheckpointError::storage(
-                "get",
-                &name,
-                object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: Box::new(e),
-                },
-            )),
-        }
+        local_joined(&path, read).await
     }
 
     /// Reads the sections of a packed part that a restore needs: every section but those
@@ -545,45 +564,20 @@ impl CheckpointStore {
         range: std::ops::Range<u64>,
     ) -> Result<bytes::Bytes> {
         let len = range.end - range.start;
-        let wrong_size = |found: u64| CheckpointError::Corrupt {
-            path: path.to_string(),
-            reason: format!("object has {found} bytes; the manifest recorded {size} bytes"),
-        };
         match source {
             Source::Local(file) => {
                 let file = file.clone();
-                let name = path.clone();
+                let (name, recorded) = (path.clone(), size);
                 let read = tokio::task::spawn_blocking(move || {
-                    let f = std::fs::File::open(&file)?;
-                    let found = f.metadata()?.len();
-                    if found != size {
-                        return Ok(Err(found));
+                    let error = |e| local_read_error(&name, e);
+                    let f = std::fs::File::open(&file).map_err(error)?;
+                    let found = f.metadata().map_err(error)?.len();
+                    if found != recorded {
+                        return Err(wrong_size(&name, recorded, found));
                     }
-                    map_range(&f, range).map(Ok)
+                    map_range(&f, range).map_err(error)
                 });
-                let generic = |source: Box<dyn std::error::Error + Send + Sync>| {
-                    object_store::Error::Generic {
-                        store: "LocalFileSystem",
-                        source,
-                    }
-                };
-                match read.await {
-                    Ok(Ok(Ok(bytes))) => Ok(bytes),
-                    Ok(Ok(Err(found))) => Err(wrong_size(found)),
-                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                        Err(CheckpointError::storage(
-                            "get",
-                            &name,
-                            object_store::Error::NotFound {
-                                path: name.to_string(),
-                                source: Box::new(e),
-                            },
-                        ))
-                    }
-                    Ok(Err(e)) => Err(CheckpointError::storage("get", &name, generic(Box::new(e)))),
-                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Err(e) => Err(CheckpointError::storage("get", &name, generic(Box::new(e)))),
-                }
+                local_joined(path, read).await
             }
             Source::Remote(version) => {
                 let if_match = version.lock().expect("poisoned").clone();
@@ -595,7 +589,7 @@ impl CheckpointStore {
                 let storage = |e| CheckpointError::storage("get", path, e);
                 let got = self.store.get_opts(path, opts).await.map_err(storage)?;
                 if got.meta.size != size {
-                    return Err(wrong_size(got.meta.size));
+                    return Err(wrong_size(path, size, got.meta.size));
                 }
                 let e_tag = got.meta.e_tag.clone();
                 let bytes = got.bytes().await.map_err(storage)?;
