@@ -18,7 +18,6 @@
 
 use std::borrow::Borrow;
 use std::cell::RefCell;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::rc::Rc;
@@ -73,8 +72,11 @@ where
         "combine",
         move |_cap, _info| {
             let mut open: BTreeMap<u64, (Capability<u64>, Partials<K, V>)> = BTreeMap::new();
-            // Maps of flushed epochs, kept for their allocation.
-            let mut spare: Vec<Partials<K, V>> = Vec::new();
+            // One map of a flushed epoch, kept for its allocation (more would keep the
+            // memory of every epoch that was ever open at once).
+            let mut spare: Option<Partials<K, V>> = None;
+            // Partials flushed early from a full map, until they are sent on.
+            let mut full: Vec<(K, V)> = Vec::new();
             move |(input, frontier), output| {
                 let mut merge = merge.borrow_mut();
                 input.for_each(|cap, batch| {
@@ -85,7 +87,7 @@ where
                     };
                     let (cap, partials) = open.entry(epoch).or_insert_with(|| {
                         let cap = cap.retain_least(0).expect("a least time");
-                        (cap, spare.pop().unwrap_or_default())
+                        (cap, spare.take().unwrap_or_default())
                     });
                     for record in batch.drain(..) {
                         explode(
@@ -93,10 +95,11 @@ where
                             &mut Combiner {
                                 partials: &mut *partials,
                                 merge: &mut *merge,
+                                full: &mut full,
                             },
                         );
-                        if partials.len() >= FLUSH_AT {
-                            output.session(&*cap).give_iterator(partials.drain());
+                        if !full.is_empty() {
+                            output.session(&*cap).give_iterator(full.drain(..));
                         }
                     }
                 });
@@ -106,7 +109,7 @@ where
                     }
                     let (cap, mut partials) = entry.remove();
                     output.session(&cap).give_iterator(partials.drain());
-                    spare.push(partials);
+                    spare.get_or_insert(partials);
                 }
             }
         },
@@ -123,11 +126,14 @@ where
 pub struct Combiner<'a, K, V> {
     partials: &'a mut Partials<K, V>,
     merge: &'a mut dyn FnMut(&mut V, V),
+    /// Where the partials go when the map is full, to be sent on after the record.
+    full: &'a mut Vec<(K, V)>,
 }
 
 impl<K: Hash + Eq, V> Combiner<'_, K, V> {
     /// Merges `value` into the partial aggregate of `key`, copying the key (with
     /// [`ToOwned`]) only if this epoch has none for it yet.
+    #[inline]
     pub fn emit<Q>(&mut self, key: &Q, value: V)
     where
         K: Borrow<Q>,
@@ -136,19 +142,37 @@ impl<K: Hash + Eq, V> Combiner<'_, K, V> {
         match self.partials.get_mut(key) {
             Some(partial) => (self.merge)(partial, value),
             None => {
+                self.make_room();
                 self.partials.insert(key.to_owned(), value);
             }
         }
     }
 
     /// Merges `value` into the partial aggregate of `key`, an owned key.
+    #[inline]
     pub fn emit_owned(&mut self, key: K, value: V) {
-        match self.partials.entry(key) {
-            Entry::Occupied(mut e) => (self.merge)(e.get_mut(), value),
-            Entry::Vacant(e) => {
-                e.insert(value);
+        match self.partials.get_mut(&key) {
+            Some(partial) => (self.merge)(partial, value),
+            None => {
+                self.make_room();
+                self.partials.insert(key, value);
             }
         }
+    }
+
+    /// Before a new key goes in: a map holding [`FLUSH_AT`] keys is flushed, so that it
+    /// never grows past that, however many keys one record emits.
+    #[inline]
+    fn make_room(&mut self) {
+        if self.partials.len() >= FLUSH_AT {
+            self.flush();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn flush(&mut self) {
+        self.full.extend(self.partials.drain());
     }
 }
 
@@ -157,12 +181,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_map_flushed_at_flush_at_keys_never_doubles_past_65536_slots() {
+    fn a_map_is_flushed_at_flush_at_keys_and_never_doubles_past_65536_slots() {
         let mut partials: Partials<u64, u64> = Partials::default();
-        for k in 0..FLUSH_AT as u64 {
-            partials.insert(k, k);
+        let mut full = Vec::new();
+        let mut add = |a: &mut u64, b: u64| *a += b;
+        let mut combiner = Combiner {
+            partials: &mut partials,
+            merge: &mut add,
+            full: &mut full,
+        };
+        // One record may emit more keys than a map holds: every key twice, in a row.
+        let keys = FLUSH_AT as u64 + 1000;
+        for k in 0..keys {
+            combiner.emit(&k, 1);
+            combiner.emit_owned(k, 1);
         }
         // A table of 65 536 slots holds FLUSH_AT keys; one more key would double it.
         assert_eq!(partials.capacity(), FLUSH_AT);
+        assert_eq!(full.len(), FLUSH_AT);
+        // Nothing is lost or merged twice.
+        let mut sums: Vec<(u64, u64)> = full.into_iter().chain(partials.drain()).collect();
+        sums.sort();
+        assert_eq!(sums, (0..keys).map(|k| (k, 2)).collect::<Vec<_>>());
     }
 }
