@@ -99,7 +99,11 @@ where
                             },
                         );
                         if !full.is_empty() {
-                            output.session(&*cap).give_iterator(full.drain(..));
+                            // Taken, not drained: a flush is rare, and its buffer is as
+                            // large as a full map, not worth keeping until the next one.
+                            output
+                                .session(&*cap)
+                                .give_iterator(std::mem::take(&mut full).into_iter());
                         }
                     }
                 });
