@@ -18,6 +18,7 @@
 
 use std::borrow::Borrow;
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::rc::Rc;
@@ -155,11 +156,14 @@ impl<K: Hash + Eq, V> Combiner<'_, K, V> {
     /// Merges `value` into the partial aggregate of `key`, an owned key.
     #[inline]
     pub fn emit_owned(&mut self, key: K, value: V) {
-        match self.partials.get_mut(&key) {
-            Some(partial) => (self.merge)(partial, value),
-            None => {
-                self.make_room();
-                self.partials.insert(key, value);
+        // Only a full map pays a second lookup: every other key is one probe.
+        if self.partials.len() >= FLUSH_AT && !self.partials.contains_key(&key) {
+            self.flush();
+        }
+        match self.partials.entry(key) {
+            Entry::Occupied(mut e) => (self.merge)(e.get_mut(), value),
+            Entry::Vacant(e) => {
+                e.insert(value);
             }
         }
     }
