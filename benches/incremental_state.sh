@@ -54,7 +54,8 @@ job=(--keys "$KEYS" --output "$WORK/out" --checkpoint-dir "$CHK" --checkpoint-in
   --workers 2 --log-format json --incremental-checkpoints "$incremental" ${STATE_CHURN_ARGS:-})
 
 start=$(date +%s.%N)
-RUST_LOG=info "$BIN" "${job[@]}" --seconds "$SECS" --metrics-file "$WORK/metrics.txt" 2>"$WORK/run.log" >/dev/null ||
+# Debug lines of the snapshots: each one's synchronous time, and what its barrier did.
+RUST_LOG=info,weir_runtime::snapshot=debug,weir_runtime::state=debug "$BIN" "${job[@]}" --seconds "$SECS" --metrics-file "$WORK/metrics.txt" 2>"$WORK/run.log" >/dev/null ||
   { echo "the run failed:" >&2; tail -20 "$WORK/run.log" >&2; exit 1; }
 end=$(date +%s.%N)
 echo "run ($MODE, $STORE): $KEYS keys, $SECS s of 1% rewrites per second, $(echo "$end - $start" | bc) s wall"
@@ -153,6 +154,30 @@ if half and state:
     print(f"second half ({len(tail_ups)} checkpoints): uploaded mean {100 * sum(tail_ups) / len(tail_ups) / state:.2f}%, "
           f"max {100 * max(tail_ups) / state:.2f}% of the state; barrier to manifest median {pct(tail_b2m, 0.5)} ms, "
           f"p99 {pct(tail_b2m, 0.99)} ms, max {max(tail_b2m, default=0)} ms")
+
+# The slowest barriers, from the debug lines: each snapshot's synchronous time, and
+# what its barrier did (the "sealed" line a worker logs just before it).
+syncs, seals = [], {}
+for line in open(sys.argv[5]):
+    if "snapshot's synchronous part" in line or "sealed a snapshot" in line:
+        rec = json.loads(line)
+        f = rec.get("fields", rec)
+        worker = (rec.get("threadId") or rec.get("threadName") or "?")
+        if "sealed a snapshot" in line:
+            seals[worker] = {k: v for k, v in f.items() if k not in ("message", "state")}
+        else:
+            syncs.append((float(f["seconds"]), int(f["epoch"]), f.get("operator"), seals.pop(worker, None)))
+if syncs:
+    # Exact figures per operator (the histogram above mixes in the sources' tiny
+    # snapshots and rounds up to its buckets).
+    for op in sorted({o for _, _, o, _ in syncs}, key=str):
+        xs = [s for s, _, o, _ in syncs if o == op]
+        print(f"barrier's synchronous part of {op}: {len(xs)} snapshots, median {1000 * pct(xs, 0.5):.1f} ms, "
+              f"p99 {1000 * pct(xs, 0.99):.1f} ms, max {1000 * max(xs):.1f} ms")
+    syncs.sort(reverse=True)
+    print(f"slowest barriers of {len(syncs)}:")
+    for seconds, epoch, op, seal in syncs[:4]:
+        print(f"  {1000 * seconds:.1f} ms: {op}, epoch {epoch}; {seal or 'no seal (a whole part)'}")
 
 def at(line):
     return datetime.fromisoformat(json.loads(line)["timestamp"].replace("Z", "+00:00")).timestamp()

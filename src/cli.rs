@@ -15,7 +15,8 @@ pub fn init_logging() {
 }
 
 /// Sets up logging to stderr in `format`; `RUST_LOG` overrides the default level
-/// (`warn`).
+/// (`warn`). JSON lines carry the thread's id (`threadId`), so that one worker's lines
+/// can be told from another's.
 pub fn init_logging_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -27,6 +28,7 @@ pub fn init_logging_as(format: LogFormat) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
+            .with_thread_ids(true)
             .with_current_span(false)
             .try_init(),
     };

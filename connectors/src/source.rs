@@ -269,7 +269,9 @@ pub(crate) fn source<'s, R: Reader>(
                 return Ok(());
             }
             let bytes = if std::mem::take(changed) {
-                Some(snapshotter.sync(|| encode_keyed(&name, key_groups, positions.iter()))?)
+                Some(snapshotter.sync(*cap.time(), || {
+                    encode_keyed(&name, key_groups, positions.iter())
+                })?)
             } else {
                 None
             };

@@ -99,6 +99,9 @@ struct Taken {
     full: bool,
     /// The object, `None` if nothing changed; `None` itself while the snapshot is sealed.
     part: Option<Option<Part>>,
+    /// While the snapshot is sealed: counts it as in flight, so that the sources hold
+    /// the next barrier while too many snapshots are still encoding.
+    _in_flight: Option<weir_runtime::clock::InFlight>,
 }
 
 /// Records of one epoch, waiting for earlier epochs to close.
@@ -220,22 +223,23 @@ pub(crate) fn keyed<'s, S: Store>(
                     // that one waits behind snapshots still encoding.
                     let full = snapshotter.needs_base() && !snapshots.iter().any(|t| t.full);
                     let sealed = if std::mem::take(&mut changed) || full {
-                        match snapshotter.sync(|| store.encode(&name, n, full)) {
+                        match snapshotter.sync(due.epoch, || store.encode(&name, n, full)) {
                             Ok(sealed) => sealed,
                             Err(e) => return ctx.fail(&format!("snapshot of `{name}`"), e),
                         }
                     } else {
                         Sealing::Now(None)
                     };
-                    let part = match sealed {
-                        Sealing::Now(part) => Some(part),
-                        Sealing::Later => None,
+                    let (part, in_flight) = match sealed {
+                        Sealing::Now(part) => (Some(part), None),
+                        Sealing::Later => (None, Some(snapshotter.in_flight(due.epoch))),
                     };
                     snapshots.push_back(Taken {
                         cap: due.cap,
                         is_final: due.is_final,
                         full,
                         part,
+                        _in_flight: in_flight,
                     });
                     if due.is_final {
                         store.finish_sealed();

@@ -9,8 +9,8 @@
 //!   earlier run of the job used);
 //! - all sources of a process share the clock, so they cut their streams together;
 //! - with checkpointing off there is one epoch, which never ends;
-//! - while snapshot uploads of `max-concurrent-checkpoints` epochs are still running in
-//!   the process, the clock holds the next barrier: records keep flowing in the open
+//! - while snapshots of `max-concurrent-checkpoints` epochs are still being encoded or
+//!   uploaded in the process, the clock holds the next barrier: records keep flowing in the open
 //!   epoch, which lasts longer, and a slow store gets no more checkpoints to upload at
 //!   once than that. Since every operator's frontier waits for every source, a process
 //!   that holds its barrier holds the whole cluster's next checkpoint
@@ -31,8 +31,8 @@ pub struct EpochClock {
     start: Arc<std::sync::OnceLock<Instant>>,
     pub(crate) first: u64,
     epoch_ms: u64,
-    /// Epochs whose snapshot uploads may run at once before the barrier is held; 0: no
-    /// limit.
+    /// Epochs whose snapshots may be encoded or uploaded at once before the barrier is
+    /// held; 0: no limit.
     max_in_flight: u64,
     state: Arc<Mutex<Held>>,
     /// Counts the seconds the barrier was held.
@@ -43,8 +43,8 @@ pub struct EpochClock {
 struct Held {
     /// The newest epoch handed out.
     newest: u64,
-    /// Snapshot uploads running, by epoch.
-    uploads: BTreeMap<u64, usize>,
+    /// Snapshots being encoded or uploaded, by epoch.
+    in_flight: BTreeMap<u64, usize>,
     /// When the clock moved past epochs: at each instant, every epoch up to the key
     /// had ended.
     barriers: BTreeMap<u64, Instant>,
@@ -53,37 +53,38 @@ struct Held {
 }
 
 /// The epoch that records read now belong to: `by_time`, the epoch the clock's time
-/// has reached, held at `oldest_upload + max_in_flight` while an upload of epoch
-/// `oldest_upload` runs (`max_in_flight` 0: never held), and never below `newest`, an
+/// has reached, held at `oldest_in_flight + max_in_flight` while a snapshot of epoch
+/// `oldest_in_flight` is in flight (`max_in_flight` 0: never held), and never below `newest`, an
 /// epoch handed out already.
 pub fn held_epoch(
     by_time: u64,
     newest: u64,
-    oldest_upload: Option<u64>,
+    oldest_in_flight: Option<u64>,
     max_in_flight: u64,
 ) -> u64 {
-    let cap = match oldest_upload {
+    let cap = match oldest_in_flight {
         Some(oldest) if max_in_flight > 0 => oldest.saturating_add(max_in_flight),
         _ => u64::MAX,
     };
     by_time.min(cap).max(newest)
 }
 
-/// A running snapshot upload of one epoch, counted by the clock until it is dropped.
+/// A snapshot of one epoch that is still being encoded or uploaded, counted by the clock
+/// until it is dropped.
 #[derive(Debug)]
-pub struct Upload {
+pub struct InFlight {
     state: Arc<Mutex<Held>>,
     epoch: u64,
 }
 
-impl Drop for Upload {
+impl Drop for InFlight {
     fn drop(&mut self) {
         // Never panic in a destructor: a poisoned lock's counts are still sound.
         let mut held = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.uploads.get_mut(&self.epoch) {
+        if let Some(n) = held.in_flight.get_mut(&self.epoch) {
             *n -= 1;
             if *n == 0 {
-                held.uploads.remove(&self.epoch);
+                held.in_flight.remove(&self.epoch);
             }
         }
     }
@@ -91,7 +92,7 @@ impl Drop for Upload {
 
 impl EpochClock {
     /// A clock whose first epoch is `first` and whose epochs last `epoch_ms` (0: forever),
-    /// with no limit on the uploads in flight.
+    /// with no limit on the snapshots in flight.
     ///
     /// The clock starts when it is first read, that is when the first source runs, after
     /// the cluster's processes have connected to each other; processes that started at
@@ -110,7 +111,7 @@ impl EpochClock {
         }
     }
 
-    /// The same clock, holding its barrier while uploads of `epochs` epochs run (0: no
+    /// The same clock, holding its barrier while snapshots of `epochs` epochs are in flight (0: no
     /// limit).
     pub fn with_max_in_flight(self, epochs: u64) -> Self {
         EpochClock {
@@ -143,7 +144,7 @@ impl EpochClock {
     pub fn current(&self) -> u64 {
         let by_time = self.by_time();
         let mut held = self.state.lock().expect("poisoned");
-        let oldest = held.uploads.keys().next().copied();
+        let oldest = held.in_flight.keys().next().copied();
         let now = held_epoch(by_time, held.newest, oldest, self.max_in_flight);
         let instant = Instant::now();
         if let (Some(since), Some(counter)) = (held.held_since, &self.held_seconds) {
@@ -160,17 +161,18 @@ impl EpochClock {
         now
     }
 
-    /// Counts a snapshot upload of `epoch` until the returned value is dropped: while
-    /// uploads of `max-concurrent-checkpoints` epochs run, the barrier is held.
-    pub fn upload(&self, epoch: u64) -> Upload {
+    /// Counts a snapshot of `epoch` as in flight (being encoded off the barrier, or
+    /// uploaded) until the returned value is dropped: while snapshots of
+    /// `max-concurrent-checkpoints` epochs are in flight, the barrier is held.
+    pub fn in_flight(&self, epoch: u64) -> InFlight {
         *self
             .state
             .lock()
             .expect("poisoned")
-            .uploads
+            .in_flight
             .entry(epoch)
             .or_default() += 1;
-        Upload {
+        InFlight {
             state: Arc::clone(&self.state),
             epoch,
         }
@@ -195,7 +197,7 @@ impl EpochClock {
     }
 
     /// Time until the next epoch may begin (`None` if epochs never end): while the
-    /// barrier is held, a short wait, so that a source injects it soon after the uploads
+    /// barrier is held, a short wait, so that a source injects it soon after the snapshots
     /// finish.
     pub fn until_next(&self) -> Option<Duration> {
         if self.epoch_ms == 0 {
@@ -241,8 +243,8 @@ mod tests {
             .with_held_seconds(held.clone());
         let started = Instant::now() - Duration::from_millis(5500);
         clock.start.set(started).unwrap();
-        let upload = clock.upload(10);
-        let second = clock.upload(10);
+        let upload = clock.in_flight(10);
+        let second = clock.in_flight(10);
         // The barrier of 11 is held, and a source is told to look again soon.
         assert_eq!(clock.current(), 11);
         assert_eq!(clock.until_next(), Some(Duration::from_millis(10)));
@@ -275,7 +277,7 @@ mod tests {
         // Without a limit, uploads never hold it.
         let free = EpochClock::new(0, 1000);
         free.start.set(started).unwrap();
-        let _upload = free.upload(0);
+        let _upload = free.in_flight(0);
         assert_eq!(free.current(), 5);
     }
 }

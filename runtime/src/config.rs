@@ -65,10 +65,11 @@ pub struct JobConfig {
     /// Minimum time between two checkpoint barriers; the effective interval is the larger
     /// of this and `checkpoint-interval-ms`.
     pub min_pause_ms: u64,
-    /// How many checkpoints' snapshot uploads may run at once in a process. While that
-    /// many are still uploading, the next barrier waits (records keep flowing; the open
-    /// epoch lasts longer), so that a slow store is not handed ever more checkpoints at
-    /// once. At least 1.
+    /// How many checkpoints' snapshots may be in flight at once in a process: still
+    /// being encoded off the barrier, or uploaded. While that many are, the next barrier
+    /// waits (records keep flowing; the open epoch lasts longer), so that a slow store,
+    /// or an operator whose state changed faster than it can encode, is not handed ever
+    /// more checkpoints at once. At least 1.
     pub max_concurrent_checkpoints: u32,
     /// How many complete checkpoints to keep (at least one).
     pub retain: usize,

@@ -163,8 +163,9 @@ pub struct Metrics {
     /// Bytes of parts written for completed checkpoints (parts reused from older
     /// checkpoints are not counted again).
     pub uploaded_bytes: Counter,
-    /// Seconds the next checkpoint barrier waited for the snapshot uploads of earlier
-    /// checkpoints (`max-concurrent-checkpoints` of them were still running).
+    /// Seconds the next checkpoint barrier waited for the snapshots of earlier
+    /// checkpoints (`max-concurrent-checkpoints` of them were still being encoded or
+    /// uploaded).
     pub barrier_held: SecondsCounter,
     /// Time to commit one checkpoint's sink outputs.
     pub commit_seconds: Histogram,
@@ -357,7 +358,7 @@ impl Metrics {
         );
         registry.register(
             "checkpoint_barrier_held_seconds",
-            "Seconds the next checkpoint barrier waited for the snapshot uploads of earlier checkpoints (max-concurrent-checkpoints)",
+            "Seconds the next checkpoint barrier waited for the snapshots (encoding or uploads) of earlier checkpoints (max-concurrent-checkpoints)",
             m.barrier_held.clone(),
         );
         registry.register(

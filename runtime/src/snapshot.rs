@@ -283,7 +283,7 @@ impl Snapshotter {
                 .is_some_and(|b| !b.is_empty() && b.as_slice() != [key_groups]);
             // Counted by the clock until the upload ends, so that the barrier waits
             // while too many epochs are still uploading.
-            let upload_running = self.ctx.clock().upload(epoch);
+            let upload_running = self.ctx.clock().in_flight(epoch);
             self.ctx.runtime().spawn(async move {
                 let _upload_running = upload_running;
                 crate::failpoint::hit("upload");
@@ -345,17 +345,26 @@ impl Snapshotter {
         });
     }
 
+    /// Counts the snapshot of `epoch` as in flight until the returned value is dropped:
+    /// an operator holds it while the snapshot is still being encoded off the barrier,
+    /// and drops it once it has handed the object to [`Self::snapshot_part`], which
+    /// counts the upload. While snapshots of `max-concurrent-checkpoints` epochs are in
+    /// flight, the process's sources hold the next barrier.
+    pub fn in_flight(&self, epoch: u64) -> crate::clock::InFlight {
+        self.ctx.clock().in_flight(epoch)
+    }
+
     /// Runs `encode`, what a snapshot does at a barrier (the copy and encoding of the
     /// operator's state, or sealing it), and counts its time in
     /// `weir_checkpoint_sync_seconds`: the part of a snapshot that holds up the
-    /// operator's records.
-    pub fn sync<T>(&self, encode: impl FnOnce() -> T) -> T {
+    /// operator's records. Each snapshot's time is also logged at debug level, with
+    /// the operator and `epoch`, to find the barriers that took long.
+    pub fn sync<T>(&self, epoch: u64, encode: impl FnOnce() -> T) -> T {
         let started = std::time::Instant::now();
         let out = encode();
-        self.ctx
-            .metrics()
-            .sync_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        self.ctx.metrics().sync_seconds.observe(seconds);
+        tracing::debug!(operator = %self.name, worker = self.ctx.worker(), epoch, seconds, "snapshot's synchronous part");
         out
     }
 

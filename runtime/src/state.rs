@@ -251,8 +251,10 @@ pub const MAX_SEALED: usize = 3;
 /// A snapshot sealed at a barrier whose deltas are still being encoded (see the
 /// module's design).
 struct Sealed<K, H> {
-    /// Sections encoded at the barrier (bases, rebases), by group index, ascending.
-    fixed: Vec<(usize, SectionKind, Vec<u8>)>,
+    /// Sections encoded at the barrier (bases, rebases), by group index, ascending, each
+    /// in pieces that the object joins: a rebase's entries encoded off the barrier are
+    /// not copied at it.
+    fixed: Vec<(usize, SectionKind, Vec<Vec<u8>>)>,
     /// Each group's delta: the keys still to encode and the entries encoded.
     deltas: Vec<Option<SealedDelta<K, H>>>,
     /// Deltas with keys left to encode.
@@ -871,6 +873,7 @@ where
     fn seal_inner(&mut self, full: bool, meta: Option<Vec<u8>>) -> Result<Sealing> {
         // Bound the snapshots whose deltas are still being encoded: the oldest finishes
         // at this barrier.
+        let (mut finished, mut taken_over) = (0, 0);
         while self.sealed.iter().filter(|s| s.open > 0).count() >= MAX_SEALED {
             let oldest = self
                 .sealed
@@ -878,6 +881,7 @@ where
                 .find(|s| s.open > 0)
                 .expect("counted");
             oldest.finish(&self.groups);
+            finished += 1;
         }
         let full = full || !self.incremental;
         if full {
@@ -927,7 +931,7 @@ where
                     base_bytes: bytes.len() as u64,
                     ..GroupStats::default()
                 };
-                sealed.fixed.push((i, SectionKind::Base, bytes));
+                sealed.fixed.push((i, SectionKind::Base, vec![bytes]));
                 sealed.bases[i] = true;
             } else if let Some(p) = done {
                 let mut base = self.pending.swap_remove(p);
@@ -937,19 +941,19 @@ where
                 self.base_serial[i] += 1;
                 base.since.extend(self.changed[i].drain());
                 let count = base.count + base.since.len() as u64;
-                let mut bytes = Vec::with_capacity(8 + base.encoded.len());
-                bytes.extend_from_slice(&count.to_le_bytes());
-                bytes.append(&mut base.encoded);
+                taken_over += base.since.len();
+                let mut since = Vec::new();
                 for k in &base.since {
-                    bincode::serialize_into(&mut bytes, &(k, self.groups[i].get(k)))
+                    bincode::serialize_into(&mut since, &(k, self.groups[i].get(k)))
                         .map_err(|e| self.encode_error(e))?;
                 }
+                let pieces = vec![count.to_le_bytes().to_vec(), base.encoded, since];
                 self.stats[i] = GroupStats {
                     based: true,
-                    base_bytes: bytes.len() as u64,
+                    base_bytes: pieces.iter().map(|p| p.len() as u64).sum(),
                     ..GroupStats::default()
                 };
-                sealed.fixed.push((i, SectionKind::Rebase, bytes));
+                sealed.fixed.push((i, SectionKind::Rebase, pieces));
                 sealed.bases[i] = true;
             } else if !self.changed[i].is_empty() {
                 let spare = self.spare.pop().unwrap_or_default();
@@ -996,6 +1000,16 @@ where
             s.age += 1;
         }
         sealed.state_bytes = self.stats.iter().map(|s| s.base_bytes).sum();
+        tracing::debug!(
+            state = %self.name,
+            finished,
+            taken_over,
+            bases_now = plan.iter().filter(|p| **p == Plan::BaseNow).count(),
+            bases = sealed.bases.iter().filter(|b| **b).count(),
+            deltas = sealed.open,
+            fixed_bytes = sealed.fixed.iter().flat_map(|f| &f.2).map(Vec::len).sum::<usize>(),
+            "sealed a snapshot (finished: older snapshots encoded at this barrier; taken_over: keys of finished new bases encoded at it)"
+        );
         if sealed.open == 0 {
             return self.assemble(sealed).map(|p| Sealing::Now(Some(p)));
         }
@@ -1012,8 +1026,9 @@ where
         let mut fixed = sealed.fixed.into_iter().peekable();
         for (i, delta) in sealed.deltas.into_iter().enumerate() {
             let group = self.lo + i as u32;
-            if let Some((_, kind, bytes)) = fixed.next_if(|(at, ..)| *at == i) {
-                writer.push_encoded(group, kind, &[&bytes])?;
+            if let Some((_, kind, pieces)) = fixed.next_if(|(at, ..)| *at == i) {
+                let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+                writer.push_encoded(group, kind, &pieces)?;
             } else if let Some(d) = delta {
                 let before = writer.len();
                 writer.push_encoded(
