@@ -332,14 +332,43 @@ pub enum Ttl {
     Epochs(u64),
 }
 
-/// A key's state and when it was last updated.
-#[derive(Serialize, serde::Deserialize)]
+/// A key's state and when it was last updated. Its decoding is written out only to read
+/// the state through [`weir_runtime::entries::Fast`] (a `Vec<u8>` state in one copy); it
+/// reads what the derived encoding writes, the three fields in order.
+#[derive(Serialize)]
 pub(crate) struct Entry<S> {
     pub(crate) state: S,
     /// Wall-clock milliseconds of the last update.
     pub(crate) updated_ms: u64,
     /// Epoch of the last update.
     pub(crate) updated_epoch: u64,
+}
+
+impl<'de, S: DeserializeOwned + 'static> serde::Deserialize<'de> for Entry<S> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, SeqAccess, Visitor};
+        struct Fields<S>(std::marker::PhantomData<S>);
+        impl<'de, S: DeserializeOwned + 'static> Visitor<'de> for Fields<S> {
+            type Value = Entry<S>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key's state and when it was last updated")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Entry<S>, A::Error> {
+                let missing = |i| A::Error::invalid_length(i, &"3 fields");
+                let weir_runtime::entries::Fast(state) =
+                    seq.next_element()?.ok_or_else(|| missing(0))?;
+                let updated_ms = seq.next_element()?.ok_or_else(|| missing(1))?;
+                let updated_epoch = seq.next_element()?.ok_or_else(|| missing(2))?;
+                Ok(Entry {
+                    state,
+                    updated_ms,
+                    updated_epoch,
+                })
+            }
+        }
+        const FIELDS: &[&str] = &["state", "updated_ms", "updated_epoch"];
+        d.deserialize_struct("Entry", FIELDS, Fields(std::marker::PhantomData))
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -511,4 +540,34 @@ where
 {
     let store = PerKey::restore(job.ctx(), name, ttl, on_record, on_epoch)?;
     keyed(stream, job, name, store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Entry;
+
+    #[test]
+    fn an_entry_reads_what_its_encoding_wrote_with_byte_strings_in_one_copy() {
+        fn entry<S>(state: S) -> Entry<S> {
+            Entry {
+                state,
+                updated_ms: 1_700_000_000_000,
+                updated_epoch: 42,
+            }
+        }
+        let bytes = bincode::serialize(&entry(vec![7u8; 300])).unwrap();
+        let back: Entry<Vec<u8>> = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(
+            (back.state, back.updated_ms, back.updated_epoch),
+            (vec![7u8; 300], 1_700_000_000_000, 42)
+        );
+        // Any other state as serde reads it.
+        let bytes = bincode::serialize(&entry(("x".to_string(), vec![1u8, 2]))).unwrap();
+        let back: Entry<(String, Vec<u8>)> = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back.state, ("x".to_string(), vec![1, 2]));
+        // Cut short: an error, not a default.
+        assert!(
+            bincode::deserialize::<Entry<(String, Vec<u8>)>>(&bytes[..bytes.len() - 1]).is_err()
+        );
+    }
 }

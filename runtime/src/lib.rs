@@ -46,6 +46,7 @@ pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod coordinator;
+pub mod entries;
 pub mod error;
 pub mod execute;
 pub mod failpoint;
