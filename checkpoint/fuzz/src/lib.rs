@@ -384,8 +384,8 @@ where
 /// Every entry of a state, sorted.
 fn entries<K, V>(state: &KeyedState<K, V, Fixed>) -> Vec<(K, V)>
 where
-    K: Hash + Eq + Ord + Clone + Serialize + DeserializeOwned,
-    V: Ord + Clone + Serialize + DeserializeOwned,
+    K: Hash + Eq + Ord + Clone + Serialize + DeserializeOwned + 'static,
+    V: Ord + Clone + Serialize + DeserializeOwned + 'static,
 {
     let mut all: Vec<(K, V)> = state.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     all.sort();
@@ -397,8 +397,8 @@ where
 /// snapshotted again, and that snapshot restores to the same entries and operator value.
 fn replay<K, V>(part: &VerifiedPart)
 where
-    K: Hash + Eq + Ord + Clone + Serialize + DeserializeOwned + Debug,
-    V: Ord + Clone + Serialize + DeserializeOwned + Debug,
+    K: Hash + Eq + Ord + Clone + Serialize + DeserializeOwned + Debug + 'static,
+    V: Ord + Clone + Serialize + DeserializeOwned + Debug + 'static,
 {
     let fresh =
         || KeyedState::<K, V, Fixed>::empty("counts", KEY_GROUPS, (0, KEY_GROUPS), true, 0.5);
@@ -468,6 +468,7 @@ fn packed_object(object: &[u8]) {
             sections_round_trip::<String, shapes::Counter>(payload, &sections);
             sections_round_trip::<u64, u64>(payload, &sections);
             sections_round_trip::<String, shapes::Open>(payload, &sections);
+            sections_round_trip::<Vec<u8>, Vec<u8>>(payload, &sections);
         }
         Err(e) => assert_names(&e, PATH),
     }
@@ -489,6 +490,8 @@ fn packed_object(object: &[u8]) {
         replay::<String, shapes::Counter>(&part);
         replay::<u64, u64>(&part);
         replay::<String, shapes::Open>(&part);
+        // Byte strings, which a restore reads in one copy (`weir_runtime::entries`).
+        replay::<Vec<u8>, Vec<u8>>(&part);
     }
 }
 

@@ -293,12 +293,36 @@ fn packed_seeds() -> Vec<Seed> {
         }
     }
     let fourth = fourth.expect("a snapshot takes a rebase over");
+    // Byte strings as keys and values, a base and then deltas with a tombstone.
+    let mut blobs = KeyedState::<Vec<u8>, Vec<u8>, Fixed>::empty(
+        "blobs",
+        KEY_GROUPS,
+        (0, KEY_GROUPS),
+        true,
+        0.5,
+    );
+    let mut put_blob =
+        |state: &mut KeyedState<Vec<u8>, Vec<u8>, Fixed>, key: &[u8], value: &[u8]| {
+            let group = state.group_of(&key.to_vec());
+            state
+                .group_mut(group, &key.to_vec())
+                .insert(key.to_vec(), value.to_vec());
+            state.changed(group, key.to_vec());
+        };
+    put_blob(&mut blobs, b"k1", &[0, 1, 2, 255]);
+    put_blob(&mut blobs, b"", b"");
+    let fifth = blobs.encode(true).unwrap().unwrap();
+    put_blob(&mut blobs, b"k1", &[7; 40]);
+    blobs.remove(&b"".to_vec());
+    let sixth = blobs.encode(false).unwrap().unwrap();
     let mut seeds = Vec::new();
     for (name, part) in [
         ("counts-bases", first),
         ("counts-deltas", second),
         ("windows-watermark", third),
         ("counts-rebase", fourth),
+        ("blobs-bases", fifth),
+        ("blobs-deltas", sixth),
     ] {
         seeds.extend(object_and_payload("packed", name, part.bytes));
     }
