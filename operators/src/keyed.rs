@@ -332,16 +332,27 @@ pub enum Ttl {
     Epochs(u64),
 }
 
-/// A key's state and when it was last updated. Its decoding is written out only to read
-/// the state through [`weir_runtime::entries::Fast`] (a `Vec<u8>` state in one copy); it
-/// reads what the derived encoding writes, the three fields in order.
-#[derive(Serialize)]
+/// A key's state and when it was last updated. Its encoding and decoding are written
+/// out only to write and read the state through [`weir_runtime::entries::FastRef`] and
+/// [`weir_runtime::entries::Fast`] (a `Vec<u8>` state in one copy); they write and read
+/// what a derived encoding would, the three fields in order.
 pub(crate) struct Entry<S> {
     pub(crate) state: S,
     /// Wall-clock milliseconds of the last update.
     pub(crate) updated_ms: u64,
     /// Epoch of the last update.
     pub(crate) updated_epoch: u64,
+}
+
+impl<S: Serialize + 'static> Serialize for Entry<S> {
+    fn serialize<Z: serde::Serializer>(&self, s: Z) -> Result<Z::Ok, Z::Error> {
+        use serde::ser::SerializeStruct;
+        let mut fields = s.serialize_struct("Entry", 3)?;
+        fields.serialize_field("state", &weir_runtime::entries::FastRef(&self.state))?;
+        fields.serialize_field("updated_ms", &self.updated_ms)?;
+        fields.serialize_field("updated_epoch", &self.updated_epoch)?;
+        fields.end()
+    }
 }
 
 impl<'de, S: DeserializeOwned + 'static> serde::Deserialize<'de> for Entry<S> {
@@ -556,6 +567,11 @@ mod tests {
             }
         }
         let bytes = bincode::serialize(&entry(vec![7u8; 300])).unwrap();
+        // The bytes a derived encoding writes: the fields in order.
+        assert_eq!(
+            bytes,
+            bincode::serialize(&(vec![7u8; 300], 1_700_000_000_000u64, 42u64)).unwrap()
+        );
         let back: Entry<Vec<u8>> = bincode::deserialize(&bytes).unwrap();
         assert_eq!(
             (back.state, back.updated_ms, back.updated_epoch),

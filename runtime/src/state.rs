@@ -79,6 +79,7 @@ use weir_checkpoint::pack::{PackWriter, SectionKind};
 use weir_checkpoint::store::VerifiedPart;
 
 use crate::context::JobContext;
+use crate::entries::FastRef;
 use crate::error::Result;
 use crate::keygroup;
 use crate::restore::overlaps;
@@ -270,7 +271,7 @@ struct Sealed<K, H> {
 
 /// Appends the bincode `(key, value)` entry to `encoded`, counting it, unless an
 /// entry failed already.
-fn put<K: Serialize, V: Serialize>(
+fn put<K: Serialize + 'static, V: Serialize + 'static>(
     encoded: &mut Vec<u8>,
     count: &mut u64,
     key: &K,
@@ -278,7 +279,7 @@ fn put<K: Serialize, V: Serialize>(
     error: &mut Option<bincode::Error>,
 ) {
     if error.is_none() {
-        match bincode::serialize_into(encoded, &(key, value)) {
+        match bincode::serialize_into(encoded, &(FastRef(key), value.map(FastRef))) {
             Ok(()) => *count += 1,
             Err(e) => *error = Some(e),
         }
@@ -297,11 +298,11 @@ struct SealedDelta<K, H> {
     serial: u32,
 }
 
-impl<K: Hash + Eq + Clone + Serialize, H: BuildHasher + Default> Sealed<K, H> {
+impl<K: Hash + Eq + Clone + Serialize + 'static, H: BuildHasher + Default> Sealed<K, H> {
     /// Encodes `key`'s `value` if the delta of the group at `group` still waits for it.
     /// Encodes `key`'s value if the delta of the group at `group` still waits for it;
     /// `value` is looked up only then.
-    fn take_key<'v, V: Serialize + 'v>(
+    fn take_key<'v, V: Serialize + 'static>(
         &mut self,
         group: usize,
         key: &K,
@@ -326,7 +327,7 @@ impl<K: Hash + Eq + Clone + Serialize, H: BuildHasher + Default> Sealed<K, H> {
 
     /// Encodes up to `entries` keys of the open deltas from the maps `groups`, stopping
     /// once `bytes` are written; returns the keys and bytes done.
-    fn step<V: Serialize>(
+    fn step<V: Serialize + 'static>(
         &mut self,
         groups: &[HashMap<K, V, H>],
         entries: usize,
@@ -378,7 +379,7 @@ impl<K: Hash + Eq + Clone + Serialize, H: BuildHasher + Default> Sealed<K, H> {
     }
 
     /// Encodes every key left.
-    fn finish<V: Serialize>(&mut self, groups: &[HashMap<K, V, H>]) {
+    fn finish<V: Serialize + 'static>(&mut self, groups: &[HashMap<K, V, H>]) {
         while self.open > 0 {
             self.step(groups, usize::MAX, usize::MAX);
         }
@@ -946,8 +947,11 @@ where
                 taken_over += base.since.len();
                 let mut since = Vec::new();
                 for k in &base.since {
-                    bincode::serialize_into(&mut since, &(k, self.groups[i].get(k)))
-                        .map_err(|e| self.encode_error(e))?;
+                    bincode::serialize_into(
+                        &mut since,
+                        &(FastRef(k), self.groups[i].get(k).map(FastRef)),
+                    )
+                    .map_err(|e| self.encode_error(e))?;
                 }
                 let pieces = vec![count.to_le_bytes().to_vec(), base.encoded, since];
                 self.stats[i] = GroupStats {
@@ -1117,7 +1121,7 @@ where
             // A key removed since the base was started is among `since`, which the
             // snapshot that takes the base over writes after these entries.
             if let Some(v) = map.get(k) {
-                match bincode::serialize_into(&mut base.encoded, &(k, Some(v))) {
+                match bincode::serialize_into(&mut base.encoded, &(FastRef(k), Some(FastRef(v)))) {
                     Ok(()) => base.count += 1,
                     Err(e) => base.error = Some(e),
                 }
@@ -1157,9 +1161,9 @@ impl Serialize for Raw<'_> {
 /// A group's entries, serialized as a bincode map (the layout of a sequence of pairs).
 struct Entries<'a, K, V, H>(&'a HashMap<K, V, H>);
 
-impl<K: Serialize, V: Serialize, H> Serialize for Entries<'_, K, V, H> {
+impl<K: Serialize + 'static, V: Serialize + 'static, H> Serialize for Entries<'_, K, V, H> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter())
+        s.collect_seq(self.0.iter().map(|(k, v)| (FastRef(k), FastRef(v))))
     }
 }
 
