@@ -18,6 +18,7 @@
 //! | `interval-join` | left and right events of a key with `0 <= r.ts - l.ts <= 30` | `["pair", [left id, right id]]`, `["late", [id]]` |
 //! | `join` | every left and right event of a key (no event time) | `["pair", [left id, right id]]` |
 //! | `stateful-map` | each event with the running maximum of its key | `["max", [id, max]]` |
+//! | `bytes-map` | the same, with byte-string keys and a byte-string state per key (the maximum's 8 bytes, then a byte per event of the key) | `["max", [id, max, events of the key so far]]` |
 //! | `reduce` | the sum per key, as of every epoch that changed it | `["sum", [key, sum, epoch]]` |
 //! | `flat-reduce` | the same sums, with `flat_reduce_by_key` over batches of lines | `["sum", [key, sum, epoch]]` |
 //! | `differential` | differential dataflow on a checkpointed collection of `(key, id, value, side)`: `count` per key, `distinct` keys, `reduce` (largest value per key) and `join` of left and right events by key | changes `["dd-count", [key, n, diff]]`, `["dd-distinct", [key, diff]]`, `["dd-max", [key, max, diff]]`, `["dd-pair", [left id, right id, diff]]` |
@@ -85,6 +86,7 @@ fn main() {
                 "interval-join",
                 "join",
                 "stateful-map",
+                "bytes-map",
                 "reduce",
                 "flat-reduce",
                 "differential"
@@ -134,6 +136,22 @@ fn main() {
                             Some(Line("max".to_string(), vec![e.id as i64, *max]))
                         })?
                 }
+                // `Vec<u8>` keys and states, which checkpoints write and restores read
+                // as byte strings.
+                "bytes-map" => events
+                    .key_by(|e| e.key.to_le_bytes().to_vec())
+                    .stateful_map("max-bytes", |_k, state: &mut Vec<u8>, e| {
+                        let max = match state.get(..8) {
+                            Some(b) => i64::from_le_bytes(b.try_into().expect("8 bytes")),
+                            None => 0,
+                        }
+                        .max(e.value);
+                        state.resize(state.len().max(8), 0);
+                        state[..8].copy_from_slice(&max.to_le_bytes());
+                        state.push(e.id as u8);
+                        let seen = (state.len() - 8) as i64;
+                        Some(Line("max".to_string(), vec![e.id as i64, max, seen]))
+                    })?,
                 "reduce" => events
                     .map(|e| (e.key, e.value))
                     .reduce_by_key("sum", |s, v| *s += v)?

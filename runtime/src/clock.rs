@@ -10,9 +10,9 @@
 //! - all sources of a process share the clock, so they cut their streams together;
 //! - with checkpointing off there is one epoch, which never ends;
 //! - while snapshots of `max-concurrent-checkpoints` epochs are still being encoded or
-//!   uploaded in the process, the clock holds the next barrier: records keep flowing in the open
-//!   epoch, which lasts longer, and a slow store gets no more checkpoints to upload at
-//!   once than that. Since every operator's frontier waits for every source, a process
+//!   uploaded in the process, the clock holds the next barrier: records keep flowing in
+//!   the open epoch, which lasts longer, and a slow store gets no more checkpoints to
+//!   upload at once than that. Since every operator's frontier waits for every source, a process
 //!   that holds its barrier holds the whole cluster's next checkpoint
 //!   ([`held_epoch`] decides).
 
@@ -54,8 +54,8 @@ struct Held {
 
 /// The epoch that records read now belong to: `by_time`, the epoch the clock's time
 /// has reached, held at `oldest_in_flight + max_in_flight` while a snapshot of epoch
-/// `oldest_in_flight` is in flight (`max_in_flight` 0: never held), and never below `newest`, an
-/// epoch handed out already.
+/// `oldest_in_flight` is in flight (`max_in_flight` 0: never held), and never below
+/// `newest`, an epoch handed out already.
 pub fn held_epoch(
     by_time: u64,
     newest: u64,
@@ -111,8 +111,8 @@ impl EpochClock {
         }
     }
 
-    /// The same clock, holding its barrier while snapshots of `epochs` epochs are in flight (0: no
-    /// limit).
+    /// The same clock, holding its barrier while snapshots of `epochs` epochs are in
+    /// flight (0: no limit).
     pub fn with_max_in_flight(self, epochs: u64) -> Self {
         EpochClock {
             max_in_flight: epochs,
@@ -197,8 +197,8 @@ impl EpochClock {
     }
 
     /// Time until the next epoch may begin (`None` if epochs never end): while the
-    /// barrier is held, a short wait, so that a source injects it soon after the snapshots
-    /// finish.
+    /// barrier is held, a short wait, so that a source injects it soon after the
+    /// snapshots finish.
     pub fn until_next(&self) -> Option<Duration> {
         if self.epoch_ms == 0 {
             return None;

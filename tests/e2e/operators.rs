@@ -208,6 +208,15 @@ fn oracle(op: &str, splits: &[Vec<Ev>]) -> Lines {
                 out.push(("max".into(), vec![e.id as i64, *m]));
             }
         }
+        "bytes-map" => {
+            let mut seen: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
+            for e in all() {
+                let (m, n) = seen.entry(e.key).or_insert((0, 0));
+                *m = (*m).max(e.value);
+                *n += 1;
+                out.push(("max".into(), vec![e.id as i64, *m, *n]));
+            }
+        }
         "reduce" | "flat-reduce" => {
             let mut sums: BTreeMap<u32, i64> = BTreeMap::new();
             for e in all() {
@@ -340,7 +349,7 @@ fn check_operator(
     (before, after): (usize, usize),
     incremental: (bool, bool),
 ) {
-    let splits = events(draws, op == "stateful-map");
+    let splits = events(draws, matches!(op, "stateful-map" | "bytes-map"));
     let ws = Workspace::new(&format!("prop-{op}"));
     write_input(&ws.input, &splits);
     let expected = oracle(op, &splits);
@@ -477,6 +486,10 @@ operator_property!(deduplicate_survives_kills_and_rescaling, "dedup");
 operator_property!(interval_join_survives_kills_and_rescaling, "interval-join");
 operator_property!(join_with_ttl_survives_kills_and_rescaling, "join");
 operator_property!(stateful_map_survives_kills_and_rescaling, "stateful-map");
+operator_property!(
+    byte_string_keys_and_state_survive_kills_and_rescaling,
+    "bytes-map"
+);
 operator_property!(reduce_survives_kills_and_rescaling, "reduce");
 operator_property!(flat_reduce_survives_kills_and_rescaling, "flat-reduce");
 operator_property!(
