@@ -6,12 +6,13 @@
 //! is a real `SIGKILL`: no destructor, flush or unwinding runs. With `=stop` the process
 //! stops itself with `SIGSTOP` instead, at exactly that point, and goes on where it
 //! stopped when it gets `SIGCONT`: a zombie for fencing tests. With `=delay:MS` every hit
-//! from the N-th on waits MS milliseconds, where the place supports it ([`delay`]; only
-//! `upload` does): a slow store. Names in use:
+//! from the N-th on waits MS milliseconds, where the place supports it ([`delay`]; `upload`
+//! and `encode` do): a slow store, a slow encoder. Names in use:
 //!
 //! | name | where |
 //! | --- | --- |
 //! | `upload` | a state snapshot is being uploaded |
+//! | `encode` | keyed state encodes the deltas of a snapshot off its barrier; with `=delay:MS` it starts MS after the barrier (keys written meanwhile are encoded before the write, as always), so that snapshots are still encoding at the next barriers |
 //! | `compaction` | a packed object with new bases of some of a worker's key groups (a compaction) is being uploaded |
 //! | `before-manifest` | every part of a checkpoint is durable, the manifest is not written |
 //! | `before-link` | the manifest is written, the link that commits it is not |

@@ -267,6 +267,8 @@ struct Sealed<K, H> {
     state_bytes: u64,
     /// Why an entry did not encode: taking the snapshot fails with it.
     error: Option<bincode::Error>,
+    /// When it was sealed.
+    at: std::time::Instant,
 }
 
 /// Appends the bincode `(key, value)` entry to `encoded`, counting it, unless an
@@ -917,6 +919,7 @@ where
             meta: None,
             state_bytes: 0,
             error: None,
+            at: std::time::Instant::now(),
         };
         for (i, step) in plan.iter().enumerate() {
             let done = self
@@ -1009,12 +1012,13 @@ where
         tracing::debug!(
             state = %self.name,
             finished,
+            still_encoding = self.sealed.iter().filter(|s| s.open > 0).count(),
             taken_over,
             bases_now = plan.iter().filter(|p| **p == Plan::BaseNow).count(),
             bases = sealed.bases.iter().filter(|b| **b).count(),
             deltas = sealed.open,
             fixed_bytes = sealed.fixed.iter().flat_map(|f| &f.2).map(Vec::len).sum::<usize>(),
-            "sealed a snapshot (finished: older snapshots encoded at this barrier; taken_over: keys of finished new bases encoded at it)"
+            "sealed a snapshot (finished: older snapshots encoded at this barrier; still_encoding: older snapshots whose deltas are still being encoded off it; taken_over: keys of finished new bases encoded at it)"
         );
         if sealed.open == 0 {
             return self.assemble(sealed).map(|p| Sealing::Now(Some(p)));
@@ -1082,10 +1086,22 @@ where
     /// are encoded, and a snapshot takes over each base once it is complete. Operators
     /// call this when they have nothing else to do.
     pub fn background(&mut self) -> bool {
+        // A slow encoder, for tests: a snapshot's deltas wait this long after its
+        // barrier, except for the keys written meanwhile.
+        let hold = if self.sealed.iter().any(|s| s.open > 0) {
+            crate::failpoint::delay("encode")
+        } else {
+            None
+        };
         // Sealed snapshots first, oldest first: a checkpoint waits for them.
         let mut budget = (SEALED_STEP_ENTRIES, SEALED_STEP_BYTES);
         for sealed in self.sealed.iter_mut() {
             if budget.0 == 0 || budget.1 == 0 {
+                break;
+            }
+            if sealed.open > 0 && hold.is_some_and(|hold| sealed.at.elapsed() < hold) {
+                // Scheduled again at once while it waits: not a busy loop.
+                std::thread::sleep(std::time::Duration::from_millis(1));
                 break;
             }
             let (entries, bytes) = sealed.step(&self.groups, budget.0, budget.1);
@@ -1105,6 +1121,11 @@ where
                 break;
             }
         }
+        self.encoding_left()
+    }
+
+    /// Whether a sealed snapshot or a new base still has keys to encode.
+    fn encoding_left(&self) -> bool {
         self.sealed.iter().any(|s| s.open > 0) || self.pending.iter().any(|p| p.next < p.keys.len())
     }
 
