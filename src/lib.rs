@@ -90,6 +90,13 @@ pub use tikv_jemallocator as __jemalloc;
 /// jemalloc makes weir about 1.8× faster than glibc's malloc (BENCHMARKS.md). weir's own
 /// binaries and examples call it; a job's binary can too.
 ///
+/// It also sets jemalloc's option `metadata_thp:auto`: once jemalloc's own bookkeeping
+/// grows large (a restore of millions of keys), it lives on transparent huge pages, where
+/// page faults and the TLB shootdowns they cost the other worker threads are rare
+/// (BENCHMARKS.md, "Restore: jemalloc's bookkeeping on huge pages"). A small job's
+/// bookkeeping stays on ordinary pages. `_RJEM_MALLOC_CONF` in the environment overrides
+/// it, option by option.
+///
 /// ```
 /// weir::global_allocator!();
 ///
@@ -104,6 +111,11 @@ macro_rules! global_allocator {
     () => {
         #[global_allocator]
         static WEIR_GLOBAL_ALLOCATOR: $crate::__jemalloc::Jemalloc = $crate::__jemalloc::Jemalloc;
+        /// jemalloc's options, read by jemalloc itself when it starts (its `malloc_conf`).
+        #[allow(non_upper_case_globals)]
+        #[used]
+        #[unsafe(no_mangle)]
+        static _rjem_malloc_conf: &[u8; 18] = b"metadata_thp:auto\0";
     };
 }
 

@@ -181,3 +181,30 @@ fn logs_and_checkpoint_listings_are_json_and_never_show_the_s3_keys() {
         );
     }
 }
+
+/// weir's binaries start jemalloc with its bookkeeping on huge pages once it grows
+/// (`metadata_thp:auto`, set by `weir::global_allocator!`), and `_RJEM_MALLOC_CONF` in the
+/// environment still overrides it.
+#[cfg(feature = "jemalloc")]
+#[test]
+fn binaries_start_jemalloc_with_metadata_thp_auto_unless_the_environment_overrides_it() {
+    let option = |conf: &str| {
+        let out = std::process::Command::new(crate::harness::bins::weir())
+            .arg("--version")
+            .env("_RJEM_MALLOC_CONF", conf)
+            .output()
+            .expect("run weir --version");
+        assert!(out.status.success(), "weir --version failed: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("opt.metadata_thp: "))
+            .unwrap_or_else(|| panic!("jemalloc printed no opt.metadata_thp:\n{stderr}"))
+            .to_string()
+    };
+    assert_eq!(option("stats_print:true"), "\"auto\"");
+    assert_eq!(
+        option("metadata_thp:disabled,stats_print:true"),
+        "\"disabled\""
+    );
+}
