@@ -393,13 +393,31 @@ pub fn decode_section_bytes<T: DeserializeOwned>(
     section: &Section,
     bytes: &[u8],
 ) -> Result<T> {
-    bincode::deserialize(bytes).map_err(|e| CheckpointError::Corrupt {
-        path: path.to_string(),
-        reason: format!(
-            "section of key group {} does not decode: {e}",
-            section.group
-        ),
-    })
+    decode_section_seed(path, section, bytes, std::marker::PhantomData::<T>)
+}
+
+/// [`decode_section_bytes`] through a serde `seed`, which decodes into what it holds (a
+/// key group's map, say) or with what it knows (how much room the bytes can fill).
+pub fn decode_section_seed<'de, S: serde::de::DeserializeSeed<'de>>(
+    path: &str,
+    section: &Section,
+    bytes: &'de [u8],
+    seed: S,
+) -> Result<S::Value> {
+    use bincode::Options;
+    // The options of `bincode::deserialize`.
+    let options = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes();
+    options
+        .deserialize_seed(seed, bytes)
+        .map_err(|e| CheckpointError::Corrupt {
+            path: path.to_string(),
+            reason: format!(
+                "section of key group {} does not decode: {e}",
+                section.group
+            ),
+        })
 }
 
 /// Decodes one section of a packed payload. `path` names the object in errors.

@@ -17,7 +17,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 
-use serde::de::{DeserializeOwned, Deserializer, SeqAccess, Visitor};
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// A `T` decoded as serde would, except that a `Vec<u8>` is read as a byte string: the
@@ -107,41 +107,47 @@ fn cautious<T>(hint: Option<usize>) -> usize {
         .min((1 << 20) / std::mem::size_of::<T>().max(1))
 }
 
-/// A base section: the group's `(key, value)` entries, into its map.
-pub(crate) struct BaseEntries<K, V, H>(pub(crate) HashMap<K, V, H>);
+/// A base section: the group's `(key, value)` entries, decoded into `map`, which is
+/// empty. The section's entry count reserves room ahead, as far as `bytes`, the
+/// section's length, could hold entries: a count read from damaged bytes never reserves
+/// more memory than the section takes.
+pub(crate) struct BaseInto<'a, K, V, H> {
+    pub(crate) map: &'a mut HashMap<K, V, H>,
+    pub(crate) bytes: usize,
+}
 
-impl<'de, K, V, H> Deserialize<'de> for BaseEntries<K, V, H>
+impl<'de, K, V, H> DeserializeSeed<'de> for BaseInto<'_, K, V, H>
 where
     K: DeserializeOwned + Hash + Eq + 'static,
     V: DeserializeOwned + 'static,
-    H: BuildHasher + Default,
+    H: BuildHasher,
 {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Entries<K, V, H>(PhantomData<(K, V, H)>);
-        impl<'de, K, V, H> Visitor<'de> for Entries<K, V, H>
-        where
-            K: DeserializeOwned + Hash + Eq + 'static,
-            V: DeserializeOwned + 'static,
-            H: BuildHasher + Default,
-        {
-            type Value = HashMap<K, V, H>;
+    type Value = ();
 
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key group's entries")
-            }
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut map = HashMap::with_capacity_and_hasher(
-                    cautious::<(K, V)>(seq.size_hint()),
-                    H::default(),
-                );
-                while let Some((Fast(k), Fast(v))) = seq.next_element::<(Fast<K>, Fast<V>)>()? {
-                    map.insert(k, v);
-                }
-                Ok(map)
-            }
+impl<'de, K, V, H> Visitor<'de> for BaseInto<'_, K, V, H>
+where
+    K: DeserializeOwned + Hash + Eq + 'static,
+    V: DeserializeOwned + 'static,
+    H: BuildHasher,
+{
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key group's entries")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let most = self.bytes / std::mem::size_of::<(K, V)>().max(1);
+        self.map.reserve(seq.size_hint().unwrap_or(0).min(most));
+        while let Some((Fast(k), Fast(v))) = seq.next_element::<(Fast<K>, Fast<V>)>()? {
+            self.map.insert(k, v);
         }
-        d.deserialize_seq(Entries(PhantomData)).map(BaseEntries)
+        Ok(())
     }
 }
 
@@ -182,6 +188,22 @@ where
 mod tests {
     use super::*;
 
+    fn base_into<K, V>(map: &mut HashMap<K, V>, bytes: &[u8]) -> bincode::Result<()>
+    where
+        K: DeserializeOwned + Hash + Eq + 'static,
+        V: DeserializeOwned + 'static,
+    {
+        use bincode::Options;
+        let seed = BaseInto {
+            map,
+            bytes: bytes.len(),
+        };
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .deserialize_seed(seed, bytes)
+    }
+
     #[test]
     fn byte_strings_decode_as_the_sequences_they_were_written_as() {
         let changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
@@ -205,9 +227,8 @@ mod tests {
             .map(|i| (vec![i; i as usize], vec![i; 3]))
             .collect();
         let bytes = bincode::serialize(&base.iter().collect::<Vec<_>>()).unwrap();
-        let BaseEntries(back) =
-            bincode::deserialize::<BaseEntries<Vec<u8>, Vec<u8>, std::hash::RandomState>>(&bytes)
-                .unwrap();
+        let mut back = HashMap::new();
+        base_into(&mut back, &bytes).unwrap();
         assert_eq!(back, base);
     }
 
@@ -242,5 +263,21 @@ mod tests {
         let mut many = bytes;
         many[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
         assert!(bincode::deserialize::<Changes<u64, Vec<u8>>>(&many).is_err());
+    }
+
+    #[test]
+    fn a_damaged_base_count_reserves_no_more_room_than_its_bytes_could_fill() {
+        let base: Vec<(u64, u64)> = (0..100).map(|i| (i, i * 2)).collect();
+        let mut bytes = bincode::serialize(&base).unwrap();
+        let mut map = HashMap::new();
+        base_into(&mut map, &bytes).unwrap();
+        assert_eq!(map, base.iter().copied().collect());
+
+        // A count of a billion entries: an error once the 100 run out, with room
+        // reserved for about as many entries as the 1 608 bytes could fill (100).
+        bytes[..8].copy_from_slice(&1_000_000_000u64.to_le_bytes());
+        let mut map: HashMap<u64, u64> = HashMap::new();
+        assert!(base_into(&mut map, &bytes).is_err());
+        assert!(map.capacity() < 256, "reserved {}", map.capacity());
     }
 }

@@ -558,8 +558,13 @@ where
                 let len = section.range.len() as u64;
                 match section.kind {
                     SectionKind::Base => {
-                        let crate::entries::BaseEntries(map) =
-                            part.decode_section::<crate::entries::BaseEntries<K, V, H>>(&section)?;
+                        let mut map = std::mem::take(&mut self.groups[i]);
+                        map.clear();
+                        let into = crate::entries::BaseInto {
+                            map: &mut map,
+                            bytes: section.range.len(),
+                        };
+                        part.decode_section_seed(&section, into)?;
                         self.check_group(entry, section.group, map.keys())?;
                         self.groups[i] = map;
                     }

@@ -184,6 +184,21 @@ impl VerifiedPart {
     pub fn decode_section<T: serde::de::DeserializeOwned>(&self, section: &Section) -> Result<T> {
         pack::decode_section_bytes(&self.entry.path, section, self.section_bytes(section)?)
     }
+
+    /// Decodes one section of a packed object through a serde `seed` (see
+    /// [`pack::decode_section_seed`]).
+    pub fn decode_section_seed<'de, S: serde::de::DeserializeSeed<'de>>(
+        &'de self,
+        section: &Section,
+        seed: S,
+    ) -> Result<S::Value> {
+        pack::decode_section_seed(
+            &self.entry.path,
+            section,
+            self.section_bytes(section)?,
+            seed,
+        )
+    }
 }
 
 /// A multipart upload that is aborted, on the runtime it ran on, if dropped before it
