@@ -93,9 +93,9 @@ pub use tikv_jemallocator as __jemalloc;
 /// It also sets jemalloc's option `metadata_thp:auto`: once jemalloc's own bookkeeping
 /// grows large (a restore of millions of keys), it lives on transparent huge pages, where
 /// page faults and the TLB shootdowns they cost the other worker threads are rare
-/// (BENCHMARKS.md, "Restore: jemalloc's bookkeeping on huge pages"). A small job's
-/// bookkeeping stays on ordinary pages. `_RJEM_MALLOC_CONF` in the environment overrides
-/// it, option by option.
+/// (BENCHMARKS.md, "Restore: jemalloc's bookkeeping on huge pages, and bases decoded
+/// into presized maps"). A small job's bookkeeping stays on ordinary pages.
+/// `_RJEM_MALLOC_CONF` in the environment overrides it, option by option.
 ///
 /// ```
 /// weir::global_allocator!();
