@@ -69,7 +69,9 @@ pub struct JobConfig {
     /// being encoded off the barrier, or uploaded. While that many are, the next barrier
     /// waits (records keep flowing; the open epoch lasts longer), so that a slow store,
     /// or an operator whose state changed faster than it can encode, is not handed ever
-    /// more checkpoints at once. At least 1.
+    /// more checkpoints at once. A barrier that the sources had already sent before an
+    /// operator began its snapshot is not held back: an operator that falls behind can
+    /// still take two snapshots in a row. At least 1.
     pub max_concurrent_checkpoints: u32,
     /// How many complete checkpoints to keep (at least one).
     pub retain: usize,
@@ -352,8 +354,8 @@ pub struct JobArgs {
     /// Minimum pause between checkpoint barriers in ms.
     #[arg(long, env = "WEIR_MIN_PAUSE_MS")]
     pub min_pause_ms: Option<u64>,
-    /// Checkpoints whose snapshot uploads may run at once; the next barrier waits for
-    /// the oldest.
+    /// Checkpoints whose snapshots may be encoding or uploading at once; the next
+    /// barrier waits for the oldest.
     #[arg(long, env = "WEIR_MAX_CONCURRENT_CHECKPOINTS")]
     pub max_concurrent_checkpoints: Option<u32>,
     /// Complete checkpoints to retain.
