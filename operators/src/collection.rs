@@ -214,6 +214,10 @@ where
         self.counts.background()
     }
 
+    fn held_for(&mut self) -> Option<std::time::Duration> {
+        self.counts.held_for()
+    }
+
     fn replay(&mut self) -> Option<(u64, Vec<Self::Out>)> {
         let epoch = self.replay_at?;
         let mut all: Vec<Self::Out> = self

@@ -82,6 +82,12 @@ pub(crate) trait Store: 'static {
     fn background(&mut self) -> bool {
         false
     }
+    /// How long the work left off the barrier waits before [`Store::background`] can
+    /// go on with it (only under a test's slow-encoder failpoint, `encode=delay:MS`):
+    /// the operator runs again after that wait instead of at once.
+    fn held_for(&mut self) -> Option<std::time::Duration> {
+        None
+    }
     /// Output to emit once, before anything else, at the given epoch (which may be
     /// earlier than this run's first epoch): a replay of restored state.
     fn replay(&mut self) -> Option<(u64, Vec<Self::Out>)> {
@@ -305,7 +311,10 @@ pub(crate) fn keyed<'s, S: Store>(
             snapshotter.poll(|cap, report| reports.session(cap).give(report));
             drop(reports);
             if more {
-                activator.activate();
+                match store.held_for() {
+                    Some(wait) => activator.activate_after(wait),
+                    None => activator.activate(),
+                }
             }
         }
     });
@@ -529,6 +538,10 @@ where
 
     fn background(&mut self) -> bool {
         self.state.background()
+    }
+
+    fn held_for(&mut self) -> Option<std::time::Duration> {
+        self.state.held_for()
     }
 }
 

@@ -210,6 +210,10 @@ impl<L: Logic> Store for TimedStore<L> {
     fn background(&mut self) -> bool {
         self.logic.state().background()
     }
+
+    fn held_for(&mut self) -> Option<std::time::Duration> {
+        self.logic.state().held_for()
+    }
 }
 
 /// Splits a stream in two by `f`.

@@ -215,6 +215,9 @@ pub struct KeyedState<K, V, H = std::hash::RandomState> {
     spare: Vec<HashSet<K, H>>,
     /// Per group, how many bases the snapshots have written (see `SealedDelta`).
     base_serial: Vec<u32>,
+    /// How much longer a slow encoder (the `encode` failpoint) holds the work left off
+    /// the barrier, when that is all that is left (see [`KeyedState::held_for`]).
+    held: Option<std::time::Duration>,
 }
 
 /// A new base of one group, encoded off the barrier a slice at a time (see the module's
@@ -498,6 +501,7 @@ where
             pending: Vec::new(),
             sealed: Default::default(),
             spare: Vec::new(),
+            held: None,
             base_serial: vec![0; width],
         }
     }
@@ -1098,16 +1102,18 @@ where
         } else {
             None
         };
+        let mut held = None;
         // Sealed snapshots first, oldest first: a checkpoint waits for them.
         let mut budget = (SEALED_STEP_ENTRIES, SEALED_STEP_BYTES);
         for sealed in self.sealed.iter_mut() {
             if budget.0 == 0 || budget.1 == 0 {
                 break;
             }
-            if sealed.open > 0 && hold.is_some_and(|hold| sealed.at.elapsed() < hold) {
-                // Scheduled again at once while it waits: not a busy loop.
-                std::thread::sleep(std::time::Duration::from_millis(1));
-                break;
+            if sealed.open > 0 {
+                if let Some(wait) = hold.and_then(|hold| hold.checked_sub(sealed.at.elapsed())) {
+                    held = Some(wait);
+                    break;
+                }
             }
             let (entries, bytes) = sealed.step(&self.groups, budget.0, budget.1);
             budget = (
@@ -1126,7 +1132,17 @@ where
                 break;
             }
         }
+        let bases_left = self.pending.iter().any(|p| p.next < p.keys.len());
+        self.held = held.filter(|_| !bases_left);
         self.encoding_left()
+    }
+
+    /// How long the work left off the barrier waits before [`Self::background`] can go
+    /// on with it, when a slow encoder holds it: under the `encode=delay:MS` failpoint
+    /// only (a test's), and `None` otherwise. The operator then runs again after that
+    /// wait instead of at once.
+    pub fn held_for(&self) -> Option<std::time::Duration> {
+        self.held
     }
 
     /// Whether a sealed snapshot or a new base still has keys to encode.
