@@ -15,7 +15,6 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::marker::PhantomData;
 
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -99,88 +98,127 @@ impl<'de, T: DeserializeOwned + 'static> Deserialize<'de> for Fast<T> {
     }
 }
 
-/// How many entries to reserve room for ahead, at most: a length read from damaged
-/// bytes must not allocate more than about 1 MiB before the entries run out (as serde's
-/// own collections do).
-fn cautious<T>(hint: Option<usize>) -> usize {
-    hint.unwrap_or(0)
-        .min((1 << 20) / std::mem::size_of::<T>().max(1))
+/// How many entries of `T` `bytes` bytes could hold at most: a count read from damaged
+/// bytes never reserves room for more entries than its section could fill, so it never
+/// reserves more memory than the section takes.
+fn most<T>(bytes: usize) -> usize {
+    bytes / std::mem::size_of::<T>().max(1)
 }
 
 /// A base section: the group's `(key, value)` entries, decoded into `map`, which is
 /// empty. The section's entry count reserves room ahead, as far as `bytes`, the
-/// section's length, could hold entries: a count read from damaged bytes never reserves
-/// more memory than the section takes.
-pub(crate) struct BaseInto<'a, K, V, H> {
+/// section's length, could hold entries.
+///
+/// Every key is checked against `group` with `group_of` as it is decoded: the decoding
+/// is `Ok(Err(found))` at the first key of another group `found`, which is not inserted.
+pub(crate) struct BaseInto<'a, K, V, H, G> {
     pub(crate) map: &'a mut HashMap<K, V, H>,
     pub(crate) bytes: usize,
+    pub(crate) group: u32,
+    pub(crate) group_of: G,
 }
 
-impl<'de, K, V, H> DeserializeSeed<'de> for BaseInto<'_, K, V, H>
+impl<'de, K, V, H, G> DeserializeSeed<'de> for BaseInto<'_, K, V, H, G>
 where
     K: DeserializeOwned + Hash + Eq + 'static,
     V: DeserializeOwned + 'static,
     H: BuildHasher,
+    G: Fn(&K) -> u32,
 {
-    type Value = ();
+    type Value = Result<(), u32>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de, K, V, H> Visitor<'de> for BaseInto<'_, K, V, H>
+impl<'de, K, V, H, G> Visitor<'de> for BaseInto<'_, K, V, H, G>
 where
     K: DeserializeOwned + Hash + Eq + 'static,
     V: DeserializeOwned + 'static,
     H: BuildHasher,
+    G: Fn(&K) -> u32,
 {
-    type Value = ();
+    type Value = Result<(), u32>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a key group's entries")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let most = self.bytes / std::mem::size_of::<(K, V)>().max(1);
-        self.map.reserve(seq.size_hint().unwrap_or(0).min(most));
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let room = seq.size_hint().unwrap_or(0).min(most::<(K, V)>(self.bytes));
+        self.map.reserve(room);
         while let Some((Fast(k), Fast(v))) = seq.next_element::<(Fast<K>, Fast<V>)>()? {
+            let found = (self.group_of)(&k);
+            if found != self.group {
+                return Ok(Err(found));
+            }
             self.map.insert(k, v);
         }
-        Ok(())
+        Ok(Ok(()))
     }
 }
 
-/// A delta or rebase section: `(key, value or tombstone)` entries, in order.
-pub(crate) struct Changes<K, V>(pub(crate) Vec<(K, Option<V>)>);
+/// A delta or rebase section: `(key, value or tombstone)` entries, applied to `map` in
+/// order as they are decoded, without collecting them first. A rebase (`rebase`) starts
+/// from an empty group, with room reserved for its entries as far as `bytes`, the
+/// section's length, could hold them.
+///
+/// Every key is checked against `group` with `group_of` before it is applied: the
+/// decoding is `Ok(Err(found))` at the first key of another group `found`, and that
+/// entry is not applied.
+pub(crate) struct ChangesInto<'a, K, V, H, G> {
+    pub(crate) map: &'a mut HashMap<K, V, H>,
+    pub(crate) bytes: usize,
+    pub(crate) rebase: bool,
+    pub(crate) group: u32,
+    pub(crate) group_of: G,
+}
 
-impl<'de, K, V> Deserialize<'de> for Changes<K, V>
+impl<'de, K, V, H, G> DeserializeSeed<'de> for ChangesInto<'_, K, V, H, G>
 where
-    K: DeserializeOwned + 'static,
+    K: DeserializeOwned + Hash + Eq + 'static,
     V: DeserializeOwned + 'static,
+    H: BuildHasher,
+    G: Fn(&K) -> u32,
 {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Entries<K, V>(PhantomData<(K, V)>);
-        impl<'de, K, V> Visitor<'de> for Entries<K, V>
-        where
-            K: DeserializeOwned + 'static,
-            V: DeserializeOwned + 'static,
-        {
-            type Value = Vec<(K, Option<V>)>;
+    type Value = Result<(), u32>;
 
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key group's changes")
-            }
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(cautious::<(K, Option<V>)>(seq.size_hint()));
-                while let Some((Fast(k), v)) = seq.next_element::<(Fast<K>, Option<Fast<V>>)>()? {
-                    out.push((k, v.map(|Fast(v)| v)));
-                }
-                Ok(out)
-            }
+impl<'de, K, V, H, G> Visitor<'de> for ChangesInto<'_, K, V, H, G>
+where
+    K: DeserializeOwned + Hash + Eq + 'static,
+    V: DeserializeOwned + 'static,
+    H: BuildHasher,
+    G: Fn(&K) -> u32,
+{
+    type Value = Result<(), u32>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key group's changes")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        if self.rebase {
+            self.map.clear();
+            let room = seq.size_hint().unwrap_or(0).min(most::<(K, V)>(self.bytes));
+            self.map.reserve(room);
         }
-        d.deserialize_seq(Entries(PhantomData)).map(Changes)
+        while let Some((Fast(k), v)) = seq.next_element::<(Fast<K>, Option<Fast<V>>)>()? {
+            let found = (self.group_of)(&k);
+            if found != self.group {
+                return Ok(Err(found));
+            }
+            match v {
+                Some(Fast(v)) => self.map.insert(k, v),
+                None => self.map.remove(&k),
+            };
+        }
+        Ok(Ok(()))
     }
 }
 
@@ -188,7 +226,19 @@ where
 mod tests {
     use super::*;
 
-    fn base_into<K, V>(map: &mut HashMap<K, V>, bytes: &[u8]) -> bincode::Result<()>
+    fn options() -> impl bincode::Options {
+        use bincode::Options;
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+    }
+
+    /// Every key in group 0.
+    fn any<K>(_: &K) -> u32 {
+        0
+    }
+
+    fn base_into<K, V>(map: &mut HashMap<K, V>, bytes: &[u8]) -> bincode::Result<Result<(), u32>>
     where
         K: DeserializeOwned + Hash + Eq + 'static,
         V: DeserializeOwned + 'static,
@@ -197,39 +247,117 @@ mod tests {
         let seed = BaseInto {
             map,
             bytes: bytes.len(),
+            group: 0,
+            group_of: any::<K>,
         };
-        bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .allow_trailing_bytes()
-            .deserialize_seed(seed, bytes)
+        options().deserialize_seed(seed, bytes)
+    }
+
+    fn changes_into<K, V>(
+        map: &mut HashMap<K, V>,
+        bytes: &[u8],
+        rebase: bool,
+    ) -> bincode::Result<Result<(), u32>>
+    where
+        K: DeserializeOwned + Hash + Eq + 'static,
+        V: DeserializeOwned + 'static,
+    {
+        use bincode::Options;
+        let seed = ChangesInto {
+            map,
+            bytes: bytes.len(),
+            rebase,
+            group: 0,
+            group_of: any::<K>,
+        };
+        options().deserialize_seed(seed, bytes)
     }
 
     #[test]
     fn byte_strings_decode_as_the_sequences_they_were_written_as() {
         let changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
             (b"k1".to_vec(), Some(vec![0, 1, 2, 255])),
-            (Vec::new(), None),
+            (b"k2".to_vec(), None),
             (b"k3".to_vec(), Some(Vec::new())),
         ];
         let bytes = bincode::serialize(&changes).unwrap();
-        let Changes(back) = bincode::deserialize::<Changes<Vec<u8>, Vec<u8>>>(&bytes).unwrap();
-        assert_eq!(back, changes);
+        let mut back = HashMap::from([(b"k2".to_vec(), vec![1u8])]);
+        changes_into(&mut back, &bytes, false).unwrap().unwrap();
+        let expected = HashMap::from([
+            (b"k1".to_vec(), vec![0, 1, 2, 255]),
+            (b"k3".to_vec(), Vec::new()),
+        ]);
+        assert_eq!(back, expected);
 
         // Other types decode as serde would, byte vectors inside them included.
         let nested: Vec<(u64, Option<(String, Vec<u8>)>)> =
             vec![(7, Some(("x".into(), vec![9; 300]))), (8, None)];
         let bytes = bincode::serialize(&nested).unwrap();
-        let Changes(back) =
-            bincode::deserialize::<Changes<u64, (String, Vec<u8>)>>(&bytes).unwrap();
-        assert_eq!(back, nested);
+        let mut back = HashMap::from([(8u64, ("y".to_string(), vec![1u8]))]);
+        changes_into(&mut back, &bytes, false).unwrap().unwrap();
+        assert_eq!(back, HashMap::from([(7, ("x".to_string(), vec![9; 300]))]));
 
         let base: HashMap<Vec<u8>, Vec<u8>> = (0..100u8)
             .map(|i| (vec![i; i as usize], vec![i; 3]))
             .collect();
         let bytes = bincode::serialize(&base.iter().collect::<Vec<_>>()).unwrap();
         let mut back = HashMap::new();
-        base_into(&mut back, &bytes).unwrap();
+        base_into(&mut back, &bytes).unwrap().unwrap();
         assert_eq!(back, base);
+    }
+
+    #[test]
+    fn changes_apply_in_order_and_a_rebase_starts_from_an_empty_group() {
+        // A key written, removed and written again: the last change wins.
+        let changes: Vec<(u64, Option<u64>)> = vec![
+            (1, Some(10)),
+            (2, Some(20)),
+            (1, None),
+            (3, None),
+            (2, Some(21)),
+        ];
+        let bytes = bincode::serialize(&changes).unwrap();
+        let before = HashMap::from([(3u64, 30u64), (4, 40)]);
+
+        let mut delta = before.clone();
+        changes_into(&mut delta, &bytes, false).unwrap().unwrap();
+        assert_eq!(delta, HashMap::from([(2, 21), (4, 40)]));
+
+        let mut rebase = before;
+        changes_into(&mut rebase, &bytes, true).unwrap().unwrap();
+        assert_eq!(rebase, HashMap::from([(2, 21)]));
+    }
+
+    #[test]
+    fn a_key_of_another_group_stops_the_changes_and_names_its_group() {
+        use bincode::Options;
+        let changes: Vec<(u64, Option<u64>)> = vec![(2, Some(1)), (5, Some(2)), (4, Some(3))];
+        let bytes = bincode::serialize(&changes).unwrap();
+        // Even keys are in group 0, odd keys in group 1.
+        let parity = |k: &u64| (k % 2) as u32;
+        let mut map: HashMap<u64, u64> = HashMap::new();
+        let seed = ChangesInto {
+            map: &mut map,
+            bytes: bytes.len(),
+            rebase: false,
+            group: 0,
+            group_of: parity,
+        };
+        assert_eq!(options().deserialize_seed(seed, &bytes).unwrap(), Err(1));
+        // The entries before the stranger were applied; it and those after it were not.
+        assert_eq!(map, HashMap::from([(2, 1)]));
+
+        let base: Vec<(u64, u64)> = vec![(2, 1), (5, 2)];
+        let bytes = bincode::serialize(&base).unwrap();
+        let mut map: HashMap<u64, u64> = HashMap::new();
+        let seed = BaseInto {
+            map: &mut map,
+            bytes: bytes.len(),
+            group: 0,
+            group_of: parity,
+        };
+        assert_eq!(options().deserialize_seed(seed, &bytes).unwrap(), Err(1));
+        assert!(!map.contains_key(&5));
     }
 
     #[test]
@@ -252,17 +380,22 @@ mod tests {
     fn damaged_byte_strings_are_errors_without_allocating_their_length() {
         let changes = vec![(1u64, Some(vec![5u8; 64]))];
         let bytes = bincode::serialize(&changes).unwrap();
+        let mut map: HashMap<u64, Vec<u8>> = HashMap::new();
         // Cut short inside the value.
-        assert!(bincode::deserialize::<Changes<u64, Vec<u8>>>(&bytes[..bytes.len() - 10]).is_err());
+        assert!(changes_into(&mut map, &bytes[..bytes.len() - 10], false).is_err());
         // A value's length (after the count, the key and the tag) set to far more than
         // the section holds.
         let mut long = bytes.clone();
         long[17..25].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(bincode::deserialize::<Changes<u64, Vec<u8>>>(&long).is_err());
-        // An entry count far beyond the entries.
+        assert!(changes_into(&mut map, &long, false).is_err());
+        // An entry count far beyond the entries: an error once they run out, and a
+        // rebase reserves room for no more entries than the bytes could fill.
         let mut many = bytes;
         many[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
-        assert!(bincode::deserialize::<Changes<u64, Vec<u8>>>(&many).is_err());
+        assert!(changes_into(&mut map, &many, false).is_err());
+        let mut map: HashMap<u64, Vec<u8>> = HashMap::new();
+        assert!(changes_into(&mut map, &many, true).is_err());
+        assert!(map.capacity() < 16, "reserved {}", map.capacity());
     }
 
     #[test]
@@ -270,7 +403,7 @@ mod tests {
         let base: Vec<(u64, u64)> = (0..100).map(|i| (i, i * 2)).collect();
         let mut bytes = bincode::serialize(&base).unwrap();
         let mut map = HashMap::new();
-        base_into(&mut map, &bytes).unwrap();
+        base_into(&mut map, &bytes).unwrap().unwrap();
         assert_eq!(map, base.iter().copied().collect());
 
         // A count of a billion entries: an error once the 100 run out, with room

@@ -560,35 +560,42 @@ where
                     continue;
                 }
                 let len = section.range.len() as u64;
-                match section.kind {
+                let key_groups = self.key_groups;
+                let group_of = |k: &K| keygroup::key_group(k, key_groups);
+                let bytes = section.range.len();
+                let group = section.group;
+                // A base replaces its group: until it has been decoded whole, the group
+                // is left empty, so that a failed restore holds none of it.
+                let decoded = match section.kind {
                     SectionKind::Base => {
                         let mut map = std::mem::take(&mut self.groups[i]);
                         map.clear();
                         let into = crate::entries::BaseInto {
                             map: &mut map,
-                            bytes: section.range.len(),
+                            bytes,
+                            group,
+                            group_of,
                         };
-                        part.decode_section_seed(&section, into)?;
-                        self.check_group(entry, section.group, map.keys())?;
-                        self.groups[i] = map;
+                        let decoded = part.decode_section_seed(&section, into)?;
+                        if decoded.is_ok() {
+                            self.groups[i] = map;
+                        }
+                        decoded
                     }
                     // A rebase is laid out like a delta and applied to an empty group.
                     SectionKind::Delta | SectionKind::Rebase => {
-                        let crate::entries::Changes(changes) =
-                            part.decode_section::<crate::entries::Changes<K, V>>(&section)?;
-                        self.check_group(entry, section.group, changes.iter().map(|(k, _)| k))?;
-                        let map = &mut self.groups[i];
-                        if section.kind == SectionKind::Rebase {
-                            map.clear();
-                            map.reserve(changes.len());
-                        }
-                        for (k, v) in changes {
-                            match v {
-                                Some(v) => map.insert(k, v),
-                                None => map.remove(&k),
-                            };
-                        }
+                        let into = crate::entries::ChangesInto {
+                            map: &mut self.groups[i],
+                            bytes,
+                            rebase: section.kind == SectionKind::Rebase,
+                            group,
+                            group_of,
+                        };
+                        part.decode_section_seed(&section, into)?
                     }
+                };
+                if let Err(found) = decoded {
+                    return Err(self.wrong_group(entry, group, found));
                 }
                 if section.kind.is_base() {
                     self.stats[i] = GroupStats {
@@ -635,17 +642,27 @@ where
         for k in keys {
             let found = keygroup::key_group(k, self.key_groups);
             if found != group {
-                return Err(weir_checkpoint::CheckpointError::Corrupt {
-                    path: entry.path.clone(),
-                    reason: format!(
-                        "the section of key group {group} of operator `{}` holds a key of key group {found} (of {}): it was written with another key hash or another number of key groups",
-                        self.name, self.key_groups
-                    ),
-                }
-                .into());
+                return Err(self.wrong_group(entry, group, found));
             }
         }
         Ok(())
+    }
+
+    /// The error of a key of key group `found` in the section of key group `group`.
+    fn wrong_group(
+        &self,
+        entry: &weir_checkpoint::PartEntry,
+        group: u32,
+        found: u32,
+    ) -> crate::error::RuntimeError {
+        weir_checkpoint::CheckpointError::Corrupt {
+            path: entry.path.clone(),
+            reason: format!(
+                "the section of key group {group} of operator `{}` holds a key of key group {found} (of {}): it was written with another key hash or another number of key groups",
+                self.name, self.key_groups
+            ),
+        }
+        .into()
     }
 
     /// The snapshotter did not take over the restored chain (a savepoint, a whole part
@@ -1928,27 +1945,35 @@ mod tests {
         let all = (0, GROUPS);
         let key = 5u16;
         let wrong = (keygroup::key_group(&key, GROUPS) + 1) % GROUPS;
-        let mut w = PackWriter::new("t");
-        let mut map = HashMap::new();
-        map.insert(key, 1u32);
-        w.push(wrong, SectionKind::Base, &Entries(&map)).unwrap();
-        let bytes = w.finish();
-        let entry = PartEntry {
-            operator: "op".into(),
-            worker: WorkerIndex(0),
-            key_group_start: 0,
-            key_group_end: GROUPS,
-            path: "job/chk-1/op/w0-g0".into(),
-            size: bytes.len() as u64,
-            crc32: weir_checkpoint::codec::crc32(&bytes),
-            packed: Some(vec![all]),
-        };
-        let part = VerifiedPart::verify(&entry, bytes.into()).unwrap();
-        let mut state = State::empty("op", GROUPS, all, true, 0.5);
-        let err = state.replay(&part).unwrap_err().to_string();
-        assert!(
-            err.contains("job/chk-1/op/w0-g0") && err.contains("another key hash"),
-            "{err}"
-        );
+        for kind in [SectionKind::Base, SectionKind::Delta, SectionKind::Rebase] {
+            let mut w = PackWriter::new("t");
+            if kind == SectionKind::Base {
+                w.push(wrong, kind, &Entries(&HashMap::from([(key, 1u32)])))
+                    .unwrap();
+            } else {
+                w.push(wrong, kind, &vec![(key, Some(1u32))]).unwrap();
+            }
+            let bytes = w.finish();
+            let entry = PartEntry {
+                operator: "op".into(),
+                worker: WorkerIndex(0),
+                key_group_start: 0,
+                key_group_end: GROUPS,
+                path: "job/chk-1/op/w0-g0".into(),
+                size: bytes.len() as u64,
+                crc32: weir_checkpoint::codec::crc32(&bytes),
+                packed: Some(vec![all]),
+            };
+            let part = VerifiedPart::verify(&entry, bytes.into()).unwrap();
+            let mut state = State::empty("op", GROUPS, all, true, 0.5);
+            let err = state.replay(&part).unwrap_err().to_string();
+            assert!(
+                err.contains("job/chk-1/op/w0-g0")
+                    && err.contains("another key hash")
+                    && err.contains(&format!("key group {wrong} of operator `op`")),
+                "{kind:?}: {err}"
+            );
+            assert_eq!(state.iter().count(), 0, "{kind:?}");
+        }
     }
 }
