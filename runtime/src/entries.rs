@@ -18,6 +18,7 @@ use std::hash::{BuildHasher, Hash};
 
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+use weir_checkpoint::pack::SectionKind;
 
 /// A `T` decoded as serde would, except that a `Vec<u8>` is read as a byte string: the
 /// same bytes in bincode, read in one copy. Keyed state reads every key and value
@@ -105,20 +106,27 @@ fn most<T>(bytes: usize) -> usize {
     bytes / std::mem::size_of::<T>().max(1)
 }
 
-/// A base section: the group's `(key, value)` entries, decoded into `map`, which is
-/// empty. The section's entry count reserves room ahead, as far as `bytes`, the
-/// section's length, could hold entries.
+/// A section of a key group, decoded into the group's `map` as it is read: each entry is
+/// inserted or removed at once, without collecting the section's entries first.
 ///
-/// Every key is checked against `group` with `group_of` as it is decoded: the decoding
-/// is `Ok(Err(found))` at the first key of another group `found`, which is not inserted.
-pub(crate) struct BaseInto<'a, K, V, H, G> {
+/// - A base holds `(key, value)` entries and replaces the group's state.
+/// - A delta holds `(key, value or tombstone)` entries, applied in order.
+/// - A rebase is laid out like a delta and replaces the group's state.
+///
+/// A base or rebase starts from an empty map, with room reserved for the section's entry
+/// count as far as `bytes`, the section's length, could hold entries. Every key is
+/// checked against `group` with `group_of` before it is applied: the decoding is
+/// `Ok(Err(found))` at the first key of another group `found`, and that entry and the
+/// ones after it are not applied.
+pub(crate) struct SectionInto<'a, K, V, H, G> {
     pub(crate) map: &'a mut HashMap<K, V, H>,
+    pub(crate) kind: SectionKind,
     pub(crate) bytes: usize,
     pub(crate) group: u32,
     pub(crate) group_of: G,
 }
 
-impl<'de, K, V, H, G> DeserializeSeed<'de> for BaseInto<'_, K, V, H, G>
+impl<'de, K, V, H, G> DeserializeSeed<'de> for SectionInto<'_, K, V, H, G>
 where
     K: DeserializeOwned + Hash + Eq + 'static,
     V: DeserializeOwned + 'static,
@@ -132,7 +140,7 @@ where
     }
 }
 
-impl<'de, K, V, H, G> Visitor<'de> for BaseInto<'_, K, V, H, G>
+impl<'de, K, V, H, G> Visitor<'de> for SectionInto<'_, K, V, H, G>
 where
     K: DeserializeOwned + Hash + Eq + 'static,
     V: DeserializeOwned + 'static,
@@ -146,77 +154,29 @@ where
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let room = seq.size_hint().unwrap_or(0).min(most::<(K, V)>(self.bytes));
-        self.map.reserve(room);
-        while let Some((Fast(k), Fast(v))) = seq.next_element::<(Fast<K>, Fast<V>)>()? {
-            let found = (self.group_of)(&k);
-            if found != self.group {
-                return Ok(Err(found));
-            }
-            self.map.insert(k, v);
-        }
-        Ok(Ok(()))
-    }
-}
-
-/// A delta or rebase section: `(key, value or tombstone)` entries, applied to `map` in
-/// order as they are decoded, without collecting them first. A rebase (`rebase`) starts
-/// from an empty group, with room reserved for its entries as far as `bytes`, the
-/// section's length, could hold them.
-///
-/// Every key is checked against `group` with `group_of` before it is applied: the
-/// decoding is `Ok(Err(found))` at the first key of another group `found`, and that
-/// entry is not applied.
-pub(crate) struct ChangesInto<'a, K, V, H, G> {
-    pub(crate) map: &'a mut HashMap<K, V, H>,
-    pub(crate) bytes: usize,
-    pub(crate) rebase: bool,
-    pub(crate) group: u32,
-    pub(crate) group_of: G,
-}
-
-impl<'de, K, V, H, G> DeserializeSeed<'de> for ChangesInto<'_, K, V, H, G>
-where
-    K: DeserializeOwned + Hash + Eq + 'static,
-    V: DeserializeOwned + 'static,
-    H: BuildHasher,
-    G: Fn(&K) -> u32,
-{
-    type Value = Result<(), u32>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de, K, V, H, G> Visitor<'de> for ChangesInto<'_, K, V, H, G>
-where
-    K: DeserializeOwned + Hash + Eq + 'static,
-    V: DeserializeOwned + 'static,
-    H: BuildHasher,
-    G: Fn(&K) -> u32,
-{
-    type Value = Result<(), u32>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key group's changes")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        if self.rebase {
+        if self.kind.is_base() {
             self.map.clear();
             let room = seq.size_hint().unwrap_or(0).min(most::<(K, V)>(self.bytes));
             self.map.reserve(room);
         }
-        while let Some((Fast(k), v)) = seq.next_element::<(Fast<K>, Option<Fast<V>>)>()? {
-            let found = (self.group_of)(&k);
-            if found != self.group {
-                return Ok(Err(found));
+        let stranger = |k: &K| Some((self.group_of)(k)).filter(|g| *g != self.group);
+        if self.kind == SectionKind::Base {
+            while let Some((Fast(k), Fast(v))) = seq.next_element::<(Fast<K>, Fast<V>)>()? {
+                if let Some(found) = stranger(&k) {
+                    return Ok(Err(found));
+                }
+                self.map.insert(k, v);
             }
-            match v {
-                Some(Fast(v)) => self.map.insert(k, v),
-                None => self.map.remove(&k),
-            };
+        } else {
+            while let Some((Fast(k), v)) = seq.next_element::<(Fast<K>, Option<Fast<V>>)>()? {
+                if let Some(found) = stranger(&k) {
+                    return Ok(Err(found));
+                }
+                match v {
+                    Some(Fast(v)) => self.map.insert(k, v),
+                    None => self.map.remove(&k),
+                };
+            }
         }
         Ok(Ok(()))
     }
@@ -244,8 +204,9 @@ mod tests {
         V: DeserializeOwned + 'static,
     {
         use bincode::Options;
-        let seed = BaseInto {
+        let seed = SectionInto {
             map,
+            kind: SectionKind::Base,
             bytes: bytes.len(),
             group: 0,
             group_of: any::<K>,
@@ -263,10 +224,15 @@ mod tests {
         V: DeserializeOwned + 'static,
     {
         use bincode::Options;
-        let seed = ChangesInto {
+        let kind = if rebase {
+            SectionKind::Rebase
+        } else {
+            SectionKind::Delta
+        };
+        let seed = SectionInto {
             map,
+            kind,
             bytes: bytes.len(),
-            rebase,
             group: 0,
             group_of: any::<K>,
         };
@@ -336,10 +302,10 @@ mod tests {
         // Even keys are in group 0, odd keys in group 1.
         let parity = |k: &u64| (k % 2) as u32;
         let mut map: HashMap<u64, u64> = HashMap::new();
-        let seed = ChangesInto {
+        let seed = SectionInto {
             map: &mut map,
+            kind: SectionKind::Delta,
             bytes: bytes.len(),
-            rebase: false,
             group: 0,
             group_of: parity,
         };
@@ -350,8 +316,9 @@ mod tests {
         let base: Vec<(u64, u64)> = vec![(2, 1), (5, 2)];
         let bytes = bincode::serialize(&base).unwrap();
         let mut map: HashMap<u64, u64> = HashMap::new();
-        let seed = BaseInto {
+        let seed = SectionInto {
             map: &mut map,
+            kind: SectionKind::Base,
             bytes: bytes.len(),
             group: 0,
             group_of: parity,

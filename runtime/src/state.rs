@@ -560,43 +560,22 @@ where
                     continue;
                 }
                 let len = section.range.len() as u64;
+                // The group is left empty until its section has been applied whole, so
+                // that a failed restore holds none of it.
+                let mut map = std::mem::take(&mut self.groups[i]);
                 let key_groups = self.key_groups;
-                let group_of = |k: &K| keygroup::key_group(k, key_groups);
-                let bytes = section.range.len();
-                let group = section.group;
-                // A base replaces its group: until it has been decoded whole, the group
-                // is left empty, so that a failed restore holds none of it.
-                let decoded = match section.kind {
-                    SectionKind::Base => {
-                        let mut map = std::mem::take(&mut self.groups[i]);
-                        map.clear();
-                        let into = crate::entries::BaseInto {
-                            map: &mut map,
-                            bytes,
-                            group,
-                            group_of,
-                        };
-                        let decoded = part.decode_section_seed(&section, into)?;
-                        if decoded.is_ok() {
-                            self.groups[i] = map;
-                        }
-                        decoded
-                    }
-                    // A rebase is laid out like a delta and applied to an empty group.
-                    SectionKind::Delta | SectionKind::Rebase => {
-                        let into = crate::entries::ChangesInto {
-                            map: &mut self.groups[i],
-                            bytes,
-                            rebase: section.kind == SectionKind::Rebase,
-                            group,
-                            group_of,
-                        };
-                        part.decode_section_seed(&section, into)?
-                    }
+                let into = crate::entries::SectionInto {
+                    map: &mut map,
+                    kind: section.kind,
+                    bytes: section.range.len(),
+                    group: section.group,
+                    group_of: |k: &K| keygroup::key_group(k, key_groups),
                 };
+                let decoded = part.decode_section_seed(&section, into)?;
                 if let Err(found) = decoded {
-                    return Err(self.wrong_group(entry, group, found));
+                    return Err(self.wrong_group(entry, section.group, found));
                 }
+                self.groups[i] = map;
                 if section.kind.is_base() {
                     self.stats[i] = GroupStats {
                         based: true,
