@@ -10,6 +10,10 @@
 //! bytes), which is the same encoding; every other type decodes as serde would. The
 //! stored format does not change, and damaged bytes are the same errors: a length past
 //! the section's end is an error, never an allocation of that length.
+//!
+//! A section is decoded straight into its group's map (`SectionInto`): each entry's key
+//! group is checked as it is read, and the entry inserted or removed at once, without
+//! first collecting the section's entries into a vector of their own.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
