@@ -103,9 +103,10 @@ impl<'de, T: DeserializeOwned + 'static> Deserialize<'de> for Fast<T> {
     }
 }
 
-/// How many entries of `T` `bytes` bytes could hold at most: a count read from damaged
-/// bytes never reserves room for more entries than its section could fill, so it never
-/// reserves more memory than the section takes.
+/// How many entries of `T` `bytes` bytes could hold at most, each taking at least its
+/// size in memory: a count read from damaged bytes never reserves room for more entries
+/// than its section could fill, so the memory it reserves stays proportional to the
+/// section's length (a hash map's slots and control bytes add a small factor).
 fn most<T>(bytes: usize) -> usize {
     bytes / std::mem::size_of::<T>().max(1)
 }
@@ -121,7 +122,8 @@ fn most<T>(bytes: usize) -> usize {
 /// count as far as `bytes`, the section's length, could hold entries. Every key is
 /// checked against `group` with `group_of` before it is applied: the decoding is
 /// `Ok(Err(found))` at the first key of another group `found`, and that entry and the
-/// ones after it are not applied.
+/// ones after it are not applied. The map then holds part of the section (the entries
+/// before it) and must be discarded.
 pub(crate) struct SectionInto<'a, K, V, H, G> {
     pub(crate) map: &'a mut HashMap<K, V, H>,
     pub(crate) kind: SectionKind,
@@ -163,7 +165,10 @@ where
             let room = seq.size_hint().unwrap_or(0).min(most::<(K, V)>(self.bytes));
             self.map.reserve(room);
         }
-        let stranger = |k: &K| Some((self.group_of)(k)).filter(|g| *g != self.group);
+        let stranger = |k: &K| {
+            let g = (self.group_of)(k);
+            (g != self.group).then_some(g)
+        };
         if self.kind == SectionKind::Base {
             while let Some((Fast(k), Fast(v))) = seq.next_element::<(Fast<K>, Fast<V>)>()? {
                 if let Some(found) = stranger(&k) {
@@ -218,21 +223,16 @@ mod tests {
         options().deserialize_seed(seed, bytes)
     }
 
-    fn changes_into<K, V>(
+    fn section_into<K, V>(
         map: &mut HashMap<K, V>,
         bytes: &[u8],
-        rebase: bool,
+        kind: SectionKind,
     ) -> bincode::Result<Result<(), u32>>
     where
         K: DeserializeOwned + Hash + Eq + 'static,
         V: DeserializeOwned + 'static,
     {
         use bincode::Options;
-        let kind = if rebase {
-            SectionKind::Rebase
-        } else {
-            SectionKind::Delta
-        };
         let seed = SectionInto {
             map,
             kind,
@@ -252,7 +252,9 @@ mod tests {
         ];
         let bytes = bincode::serialize(&changes).unwrap();
         let mut back = HashMap::from([(b"k2".to_vec(), vec![1u8])]);
-        changes_into(&mut back, &bytes, false).unwrap().unwrap();
+        section_into(&mut back, &bytes, SectionKind::Delta)
+            .unwrap()
+            .unwrap();
         let expected = HashMap::from([
             (b"k1".to_vec(), vec![0, 1, 2, 255]),
             (b"k3".to_vec(), Vec::new()),
@@ -264,7 +266,9 @@ mod tests {
             vec![(7, Some(("x".into(), vec![9; 300]))), (8, None)];
         let bytes = bincode::serialize(&nested).unwrap();
         let mut back = HashMap::from([(8u64, ("y".to_string(), vec![1u8]))]);
-        changes_into(&mut back, &bytes, false).unwrap().unwrap();
+        section_into(&mut back, &bytes, SectionKind::Delta)
+            .unwrap()
+            .unwrap();
         assert_eq!(back, HashMap::from([(7, ("x".to_string(), vec![9; 300]))]));
 
         let base: HashMap<Vec<u8>, Vec<u8>> = (0..100u8)
@@ -290,45 +294,53 @@ mod tests {
         let before = HashMap::from([(3u64, 30u64), (4, 40)]);
 
         let mut delta = before.clone();
-        changes_into(&mut delta, &bytes, false).unwrap().unwrap();
+        section_into(&mut delta, &bytes, SectionKind::Delta)
+            .unwrap()
+            .unwrap();
         assert_eq!(delta, HashMap::from([(2, 21), (4, 40)]));
 
         let mut rebase = before;
-        changes_into(&mut rebase, &bytes, true).unwrap().unwrap();
+        section_into(&mut rebase, &bytes, SectionKind::Rebase)
+            .unwrap()
+            .unwrap();
         assert_eq!(rebase, HashMap::from([(2, 21)]));
     }
 
     #[test]
-    fn a_key_of_another_group_stops_the_changes_and_names_its_group() {
+    fn a_key_of_another_group_stops_the_section_and_names_its_group() {
         use bincode::Options;
-        let changes: Vec<(u64, Option<u64>)> = vec![(2, Some(1)), (5, Some(2)), (4, Some(3))];
-        let bytes = bincode::serialize(&changes).unwrap();
         // Even keys are in group 0, odd keys in group 1.
         let parity = |k: &u64| (k % 2) as u32;
-        let mut map: HashMap<u64, u64> = HashMap::new();
-        let seed = SectionInto {
-            map: &mut map,
-            kind: SectionKind::Delta,
-            bytes: bytes.len(),
-            group: 0,
-            group_of: parity,
-        };
-        assert_eq!(options().deserialize_seed(seed, &bytes).unwrap(), Err(1));
-        // The entries before the stranger were applied; it and those after it were not.
-        assert_eq!(map, HashMap::from([(2, 1)]));
-
-        let base: Vec<(u64, u64)> = vec![(2, 1), (5, 2)];
-        let bytes = bincode::serialize(&base).unwrap();
-        let mut map: HashMap<u64, u64> = HashMap::new();
-        let seed = SectionInto {
-            map: &mut map,
-            kind: SectionKind::Base,
-            bytes: bytes.len(),
-            group: 0,
-            group_of: parity,
-        };
-        assert_eq!(options().deserialize_seed(seed, &bytes).unwrap(), Err(1));
-        assert!(!map.contains_key(&5));
+        let entries: Vec<(u64, u64)> = vec![(2, 1), (5, 2), (4, 3)];
+        for kind in [SectionKind::Base, SectionKind::Delta, SectionKind::Rebase] {
+            let bytes = if kind == SectionKind::Base {
+                bincode::serialize(&entries).unwrap()
+            } else {
+                let changes: Vec<(u64, Option<u64>)> =
+                    entries.iter().map(|(k, v)| (*k, Some(*v))).collect();
+                bincode::serialize(&changes).unwrap()
+            };
+            let mut map = HashMap::from([(6u64, 6u64)]);
+            let seed = SectionInto {
+                map: &mut map,
+                kind,
+                bytes: bytes.len(),
+                group: 0,
+                group_of: parity,
+            };
+            assert_eq!(
+                options().deserialize_seed(seed, &bytes).unwrap(),
+                Err(1),
+                "{kind:?}"
+            );
+            // The entries before the stranger were applied; it and those after it were
+            // not. A base or rebase started from an empty group, a delta did not.
+            let mut expected = HashMap::from([(2, 1)]);
+            if kind == SectionKind::Delta {
+                expected.insert(6, 6);
+            }
+            assert_eq!(map, expected, "{kind:?}");
+        }
     }
 
     #[test]
@@ -353,19 +365,19 @@ mod tests {
         let bytes = bincode::serialize(&changes).unwrap();
         let mut map: HashMap<u64, Vec<u8>> = HashMap::new();
         // Cut short inside the value.
-        assert!(changes_into(&mut map, &bytes[..bytes.len() - 10], false).is_err());
+        assert!(section_into(&mut map, &bytes[..bytes.len() - 10], SectionKind::Delta).is_err());
         // A value's length (after the count, the key and the tag) set to far more than
         // the section holds.
         let mut long = bytes.clone();
         long[17..25].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(changes_into(&mut map, &long, false).is_err());
+        assert!(section_into(&mut map, &long, SectionKind::Delta).is_err());
         // An entry count far beyond the entries: an error once they run out, and a
         // rebase reserves room for no more entries than the bytes could fill.
         let mut many = bytes;
         many[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
-        assert!(changes_into(&mut map, &many, false).is_err());
+        assert!(section_into(&mut map, &many, SectionKind::Delta).is_err());
         let mut map: HashMap<u64, Vec<u8>> = HashMap::new();
-        assert!(changes_into(&mut map, &many, true).is_err());
+        assert!(section_into(&mut map, &many, SectionKind::Rebase).is_err());
         assert!(map.capacity() < 16, "reserved {}", map.capacity());
     }
 

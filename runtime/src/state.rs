@@ -560,14 +560,14 @@ where
                     continue;
                 }
                 let len = section.range.len() as u64;
-                // The group is left empty until its section has been applied whole, so
-                // that a failed restore holds none of it.
+                // A section that fails leaves its group empty, not half applied (the
+                // caller drops the whole state on an error).
                 let mut map = std::mem::take(&mut self.groups[i]);
                 let key_groups = self.key_groups;
                 let into = crate::entries::SectionInto {
                     map: &mut map,
                     kind: section.kind,
-                    bytes: section.range.len(),
+                    bytes: len as usize,
                     group: section.group,
                     group_of: |k: &K| keygroup::key_group(k, key_groups),
                 };
@@ -1924,13 +1924,18 @@ mod tests {
         let all = (0, GROUPS);
         let key = 5u16;
         let wrong = (keygroup::key_group(&key, GROUPS) + 1) % GROUPS;
-        for kind in [SectionKind::Base, SectionKind::Delta, SectionKind::Rebase] {
+        // A key that does belong to group `wrong`.
+        let own = (0u16..)
+            .find(|k| keygroup::key_group(k, GROUPS) == wrong)
+            .unwrap();
+        let part = |kind: SectionKind, entries: &[(u16, u32)]| {
             let mut w = PackWriter::new("t");
             if kind == SectionKind::Base {
-                w.push(wrong, kind, &Entries(&HashMap::from([(key, 1u32)])))
-                    .unwrap();
+                w.push(wrong, kind, &entries.to_vec()).unwrap();
             } else {
-                w.push(wrong, kind, &vec![(key, Some(1u32))]).unwrap();
+                let changes: Vec<(u16, Option<u32>)> =
+                    entries.iter().map(|(k, v)| (*k, Some(*v))).collect();
+                w.push(wrong, kind, &changes).unwrap();
             }
             let bytes = w.finish();
             let entry = PartEntry {
@@ -1943,15 +1948,25 @@ mod tests {
                 crc32: weir_checkpoint::codec::crc32(&bytes),
                 packed: Some(vec![all]),
             };
-            let part = VerifiedPart::verify(&entry, bytes.into()).unwrap();
+            VerifiedPart::verify(&entry, bytes.into()).unwrap()
+        };
+        for kind in [SectionKind::Base, SectionKind::Delta, SectionKind::Rebase] {
             let mut state = State::empty("op", GROUPS, all, true, 0.5);
-            let err = state.replay(&part).unwrap_err().to_string();
+            state.replay(&part(SectionKind::Base, &[(own, 1)])).unwrap();
+            assert_eq!(state.iter().count(), 1);
+            // The group's own key is applied before the stranger is found.
+            let err = state
+                .replay(&part(kind, &[(own, 2), (key, 1)]))
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("job/chk-1/op/w0-g0")
                     && err.contains("another key hash")
                     && err.contains(&format!("key group {wrong} of operator `op`")),
                 "{kind:?}: {err}"
             );
+            // The failed section's group holds nothing: neither its earlier state nor
+            // the section's entries before the stranger.
             assert_eq!(state.iter().count(), 0, "{kind:?}");
         }
     }
