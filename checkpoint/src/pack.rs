@@ -623,7 +623,7 @@ mod tests {
         );
         assert_eq!(
             plan_reads(&sections, even, 101),
-            ReadPlan::Ranges(vec![0..700])
+            ReadPlan::Ranges(std::iter::once(0..700).collect())
         );
         assert_eq!(
             plan_reads(&sections, |_| false, 0),

@@ -1021,8 +1021,12 @@ mod tests {
             retain: usize,
             /// What a retention pass of the running generation listed and has not yet
             /// acted on: the facts `apply_retention` reads, and the directories.
-            listed: Option<(Vec<(Epoch, BTreeSet<Epoch>)>, Vec<Epoch>)>,
+            listed: Option<Listed>,
         }
+
+        /// The facts a retention pass listed (each checkpoint with the checkpoints it
+        /// reaches) and the directories.
+        type Listed = (Vec<(Epoch, BTreeSet<Epoch>)>, Vec<Epoch>);
 
         impl Model {
             fn new(retain: usize) -> Self {

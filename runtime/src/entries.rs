@@ -262,8 +262,8 @@ mod tests {
         assert_eq!(back, expected);
 
         // Other types decode as serde would, byte vectors inside them included.
-        let nested: Vec<(u64, Option<(String, Vec<u8>)>)> =
-            vec![(7, Some(("x".into(), vec![9; 300]))), (8, None)];
+        type Nested = (u64, Option<(String, Vec<u8>)>);
+        let nested: Vec<Nested> = vec![(7, Some(("x".into(), vec![9; 300]))), (8, None)];
         let bytes = bincode::serialize(&nested).unwrap();
         let mut back = HashMap::from([(8u64, ("y".to_string(), vec![1u8]))]);
         section_into(&mut back, &bytes, SectionKind::Delta)

@@ -1526,8 +1526,10 @@ mod tests {
                 apply(&mut workers[worker], &mut model, op);
             }
             // The one worker's chain: both chains' objects, oldest first.
-            let mut one_chain = Chain::default();
-            one_chain.parts = chains.iter().flat_map(|c| c.parts.iter().cloned()).collect();
+            let mut one_chain = Chain {
+                parts: chains.iter().flat_map(|c| c.parts.iter().cloned()).collect(),
+                ..Chain::default()
+            };
             one_chain.parts.sort_by_key(|p| weir_checkpoint::layout::object_checkpoint_dir(&p.entry().path));
             let mut one = restored(&[&one_chain], all);
             prop_assert_eq!(contents(&one), model.clone());
