@@ -38,7 +38,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 use weir_runtime::{Flow, Job, KeyedState, Part, Result, Sealing};
 
-use crate::keyed::{keyed, Store};
+use crate::keyed::{by_key, keyed, Store};
 
 /// Turns a flow of updates into a differential collection that survives restore.
 ///
@@ -79,7 +79,8 @@ where
             counts: KeyedState::restore(&ctx, name)?,
             replay_at,
         };
-        let collection = keyed(self.into_stream(), &job, name, store)?.as_collection();
+        let collection =
+            keyed(self.into_stream(), None, by_key, &job, name, store)?.as_collection();
         Ok(DurableCollection { job, collection })
     }
 }
@@ -175,11 +176,10 @@ impl<D> Store for Inputs<D>
 where
     D: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
 {
-    type Key = D;
-    type Value = isize;
+    type Record = (D, isize);
     type Out = (D, u64, isize);
 
-    fn apply(&mut self, epoch: u64, d: D, diff: isize, out: &mut Vec<Self::Out>) {
+    fn apply(&mut self, epoch: u64, (d, diff): (D, isize), out: &mut Vec<Self::Out>) {
         if diff == 0 {
             return;
         }

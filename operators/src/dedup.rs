@@ -40,8 +40,8 @@ use timely::dataflow::operators::vec::Map;
 use weir_runtime::{keygroup, Flow, KeyedState, Result};
 
 use crate::event_time::{EventStream, Timed};
-use crate::keyed::{keyed, now_ms};
-use crate::timed::{Logic, Route, TimedStore};
+use crate::keyed::{now_ms, split};
+use crate::timed::{Logic, TimedStore};
 use crate::window::Late;
 
 /// Slots per window.
@@ -131,11 +131,12 @@ impl<'s, D: timely::ExchangeData> Deduplicate<'s, D> for EventStream<'s, D> {
         let job = &job;
         let senders = self.senders;
         let watermarks = self.watermarks.clone();
-        let input = self.keyed_input(move |d| keygroup::stable_hash(&key(d)), 0, |d| d);
+        let marks = self.marks_to_every_worker(0);
         let logic = DedupLogic::new(window, false, KeyedState::restore(job.ctx(), name)?);
-        let store = TimedStore::restore(senders, logic)?;
-        let out = keyed(input, job, name, store)?;
-        let (records, late) = crate::timed::split(out, |o| o);
+        let hash = move |d: &D| keygroup::stable_hash(&key(d));
+        let store = TimedStore::restore(senders, logic, hash)?;
+        let out = store.build(self.records, Some(marks), job, name)?;
+        let (records, late) = split(out, |o| o);
         Ok((
             EventStream {
                 job: job.clone(),
@@ -161,23 +162,19 @@ impl<'s, D: timely::ExchangeData> DeduplicateProcessingTime<'s, D> for Flow<'s, 
     {
         let job = self.job().clone();
         let job = &job;
-        let input = self.into_stream().map(move |d| {
-            (
-                Route::Key(keygroup::stable_hash(&key(&d))),
-                crate::timed::Input::Record {
-                    ts: 0,
-                    split_wm: 0,
-                    value: d,
-                },
-            )
+        let input = self.into_stream().map(|data| Timed {
+            ts: 0,
+            split_wm: 0,
+            data,
         });
         let logic = DedupLogic::new(
             window.as_millis() as u64,
             true,
             KeyedState::restore(job.ctx(), name)?,
         );
-        let store = TimedStore::restore(0, logic)?.on_processing_time();
-        let out = keyed(input, job, name, store)?;
+        let hash = move |d: &D| keygroup::stable_hash(&key(d));
+        let store = TimedStore::restore(0, logic, hash)?.on_processing_time();
+        let out = store.build(input, None, job, name)?;
         Ok(job
             .flow(out.flat_map(|o: std::result::Result<Timed<D>, Late<D>>| o.ok().map(|t| t.data))))
     }

@@ -42,13 +42,14 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::rc::Rc;
+
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
 use weir_runtime::{encode_keyed, keygroup, Flow, Job, Part, Result, Sealing};
 
-use crate::keyed::{keyed, Store};
-pub use crate::timed::Mark;
+pub use crate::keyed::Mark;
+use crate::keyed::{keyed, split, Marks, Store};
 
 /// A record with its event time.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -137,40 +138,18 @@ impl<'s, D: timely::ExchangeData> EventStream<'s, D> {
         }
     }
 
-    /// The records and watermarks as the input of a keyed event-time operator: records
-    /// keyed by `key`, watermark reports sent to every worker, sender numbers shifted by
-    /// `offset` (so that two event streams can feed one operator).
-    pub(crate) fn keyed_input<K, V, FK>(
-        self,
-        key: FK,
-        offset: usize,
-        wrap: impl Fn(D) -> V + 'static,
-    ) -> crate::Records<'s, (crate::timed::Route<K>, crate::timed::Input<V>)>
-    where
-        K: timely::ExchangeData + Hash,
-        V: timely::ExchangeData,
-        FK: Fn(&D) -> K + 'static,
-    {
-        use crate::timed::{Input, Route};
+    /// The watermark reports as the second input of a keyed event-time operator: each
+    /// report sent to every worker, its sender number shifted by `offset` (so that two
+    /// event streams can feed one operator).
+    pub(crate) fn marks_to_every_worker(&self, offset: usize) -> Marks<'s> {
         let peers = self.records.scope().peers();
-        let records = self.records.map(move |t| {
-            (
-                Route::Key(key(&t.data)),
-                Input::Record {
-                    ts: t.ts,
-                    split_wm: t.split_wm,
-                    value: wrap(t.data),
-                },
-            )
-        });
-        let marks = self.watermarks.flat_map(move |m| {
+        self.watermarks.clone().flat_map(move |m| {
             let m = Mark {
                 from: m.from + offset,
                 ..m
             };
-            (0..peers).map(move |to| (Route::To(to), Input::Mark(m)))
-        });
-        records.concat(marks)
+            (0..peers).map(move |to| (to, m))
+        })
     }
 }
 
@@ -376,8 +355,10 @@ where
         .collect();
     let max_ts: HashMap<P, u64, crate::FastHash> =
         ctx.restore_keyed::<P, u64>(name)?.into_iter().collect();
+    let split_of = Rc::new(split_of);
     let store = SplitClocks {
         ctx: ctx.clone(),
+        split_of: Rc::clone(&split_of),
         worker,
         owned,
         max_ts,
@@ -388,13 +369,13 @@ where
         last_mark: None,
         _marker: std::marker::PhantomData,
     };
-    let input = stream.map(move |d| (split_of(&d), d));
-    let emitted = keyed(input, job, name, store)?;
-    let (records, rest) = crate::timed::split(emitted, |e| match e {
+    let group = move |d: &D, n| keygroup::key_group(&split_of(d), n);
+    let emitted = keyed(stream, None, group, job, name, store)?;
+    let (records, rest) = split(emitted, |e| match e {
         Emit::Record(t) => Ok(t),
         other => Err(other),
     });
-    let (rejected, watermarks) = crate::timed::split(rest, |e: Emit<D>| match e {
+    let (rejected, watermarks) = split(rest, |e: Emit<D>| match e {
         Emit::Rejected(r) => Ok(r),
         Emit::Mark(m) => Err(m),
         Emit::Record(_) => unreachable!("records were split off"),
@@ -411,8 +392,10 @@ where
 }
 
 /// The assigner's state on one worker: the largest event time per owned split.
-struct SplitClocks<P, D, FT> {
+struct SplitClocks<P, D, FS, FT> {
     ctx: weir_runtime::JobContext,
+    /// Which split a record came from.
+    split_of: Rc<FS>,
     worker: usize,
     owned: Vec<P>,
     max_ts: HashMap<P, u64, crate::FastHash>,
@@ -425,7 +408,7 @@ struct SplitClocks<P, D, FT> {
     _marker: std::marker::PhantomData<fn(D)>,
 }
 
-impl<P, D, FT> SplitClocks<P, D, FT>
+impl<P, D, FS, FT> SplitClocks<P, D, FS, FT>
 where
     P: Hash + Eq,
 {
@@ -436,20 +419,21 @@ where
     }
 }
 
-impl<P, D, FT> Store for SplitClocks<P, D, FT>
+impl<P, D, FS, FT> Store for SplitClocks<P, D, FS, FT>
 where
     P: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
     D: timely::ExchangeData,
+    FS: Fn(&D) -> P + 'static,
     FT: Fn(&D) -> std::result::Result<u64, String> + 'static,
 {
-    type Key = P;
-    type Value = D;
+    type Record = D;
     type Out = Emit<D>;
 
-    fn apply(&mut self, _epoch: u64, split: P, data: D, out: &mut Vec<Emit<D>>) {
+    fn apply(&mut self, _epoch: u64, data: D, out: &mut Vec<Emit<D>>) {
         match (self.timestamp)(&data) {
             Err(reason) => out.push(Emit::Rejected(Rejected { data, reason })),
             Ok(ts) => {
+                let split = (self.split_of)(&data);
                 if self.strategy.idle_timeout.is_some() {
                     self.active.insert(split.clone(), Instant::now());
                 }

@@ -36,7 +36,7 @@ use weir_runtime::state::Update;
 use weir_runtime::{Flow, Job, KeyedState, Result};
 
 use crate::event_time::{EventStream, Timed};
-use crate::keyed::{keyed, per_key, Ttl};
+use crate::keyed::{per_key, split, Ttl};
 use crate::timed::{Logic, TimedStore};
 use crate::window::Late;
 
@@ -206,16 +206,25 @@ where
     }
     let senders = left.senders + right.senders;
     let offset = left.senders;
-    let left = left.keyed_input(left_key, 0, Side::Left);
-    let right = right.keyed_input(right_key, offset, Side::Right);
+    let marks = left
+        .marks_to_every_worker(0)
+        .concat(right.marks_to_every_worker(offset));
+    let records = left
+        .map(Side::<A, B>::Left)
+        .records
+        .concat(right.map(Side::<A, B>::Right).records);
+    let key = move |s: &Side<A, B>| match s {
+        Side::Left(a) => left_key(a),
+        Side::Right(b) => right_key(b),
+    };
     let logic = IntervalLogic {
         lower,
         upper,
         state: KeyedState::restore(job.ctx(), name)?,
     };
-    let store = TimedStore::restore(senders, logic)?;
-    let out = keyed(left.concat(right), job, name, store)?;
-    Ok(crate::timed::split(out, |o| o))
+    let store = TimedStore::restore(senders, logic, key)?;
+    let out = store.build(records, Some(marks), job, name)?;
+    Ok(split(out, |o| o))
 }
 
 /// Both sides' records of one key.

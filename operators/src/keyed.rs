@@ -3,12 +3,15 @@
 //!
 //! ## Design
 //!
-//! Records are routed to the worker that owns their key's key group (see
-//! [`Store::route`]). Records of the oldest open epoch (the input frontier is exactly
-//! that epoch) are applied at once; records of later epochs wait in a buffer until every
-//! earlier epoch has closed, so that state always moves through epochs in order. When
-//! the frontier passes epochs, their buffered records are applied epoch by epoch, each
-//! epoch that saw records is ended ([`Store::end_epoch`]), the store is told how far the
+//! Records are routed to the worker that owns their key's key group, computed from the
+//! record itself in the exchange, so no operator before the engine has to pair records
+//! with their keys. An event-time operator's watermark reports come on a second input,
+//! each to the worker it names; the operator's frontier is the least of both inputs'.
+//! Records and reports of the oldest open epoch (the frontier is exactly that epoch) are
+//! applied at once; those of later epochs wait in a buffer until every earlier epoch has
+//! closed, so that state always moves through epochs in order. When the frontier passes
+//! epochs, their buffered records and reports are applied epoch by epoch, each epoch
+//! that saw records is ended ([`Store::end_epoch`]), the store is told how far the
 //! input has closed ([`Store::close`]: windows fire, expired state goes), and one
 //! snapshot (as of the newest closed epoch) is taken: encoded synchronously, uploaded in
 //! the background. If nothing changed since the previous snapshot, the previous part is
@@ -23,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -33,22 +36,30 @@ use weir_runtime::checkpoint::Report;
 use weir_runtime::keygroup;
 use weir_runtime::{EpochTracker, Job, JobContext, KeyedState, Part, Result, Sealing, Snapshotter};
 
+/// A watermark report: sender `from` has reached event time `wm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// The reporting instance (a worker of an event-time assigner).
+    pub from: usize,
+    /// Its watermark.
+    pub wm: u64,
+    /// It has only idle splits and is left out of the job's watermark.
+    pub idle: bool,
+}
+
 /// The state of one keyed operator on one worker.
 pub(crate) trait Store: 'static {
-    /// What records are routed by.
-    type Key: timely::ExchangeData + Hash;
-    /// What records carry besides their key.
-    type Value: timely::ExchangeData;
+    /// What arrives: a record, routed by the key group [`keyed`] is given for it.
+    type Record: timely::ExchangeData;
     /// What the operator emits.
     type Out: timely::ExchangeData;
 
-    /// The worker that receives a record with key `key`: by default the owner of its key
-    /// group.
-    fn route(key: &Self::Key, key_groups: u32, peers: usize) -> usize {
-        keygroup::owner(keygroup::key_group(key, key_groups), key_groups, peers)
-    }
     /// Applies one record of `epoch`.
-    fn apply(&mut self, epoch: u64, key: Self::Key, value: Self::Value, out: &mut Vec<Self::Out>);
+    fn apply(&mut self, epoch: u64, record: Self::Record, out: &mut Vec<Self::Out>);
+    /// Applies one watermark report of `epoch` from the operator's second input. Reports
+    /// change nothing that is checkpointed: what they move is stored by
+    /// [`Store::close`], which says whether the state changed.
+    fn mark(&mut self, _epoch: u64, _mark: Mark) {}
     /// Ends `epoch`, which saw records; called in epoch order. Returns whether it has
     /// more to emit: it is then called again for the same epoch once `out` was sent on,
     /// so that a store with much to emit at an epoch's end does it in bounded pieces.
@@ -110,12 +121,32 @@ struct Taken {
     _in_flight: Option<weir_runtime::clock::InFlight>,
 }
 
-/// Records of one epoch, waiting for earlier epochs to close.
-type Batch<S> = Vec<(<S as Store>::Key, <S as Store>::Value)>;
+/// Records and watermark reports of one epoch, waiting for earlier epochs to close.
+struct Waiting<R> {
+    records: Vec<R>,
+    marks: Vec<Mark>,
+}
 
-/// Builds a keyed operator around `store` (already restored by the caller).
+impl<R> Default for Waiting<R> {
+    fn default() -> Self {
+        Waiting {
+            records: Vec::new(),
+            marks: Vec::new(),
+        }
+    }
+}
+
+/// Watermark reports for every worker: `(worker, report)`, each routed to its worker.
+pub(crate) type Marks<'s> = crate::Records<'s, (usize, Mark)>;
+
+/// Builds a keyed operator around `store` (already restored by the caller): `stream`'s
+/// records go to the owner of the key group `group(record, key_groups)` names, and
+/// `marks` (if any) to the worker each names, on a second input. Both inputs close epochs
+/// together: the operator's frontier is the least of theirs.
 pub(crate) fn keyed<'s, S: Store>(
-    stream: crate::Records<'s, (S::Key, S::Value)>,
+    stream: crate::Records<'s, S::Record>,
+    marks: Option<Marks<'s>>,
+    group: impl Fn(&S::Record, u32) -> u32 + 'static,
     job: &Job<'s>,
     name: &str,
     mut store: S,
@@ -131,8 +162,10 @@ pub(crate) fn keyed<'s, S: Store>(
     let address = builder.operator_info().address;
     let mut input = builder.new_input(
         stream,
-        Exchange::new(move |(k, _): &(S::Key, S::Value)| S::route(k, n, peers) as u64),
+        Exchange::new(move |r: &S::Record| keygroup::owner(group(r, n), n, peers) as u64),
     );
+    let mut marks_input =
+        marks.map(|m| builder.new_input(m, Exchange::new(|m: &(usize, Mark)| m.0 as u64)));
     let (data_out, data) = builder.new_output::<Vec<S::Out>>();
     let (report_out, reports) = builder.new_output::<Vec<Report>>();
     let mut data_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<S::Out>>>::from(data_out);
@@ -155,7 +188,7 @@ pub(crate) fn keyed<'s, S: Store>(
         // sources (at epoch 0) are accepted too.
         let mut data_cap = caps.pop();
         let mut tracker = EpochTracker::new(report_cap, first_epoch);
-        let mut buffered: BTreeMap<u64, Batch<S>> = BTreeMap::new();
+        let mut buffered: BTreeMap<u64, Waiting<S::Record>> = BTreeMap::new();
         // Epochs that saw records and have not ended yet.
         let mut seen: BTreeSet<u64> = BTreeSet::new();
         let mut changed = !restored_unchanged;
@@ -169,8 +202,12 @@ pub(crate) fn keyed<'s, S: Store>(
             if ctx.failed() {
                 return;
             }
-            let frontier = &frontiers[0];
-            let oldest = frontier.frontier().iter().min().copied();
+            // The oldest epoch still open in any input; `None` once all have ended.
+            let oldest = frontiers
+                .iter()
+                .filter_map(|f| f.frontier().iter().min().copied())
+                .min();
+            let open = |e: &u64| oldest.is_some_and(|o| o <= *e);
             let mut session_out = data_out.activate();
             if !std::mem::replace(&mut replayed, true) {
                 if let (Some((epoch, replay)), Some(c)) = (store.replay(), data_cap.as_ref()) {
@@ -187,16 +224,20 @@ pub(crate) fn keyed<'s, S: Store>(
                 .keys()
                 .chain(seen.iter())
                 .copied()
-                .filter(|e| !frontier.less_equal(e))
+                .filter(|e| !open(e))
                 .collect();
             for epoch in closing {
                 let c = data_cap
                     .as_ref()
                     .expect("epochs still open")
                     .delayed(&epoch);
-                for (k, v) in buffered.remove(&epoch).unwrap_or_default() {
+                let waiting = buffered.remove(&epoch).unwrap_or_default();
+                for r in waiting.records {
                     changed = true;
-                    store.apply(epoch, k, v, &mut out);
+                    store.apply(epoch, r, &mut out);
+                }
+                for m in waiting.marks {
+                    store.mark(epoch, m);
                 }
                 seen.remove(&epoch);
                 loop {
@@ -212,7 +253,7 @@ pub(crate) fn keyed<'s, S: Store>(
             }
             // The snapshot covers exactly the closed epochs: take it before records of
             // the oldest open epoch are applied below.
-            if let Some(due) = tracker.advance(frontier) {
+            if let Some(due) = tracker.advance_to(oldest) {
                 if let Some(c) = data_cap.as_ref() {
                     if store.close(due.epoch, due.is_final, &mut out) {
                         changed = true;
@@ -256,10 +297,15 @@ pub(crate) fn keyed<'s, S: Store>(
             // before everything now in the input: apply them first, to keep arrival order.
             if let Some(epoch) = oldest {
                 if let Some(waiting) = buffered.remove(&epoch) {
-                    changed = true;
-                    seen.insert(epoch);
-                    for (k, v) in waiting {
-                        store.apply(epoch, k, v, &mut out);
+                    for m in waiting.marks {
+                        store.mark(epoch, m);
+                    }
+                    if !waiting.records.is_empty() {
+                        changed = true;
+                        seen.insert(epoch);
+                        for r in waiting.records {
+                            store.apply(epoch, r, &mut out);
+                        }
                     }
                     if !out.is_empty() {
                         let c = data_cap.as_ref().expect("open epoch").delayed(&epoch);
@@ -268,6 +314,20 @@ pub(crate) fn keyed<'s, S: Store>(
                     }
                 }
             }
+            if let Some(marks) = marks_input.as_mut() {
+                marks.for_each(|cap, batch| {
+                    let Some(&epoch) = cap.least() else { return };
+                    tracker.saw(epoch);
+                    if Some(epoch) == oldest {
+                        for (_, m) in batch.drain(..) {
+                            store.mark(epoch, m);
+                        }
+                    } else {
+                        let waiting = buffered.entry(epoch).or_default();
+                        waiting.marks.extend(batch.drain(..).map(|(_, m)| m));
+                    }
+                });
+            }
             input.for_each(|cap, batch| {
                 let Some(&epoch) = cap.least() else { return };
                 records_in.inc_by(batch.len() as u64);
@@ -275,8 +335,8 @@ pub(crate) fn keyed<'s, S: Store>(
                 if Some(epoch) == oldest {
                     changed = true;
                     seen.insert(epoch);
-                    for (k, v) in batch.drain(..) {
-                        store.apply(epoch, k, v, &mut out);
+                    for r in batch.drain(..) {
+                        store.apply(epoch, r, &mut out);
                     }
                     if !out.is_empty() {
                         let c = data_cap.as_ref().expect("open epoch").delayed(&epoch);
@@ -284,7 +344,7 @@ pub(crate) fn keyed<'s, S: Store>(
                         session_out.session(&c).give_iterator(out.drain(..));
                     }
                 } else {
-                    buffered.entry(epoch).or_default().append(batch);
+                    buffered.entry(epoch).or_default().records.append(batch);
                 }
             });
             drop(session_out);
@@ -452,11 +512,10 @@ where
     R: FnMut(&K, &mut S, V, &mut Vec<O>) + 'static,
     E: FnMut(&K, &S, u64, &mut Vec<O>) + 'static,
 {
-    type Key = K;
-    type Value = V;
+    type Record = (K, V);
     type Out = O;
 
-    fn apply(&mut self, epoch: u64, k: K, v: V, out: &mut Vec<O>) {
+    fn apply(&mut self, epoch: u64, (k, v): (K, V), out: &mut Vec<O>) {
         let group = self.state.group_of(&k);
         let map = self.state.group_mut(group, &k);
         // Look up before inserting, so that a known key is not cloned.
@@ -545,6 +604,30 @@ where
     }
 }
 
+/// Splits a stream in two by `f`.
+#[allow(clippy::type_complexity)]
+pub(crate) fn split<'s, X, A, B, F>(
+    stream: timely::dataflow::Stream<'s, u64, Vec<X>>,
+    f: F,
+) -> (
+    timely::dataflow::Stream<'s, u64, Vec<A>>,
+    timely::dataflow::Stream<'s, u64, Vec<B>>,
+)
+where
+    X: 'static,
+    A: 'static,
+    B: 'static,
+    F: FnMut(X) -> std::result::Result<A, B> + 'static,
+{
+    use timely::dataflow::operators::core::OkErr;
+    stream.ok_err::<Vec<A>, A, Vec<B>, B, _>(f)
+}
+
+/// The key group of a record `(key, value)`.
+pub(crate) fn by_key<K: Hash, V>((k, _): &(K, V), key_groups: u32) -> u32 {
+    keygroup::key_group(k, key_groups)
+}
+
 /// Builds a plain per-key operator (see [`PerKey`]).
 pub(crate) fn per_key<'s, K, V, S, O, R, E>(
     stream: Stream<'s, u64, Vec<(K, V)>>,
@@ -563,7 +646,7 @@ where
     E: FnMut(&K, &S, u64, &mut Vec<O>) + 'static,
 {
     let store = PerKey::restore(job.ctx(), name, ttl, on_record, on_epoch)?;
-    keyed(stream, job, name, store)
+    keyed(stream, None, by_key, job, name, store)
 }
 
 #[cfg(test)]

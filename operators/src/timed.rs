@@ -15,37 +15,17 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use weir_runtime::{KeyedState, Part, Result, Sealing};
+use serde::Serialize;
+use timely::dataflow::Stream;
+use weir_runtime::{keygroup, Job, KeyedState, Part, Result, Sealing};
 
-use crate::keyed::Store;
+use crate::event_time::Timed;
+use crate::keyed::{keyed, Marks, Store};
 
-/// A watermark report: sender `from` has reached event time `wm`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mark {
-    /// The reporting instance (a worker of an event-time assigner).
-    pub from: usize,
-    /// Its watermark.
-    pub wm: u64,
-    /// It has only idle splits and is left out of the job's watermark.
-    pub idle: bool,
-}
-
-/// Where a message of an event-time operator goes: to the owner of a key, or to a worker.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Route<K> {
-    Key(K),
-    To(usize),
-}
-
-/// A message of an event-time operator: a record or a watermark report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum Input<V> {
-    Record { ts: u64, split_wm: u64, value: V },
-    Mark(Mark),
-}
+pub use crate::keyed::Mark;
 
 /// What an event-time operator does with its records and the watermark.
 pub(crate) trait Logic: 'static {
@@ -82,19 +62,21 @@ pub(crate) trait Logic: 'static {
     fn restored(&mut self);
 }
 
-/// A [`Store`] around a [`Logic`].
-pub(crate) struct TimedStore<L> {
+/// A [`Store`] around a [`Logic`], whose records are keyed by `key`.
+pub(crate) struct TimedStore<L, FK> {
     logic: L,
+    key: Rc<FK>,
     senders: usize,
     marks: HashMap<usize, Mark>,
     fired: u64,
     processing_time: bool,
 }
 
-impl<L: Logic> TimedStore<L> {
+impl<L: Logic, FK: Fn(&L::Value) -> L::Key + 'static> TimedStore<L, FK> {
     /// A store with `senders` watermark senders around `logic`, whose state was restored
-    /// (with [`KeyedState::restore`]) from the checkpoint this run started from.
-    pub(crate) fn restore(senders: usize, mut logic: L) -> Result<Self> {
+    /// (with [`KeyedState::restore`]) from the checkpoint this run started from, for
+    /// records keyed by `key`.
+    pub(crate) fn restore(senders: usize, mut logic: L, key: FK) -> Result<Self> {
         // Every object records `fired`; the newest (largest) one is where firing stopped.
         let fired = logic
             .state()
@@ -105,6 +87,7 @@ impl<L: Logic> TimedStore<L> {
         logic.restored();
         Ok(TimedStore {
             logic,
+            key: Rc::new(key),
             senders,
             marks: HashMap::new(),
             fired,
@@ -120,46 +103,37 @@ impl<L: Logic> TimedStore<L> {
             ..self
         }
     }
+
+    /// Builds the operator `name` around the store: `records` go to the owner of their
+    /// key, `marks` (the watermark reports, if the store follows them) to every worker.
+    pub(crate) fn build<'s>(
+        self,
+        records: crate::Records<'s, Timed<L::Value>>,
+        marks: Option<Marks<'s>>,
+        job: &Job<'s>,
+        name: &str,
+    ) -> Result<Stream<'s, u64, Vec<L::Out>>> {
+        let key = Rc::clone(&self.key);
+        let group = move |t: &Timed<L::Value>, n| keygroup::key_group(&key(&t.data), n);
+        keyed(records, marks, group, job, name, self)
+    }
 }
 
-impl<L: Logic> Store for TimedStore<L> {
-    type Key = Route<L::Key>;
-    type Value = Input<L::Value>;
+impl<L: Logic, FK: Fn(&L::Value) -> L::Key + 'static> Store for TimedStore<L, FK> {
+    type Record = Timed<L::Value>;
     type Out = L::Out;
 
-    fn route(key: &Self::Key, key_groups: u32, peers: usize) -> usize {
-        match key {
-            Route::Key(k) => weir_runtime::keygroup::owner(
-                weir_runtime::keygroup::key_group(k, key_groups),
-                key_groups,
-                peers,
-            ),
-            Route::To(w) => *w,
-        }
+    fn apply(&mut self, epoch: u64, t: Timed<L::Value>, out: &mut Vec<L::Out>) {
+        let k = (self.key)(&t.data);
+        self.logic
+            .apply(epoch, k, t.ts, t.split_wm, self.fired, t.data, out)
     }
 
-    fn apply(&mut self, epoch: u64, key: Self::Key, value: Self::Value, out: &mut Vec<L::Out>) {
-        match (key, value) {
-            (
-                Route::Key(k),
-                Input::Record {
-                    ts,
-                    split_wm,
-                    value,
-                },
-            ) => self
-                .logic
-                .apply(epoch, k, ts, split_wm, self.fired, value, out),
-            (_, Input::Mark(m)) => {
-                let e = self.marks.entry(m.from).or_insert(m);
-                // A sender's watermark never goes back (reports may cross on the way).
-                e.wm = e.wm.max(m.wm);
-                e.idle = m.idle;
-            }
-            (Route::To(_), Input::Record { .. }) => {
-                unreachable!("records are routed by key")
-            }
-        }
+    fn mark(&mut self, _epoch: u64, m: Mark) {
+        let e = self.marks.entry(m.from).or_insert(m);
+        // A sender's watermark never goes back (reports may cross on the way).
+        e.wm = e.wm.max(m.wm);
+        e.idle = m.idle;
     }
 
     fn end_epoch(&mut self, epoch: u64, _out: &mut Vec<L::Out>) -> bool {
@@ -214,23 +188,4 @@ impl<L: Logic> Store for TimedStore<L> {
     fn held_for(&mut self) -> Option<std::time::Duration> {
         self.logic.state().held_for()
     }
-}
-
-/// Splits a stream in two by `f`.
-#[allow(clippy::type_complexity)]
-pub(crate) fn split<'s, X, A, B, F>(
-    stream: timely::dataflow::Stream<'s, u64, Vec<X>>,
-    f: F,
-) -> (
-    timely::dataflow::Stream<'s, u64, Vec<A>>,
-    timely::dataflow::Stream<'s, u64, Vec<B>>,
-)
-where
-    X: 'static,
-    A: 'static,
-    B: 'static,
-    F: FnMut(X) -> std::result::Result<A, B> + 'static,
-{
-    use timely::dataflow::operators::core::OkErr;
-    stream.ok_err::<Vec<A>, A, Vec<B>, B, _>(f)
 }

@@ -32,7 +32,7 @@ use timely::dataflow::Stream;
 use weir_runtime::{Flow, Job, KeyedState, Result};
 
 use crate::event_time::{EventStream, Timed};
-use crate::keyed::keyed;
+use crate::keyed::split;
 use crate::timed::{Logic, TimedStore};
 
 /// The shape of a window.
@@ -287,8 +287,7 @@ where
     FF: Fn(&mut A, &D) + 'static,
     FM: Fn(&mut A, A) + 'static,
 {
-    let senders = events.senders;
-    let input = events.keyed_input(key, 0, |d| d);
+    let marks = events.marks_to_every_worker(0);
     let logic = WindowLogic {
         windows,
         state: KeyedState::restore(job.ctx(), name)?,
@@ -298,9 +297,9 @@ where
         merge,
         _marker: std::marker::PhantomData,
     };
-    let store = TimedStore::restore(senders, logic)?;
-    let out = keyed(input, job, name, store)?;
-    Ok(crate::timed::split(out, |o| match o {
+    let store = TimedStore::restore(events.senders, logic, key)?;
+    let out = store.build(events.records, Some(marks), job, name)?;
+    Ok(split(out, |o| match o {
         WindowOut::Fired(f) => Ok(f),
         WindowOut::Late(l) => Err(l),
     }))

@@ -45,8 +45,15 @@ impl EpochTracker {
         &mut self,
         frontier: &timely::progress::frontier::MutableAntichain<u64>,
     ) -> Option<Due> {
+        self.advance_to(frontier.frontier().iter().min().copied())
+    }
+
+    /// Checks the oldest epoch still open in the input (`None`: the input has ended),
+    /// for an operator that meets several inputs' frontiers itself; returns the snapshot
+    /// that is due, if any.
+    pub fn advance_to(&mut self, oldest: Option<u64>) -> Option<Due> {
         let cap = self.cap.as_mut()?;
-        match frontier.frontier().iter().min() {
+        match oldest.as_ref() {
             None => {
                 let epoch = self.max_seen.max(*cap.time());
                 let due = cap.delayed(&epoch);
