@@ -38,7 +38,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 use weir_runtime::{Flow, Job, KeyedState, Part, Result, Sealing};
 
-use crate::keyed::{by_key, keyed, Store};
+use crate::keyed::{by_key, keyed, Out, Store};
 
 /// Turns a flow of updates into a differential collection that survives restore.
 ///
@@ -79,8 +79,9 @@ where
             counts: KeyedState::restore(&ctx, name)?,
             replay_at,
         };
-        let collection =
-            keyed(self.into_stream(), None, by_key, &job, name, store)?.as_collection();
+        let collection = keyed(self.into_stream(), None, by_key, &job, name, store)?
+            .0
+            .as_collection();
         Ok(DurableCollection { job, collection })
     }
 }
@@ -178,8 +179,9 @@ where
 {
     type Record = (D, isize);
     type Out = (D, u64, isize);
+    type Side = ();
 
-    fn apply(&mut self, epoch: u64, (d, diff): (D, isize), out: &mut Vec<Self::Out>) {
+    fn apply(&mut self, epoch: u64, (d, diff): (D, isize), out: &mut Out<Self>) {
         if diff == 0 {
             return;
         }

@@ -40,7 +40,7 @@ use timely::dataflow::operators::vec::Map;
 use weir_runtime::{keygroup, Flow, KeyedState, Result};
 
 use crate::event_time::{EventStream, Timed};
-use crate::keyed::{now_ms, split};
+use crate::keyed::{now_ms, Emitted};
 use crate::timed::{Logic, TimedStore};
 use crate::window::Late;
 
@@ -135,8 +135,7 @@ impl<'s, D: timely::ExchangeData> Deduplicate<'s, D> for EventStream<'s, D> {
         let logic = DedupLogic::new(window, false, KeyedState::restore(job.ctx(), name)?);
         let hash = move |d: &D| keygroup::stable_hash(&key(d));
         let store = TimedStore::restore(senders, logic, hash)?;
-        let out = store.build(self.records, Some(marks), job, name)?;
-        let (records, late) = split(out, |o| o);
+        let (records, late) = store.build(self.records, Some(marks), job, name)?;
         Ok((
             EventStream {
                 job: job.clone(),
@@ -174,9 +173,9 @@ impl<'s, D: timely::ExchangeData> DeduplicateProcessingTime<'s, D> for Flow<'s, 
         );
         let hash = move |d: &D| keygroup::stable_hash(&key(d));
         let store = TimedStore::restore(0, logic, hash)?.on_processing_time();
-        let out = store.build(input, None, job, name)?;
-        Ok(job
-            .flow(out.flat_map(|o: std::result::Result<Timed<D>, Late<D>>| o.ok().map(|t| t.data))))
+        // Without watermarks nothing is late: the side output stays empty.
+        let (records, _late) = store.build(input, None, job, name)?;
+        Ok(job.flow(records).map(|t| t.data))
     }
 }
 
@@ -214,7 +213,8 @@ impl<D> DedupLogic<D> {
 impl<D: timely::ExchangeData> Logic for DedupLogic<D> {
     type Key = u64;
     type Value = D;
-    type Out = std::result::Result<Timed<D>, Late<D>>;
+    type Out = Timed<D>;
+    type Side = Late<D>;
     type StateKey = u64;
     type StateValue = u64;
 
@@ -226,18 +226,18 @@ impl<D: timely::ExchangeData> Logic for DedupLogic<D> {
         split_wm: u64,
         fired: u64,
         data: D,
-        out: &mut Vec<Self::Out>,
+        out: &mut Emitted<Self::Out, Self::Side>,
     ) {
         let ts = if self.processing_time { now_ms() } else { ts };
         if !self.processing_time && ts.saturating_add(self.window) <= split_wm.max(fired) {
-            out.push(Err(Late {
+            out.side(Late {
                 record: Timed { ts, split_wm, data },
                 reason: format!(
                     "event time {ts} is more than the deduplication window {} behind the watermark {}",
                     self.window,
                     split_wm.max(fired)
                 ),
-            }));
+            });
             return;
         }
         let slot = ts / self.slot;
@@ -250,10 +250,10 @@ impl<D: timely::ExchangeData> Logic for DedupLogic<D> {
         }
         self.seen.changed(group, hash);
         self.slots.entry(slot).or_default().push(hash);
-        out.push(Ok(Timed { ts, split_wm, data }));
+        out.push(Timed { ts, split_wm, data });
     }
 
-    fn advance(&mut self, wm: u64, _out: &mut Vec<Self::Out>) {
+    fn advance(&mut self, wm: u64, _out: &mut Emitted<Self::Out, Self::Side>) {
         let wm = if self.processing_time { now_ms() } else { wm };
         // Slot `s` ends at (s + 1) * slot; it is forgotten once wm >= end + window.
         while let Some((&s, _)) = self.slots.first_key_value() {

@@ -49,7 +49,7 @@ use timely::dataflow::Stream;
 use weir_runtime::{encode_keyed, keygroup, Flow, Job, Part, Result, Sealing};
 
 pub use crate::keyed::Mark;
-use crate::keyed::{keyed, split, Marks, Store};
+use crate::keyed::{keyed, split, Marks, Out, Store};
 
 /// A record with its event time.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -323,10 +323,9 @@ where
     }
 }
 
-/// What the assigner emits.
+/// What the assigner emits on its side output.
 #[derive(Clone, Serialize, Deserialize)]
-enum Emit<D> {
-    Record(Timed<D>),
+enum Aside<D> {
     Rejected(Rejected<D>),
     Mark(Mark),
 }
@@ -370,15 +369,10 @@ where
         _marker: std::marker::PhantomData,
     };
     let group = move |d: &D, n| keygroup::key_group(&split_of(d), n);
-    let emitted = keyed(stream, None, group, job, name, store)?;
-    let (records, rest) = split(emitted, |e| match e {
-        Emit::Record(t) => Ok(t),
-        other => Err(other),
-    });
-    let (rejected, watermarks) = split(rest, |e: Emit<D>| match e {
-        Emit::Rejected(r) => Ok(r),
-        Emit::Mark(m) => Err(m),
-        Emit::Record(_) => unreachable!("records were split off"),
+    let (records, aside) = keyed(stream, None, group, job, name, store)?;
+    let (rejected, watermarks) = split(aside, |e| match e {
+        Aside::Rejected(r) => Ok(r),
+        Aside::Mark(m) => Err(m),
     });
     Ok((
         EventStream {
@@ -427,11 +421,12 @@ where
     FT: Fn(&D) -> std::result::Result<u64, String> + 'static,
 {
     type Record = D;
-    type Out = Emit<D>;
+    type Out = Timed<D>;
+    type Side = Aside<D>;
 
-    fn apply(&mut self, _epoch: u64, data: D, out: &mut Vec<Emit<D>>) {
+    fn apply(&mut self, _epoch: u64, data: D, out: &mut Out<Self>) {
         match (self.timestamp)(&data) {
-            Err(reason) => out.push(Emit::Rejected(Rejected { data, reason })),
+            Err(reason) => out.side(Aside::Rejected(Rejected { data, reason })),
             Ok(ts) => {
                 let split = (self.split_of)(&data);
                 if self.strategy.idle_timeout.is_some() {
@@ -450,12 +445,12 @@ where
                         0
                     }
                 };
-                out.push(Emit::Record(Timed { ts, split_wm, data }));
+                out.push(Timed { ts, split_wm, data });
             }
         }
     }
 
-    fn close(&mut self, _epoch: u64, is_final: bool, out: &mut Vec<Emit<D>>) -> bool {
+    fn close(&mut self, _epoch: u64, is_final: bool, out: &mut Out<Self>) -> bool {
         // At the end of the input every split is complete; when the job is only stopping
         // (for a savepoint) they are not, and the watermark must stay where it is.
         let ended = is_final && !self.ctx.is_stopping();
@@ -484,7 +479,7 @@ where
         };
         if self.last_mark != Some(mark) {
             self.last_mark = Some(mark);
-            out.push(Emit::Mark(mark));
+            out.side(Aside::Mark(mark));
         }
         false
     }

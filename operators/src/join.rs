@@ -36,7 +36,7 @@ use weir_runtime::state::Update;
 use weir_runtime::{Flow, Job, KeyedState, Result};
 
 use crate::event_time::{EventStream, Timed};
-use crate::keyed::{per_key, split, Ttl};
+use crate::keyed::{per_key, Emitted, Ttl};
 use crate::timed::{Logic, TimedStore};
 use crate::window::Late;
 
@@ -223,8 +223,7 @@ where
         state: KeyedState::restore(job.ctx(), name)?,
     };
     let store = TimedStore::restore(senders, logic, key)?;
-    let out = store.build(records, Some(marks), job, name)?;
-    Ok(split(out, |o| o))
+    store.build(records, Some(marks), job, name)
 }
 
 /// Both sides' records of one key.
@@ -274,7 +273,8 @@ where
 {
     type Key = K;
     type Value = Side<A, B>;
-    type Out = std::result::Result<(K, Timed<A>, Timed<B>), Late<Side<A, B>>>;
+    type Out = (K, Timed<A>, Timed<B>);
+    type Side = Late<Side<A, B>>;
     type StateKey = K;
     type StateValue = Buffers<A, B>;
 
@@ -286,10 +286,10 @@ where
         split_wm: u64,
         fired: u64,
         value: Side<A, B>,
-        out: &mut Vec<Self::Out>,
+        out: &mut Emitted<Self::Out, Self::Side>,
     ) {
         if ts < split_wm.max(fired) {
-            out.push(Err(Late {
+            out.side(Late {
                 record: Timed {
                     ts,
                     split_wm,
@@ -299,7 +299,7 @@ where
                     "event time {ts} is behind the watermark {}; its join partners may be gone",
                     split_wm.max(fired)
                 ),
-            }));
+            });
             return;
         }
         let group = self.state.group_of(&key);
@@ -314,11 +314,7 @@ where
                 let (lo, hi) = (shift(ts, lower), shift(ts, upper));
                 for (rts, b) in &buffers.right {
                     if *rts >= lo && *rts <= hi {
-                        out.push(Ok((
-                            key.clone(),
-                            stamp(ts, a.clone()),
-                            stamp(*rts, b.clone()),
-                        )));
+                        out.push((key.clone(), stamp(ts, a.clone()), stamp(*rts, b.clone())));
                     }
                 }
                 buffers.left.push((ts, a));
@@ -327,11 +323,7 @@ where
                 for (lts, a) in &buffers.left {
                     let (lo, hi) = (shift(*lts, lower), shift(*lts, upper));
                     if ts >= lo && ts <= hi {
-                        out.push(Ok((
-                            key.clone(),
-                            stamp(*lts, a.clone()),
-                            stamp(ts, b.clone()),
-                        )));
+                        out.push((key.clone(), stamp(*lts, a.clone()), stamp(ts, b.clone())));
                     }
                 }
                 buffers.right.push((ts, b));
@@ -340,7 +332,7 @@ where
         self.state.changed(group, key);
     }
 
-    fn advance(&mut self, wm: u64, _out: &mut Vec<Self::Out>) {
+    fn advance(&mut self, wm: u64, _out: &mut Emitted<Self::Out, Self::Side>) {
         let (lower, upper) = (self.lower, self.upper);
         self.state.update_all(|_, b| {
             let before = (b.left.len(), b.right.len());

@@ -17,6 +17,10 @@
 //! the background. If nothing changed since the previous snapshot, the previous part is
 //! reported again and nothing is uploaded.
 //!
+//! A store emits on two outputs ([`Emitted`]): its records, and on the side what a job
+//! reads apart from them (late or rejected records, the assigner's watermark reports).
+//! No operator after the engine sorts one from the other.
+//!
 //! Invariant: the snapshot for epoch `e` holds exactly the effect of the records of
 //! epochs `<= e`, and every output a store emitted while closing epochs `<= e` carries a
 //! timestamp `<= e`; so after a restore from `e`, nothing emitted at `<= e` is emitted
@@ -31,6 +35,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 use weir_runtime::checkpoint::Report;
 use weir_runtime::keygroup;
@@ -47,15 +52,42 @@ pub struct Mark {
     pub idle: bool,
 }
 
+/// What a store emits while it applies records or closes epochs: records for the
+/// operator's output, and others (late or rejected records, watermark reports) for its
+/// side output, so that no operator after it has to sort them apart.
+pub(crate) struct Emitted<O, L> {
+    /// For the output.
+    pub(crate) main: Vec<O>,
+    /// For the side output.
+    pub(crate) side: Vec<L>,
+}
+
+impl<O, L> Emitted<O, L> {
+    /// Emits `o` on the output.
+    pub(crate) fn push(&mut self, o: O) {
+        self.main.push(o);
+    }
+
+    /// Emits `l` on the side output.
+    pub(crate) fn side(&mut self, l: L) {
+        self.side.push(l);
+    }
+}
+
+/// What a store of type `S` emits.
+pub(crate) type Out<S> = Emitted<<S as Store>::Out, <S as Store>::Side>;
+
 /// The state of one keyed operator on one worker.
 pub(crate) trait Store: 'static {
     /// What arrives: a record, routed by the key group [`keyed`] is given for it.
     type Record: timely::ExchangeData;
     /// What the operator emits.
     type Out: timely::ExchangeData;
+    /// What the operator emits on its side output.
+    type Side: timely::ExchangeData;
 
     /// Applies one record of `epoch`.
-    fn apply(&mut self, epoch: u64, record: Self::Record, out: &mut Vec<Self::Out>);
+    fn apply(&mut self, epoch: u64, record: Self::Record, out: &mut Out<Self>);
     /// Applies one watermark report of `epoch` from the operator's second input. Reports
     /// change nothing that is checkpointed: what they move is stored by
     /// [`Store::close`], which says whether the state changed.
@@ -63,12 +95,12 @@ pub(crate) trait Store: 'static {
     /// Ends `epoch`, which saw records; called in epoch order. Returns whether it has
     /// more to emit: it is then called again for the same epoch once `out` was sent on,
     /// so that a store with much to emit at an epoch's end does it in bounded pieces.
-    fn end_epoch(&mut self, _epoch: u64, _out: &mut Vec<Self::Out>) -> bool {
+    fn end_epoch(&mut self, _epoch: u64, _out: &mut Out<Self>) -> bool {
         false
     }
     /// The input has closed every epoch `<= epoch` (`is_final`: the input has ended).
     /// Returns whether the state changed.
-    fn close(&mut self, _epoch: u64, _is_final: bool, _out: &mut Vec<Self::Out>) -> bool {
+    fn close(&mut self, _epoch: u64, _is_final: bool, _out: &mut Out<Self>) -> bool {
         false
     }
     /// Encodes the state as a checkpoint part at a barrier: a whole part, or a packed
@@ -136,6 +168,9 @@ impl<R> Default for Waiting<R> {
     }
 }
 
+/// A keyed operator's output and side output.
+pub(crate) type Outputs<'s, O, L> = (Stream<'s, u64, Vec<O>>, Stream<'s, u64, Vec<L>>);
+
 /// Watermark reports for every worker: `(worker, report)`, each routed to its worker.
 pub(crate) type Marks<'s> = crate::Records<'s, (usize, Mark)>;
 
@@ -150,7 +185,7 @@ pub(crate) fn keyed<'s, S: Store>(
     job: &Job<'s>,
     name: &str,
     mut store: S,
-) -> Result<Stream<'s, u64, Vec<S::Out>>> {
+) -> Result<Outputs<'s, S::Out, S::Side>> {
     job.claim_name(name)?;
     let ctx = job.ctx().clone();
     let (n, peers) = (ctx.key_groups(), ctx.peers());
@@ -167,8 +202,10 @@ pub(crate) fn keyed<'s, S: Store>(
     let mut marks_input =
         marks.map(|m| builder.new_input(m, Exchange::new(|m: &(usize, Mark)| m.0 as u64)));
     let (data_out, data) = builder.new_output::<Vec<S::Out>>();
+    let (side_out, side) = builder.new_output::<Vec<S::Side>>();
     let (report_out, reports) = builder.new_output::<Vec<Report>>();
     let mut data_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<S::Out>>>::from(data_out);
+    let mut side_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<S::Side>>>::from(side_out);
     let mut report_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<Report>>>::from(report_out);
     let mut snapshotter = Snapshotter::new(&ctx, name, &address, job.scope().worker());
@@ -184,15 +221,19 @@ pub(crate) fn keyed<'s, S: Store>(
 
     builder.build(move |mut caps| {
         let report_cap = caps.pop().expect("report output");
-        // The data capability follows the input frontier, so that inputs from plain timely
-        // sources (at epoch 0) are accepted too.
-        let mut data_cap = caps.pop();
+        // The data capabilities (output, side output) follow the input frontier, so that
+        // inputs from plain timely sources (at epoch 0) are accepted too.
+        let side_cap = caps.pop().expect("side output");
+        let mut data_cap = caps.pop().map(|c| (c, side_cap));
         let mut tracker = EpochTracker::new(report_cap, first_epoch);
         let mut buffered: BTreeMap<u64, Waiting<S::Record>> = BTreeMap::new();
         // Epochs that saw records and have not ended yet.
         let mut seen: BTreeSet<u64> = BTreeSet::new();
         let mut changed = !restored_unchanged;
-        let mut out: Vec<S::Out> = Vec::new();
+        let mut out: Out<S> = Emitted {
+            main: Vec::new(),
+            side: Vec::new(),
+        };
         let mut replayed = false;
         // Snapshots taken at barriers, in epoch order, until their objects are encoded
         // and handed to the snapshotter.
@@ -209,13 +250,33 @@ pub(crate) fn keyed<'s, S: Store>(
                 .min();
             let open = |e: &u64| oldest.is_some_and(|o| o <= *e);
             let mut session_out = data_out.activate();
-            if !std::mem::replace(&mut replayed, true) {
-                if let (Some((epoch, replay)), Some(c)) = (store.replay(), data_cap.as_ref()) {
-                    // The data capability is still at its initial time, below any epoch.
-                    records_out.inc_by(replay.len() as u64);
+            let mut session_side = side_out.activate();
+            // Sends what the store emitted at `epoch` on.
+            let mut send = |out: &mut Out<S>,
+                            caps: Option<&(Capability<u64>, Capability<u64>)>,
+                            epoch: u64| {
+                if out.main.is_empty() && out.side.is_empty() {
+                    return;
+                }
+                let (main, side) = caps.expect("an epoch that emits is still open");
+                if !out.main.is_empty() {
+                    records_out.inc_by(out.main.len() as u64);
                     session_out
-                        .session(&c.delayed(&epoch))
-                        .give_iterator(replay.into_iter());
+                        .session(&main.delayed(&epoch))
+                        .give_iterator(out.main.drain(..));
+                }
+                if !out.side.is_empty() {
+                    records_out.inc_by(out.side.len() as u64);
+                    session_side
+                        .session(&side.delayed(&epoch))
+                        .give_iterator(out.side.drain(..));
+                }
+            };
+            if !std::mem::replace(&mut replayed, true) {
+                if let (Some((epoch, replay)), Some(_)) = (store.replay(), data_cap.as_ref()) {
+                    // The data capability is still at its initial time, below any epoch.
+                    out.main = replay;
+                    send(&mut out, data_cap.as_ref(), epoch);
                 }
             }
             // Close every epoch the frontier has passed, in order, before any record of a
@@ -227,10 +288,6 @@ pub(crate) fn keyed<'s, S: Store>(
                 .filter(|e| !open(e))
                 .collect();
             for epoch in closing {
-                let c = data_cap
-                    .as_ref()
-                    .expect("epochs still open")
-                    .delayed(&epoch);
                 let waiting = buffered.remove(&epoch).unwrap_or_default();
                 for r in waiting.records {
                     changed = true;
@@ -242,10 +299,7 @@ pub(crate) fn keyed<'s, S: Store>(
                 seen.remove(&epoch);
                 loop {
                     let more = store.end_epoch(epoch, &mut out);
-                    if !out.is_empty() {
-                        records_out.inc_by(out.len() as u64);
-                        session_out.session(&c).give_iterator(out.drain(..));
-                    }
+                    send(&mut out, data_cap.as_ref(), epoch);
                     if !more {
                         break;
                     }
@@ -254,16 +308,11 @@ pub(crate) fn keyed<'s, S: Store>(
             // The snapshot covers exactly the closed epochs: take it before records of
             // the oldest open epoch are applied below.
             if let Some(due) = tracker.advance_to(oldest) {
-                if let Some(c) = data_cap.as_ref() {
+                if data_cap.is_some() {
                     if store.close(due.epoch, due.is_final, &mut out) {
                         changed = true;
                     }
-                    if !out.is_empty() {
-                        records_out.inc_by(out.len() as u64);
-                        session_out
-                            .session(&c.delayed(&due.epoch))
-                            .give_iterator(out.drain(..));
-                    }
+                    send(&mut out, data_cap.as_ref(), due.epoch);
                 }
                 if checkpointing {
                     // After a failed upload, one base of everything; not again while
@@ -307,11 +356,7 @@ pub(crate) fn keyed<'s, S: Store>(
                             store.apply(epoch, r, &mut out);
                         }
                     }
-                    if !out.is_empty() {
-                        let c = data_cap.as_ref().expect("open epoch").delayed(&epoch);
-                        records_out.inc_by(out.len() as u64);
-                        session_out.session(&c).give_iterator(out.drain(..));
-                    }
+                    send(&mut out, data_cap.as_ref(), epoch);
                 }
             }
             if let Some(marks) = marks_input.as_mut() {
@@ -338,18 +383,17 @@ pub(crate) fn keyed<'s, S: Store>(
                     for r in batch.drain(..) {
                         store.apply(epoch, r, &mut out);
                     }
-                    if !out.is_empty() {
-                        let c = data_cap.as_ref().expect("open epoch").delayed(&epoch);
-                        records_out.inc_by(out.len() as u64);
-                        session_out.session(&c).give_iterator(out.drain(..));
-                    }
+                    send(&mut out, data_cap.as_ref(), epoch);
                 } else {
                     buffered.entry(epoch).or_default().records.append(batch);
                 }
             });
-            drop(session_out);
+            drop((session_out, session_side));
             match (oldest, data_cap.as_mut()) {
-                (Some(f), Some(c)) if *c.time() < f => c.downgrade(&f),
+                (Some(f), Some((c, s))) if *c.time() < f => {
+                    c.downgrade(&f);
+                    s.downgrade(&f);
+                }
                 (None, _) => data_cap = None,
                 _ => {}
             }
@@ -381,7 +425,7 @@ pub(crate) fn keyed<'s, S: Store>(
     if checkpointing {
         job.register_reports(reports);
     }
-    Ok(data)
+    Ok((data, side))
 }
 
 /// How long per-key state lives after its key was last updated.
@@ -514,8 +558,9 @@ where
 {
     type Record = (K, V);
     type Out = O;
+    type Side = ();
 
-    fn apply(&mut self, epoch: u64, (k, v): (K, V), out: &mut Vec<O>) {
+    fn apply(&mut self, epoch: u64, (k, v): (K, V), out: &mut Out<Self>) {
         let group = self.state.group_of(&k);
         let map = self.state.group_mut(group, &k);
         // Look up before inserting, so that a known key is not cloned.
@@ -527,7 +572,7 @@ where
                 updated_epoch: u64::MAX,
             }),
         };
-        (self.on_record)(&k, &mut entry.state, v, out);
+        (self.on_record)(&k, &mut entry.state, v, &mut out.main);
         if self.ttl != Ttl::Never {
             entry.updated_ms = now_ms();
         }
@@ -537,7 +582,7 @@ where
         }
     }
 
-    fn end_epoch(&mut self, epoch: u64, out: &mut Vec<O>) -> bool {
+    fn end_epoch(&mut self, epoch: u64, out: &mut Out<Self>) -> bool {
         let PerKey {
             state,
             dirty,
@@ -552,7 +597,7 @@ where
         let (_, keys) = ending.as_mut().expect("set above");
         for (group, k) in keys.by_ref().take(END_EPOCH_CHUNK) {
             if let Some(entry) = state.group(group).get(&k) {
-                on_epoch(&k, &entry.state, epoch, out);
+                on_epoch(&k, &entry.state, epoch, &mut out.main);
             }
             // The key goes into the next snapshot's delta.
             state.changed(group, k);
@@ -564,7 +609,7 @@ where
         false
     }
 
-    fn close(&mut self, epoch: u64, _is_final: bool, _out: &mut Vec<O>) -> bool {
+    fn close(&mut self, epoch: u64, _is_final: bool, _out: &mut Out<Self>) -> bool {
         let removed = match self.ttl {
             Ttl::Never => 0,
             Ttl::ProcessingTime(ms) => {
@@ -646,7 +691,7 @@ where
     E: FnMut(&K, &S, u64, &mut Vec<O>) + 'static,
 {
     let store = PerKey::restore(job.ctx(), name, ttl, on_record, on_epoch)?;
-    keyed(stream, None, by_key, job, name, store)
+    Ok(keyed(stream, None, by_key, job, name, store)?.0)
 }
 
 #[cfg(test)]

@@ -19,11 +19,10 @@ use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use timely::dataflow::Stream;
 use weir_runtime::{keygroup, Job, KeyedState, Part, Result, Sealing};
 
 use crate::event_time::Timed;
-use crate::keyed::{keyed, Marks, Store};
+use crate::keyed::{keyed, Emitted, Marks, Out, Outputs, Store};
 
 pub use crate::keyed::Mark;
 
@@ -32,6 +31,8 @@ pub(crate) trait Logic: 'static {
     type Key: timely::ExchangeData + Hash;
     type Value: timely::ExchangeData;
     type Out: timely::ExchangeData;
+    /// What it emits on its side output: late records.
+    type Side: timely::ExchangeData;
     /// The key of the checkpointed state.
     type StateKey: Hash + Eq + Clone + Serialize + DeserializeOwned;
     /// The value of the checkpointed state.
@@ -48,13 +49,13 @@ pub(crate) trait Logic: 'static {
         split_wm: u64,
         fired: u64,
         value: Self::Value,
-        out: &mut Vec<Self::Out>,
+        out: &mut Emitted<Self::Out, Self::Side>,
     );
     /// Ends `epoch`, which saw records: changes the logic noted while applying them
     /// are reported to its state now, before any snapshot is taken.
     fn end_epoch(&mut self, _epoch: u64) {}
     /// The watermark has reached `wm`: fire and expire.
-    fn advance(&mut self, wm: u64, out: &mut Vec<Self::Out>);
+    fn advance(&mut self, wm: u64, out: &mut Emitted<Self::Out, Self::Side>);
     /// The checkpointed state, which the logic keeps itself and reports changes to.
     fn state(&mut self) -> &mut KeyedState<Self::StateKey, Self::StateValue, crate::FastHash>;
     /// Rebuilds what the logic derives from its state (timers, expiry order) once the
@@ -112,7 +113,7 @@ impl<L: Logic, FK: Fn(&L::Value) -> L::Key + 'static> TimedStore<L, FK> {
         marks: Option<Marks<'s>>,
         job: &Job<'s>,
         name: &str,
-    ) -> Result<Stream<'s, u64, Vec<L::Out>>> {
+    ) -> Result<Outputs<'s, L::Out, L::Side>> {
         let key = Rc::clone(&self.key);
         let group = move |t: &Timed<L::Value>, n| keygroup::key_group(&key(&t.data), n);
         keyed(records, marks, group, job, name, self)
@@ -122,8 +123,9 @@ impl<L: Logic, FK: Fn(&L::Value) -> L::Key + 'static> TimedStore<L, FK> {
 impl<L: Logic, FK: Fn(&L::Value) -> L::Key + 'static> Store for TimedStore<L, FK> {
     type Record = Timed<L::Value>;
     type Out = L::Out;
+    type Side = L::Side;
 
-    fn apply(&mut self, epoch: u64, t: Timed<L::Value>, out: &mut Vec<L::Out>) {
+    fn apply(&mut self, epoch: u64, t: Timed<L::Value>, out: &mut Out<Self>) {
         let k = (self.key)(&t.data);
         self.logic
             .apply(epoch, k, t.ts, t.split_wm, self.fired, t.data, out)
@@ -136,12 +138,12 @@ impl<L: Logic, FK: Fn(&L::Value) -> L::Key + 'static> Store for TimedStore<L, FK
         e.idle = m.idle;
     }
 
-    fn end_epoch(&mut self, epoch: u64, _out: &mut Vec<L::Out>) -> bool {
+    fn end_epoch(&mut self, epoch: u64, _out: &mut Out<Self>) -> bool {
         self.logic.end_epoch(epoch);
         false
     }
 
-    fn close(&mut self, _epoch: u64, _is_final: bool, out: &mut Vec<L::Out>) -> bool {
+    fn close(&mut self, _epoch: u64, _is_final: bool, out: &mut Out<Self>) -> bool {
         // At the end of the input the senders' final reports carry the largest
         // watermark; a job that stops for a savepoint sends none, and nothing fires.
         let wm = if self.processing_time {

@@ -32,7 +32,7 @@ use timely::dataflow::Stream;
 use weir_runtime::{Flow, Job, KeyedState, Result};
 
 use crate::event_time::{EventStream, Timed};
-use crate::keyed::split;
+use crate::keyed::Emitted;
 use crate::timed::{Logic, TimedStore};
 
 /// The shape of a window.
@@ -298,17 +298,7 @@ where
         _marker: std::marker::PhantomData,
     };
     let store = TimedStore::restore(events.senders, logic, key)?;
-    let out = store.build(events.records, Some(marks), job, name)?;
-    Ok(split(out, |o| match o {
-        WindowOut::Fired(f) => Ok(f),
-        WindowOut::Late(l) => Err(l),
-    }))
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-enum WindowOut<K, A, D> {
-    Fired(Fired<K, A>),
-    Late(Late<D>),
+    store.build(events.records, Some(marks), job, name)
 }
 
 /// The open windows of one key: start -> (end, aggregate). It is stored as its map alone
@@ -381,7 +371,8 @@ where
 {
     type Key = K;
     type Value = D;
-    type Out = WindowOut<K, A, D>;
+    type Out = Fired<K, A>;
+    type Side = Late<D>;
     type StateKey = K;
     type StateValue = Open<A>;
 
@@ -393,15 +384,13 @@ where
         split_wm: u64,
         fired: u64,
         data: D,
-        out: &mut Vec<Self::Out>,
+        out: &mut Emitted<Self::Out, Self::Side>,
     ) {
         let lateness = self.windows.allowed_lateness;
         let closed = |end: u64| end.saturating_add(lateness) <= split_wm.max(fired);
-        let late = |reason: String, data: D| {
-            WindowOut::Late(Late {
-                record: Timed { ts, split_wm, data },
-                reason,
-            })
+        let late = |reason: String, data: D| Late {
+            record: Timed { ts, split_wm, data },
+            reason,
         };
         match self.windows.kind {
             WindowKind::Tumbling { size } | WindowKind::Sliding { size, .. } => {
@@ -429,7 +418,7 @@ where
                         "event time {ts} is past its window's end + allowed lateness {lateness} (watermark {})",
                         split_wm.max(fired)
                     );
-                    out.push(late(reason, data));
+                    out.side(late(reason, data));
                     return;
                 }
                 let group = self.state.group_of(&key);
@@ -458,7 +447,7 @@ where
                         "event time {ts} + allowed lateness {lateness} is behind the watermark {}",
                         split_wm.max(fired)
                     );
-                    out.push(late(reason, data));
+                    out.side(late(reason, data));
                     return;
                 }
                 let (mut start, mut end) = (ts, ts.saturating_add(gap));
@@ -503,7 +492,7 @@ where
         }
     }
 
-    fn advance(&mut self, wm: u64, out: &mut Vec<Self::Out>) {
+    fn advance(&mut self, wm: u64, out: &mut Emitted<Self::Out, Self::Side>) {
         let lateness = self.windows.allowed_lateness;
         while let Some(entry) = self.timers.first_entry() {
             let at = *entry.key();
@@ -530,12 +519,12 @@ where
                     // Fired already by an earlier entry, or merged away.
                     None => continue,
                 };
-                out.push(WindowOut::Fired(Fired {
+                out.push(Fired {
                     key: key.clone(),
                     start,
                     end,
                     value,
-                }));
+                });
                 if windows.is_empty() {
                     map.remove(&key);
                 }
