@@ -38,12 +38,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::rc::Rc;
-
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::Stream;
 use weir_runtime::{encode_keyed, keygroup, Flow, Job, Part, Result, Sealing};

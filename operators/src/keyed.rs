@@ -19,7 +19,8 @@
 //!
 //! A store emits on two outputs ([`Emitted`]): its records, and on the side what a job
 //! reads apart from them (late or rejected records, the assigner's watermark reports).
-//! No operator after the engine sorts one from the other.
+//! Records never pass through a split after the engine; only the assigner's side output,
+//! rejected records and reports, both rare, is split in two after it.
 //!
 //! Invariant: the snapshot for epoch `e` holds exactly the effect of the records of
 //! epochs `<= e`, and every output a store emitted while closing epochs `<= e` carries a
@@ -92,7 +93,9 @@ pub(crate) trait Store: 'static {
     /// change nothing that is checkpointed: what they move is stored by
     /// [`Store::close`], which says whether the state changed.
     fn mark(&mut self, _epoch: u64, _mark: Mark) {}
-    /// Ends `epoch`, which saw records; called in epoch order. Returns whether it has
+    /// Ends `epoch`; called in epoch order for every epoch that saw records, and possibly
+    /// for one that saw only watermark reports (a store then finds nothing to end).
+    /// Returns whether it has
     /// more to emit: it is then called again for the same epoch once `out` was sent on,
     /// so that a store with much to emit at an epoch's end does it in bounded pieces.
     fn end_epoch(&mut self, _epoch: u64, _out: &mut Out<Self>) -> bool {

@@ -22,9 +22,7 @@ use serde::Serialize;
 use weir_runtime::{keygroup, Job, KeyedState, Part, Result, Sealing};
 
 use crate::event_time::Timed;
-use crate::keyed::{keyed, Emitted, Marks, Out, Outputs, Store};
-
-pub use crate::keyed::Mark;
+use crate::keyed::{keyed, Emitted, Mark, Marks, Out, Outputs, Store};
 
 /// What an event-time operator does with its records and the watermark.
 pub(crate) trait Logic: 'static {
