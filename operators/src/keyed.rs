@@ -156,9 +156,11 @@ struct Taken {
     _in_flight: Option<weir_runtime::clock::InFlight>,
 }
 
-/// Records and watermark reports of one epoch, waiting for earlier epochs to close.
+/// Records and watermark reports of one epoch, waiting for earlier epochs to close. The
+/// records are kept in the batches they arrived in: appending them to one vector would
+/// copy every record again each time it grows.
 struct Waiting<R> {
-    records: Vec<R>,
+    records: Vec<Vec<R>>,
     marks: Vec<Mark>,
 }
 
@@ -292,7 +294,7 @@ pub(crate) fn keyed<'s, S: Store>(
                 .collect();
             for epoch in closing {
                 let waiting = buffered.remove(&epoch).unwrap_or_default();
-                for r in waiting.records {
+                for r in waiting.records.into_iter().flatten() {
                     changed = true;
                     store.apply(epoch, r, &mut out);
                 }
@@ -355,7 +357,7 @@ pub(crate) fn keyed<'s, S: Store>(
                     if !waiting.records.is_empty() {
                         changed = true;
                         seen.insert(epoch);
-                        for r in waiting.records {
+                        for r in waiting.records.into_iter().flatten() {
                             store.apply(epoch, r, &mut out);
                         }
                     }
@@ -388,7 +390,8 @@ pub(crate) fn keyed<'s, S: Store>(
                     }
                     send(&mut out, data_cap.as_ref(), epoch);
                 } else {
-                    buffered.entry(epoch).or_default().records.append(batch);
+                    let batch = std::mem::take(batch);
+                    buffered.entry(epoch).or_default().records.push(batch);
                 }
             });
             drop((session_out, session_side));
