@@ -48,7 +48,7 @@ use timely::dataflow::Stream;
 use weir_runtime::{encode_keyed, keygroup, Flow, Job, Part, Result, Sealing};
 
 pub use crate::keyed::Mark;
-use crate::keyed::{keyed, split, Marks, Out, Store};
+use crate::keyed::{keyed, Marks, Out, Store};
 
 /// A record with its event time.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -316,9 +316,7 @@ where
         } = self;
         let job = flow.job().clone();
         let stream = flow.into_stream();
-        let (events, rejected) =
-            assign(stream, &job, &name, splits, split_of, timestamp, strategy)?;
-        Ok((events, job.flow(rejected)))
+        assign(stream, &job, &name, splits, split_of, timestamp, strategy)
     }
 }
 
@@ -338,7 +336,7 @@ fn assign<'s, D, P, FS, FT>(
     split_of: FS,
     timestamp: FT,
     strategy: WatermarkStrategy,
-) -> Result<(EventStream<'s, D>, crate::Records<'s, Rejected<D>>)>
+) -> Result<(EventStream<'s, D>, Flow<'s, Rejected<D>>)>
 where
     D: timely::ExchangeData,
     P: timely::ExchangeData + Clone + Hash + Eq + Ord + Serialize + DeserializeOwned,
@@ -369,7 +367,7 @@ where
     };
     let group = move |d: &D, n| keygroup::key_group(&split_of(d), n);
     let (records, aside) = keyed(stream, None, group, job, name, store)?;
-    let (rejected, watermarks) = split(aside, |e| match e {
+    let (rejected, watermarks) = job.flow(aside).split(|e| match e {
         Aside::Rejected(r) => Ok(r),
         Aside::Mark(m) => Err(m),
     });
@@ -377,7 +375,7 @@ where
         EventStream {
             job: job.clone(),
             records,
-            watermarks,
+            watermarks: watermarks.into_stream(),
             senders: peers,
         },
         rejected,

@@ -36,7 +36,6 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 use weir_runtime::checkpoint::Report;
 use weir_runtime::keygroup;
@@ -55,7 +54,7 @@ pub struct Mark {
 
 /// What a store emits while it applies records or closes epochs: records for the
 /// operator's output, and others (late or rejected records, watermark reports) for its
-/// side output, so that no operator after it has to sort them apart.
+/// side output, so that no operator after it has to sort records from the rest.
 pub(crate) struct Emitted<O, L> {
     /// For the output.
     pub(crate) main: Vec<O>,
@@ -95,9 +94,9 @@ pub(crate) trait Store: 'static {
     fn mark(&mut self, _epoch: u64, _mark: Mark) {}
     /// Ends `epoch`; called in epoch order for every epoch that saw records, and possibly
     /// for one that saw only watermark reports (a store then finds nothing to end).
-    /// Returns whether it has
-    /// more to emit: it is then called again for the same epoch once `out` was sent on,
-    /// so that a store with much to emit at an epoch's end does it in bounded pieces.
+    /// Returns whether it has more to emit: it is then called again for the same epoch
+    /// once `out` was sent on, so that a store with much to emit at an epoch's end does
+    /// it in bounded pieces.
     fn end_epoch(&mut self, _epoch: u64, _out: &mut Out<Self>) -> bool {
         false
     }
@@ -257,13 +256,13 @@ pub(crate) fn keyed<'s, S: Store>(
             let mut session_out = data_out.activate();
             let mut session_side = side_out.activate();
             // Sends what the store emitted at `epoch` on.
-            let mut send = |out: &mut Out<S>,
-                            caps: Option<&(Capability<u64>, Capability<u64>)>,
-                            epoch: u64| {
+            let mut send = |out: &mut Out<S>, epoch: u64| {
                 if out.main.is_empty() && out.side.is_empty() {
                     return;
                 }
-                let (main, side) = caps.expect("an epoch that emits is still open");
+                let (main, side) = data_cap
+                    .as_ref()
+                    .expect("an epoch that emits is still open");
                 if !out.main.is_empty() {
                     records_out.inc_by(out.main.len() as u64);
                     session_out
@@ -281,7 +280,7 @@ pub(crate) fn keyed<'s, S: Store>(
                 if let (Some((epoch, replay)), Some(_)) = (store.replay(), data_cap.as_ref()) {
                     // The data capability is still at its initial time, below any epoch.
                     out.main = replay;
-                    send(&mut out, data_cap.as_ref(), epoch);
+                    send(&mut out, epoch);
                 }
             }
             // Close every epoch the frontier has passed, in order, before any record of a
@@ -304,7 +303,7 @@ pub(crate) fn keyed<'s, S: Store>(
                 seen.remove(&epoch);
                 loop {
                     let more = store.end_epoch(epoch, &mut out);
-                    send(&mut out, data_cap.as_ref(), epoch);
+                    send(&mut out, epoch);
                     if !more {
                         break;
                     }
@@ -317,7 +316,7 @@ pub(crate) fn keyed<'s, S: Store>(
                     if store.close(due.epoch, due.is_final, &mut out) {
                         changed = true;
                     }
-                    send(&mut out, data_cap.as_ref(), due.epoch);
+                    send(&mut out, due.epoch);
                 }
                 if checkpointing {
                     // After a failed upload, one base of everything; not again while
@@ -361,7 +360,7 @@ pub(crate) fn keyed<'s, S: Store>(
                             store.apply(epoch, r, &mut out);
                         }
                     }
-                    send(&mut out, data_cap.as_ref(), epoch);
+                    send(&mut out, epoch);
                 }
             }
             if let Some(marks) = marks_input.as_mut() {
@@ -388,7 +387,7 @@ pub(crate) fn keyed<'s, S: Store>(
                     for r in batch.drain(..) {
                         store.apply(epoch, r, &mut out);
                     }
-                    send(&mut out, data_cap.as_ref(), epoch);
+                    send(&mut out, epoch);
                 } else {
                     let batch = std::mem::take(batch);
                     buffered.entry(epoch).or_default().records.push(batch);
@@ -653,25 +652,6 @@ where
     fn held_for(&mut self) -> Option<std::time::Duration> {
         self.state.held_for()
     }
-}
-
-/// Splits a stream in two by `f`.
-#[allow(clippy::type_complexity)]
-pub(crate) fn split<'s, X, A, B, F>(
-    stream: timely::dataflow::Stream<'s, u64, Vec<X>>,
-    f: F,
-) -> (
-    timely::dataflow::Stream<'s, u64, Vec<A>>,
-    timely::dataflow::Stream<'s, u64, Vec<B>>,
-)
-where
-    X: 'static,
-    A: 'static,
-    B: 'static,
-    F: FnMut(X) -> std::result::Result<A, B> + 'static,
-{
-    use timely::dataflow::operators::core::OkErr;
-    stream.ok_err::<Vec<A>, A, Vec<B>, B, _>(f)
 }
 
 /// The key group of a record `(key, value)`.
