@@ -28,6 +28,7 @@ use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use timely::dataflow::Stream;
 use weir_runtime::{Flow, Job, KeyedState, Result};
 
@@ -301,24 +302,26 @@ where
     store.build(events.records, Some(marks), job, name)
 }
 
-/// The open windows of one key: start -> (end, aggregate). It is stored as its map alone
-/// (`transparent`), so checkpoints keep the layout of a plain `BTreeMap`.
-#[derive(Serialize, Deserialize)]
-#[serde(transparent)]
-#[serde(bound(serialize = "A: Serialize", deserialize = "A: DeserializeOwned"))]
+/// The open windows of one key, ordered by start: (start, end, aggregate).
+///
+/// A key of a tumbling window has one window open most of the time, and two from a
+/// boundary until the watermark passes it; so up to two windows are kept inline in the
+/// key's slot of the state's table, not in a map allocated per key: they cost no
+/// allocation and no pointer to follow. More (sliding windows, sessions) move to the
+/// heap. Checkpoints store them as a map from start to (end, aggregate), the layout of
+/// the `BTreeMap` they were once kept in, so either reads the other's.
 struct Open<A> {
-    windows: BTreeMap<u64, (u64, A)>,
+    windows: SmallVec<[(u64, u64, A); 2]>,
     /// One more than the epoch in which the key was last listed as changed, in memory
     /// only: a key is listed once per epoch, not once per record (see
     /// [`WindowLogic::end_epoch`]).
-    #[serde(skip)]
     listed: u64,
 }
 
 impl<A> Open<A> {
     fn new() -> Self {
         Open {
-            windows: BTreeMap::new(),
+            windows: SmallVec::new(),
             listed: 0,
         }
     }
@@ -327,6 +330,78 @@ impl<A> Open<A> {
     fn list_in(&mut self, epoch: u64) -> bool {
         let mark = epoch.saturating_add(1);
         std::mem::replace(&mut self.listed, mark) != mark
+    }
+
+    /// Where the window starting at `start` is, or would go.
+    fn position(&self, start: u64) -> std::result::Result<usize, usize> {
+        self.windows.binary_search_by_key(&start, |w| w.0)
+    }
+
+    /// The aggregate of the window starting at `start`; `open` gives the end and the
+    /// first aggregate of a window that is not open yet.
+    fn entry(&mut self, start: u64, open: impl FnOnce() -> (u64, A)) -> &mut A {
+        let i = match self.position(start) {
+            Ok(i) => i,
+            Err(i) => {
+                let (end, acc) = open();
+                self.windows.insert(i, (start, end, acc));
+                i
+            }
+        };
+        &mut self.windows[i].2
+    }
+
+    /// Opens the window `[start, end)` with `acc`, replacing one of the same start.
+    fn insert(&mut self, start: u64, end: u64, acc: A) {
+        match self.position(start) {
+            Ok(i) => self.windows[i] = (start, end, acc),
+            Err(i) => self.windows.insert(i, (start, end, acc)),
+        }
+    }
+
+    /// Closes the window starting at `start`: its end and aggregate, if it was open.
+    fn remove(&mut self, start: u64) -> Option<(u64, A)> {
+        let i = self.position(start).ok()?;
+        let (_, end, acc) = self.windows.remove(i);
+        Some((end, acc))
+    }
+}
+
+impl<A: Serialize> Serialize for Open<A> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(
+            self.windows
+                .iter()
+                .map(|(start, end, acc)| (start, (end, acc))),
+        )
+    }
+}
+
+impl<'de, A: Deserialize<'de>> Deserialize<'de> for Open<A> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Windows<A>(std::marker::PhantomData<A>);
+        impl<'de, A: Deserialize<'de>> serde::de::Visitor<'de> for Windows<A> {
+            type Value = Open<A>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map from window start to (end, aggregate)")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> std::result::Result<Open<A>, M::Error> {
+                let mut open = Open::new();
+                open.windows.reserve(map.size_hint().unwrap_or(0).min(64));
+                while let Some((start, (end, acc))) = map.next_entry::<u64, (u64, A)>()? {
+                    // Stored in order of start: each one goes last.
+                    match open.windows.last() {
+                        Some(w) if w.0 >= start => open.insert(start, end, acc),
+                        _ => open.windows.push((start, end, acc)),
+                    }
+                }
+                Ok(open)
+            }
+        }
+        d.deserialize_map(Windows(std::marker::PhantomData))
     }
 }
 
@@ -430,7 +505,7 @@ where
                     None => map.entry(key.clone()).or_insert_with(Open::new),
                 };
                 for s in holding().filter(|s| !closed(s.saturating_add(size))) {
-                    let (_, acc) = open.windows.entry(s).or_insert_with(|| {
+                    let acc = open.entry(s, || {
                         let at = s.saturating_add(size).saturating_add(lateness);
                         self.timers.entry(at).or_default().push((key.clone(), s));
                         (s.saturating_add(size), A::default())
@@ -459,12 +534,13 @@ where
                     Some(open) => open,
                     None => map.entry(key.clone()).or_insert_with(Open::new),
                 };
-                let windows = &mut open.windows;
                 // Sessions that touch [start, end) merge into it.
-                let touching: Vec<u64> = windows
-                    .range(..=end)
-                    .filter(|(_, (e, _))| *e >= start)
-                    .map(|(s, _)| *s)
+                let touching: Vec<u64> = open
+                    .windows
+                    .iter()
+                    .take_while(|w| w.0 <= end)
+                    .filter(|w| w.1 >= start)
+                    .map(|w| w.0)
                     .collect();
                 // The session keeps the start of the earliest one it merges, whose timer
                 // (at its old end) then finds it grown and sets the next one; the timers
@@ -473,12 +549,12 @@ where
                 // every record holds one timer, not one per record.
                 let armed = touching.first().is_some_and(|&s| s <= ts);
                 for s in touching {
-                    let (e, other) = windows.remove(&s).expect("listed");
+                    let (e, other) = open.remove(s).expect("listed");
                     start = start.min(s);
                     end = end.max(e);
                     (self.merge)(&mut acc, other);
                 }
-                windows.insert(start, (end, acc));
+                open.insert(start, end, acc);
                 if !armed {
                     self.timers
                         .entry(end.saturating_add(lateness))
@@ -502,14 +578,14 @@ where
             for (key, start) in entry.remove() {
                 let group = self.state.group_of(&key);
                 let map = self.state.group_mut(group, &key);
-                let Some(Open { windows, .. }) = map.get_mut(&key) else {
+                let Some(open) = map.get_mut(&key) else {
                     continue;
                 };
-                let (end, value) = match windows.remove(&start) {
+                let (end, value) = match open.remove(start) {
                     Some((end, value)) if due(at, end, lateness) => (end, value),
                     // A session that grew since: due later, when this timer goes again.
                     Some((end, value)) => {
-                        windows.insert(start, (end, value));
+                        open.insert(start, end, value);
                         self.timers
                             .entry(end.saturating_add(lateness))
                             .or_default()
@@ -525,7 +601,7 @@ where
                     end,
                     value,
                 });
-                if windows.is_empty() {
+                if open.windows.is_empty() {
                     map.remove(&key);
                 }
                 self.state.changed(group, key);
@@ -546,7 +622,7 @@ where
     fn restored(&mut self) {
         let lateness = self.windows.allowed_lateness;
         for (k, open) in self.state.iter() {
-            for (s, (e, _)) in &open.windows {
+            for (s, e, _) in &open.windows {
                 self.timers
                     .entry(e.saturating_add(lateness))
                     .or_default()
@@ -559,6 +635,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The windows of `open` as the map checkpoints store them.
+    fn as_map(open: &Open<(u64, u64)>) -> BTreeMap<u64, (u64, (u64, u64))> {
+        open.windows.iter().map(|&(s, e, a)| (s, (e, a))).collect()
+    }
 
     #[test]
     fn open_windows_are_stored_as_their_map_alone() {
@@ -567,17 +649,87 @@ mod tests {
             .into_iter()
             .collect();
         let mut open = Open::new();
-        open.windows = windows.clone();
+        // Inserted out of order: kept in order of start.
+        for (&s, &(e, a)) in windows.iter().rev() {
+            open.insert(s, e, a);
+        }
         assert!(open.list_in(4));
         assert!(!open.list_in(4), "listed once per epoch");
         assert!(open.list_in(5));
-        // The same bytes as the map (the layout of checkpoints written before the mark),
-        // and the mark is not stored.
+        // The same bytes as the map (the layout of checkpoints written when the windows
+        // were kept in one), and the mark is not stored.
         let bytes = encode("open windows", &open).unwrap();
         assert_eq!(bytes, encode("windows", &windows).unwrap());
         let back: Open<(u64, u64)> = decode("open windows", &bytes).unwrap();
-        assert_eq!(back.windows, windows);
+        assert_eq!(as_map(&back), windows);
         assert_eq!(back.listed, 0);
+        // An empty key's windows, too.
+        let empty = BTreeMap::<u64, (u64, (u64, u64))>::new();
+        assert_eq!(
+            encode("open windows", &Open::<(u64, u64)>::new()).unwrap(),
+            encode("windows", &empty).unwrap()
+        );
+    }
+
+    #[test]
+    fn two_open_windows_fit_in_the_keys_slot() {
+        // Two windows of a `(u64, u64)` aggregate, inline, and the epoch mark: no heap
+        // allocation until a third window opens.
+        assert_eq!(std::mem::size_of::<Open<(u64, u64)>>(), 8 + 2 * 32 + 8);
+        let mut open: Open<(u64, u64)> = Open::new();
+        open.entry(0, || (60, (0, 0)));
+        open.entry(60, || (120, (0, 0)));
+        assert!(!open.windows.spilled());
+        open.entry(120, || (180, (0, 0)));
+        assert!(open.windows.spilled());
+    }
+
+    /// What is done to a key's open windows.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Adds to the window at a start, opening it (with an end) if it is not open.
+        Add(u64, u64, u64),
+        /// Opens a window, replacing one of the same start.
+        Insert(u64, u64, u64),
+        /// Closes the window at a start.
+        Remove(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..20u64, 0..100u64, 0..10u64).prop_map(|(s, e, v)| Op::Add(s, e, v)),
+            (0..20u64, 0..100u64, 0..10u64).prop_map(|(s, e, v)| Op::Insert(s, e, v)),
+            (0..20u64).prop_map(Op::Remove),
+        ]
+    }
+
+    proptest! {
+        /// The inline windows behave as the map they replace, and read back the same
+        /// from a checkpoint, whatever the order windows open and close in.
+        #[test]
+        fn open_windows_behave_as_a_map(ops in proptest::collection::vec(op(), 0..40)) {
+            use weir_checkpoint::codec::{decode, encode};
+            let mut open: Open<(u64, u64)> = Open::new();
+            let mut model: BTreeMap<u64, (u64, (u64, u64))> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Add(s, e, v) => {
+                        open.entry(s, || (e, (0, 0))).0 += v;
+                        model.entry(s).or_insert((e, (0, 0))).1 .0 += v;
+                    }
+                    Op::Insert(s, e, v) => {
+                        open.insert(s, e, (v, 1));
+                        model.insert(s, (e, (v, 1)));
+                    }
+                    Op::Remove(s) => prop_assert_eq!(open.remove(s), model.remove(&s)),
+                }
+                prop_assert_eq!(as_map(&open), model.clone());
+            }
+            let bytes = encode("open windows", &open).unwrap();
+            prop_assert_eq!(&bytes, &encode("windows", &model).unwrap());
+            let back: Open<(u64, u64)> = decode("open windows", &bytes).unwrap();
+            prop_assert_eq!(as_map(&back), model);
+        }
     }
 
     #[test]

@@ -45,13 +45,29 @@ pub fn stable_hash<K: Hash + ?Sized>(key: &K) -> u64 {
 }
 
 /// The key group of a key, out of `key_groups`.
+#[inline]
 pub fn key_group<K: Hash + ?Sized>(key: &K, key_groups: u32) -> u32 {
-    (stable_hash(key) % key_groups as u64) as u32
+    let h = stable_hash(key);
+    // Every record is routed by its group, and a 64-bit division takes tens of cycles:
+    // the usual power-of-two number of groups (128 by default) takes a mask, which
+    // gives the same group.
+    if key_groups.is_power_of_two() {
+        (h & (key_groups as u64 - 1)) as u32
+    } else {
+        (h % key_groups as u64) as u32
+    }
 }
 
 /// The worker that owns `group` when `key_groups` are spread over `peers` workers.
+#[inline]
 pub fn owner(group: u32, key_groups: u32, peers: usize) -> usize {
-    ((group as u64 * peers as u64) / key_groups as u64) as usize
+    let spread = group as u64 * peers as u64;
+    // A shift for a power-of-two number of groups, as in `key_group`: the same owner.
+    if key_groups.is_power_of_two() {
+        (spread >> key_groups.trailing_zeros()) as usize
+    } else {
+        (spread / key_groups as u64) as usize
+    }
 }
 
 /// The key groups `[start, end)` that `worker` of `peers` owns.
@@ -90,6 +106,23 @@ mod tests {
                 next = e;
             }
             prop_assert_eq!(next, n);
+        }
+
+        /// The mask and the shift taken for a power-of-two number of groups give what
+        /// the division gives.
+        #[test]
+        fn powers_of_two_route_as_the_division_does(
+            h in any::<u64>(),
+            bits in 0u32..32,
+            peers in 1usize..64,
+        ) {
+            let n = 1u32 << bits;
+            let group = (h % n as u64) as u32;
+            prop_assert_eq!(key_group(&h, n), (stable_hash(&h) % n as u64) as u32);
+            prop_assert_eq!(
+                owner(group, n, peers),
+                ((group as u64 * peers as u64) / n as u64) as usize
+            );
         }
     }
 }
