@@ -28,7 +28,6 @@ use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 use timely::dataflow::Stream;
 use weir_runtime::{Flow, Job, KeyedState, Result};
 
@@ -302,16 +301,20 @@ where
     store.build(events.records, Some(marks), job, name)
 }
 
-/// The open windows of one key, ordered by start: (start, end, aggregate).
+/// The open windows of one key: `(start, end, aggregate)`.
 ///
-/// A key of a tumbling window has one window open most of the time, and two from a
-/// boundary until the watermark passes it; so up to two windows are kept inline in the
-/// key's slot of the state's table, not in a map allocated per key: they cost no
-/// allocation and no pointer to follow. More (sliding windows, sessions) move to the
-/// heap. Checkpoints store them as a map from start to (end, aggregate), the layout of
-/// the `BTreeMap` they were once kept in, so either reads the other's.
+/// Event time mostly rises, so nearly every record of a key falls in the key's latest
+/// window. That one is kept inline in the key's slot of the state's table: a record
+/// finds it with the probe that found the key, and touches no other memory. Windows
+/// that started earlier, still open until the watermark passes them, wait in `older`,
+/// ordered by start. Checkpoints store all of them as a map from start to (end,
+/// aggregate), the layout of the `BTreeMap` they were once kept in, so either reads the
+/// other's.
 struct Open<A> {
-    windows: SmallVec<[(u64, u64, A); 2]>,
+    /// The window with the largest start, if any is open.
+    latest: Option<(u64, u64, A)>,
+    /// The other open windows, ordered by start, all before `latest`'s.
+    older: Vec<(u64, u64, A)>,
     /// One more than the epoch in which the key was last listed as changed, in memory
     /// only: a key is listed once per epoch, not once per record (see
     /// [`WindowLogic::end_epoch`]).
@@ -321,7 +324,8 @@ struct Open<A> {
 impl<A> Open<A> {
     fn new() -> Self {
         Open {
-            windows: SmallVec::new(),
+            latest: None,
+            older: Vec::new(),
             listed: 0,
         }
     }
@@ -332,48 +336,80 @@ impl<A> Open<A> {
         std::mem::replace(&mut self.listed, mark) != mark
     }
 
-    /// Where the window starting at `start` is, or would go.
-    fn position(&self, start: u64) -> std::result::Result<usize, usize> {
-        self.windows.binary_search_by_key(&start, |w| w.0)
+    /// Whether no window is open.
+    fn is_empty(&self) -> bool {
+        self.latest.is_none() && self.older.is_empty()
+    }
+
+    /// The open windows, in order of start.
+    fn iter(&self) -> impl Iterator<Item = &(u64, u64, A)> {
+        self.older.iter().chain(self.latest.as_ref())
     }
 
     /// The aggregate of the window starting at `start`; `open` gives the end and the
     /// first aggregate of a window that is not open yet.
     fn entry(&mut self, start: u64, open: impl FnOnce() -> (u64, A)) -> &mut A {
-        let i = match self.position(start) {
+        match &self.latest {
+            Some(w) if w.0 == start => {}
+            Some(w) if w.0 > start => return self.older_entry(start, open),
+            _ => {
+                let (end, acc) = open();
+                self.set_latest(start, end, acc);
+            }
+        }
+        &mut self.latest.as_mut().expect("just matched or set").2
+    }
+
+    /// The aggregate of a window that starts before the latest one.
+    #[cold]
+    fn older_entry(&mut self, start: u64, open: impl FnOnce() -> (u64, A)) -> &mut A {
+        let i = match self.older.binary_search_by_key(&start, |w| w.0) {
             Ok(i) => i,
             Err(i) => {
                 let (end, acc) = open();
-                self.windows.insert(i, (start, end, acc));
+                self.older.insert(i, (start, end, acc));
                 i
             }
         };
-        &mut self.windows[i].2
+        &mut self.older[i].2
+    }
+
+    /// Makes `[start, end)` the latest window, which starts after every open one.
+    fn set_latest(&mut self, start: u64, end: u64, acc: A) {
+        if let Some(previous) = self.latest.replace((start, end, acc)) {
+            self.older.push(previous);
+        }
     }
 
     /// Opens the window `[start, end)` with `acc`, replacing one of the same start.
     fn insert(&mut self, start: u64, end: u64, acc: A) {
-        match self.position(start) {
-            Ok(i) => self.windows[i] = (start, end, acc),
-            Err(i) => self.windows.insert(i, (start, end, acc)),
+        match &mut self.latest {
+            Some(w) if w.0 == start => *w = (start, end, acc),
+            Some(w) if w.0 > start => match self.older.binary_search_by_key(&start, |w| w.0) {
+                Ok(i) => self.older[i] = (start, end, acc),
+                Err(i) => self.older.insert(i, (start, end, acc)),
+            },
+            _ => self.set_latest(start, end, acc),
         }
     }
 
     /// Closes the window starting at `start`: its end and aggregate, if it was open.
     fn remove(&mut self, start: u64) -> Option<(u64, A)> {
-        let i = self.position(start).ok()?;
-        let (_, end, acc) = self.windows.remove(i);
+        if self.latest.as_ref().is_some_and(|w| w.0 == start) {
+            let (_, end, acc) = self.latest.take().expect("just matched");
+            // The latest of the older ones takes its place.
+            self.latest = self.older.pop();
+            return Some((end, acc));
+        }
+        let i = self.older.binary_search_by_key(&start, |w| w.0).ok()?;
+        let (_, end, acc) = self.older.remove(i);
         Some((end, acc))
     }
 }
 
 impl<A: Serialize> Serialize for Open<A> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_map(
-            self.windows
-                .iter()
-                .map(|(start, end, acc)| (start, (end, acc))),
-        )
+        s.collect_map(self.iter().map(|(start, end, acc)| (start, (end, acc))))
     }
 }
 
@@ -390,13 +426,9 @@ impl<'de, A: Deserialize<'de>> Deserialize<'de> for Open<A> {
                 mut map: M,
             ) -> std::result::Result<Open<A>, M::Error> {
                 let mut open = Open::new();
-                open.windows.reserve(map.size_hint().unwrap_or(0).min(64));
                 while let Some((start, (end, acc))) = map.next_entry::<u64, (u64, A)>()? {
-                    // Stored in order of start: each one goes last.
-                    match open.windows.last() {
-                        Some(w) if w.0 >= start => open.insert(start, end, acc),
-                        _ => open.windows.push((start, end, acc)),
-                    }
+                    // Stored in order of start: each one becomes the latest.
+                    open.insert(start, end, acc);
                 }
                 Ok(open)
             }
@@ -536,7 +568,6 @@ where
                 };
                 // Sessions that touch [start, end) merge into it.
                 let touching: Vec<u64> = open
-                    .windows
                     .iter()
                     .take_while(|w| w.0 <= end)
                     .filter(|w| w.1 >= start)
@@ -601,7 +632,7 @@ where
                     end,
                     value,
                 });
-                if open.windows.is_empty() {
+                if open.is_empty() {
                     map.remove(&key);
                 }
                 self.state.changed(group, key);
@@ -622,7 +653,7 @@ where
     fn restored(&mut self) {
         let lateness = self.windows.allowed_lateness;
         for (k, open) in self.state.iter() {
-            for (s, e, _) in &open.windows {
+            for (s, e, _) in open.iter() {
                 self.timers
                     .entry(e.saturating_add(lateness))
                     .or_default()
@@ -639,7 +670,7 @@ mod tests {
 
     /// The windows of `open` as the map checkpoints store them.
     fn as_map(open: &Open<(u64, u64)>) -> BTreeMap<u64, (u64, (u64, u64))> {
-        open.windows.iter().map(|&(s, e, a)| (s, (e, a))).collect()
+        open.iter().map(|&(s, e, a)| (s, (e, a))).collect()
     }
 
     #[test]
@@ -672,16 +703,22 @@ mod tests {
     }
 
     #[test]
-    fn two_open_windows_fit_in_the_keys_slot() {
-        // Two windows of a `(u64, u64)` aggregate, inline, and the epoch mark: no heap
-        // allocation until a third window opens.
-        assert_eq!(std::mem::size_of::<Open<(u64, u64)>>(), 8 + 2 * 32 + 8);
+    fn records_of_the_latest_window_touch_only_the_keys_slot() {
         let mut open: Open<(u64, u64)> = Open::new();
-        open.entry(0, || (60, (0, 0)));
-        open.entry(60, || (120, (0, 0)));
-        assert!(!open.windows.spilled());
-        open.entry(120, || (180, (0, 0)));
-        assert!(open.windows.spilled());
+        *open.entry(0, || (60, (0, 0))) = (1, 1);
+        *open.entry(60, || (120, (0, 0))) = (2, 1);
+        // The window before goes to `older`; the latest stays inline.
+        assert_eq!(open.latest, Some((60, 120, (2, 1))));
+        assert_eq!(open.older, vec![(0, 60, (1, 1))]);
+        // A late-ish record of the window before finds it there.
+        open.entry(0, || unreachable!("open")).0 += 1;
+        assert_eq!(open.older, vec![(0, 60, (2, 1))]);
+        // When the latest fires first (sessions may), the one before takes its place.
+        assert_eq!(open.remove(60), Some((120, (2, 1))));
+        assert_eq!(open.latest, Some((0, 60, (2, 1))));
+        assert!(open.older.is_empty());
+        assert_eq!(open.remove(0), Some((60, (2, 1))));
+        assert!(open.is_empty());
     }
 
     /// What is done to a key's open windows.
