@@ -395,15 +395,23 @@ impl<A> Open<A> {
 
     /// Closes the window starting at `start`: its end and aggregate, if it was open.
     fn remove(&mut self, start: u64) -> Option<(u64, A)> {
-        if self.latest.as_ref().is_some_and(|w| w.0 == start) {
+        let removed = if self.latest.as_ref().is_some_and(|w| w.0 == start) {
             let (_, end, acc) = self.latest.take().expect("just matched");
             // The latest of the older ones takes its place.
             self.latest = self.older.pop();
-            return Some((end, acc));
+            (end, acc)
+        } else {
+            let i = self.older.binary_search_by_key(&start, |w| w.0).ok()?;
+            let (_, end, acc) = self.older.remove(i);
+            (end, acc)
+        };
+        // A key back to its latest window alone keeps no allocation: a tumbling
+        // window's key holds earlier windows only from a boundary until the watermark
+        // passes it.
+        if self.older.is_empty() && self.older.capacity() > 0 {
+            self.older = Vec::new();
         }
-        let i = self.older.binary_search_by_key(&start, |w| w.0).ok()?;
-        let (_, end, acc) = self.older.remove(i);
-        Some((end, acc))
+        Some(removed)
     }
 }
 
@@ -716,7 +724,8 @@ mod tests {
         // When the latest fires first (sessions may), the one before takes its place.
         assert_eq!(open.remove(60), Some((120, (2, 1))));
         assert_eq!(open.latest, Some((0, 60, (2, 1))));
-        assert!(open.older.is_empty());
+        // Back to one window, the key keeps no allocation.
+        assert_eq!(open.older.capacity(), 0);
         assert_eq!(open.remove(0), Some((60, (2, 1))));
         assert!(open.is_empty());
     }
