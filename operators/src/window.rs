@@ -361,7 +361,6 @@ impl<A> Open<A> {
     }
 
     /// The aggregate of a window that starts before the latest one.
-    #[cold]
     fn older_entry(&mut self, start: u64, open: impl FnOnce() -> (u64, A)) -> &mut A {
         let i = match self.older.binary_search_by_key(&start, |w| w.0) {
             Ok(i) => i,
@@ -405,13 +404,18 @@ impl<A> Open<A> {
             let (_, end, acc) = self.older.remove(i);
             (end, acc)
         };
-        // A key back to its latest window alone keeps no allocation: a tumbling
-        // window's key holds earlier windows only from a boundary until the watermark
-        // passes it.
+        Some(removed)
+    }
+
+    /// Frees the vector of earlier windows once none is left, after a window fired: a
+    /// tumbling window's key holds earlier windows only from a boundary until the
+    /// watermark passes it, and a key back to its latest window alone keeps no
+    /// allocation. (Merging sessions removes and opens windows in one record; it keeps
+    /// the vector rather than free and allocate it again.)
+    fn fired(&mut self) {
         if self.older.is_empty() && self.older.capacity() > 0 {
             self.older = Vec::new();
         }
-        Some(removed)
     }
 }
 
@@ -642,6 +646,8 @@ where
                 });
                 if open.is_empty() {
                     map.remove(&key);
+                } else {
+                    open.fired();
                 }
                 self.state.changed(group, key);
             }
@@ -724,7 +730,8 @@ mod tests {
         // When the latest fires first (sessions may), the one before takes its place.
         assert_eq!(open.remove(60), Some((120, (2, 1))));
         assert_eq!(open.latest, Some((0, 60, (2, 1))));
-        // Back to one window, the key keeps no allocation.
+        // Back to one window after a firing, the key keeps no allocation.
+        open.fired();
         assert_eq!(open.older.capacity(), 0);
         assert_eq!(open.remove(0), Some((60, (2, 1))));
         assert!(open.is_empty());
