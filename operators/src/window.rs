@@ -360,9 +360,14 @@ impl<A> Open<A> {
         &mut self.latest.as_mut().expect("just matched or set").2
     }
 
+    /// Where the earlier window starting at `start` is in `older`, or would go.
+    fn older_position(&self, start: u64) -> std::result::Result<usize, usize> {
+        self.older.binary_search_by_key(&start, |w| w.0)
+    }
+
     /// The aggregate of a window that starts before the latest one.
     fn older_entry(&mut self, start: u64, open: impl FnOnce() -> (u64, A)) -> &mut A {
-        let i = match self.older.binary_search_by_key(&start, |w| w.0) {
+        let i = match self.older_position(start) {
             Ok(i) => i,
             Err(i) => {
                 let (end, acc) = open();
@@ -384,7 +389,7 @@ impl<A> Open<A> {
     fn insert(&mut self, start: u64, end: u64, acc: A) {
         match &mut self.latest {
             Some(w) if w.0 == start => *w = (start, end, acc),
-            Some(w) if w.0 > start => match self.older.binary_search_by_key(&start, |w| w.0) {
+            Some(w) if w.0 > start => match self.older_position(start) {
                 Ok(i) => self.older[i] = (start, end, acc),
                 Err(i) => self.older.insert(i, (start, end, acc)),
             },
@@ -400,7 +405,7 @@ impl<A> Open<A> {
             self.latest = self.older.pop();
             (end, acc)
         } else {
-            let i = self.older.binary_search_by_key(&start, |w| w.0).ok()?;
+            let i = self.older_position(start).ok()?;
             let (_, end, acc) = self.older.remove(i);
             (end, acc)
         };
