@@ -45,6 +45,17 @@ fn command(args: &JobArgs, peers: &[String], index: usize) -> Command {
 
 /// The command of process `index`, run inside network namespace `netns` when given.
 fn command_in(netns: Option<&str>, args: &JobArgs, peers: &[String], index: usize) -> Command {
+    command_with_peer_timeout(netns, args, peers, index, PEER_TIMEOUT_MS)
+}
+
+/// As [`command_in`], with a peer timeout of `peer_timeout_ms`.
+fn command_with_peer_timeout(
+    netns: Option<&str>,
+    args: &JobArgs,
+    peers: &[String],
+    index: usize,
+    peer_timeout_ms: u64,
+) -> Command {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -59,7 +70,7 @@ fn command_in(netns: Option<&str>, args: &JobArgs, peers: &[String], index: usiz
         .arg("--process-index")
         .arg(index.to_string())
         .arg("--peer-timeout-ms")
-        .arg(PEER_TIMEOUT_MS.to_string())
+        .arg(peer_timeout_ms.to_string())
         .arg("--restore")
         .arg("latest");
     cmd
@@ -724,7 +735,17 @@ fn a_coordinator_paused_before_its_manifest_and_replaced_on_another_host_commits
     let (ws, corpus, args) = workspace("cluster-zombie", seed, 3);
     let net = Net::new(4);
     let peers: Vec<String> = net.peers(7421).into_iter().take(3).collect();
-    let mut zombie_cmd = command_in(Some(&net.namespaces[0]), &args, &peers, 0);
+    // The zombie's own failure detector would also end it once it resumes (its peers
+    // fell silent while it was stopped), racing the fence this test is about: under
+    // load it won, and the zombie exited before reaching its manifest. Its peer
+    // timeout is set beyond the test's deadline, so that the fence is what stops it.
+    let mut zombie_cmd = command_with_peer_timeout(
+        Some(&net.namespaces[0]),
+        &args,
+        &peers,
+        0,
+        2 * DEADLINE.as_millis() as u64,
+    );
     zombie_cmd.env("WEIR_FAILPOINT", "before-manifest@3=stop");
     let zombie_logs = (ws.root.join("zombie.out"), ws.root.join("zombie.err"));
     let mut zombie = spawn_logged(&mut zombie_cmd, &zombie_logs.0, &zombie_logs.1);
