@@ -24,7 +24,8 @@
 #   cargo build --release --bin weir --example wordcount --example wordcount_cost
 #   benches/wordcount_cost.sh [RUNS] [VARIANT...]     (RUNS defaults to 3)
 #
-# WORDCOUNT_LINES changes the 2M lines; WORDCOUNT_KEEP=1 keeps the temporary directory.
+# WORDCOUNT_LINES changes the 2M lines, WORDCOUNT_DISTINCT the 100k distinct words (how
+# large the state grows); WORDCOUNT_KEEP=1 keeps the temporary directory.
 # The wordcount example reads batches of lines (`files::line_batches`) and counts with
 # `flat_reduce_by_key`; VARIANT:perword runs the same binary with `--record-per-word`
 # (a `String` per line, `flat_map` into a `(String, 1)` record per word, `reduce_by_key`).
@@ -38,6 +39,7 @@ shift || true
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=(baseline off-1w off-2w eo-1w eo-2w alo-1w alo-2w off-2p eo-2p)
 LINES=${WORDCOUNT_LINES:-2000000}
+DISTINCT=${WORDCOUNT_DISTINCT:-100000}
 BIN=target/release/examples
 for b in "$BIN/wordcount" "$BIN/wordcount_cost"; do
   [ -x "$b" ] || { echo "build first: cargo build --release --example wordcount --example wordcount_cost" >&2; exit 1; }
@@ -48,7 +50,7 @@ cleanup() {
   [ "${WORDCOUNT_KEEP:-0}" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
 }
 trap cleanup EXIT
-"$BIN/wordcount_cost" generate "$WORK/input" --lines "$LINES"
+"$BIN/wordcount_cost" generate "$WORK/input" --lines "$LINES" --distinct "$DISTINCT"
 echo "input: $(cat "$WORK"/input/* | wc -l) lines, $(cat "$WORK"/input/* | wc -w) words, $(du -sh "$WORK/input" | cut -f1) in $WORK/input" >&2
 # The reference counts, written once.
 "$BIN/wordcount_cost" count "$WORK/input" "$WORK/expected.jsonl"
