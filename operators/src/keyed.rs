@@ -508,19 +508,23 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Keys whose output [`PerKey`] emits in one piece when an epoch ends: the output of an
-/// epoch that changed many keys goes on in pieces of this size instead of being held in
-/// memory whole.
+/// epoch that changed many keys goes on in pieces of at least this many keys, whole key
+/// groups at a time, instead of being held in memory whole.
 pub(crate) const END_EPOCH_CHUNK: usize = 4096;
 
 /// The plain per-key store: one state per key, `on_record` per record, `on_epoch` per
 /// key changed in an epoch, optional expiry; checkpointed incrementally through
 /// [`KeyedState`].
+///
+/// The keys an epoch changed are found when the epoch ends, as the entries last updated
+/// in that epoch: among the keys the state keeps for its next snapshot
+/// ([`KeyedState::changed_keys`]), or, in a state that keeps none (checkpointing or
+/// incremental checkpoints off, where every snapshot holds the whole state anyway), among
+/// all its entries. So the operator keeps no list of changed keys of its own.
 pub(crate) struct PerKey<K, V, S, O, R, E> {
     state: KeyedState<K, Entry<S>, crate::FastHash>,
-    /// Keys first changed in each open epoch, with their group's index.
-    dirty: BTreeMap<u64, Vec<(usize, K)>>,
-    /// The keys of the epoch being ended that are still to emit.
-    ending: Option<(u64, std::vec::IntoIter<(usize, K)>)>,
+    /// The epoch being ended and the index of the next group to look through.
+    ending: Option<(u64, usize)>,
     on_record: R,
     on_epoch: E,
     ttl: Ttl,
@@ -542,7 +546,6 @@ where
     ) -> Result<Self> {
         Ok(PerKey {
             state: KeyedState::restore(ctx, name)?,
-            dirty: BTreeMap::new(),
             ending: None,
             on_record,
             on_epoch,
@@ -583,35 +586,51 @@ where
         }
         if entry.updated_epoch != epoch {
             entry.updated_epoch = epoch;
-            self.dirty.entry(epoch).or_default().push((group, k));
+            // The key goes into the next snapshot's delta.
+            self.state.changed(group, k);
         }
     }
 
     fn end_epoch(&mut self, epoch: u64, out: &mut Out<Self>) -> bool {
         let PerKey {
             state,
-            dirty,
             ending,
             on_epoch,
             ..
         } = self;
-        if ending.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            let keys = dirty.remove(&epoch).unwrap_or_default();
-            *ending = Some((epoch, keys.into_iter()));
+        if ending.map(|(e, _)| e) != Some(epoch) {
+            *ending = Some((epoch, 0));
         }
-        let (_, keys) = ending.as_mut().expect("set above");
-        for (group, k) in keys.by_ref().take(END_EPOCH_CHUNK) {
-            if let Some(entry) = state.group(group).get(&k) {
-                on_epoch(&k, &entry.state, epoch, &mut out.main);
+        let (_, next) = ending.as_mut().expect("set above");
+        let mut emitted = 0;
+        while *next < state.group_count() && emitted < END_EPOCH_CHUNK {
+            let map = state.group(*next);
+            let mut report = |k: &K, entry: &Entry<S>| {
+                if entry.updated_epoch == epoch {
+                    on_epoch(k, &entry.state, epoch, &mut out.main);
+                    emitted += 1;
+                }
+            };
+            if state.tracks_changes() {
+                // Keys changed in an earlier epoch since the last snapshot, and removed
+                // ones, are listed too.
+                for k in state.changed_keys(*next) {
+                    if let Some(entry) = map.get(k) {
+                        report(k, entry);
+                    }
+                }
+            } else {
+                for (k, entry) in map {
+                    report(k, entry);
+                }
             }
-            // The key goes into the next snapshot's delta.
-            state.changed(group, k);
+            *next += 1;
         }
-        if !keys.as_slice().is_empty() {
-            return true;
+        let more = *next < state.group_count();
+        if !more {
+            *ending = None;
         }
-        *ending = None;
-        false
+        more
     }
 
     fn close(&mut self, epoch: u64, _is_final: bool, _out: &mut Out<Self>) -> bool {
@@ -682,7 +701,91 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::Entry;
+    use super::{Emitted, Entry, PerKey, Store, Ttl};
+    use weir_runtime::KeyedState;
+
+    /// A running sum per key that reports `(key, sum, epoch)` for every key an epoch
+    /// changed, over 8 of 8 key groups, its state keeping the changed keys (`tracked`, as
+    /// with incremental checkpoints) or not (then every entry is looked through).
+    #[allow(clippy::type_complexity)]
+    fn sums(
+        tracked: bool,
+    ) -> PerKey<
+        u64,
+        u64,
+        u64,
+        (u64, u64, u64),
+        impl FnMut(&u64, &mut u64, u64, &mut Vec<(u64, u64, u64)>),
+        impl FnMut(&u64, &u64, u64, &mut Vec<(u64, u64, u64)>),
+    > {
+        PerKey {
+            state: KeyedState::empty("sums", 8, (0, 8), tracked, 1.0),
+            ending: None,
+            on_record: |_k: &u64, sum: &mut u64, v: u64, _out: &mut Vec<(u64, u64, u64)>| *sum += v,
+            on_epoch: |k: &u64, sum: &u64, epoch: u64, out: &mut Vec<(u64, u64, u64)>| {
+                out.push((*k, *sum, epoch))
+            },
+            ttl: Ttl::Never,
+            _marker: std::marker::PhantomData,
+        }
+    }
+
+    /// Ends `epoch` in as many pieces as it takes; returns its reports, sorted.
+    fn end<S: Store<Out = (u64, u64, u64), Side = ()>>(
+        store: &mut S,
+        epoch: u64,
+    ) -> Vec<(u64, u64, u64)> {
+        let mut out = Emitted {
+            main: Vec::new(),
+            side: Vec::new(),
+        };
+        while store.end_epoch(epoch, &mut out) {}
+        out.main.sort();
+        out.main
+    }
+
+    #[test]
+    fn each_epoch_reports_exactly_the_keys_it_changed_whether_or_not_the_state_lists_them() {
+        for tracked in [true, false] {
+            let mut store = sums(tracked);
+            let mut out = Emitted {
+                main: Vec::new(),
+                side: Vec::new(),
+            };
+            // Epochs 1 and 2 close before one snapshot, as when the frontier passes both
+            // at once: key 1 changes in both, key 2 in epoch 1 only, key 3 in epoch 2.
+            for (k, v) in [(1, 1), (2, 10), (1, 1)] {
+                store.apply(1, (k, v), &mut out);
+            }
+            assert_eq!(end(&mut store, 1), vec![(1, 2, 1), (2, 10, 1)], "{tracked}");
+            for (k, v) in [(3, 100), (1, 1)] {
+                store.apply(2, (k, v), &mut out);
+            }
+            assert_eq!(
+                end(&mut store, 2),
+                vec![(1, 3, 2), (3, 100, 2)],
+                "{tracked}"
+            );
+            // The snapshot's delta holds every key changed since the last one.
+            if tracked {
+                let mut changed: Vec<u64> = (0..store.state.group_count())
+                    .flat_map(|g| store.state.changed_keys(g).copied().collect::<Vec<_>>())
+                    .collect();
+                changed.sort();
+                assert_eq!(changed, vec![1, 2, 3]);
+            }
+            store.encode("sums", 8, false).unwrap();
+            store.finish_sealed();
+            // After it, an epoch reports only its own keys, and a removed key is listed
+            // among the changed ones but not reported.
+            store.state.remove(&2);
+            store.apply(3, (3, 1), &mut out);
+            assert_eq!(end(&mut store, 3), vec![(3, 101, 3)], "{tracked}");
+            // An epoch that changed nothing reports nothing.
+            assert_eq!(end(&mut store, 4), vec![], "{tracked}");
+            assert!(out.main.is_empty() && store.ending.is_none());
+        }
+    }
 
     #[test]
     fn an_entry_reads_what_its_encoding_wrote_with_byte_strings_in_one_copy() {

@@ -708,6 +708,25 @@ where
         }
     }
 
+    /// Whether the state keeps the keys that changed since the last snapshot (it does
+    /// when it checkpoints incrementally): then [`Self::changed_keys`] lists them, and an
+    /// operator that needs the keys it changed need not keep a copy of its own.
+    pub fn tracks_changes(&self) -> bool {
+        self.incremental
+    }
+
+    /// The keys of the group at `group` reported with [`Self::changed`] or removed since
+    /// the last snapshot, in no particular order; none if the state does not
+    /// [track changes](Self::tracks_changes). A removed key is listed and has no entry.
+    pub fn changed_keys(&self, group: usize) -> impl Iterator<Item = &K> + '_ {
+        self.changed[group].iter()
+    }
+
+    /// How many key groups this worker holds: group indexes are `0..group_count()`.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
     /// Removes `key`, leaving a tombstone for the next snapshot.
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let group = self.group_of(key);
