@@ -508,8 +508,8 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Keys whose output [`PerKey`] emits in one piece when an epoch ends: the output of an
-/// epoch that changed many keys goes on in pieces of at least this many keys, whole key
-/// groups at a time, instead of being held in memory whole.
+/// epoch that changed many keys goes on in pieces of whole key groups, each piece closed
+/// once it holds at least this many keys, instead of being held in memory whole.
 pub(crate) const END_EPOCH_CHUNK: usize = 4096;
 
 /// The plain per-key store: one state per key, `on_record` per record, `on_epoch` per
@@ -517,10 +517,13 @@ pub(crate) const END_EPOCH_CHUNK: usize = 4096;
 /// [`KeyedState`].
 ///
 /// The keys an epoch changed are found when the epoch ends, as the entries last updated
-/// in that epoch: among the keys the state keeps for its next snapshot
-/// ([`KeyedState::changed_keys`]), or, in a state that keeps none (checkpointing or
-/// incremental checkpoints off, where every snapshot holds the whole state anyway), among
-/// all its entries. So the operator keeps no list of changed keys of its own.
+/// in that epoch, so the operator keeps no list of changed keys of its own. It looks
+/// among the keys the state keeps for its next snapshot ([`KeyedState::changed_keys`]),
+/// or, in a state that keeps none, among all its entries: with checkpointing off there is
+/// one epoch, ended once when the input ends, and with incremental checkpoints off every
+/// snapshot encodes the whole state anyway. When several epochs end before one snapshot
+/// (an operator that fell behind), ending each looks through the keys of all of them
+/// that came before it.
 pub(crate) struct PerKey<K, V, S, O, R, E> {
     state: KeyedState<K, Entry<S>, crate::FastHash>,
     /// The epoch being ended and the index of the next group to look through.
@@ -780,6 +783,9 @@ mod tests {
             // among the changed ones but not reported.
             store.state.remove(&2);
             store.apply(3, (3, 1), &mut out);
+            if tracked {
+                assert!((0..8).any(|g| store.state.changed_keys(g).any(|k| *k == 2)));
+            }
             assert_eq!(end(&mut store, 3), vec![(3, 101, 3)], "{tracked}");
             // An epoch that changed nothing reports nothing.
             assert_eq!(end(&mut store, 4), vec![], "{tracked}");

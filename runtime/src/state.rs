@@ -715,9 +715,10 @@ where
         self.incremental
     }
 
-    /// The keys of the group at `group` reported with [`Self::changed`] or removed since
-    /// the last snapshot, in no particular order; none if the state does not
-    /// [track changes](Self::tracks_changes). A removed key is listed and has no entry.
+    /// The keys of the group at `group` reported with [`Self::changed`], changed by
+    /// [`Self::update_all`] or removed since the last snapshot, in no particular order;
+    /// none if the state does not [track changes](Self::tracks_changes). A key removed
+    /// since is listed too, and has no entry unless it was written again.
     pub fn changed_keys(&self, group: usize) -> impl Iterator<Item = &K> + '_ {
         self.changed[group].iter()
     }
